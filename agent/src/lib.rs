@@ -1,0 +1,10 @@
+//! ghostwire: traces services nobody instrumented.
+//!
+//! Data flows one way, one module per stage:
+//! `capture` (kernel probes, ring buffer) → `conn` (connection table, reassembly) →
+//! `protocol` (pure parsers, request/response pairing) → `span` (span builder, context,
+//! resources) → `export` (bounded queues, OTLP, JSONL, terminal waterfall).
+//! `stats` counts every event and drop.
+pub mod protocol;
+pub mod span;
+pub mod stats;

@@ -1,0 +1,135 @@
+//! Self-telemetry: every event, span and drop is counted in one place.
+//!
+//! Userspace counters live here as one enum of named counters; the kernel's per-probe
+//! counters are read from the BPF per-CPU array by `capture` and merged into the report
+//! as a [`KernelCounters`] snapshot. Drops are counted *and* logged (at debug level per
+//! occurrence, so a flood of them does not flood the log; totals are in every report).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident => $key:literal,)*) => {
+        /// A userspace counter.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum Counter { $($(#[$doc])* $name,)* }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[$(Counter::$name,)*];
+            /// Stable snake_case name, used in reports and span attributes.
+            #[must_use]
+            pub fn name(self) -> &'static str {
+                match self { $(Counter::$name => $key,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Ring-buffer records decoded.
+    EventsData => "events.data",
+    EventsConn => "events.conn",
+    EventsClose => "events.close",
+    EventsExit => "events.exit",
+    /// Ring-buffer record too short or with an unknown tag.
+    DropMalformedEvent => "drop.malformed_event",
+    /// Data for a connection the agent has no state for (its Conn event was lost).
+    DropUnknownConn => "drop.unknown_conn",
+    /// Connection whose first bytes are not a protocol ghostwire parses.
+    ConnsNotHttp => "conns.not_http",
+    /// Bytes that could not be parsed (garbage, truncated headers, oversize headers).
+    DropParseError => "drop.parse_error",
+    /// Connection state evicted because the table was full.
+    DropConnTableFull => "drop.conn_table_full",
+    /// Requests never answered before the connection closed.
+    DropUnansweredRequest => "drop.unanswered_request",
+    /// Spans built from exchanges.
+    SpansBuilt => "spans.built",
+    /// Spans handed to an exporter successfully (per exporter).
+    SpansExported => "spans.exported",
+    /// Spans dropped because an export queue was full (oldest dropped first).
+    DropExportQueueFull => "drop.export_queue_full",
+    /// Spans dropped after an export failed and retries ran out (or at shutdown).
+    DropExportFailed => "drop.export_failed",
+    /// Export attempts that failed (each retry counts).
+    ExportErrors => "export.errors",
+    /// Connections that were open before the agent started and are ignored.
+    ConnsPreexisting => "conns.preexisting",
+}
+
+const N: usize = Counter::ALL.len();
+
+/// Process-wide userspace counters.
+pub struct Stats {
+    values: [AtomicU64; N],
+}
+
+static STATS: Stats = Stats { values: [const { AtomicU64::new(0) }; N] };
+
+/// The global counters.
+#[must_use]
+pub fn global() -> &'static Stats {
+    &STATS
+}
+
+impl Stats {
+    pub fn add(&self, c: Counter, n: u64) {
+        self.values[c as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn incr(&self, c: Counter) {
+        self.add(c, 1);
+    }
+
+    #[must_use]
+    pub fn get(&self, c: Counter) -> u64 {
+        self.values[c as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts a drop and logs it at debug level.
+    pub fn drop_event(&self, c: Counter, detail: std::fmt::Arguments<'_>) {
+        self.incr(c);
+        log::debug!("{}: {detail}", c.name());
+    }
+}
+
+/// Snapshot of the kernel's per-probe counters, summed over CPUs.
+#[derive(Clone, Debug, Default)]
+pub struct KernelCounters {
+    /// `(probe name, counter name, value)`, non-zero values only.
+    pub values: Vec<(&'static str, &'static str, u64)>,
+}
+
+impl KernelCounters {
+    /// Sum of one counter over all probes.
+    #[must_use]
+    pub fn total(&self, counter: &str) -> u64 {
+        self.values.iter().filter(|(_, c, _)| *c == counter).map(|(_, _, v)| v).sum()
+    }
+}
+
+/// One human-readable report of all non-zero counters.
+#[must_use]
+pub fn report(kernel: &KernelCounters) -> String {
+    let s = global();
+    let mut out = String::from("stats:");
+    for &c in Counter::ALL {
+        let v = s.get(c);
+        if v != 0 {
+            let _ = write!(out, " {}={v}", c.name());
+        }
+    }
+    for name in ghostwire_common::counter::NAMES {
+        let total = kernel.total(name);
+        if total != 0 {
+            let _ = write!(out, " kernel.{name}={total}");
+        }
+    }
+    for (probe, counter, v) in &kernel.values {
+        if *counter != "emitted" {
+            let _ = write!(out, " kernel.{probe}.{counter}={v}");
+        }
+    }
+    out
+}

@@ -6,9 +6,10 @@
 //! the kernel and userspace layouts agree byte for byte.
 #![no_std]
 
-/// Largest prefix of one syscall's payload the kernel can copy (compile-time bound of
-/// the per-CPU scratch buffer). The effective limit is [`Config::capture_bytes`].
-pub const MAX_CAPTURE: usize = 16 * 1024;
+/// Largest prefix of one syscall's payload the kernel can copy: the per-CPU scratch
+/// buffer holds twice this (to prove iovec copies in bounds) and a per-CPU map value is
+/// limited to 32 KiB. The effective limit is [`Config::capture_bytes`].
+pub const MAX_CAPTURE: usize = 8 * 1024;
 /// Default capture per syscall: 4 KiB holds the request line and headers of nearly all
 /// real HTTP/1 requests (browsers and SDKs send 0.5–2 KiB; nginx's default header buffer
 /// is 1 KiB, growing to 8 KiB only for large cookies) while keeping ring-buffer traffic

@@ -1,5 +1,9 @@
-//! Spans: the neutral model, context extraction, per-process resources and the builder
-//! that turns paired HTTP exchanges into spans.
+//! Spans: the neutral model, context extraction, per-process resources, redaction and
+//! the builder that turns paired HTTP exchanges into spans.
+// pub mod build; (enabled once conn lands)
+pub mod context;
 pub mod model;
+pub mod redact;
+pub mod resource;
 
-pub use model::{AttrValue, Attribute, Resource, Span, SpanKind, Status};
+pub use model::{hex, AttrValue, Attribute, Resource, Span, SpanKind, Status};

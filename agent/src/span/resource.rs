@@ -1,0 +1,146 @@
+//! Per-process resources (`service.name`, `process.*`, `host.name`), read from `/proc`
+//! once per process — when its first connection is announced, not per event — and
+//! forgotten when it exits.
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::model::{AttrValue, Attribute, Resource};
+
+pub struct ResourceCache {
+    proc_root: std::path::PathBuf,
+    host_name: String,
+    by_pid: HashMap<u32, Arc<Resource>>,
+}
+
+/// Most processes of a node fit; beyond it the oldest-looked-up entries are not kept and
+/// are simply read again.
+const MAX_PROCESSES: usize = 16_384;
+
+impl Default for ResourceCache {
+    fn default() -> Self {
+        Self::new("/proc")
+    }
+}
+
+impl ResourceCache {
+    #[must_use]
+    pub fn new(proc_root: impl Into<std::path::PathBuf>) -> Self {
+        Self { proc_root: proc_root.into(), host_name: host_name(), by_pid: HashMap::new() }
+    }
+
+    /// The resource of `pid`, read from `/proc` the first time.
+    pub fn get(&mut self, pid: u32) -> Arc<Resource> {
+        if let Some(r) = self.by_pid.get(&pid) {
+            return Arc::clone(r);
+        }
+        let r = Arc::new(self.read(pid));
+        if self.by_pid.len() >= MAX_PROCESSES {
+            self.by_pid.clear();
+        }
+        self.by_pid.insert(pid, Arc::clone(&r));
+        r
+    }
+
+    pub fn forget(&mut self, pid: u32) {
+        self.by_pid.remove(&pid);
+    }
+
+    fn read(&self, pid: u32) -> Resource {
+        let dir = self.proc_root.join(pid.to_string());
+        let exe_path = std::fs::read_link(dir.join("exe")).ok();
+        let exe_name = exe_path
+            .as_deref()
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().trim_end_matches(" (deleted)").to_owned())
+            .or_else(|| std::fs::read_to_string(dir.join("comm")).ok().map(|c| c.trim().to_owned()))
+            .unwrap_or_default();
+        let cmdline = std::fs::read(dir.join("cmdline"))
+            .map(|raw| {
+                raw.split(|&b| b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(String::from_utf8_lossy)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        let env_name = std::fs::read(dir.join("environ")).ok().and_then(|env| service_name_from_environ(&env));
+        let service_name = match env_name {
+            Some(name) => name,
+            None if !exe_name.is_empty() => exe_name.clone(),
+            None => format!("unknown_service:{pid}"),
+        };
+        let mut attributes: Vec<Attribute> = vec![
+            ("service.name".into(), AttrValue::Str(service_name.clone())),
+            ("process.pid".into(), AttrValue::Int(i64::from(pid))),
+            ("host.name".into(), AttrValue::Str(self.host_name.clone())),
+            ("telemetry.sdk.name".into(), AttrValue::Str("ghostwire".into())),
+            ("telemetry.sdk.version".into(), AttrValue::Str(env!("CARGO_PKG_VERSION").into())),
+        ];
+        if !exe_name.is_empty() {
+            attributes.push(("process.executable.name".into(), AttrValue::Str(exe_name)));
+        }
+        if let Some(path) = exe_path {
+            attributes.push(("process.executable.path".into(), AttrValue::Str(path.to_string_lossy().into_owned())));
+        }
+        if !cmdline.is_empty() {
+            attributes.push(("process.command_line".into(), AttrValue::Str(cmdline)));
+        }
+        Resource { pid, service_name, attributes }
+    }
+}
+
+/// `OTEL_SERVICE_NAME`, else `service.name` inside `OTEL_RESOURCE_ATTRIBUTES`, from a
+/// NUL-separated environment block.
+#[must_use]
+pub fn service_name_from_environ(environ: &[u8]) -> Option<String> {
+    let mut from_attrs = None;
+    for var in environ.split(|&b| b == 0) {
+        let var = String::from_utf8_lossy(var);
+        if let Some(v) = var.strip_prefix("OTEL_SERVICE_NAME=") {
+            if !v.trim().is_empty() {
+                return Some(v.trim().to_owned());
+            }
+        } else if let Some(v) = var.strip_prefix("OTEL_RESOURCE_ATTRIBUTES=") {
+            from_attrs = v
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| k.trim() == "service.name")
+                .map(|(_, v)| v.trim().to_owned())
+                .filter(|v| !v.is_empty());
+        }
+    }
+    from_attrs
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_name_precedence() {
+        assert_eq!(service_name_from_environ(b"A=1\0OTEL_SERVICE_NAME=shop\0"), Some("shop".into()));
+        assert_eq!(
+            service_name_from_environ(b"OTEL_RESOURCE_ATTRIBUTES=a=b,service.name=cart\0OTEL_SERVICE_NAME=shop\0"),
+            Some("shop".into())
+        );
+        assert_eq!(service_name_from_environ(b"OTEL_RESOURCE_ATTRIBUTES=a=b,service.name=cart\0"), Some("cart".into()));
+        assert_eq!(service_name_from_environ(b"PATH=/bin\0"), None);
+    }
+
+    #[test]
+    fn own_process_resource() {
+        let mut cache = ResourceCache::default();
+        let r = cache.get(std::process::id());
+        assert_eq!(r.pid, std::process::id());
+        assert!(!r.service_name.is_empty());
+        let exe = r.attributes.iter().find(|(k, _)| k == "process.executable.name").map(|(_, v)| v.clone());
+        assert!(matches!(exe, Some(AttrValue::Str(ref s)) if !s.is_empty()), "{exe:?}");
+        // Cached: the same Arc comes back.
+        assert!(Arc::ptr_eq(&r, &cache.get(std::process::id())));
+    }
+}

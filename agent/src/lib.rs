@@ -5,6 +5,11 @@
 //! `protocol` (pure parsers, request/response pairing) → `span` (span builder, context,
 //! resources) → `export` (bounded queues, OTLP, JSONL, terminal waterfall).
 //! `stats` counts every event and drop.
+pub mod export;
+pub mod capture;
 pub mod protocol;
 pub mod span;
 pub mod stats;
+pub mod conn;
+pub mod config;
+pub mod pipeline;

@@ -1,1 +1,132 @@
-fn main() {}
+//! `ghostwire`: the agent binary. Parses the command line, starts the exporters and the
+//! kernel capture, then runs the pipeline until SIGINT/SIGTERM.
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser as _;
+use ghostwire::capture::{Capture, CaptureConfig};
+use ghostwire::config::Cli;
+use ghostwire::export::{ExportConfig, Exporters};
+use ghostwire::pipeline::Pipeline;
+use ghostwire::stats::{self, Counter};
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Records handled before the loop checks for signals and timers again.
+const DRAIN_BUDGET: usize = 4096;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ghostwire")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    cli.validate()?;
+    let outputs = cli.outputs(|k| std::env::var(k).ok())?;
+
+    let preexisting = ghostwire::conn::count_established_tcp("/proc");
+    stats::global().add(Counter::ConnsPreexisting, preexisting);
+    if preexisting > 0 {
+        log::info!(
+            "{preexisting} TCP connections were already open: they are not traced (their requests would be seen mid-stream)"
+        );
+    }
+
+    let exporters = Exporters::start(ExportConfig {
+        otlp_endpoint: outputs.otlp_endpoint.clone(),
+        jsonl_path: outputs.jsonl.clone(),
+        console: outputs.console,
+        queue_capacity: cli.queue_size,
+        ..ExportConfig::default()
+    })?;
+
+    let mut capture = Capture::start(&CaptureConfig {
+        pids: cli.pids.clone(),
+        ports: cli.ports.clone(),
+        exes: cli.exes.clone(),
+        capture_bytes: cli.capture_bytes,
+        ring_bytes: cli.ring_buffer_bytes,
+    })?;
+    let ring = capture.take_ring()?;
+    // SAFETY: the RingBuf owns its map fd and keeps it open and unchanged for as long as
+    // the AsyncFd owns the RingBuf.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?;
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut stats_tick = cli.stats_interval().map(tokio::time::interval);
+
+    let mut what = Vec::new();
+    if let Some(e) = &outputs.otlp_endpoint {
+        what.push(format!("OTLP/gRPC to {e}"));
+    }
+    if let Some(p) = &outputs.jsonl {
+        what.push(format!("JSONL to {}", p.display()));
+    }
+    if outputs.console {
+        what.push("live waterfall".to_owned());
+    }
+    eprintln!("ready: {} probes attached; spans go to {}", capture.attached, what.join(", "));
+
+    let mut pipeline = Pipeline::new(exporters);
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let ring = guard.get_inner_mut();
+                let mut handled = 0;
+                while handled < DRAIN_BUDGET {
+                    let Some(item) = ring.next() else { break };
+                    pipeline.on_record(&item);
+                    handled += 1;
+                }
+                if handled < DRAIN_BUDGET {
+                    guard.clear_ready();
+                } else {
+                    tokio::task::yield_now().await;
+                }
+            }
+            _ = tick.tick() => pipeline.tick(),
+            _ = async { stats_tick.as_mut().expect("guarded").tick().await }, if stats_tick.is_some() => {
+                eprintln!("{}", stats::report(&capture.counters()));
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+
+    // Whatever is still in the ring was produced before the signal: finish it.
+    let ring = ring.get_mut();
+    while let Some(item) = ring.next() {
+        pipeline.on_record(&item);
+    }
+    let counters = capture.counters();
+    drop(capture);
+    pipeline.into_exporters().shutdown(Duration::from_secs(5)).await;
+    eprintln!("{}", stats::report(&counters));
+    Ok(())
+}

@@ -1,0 +1,2381 @@
+//! HTTP/1.x: incremental parsing of both directions of one connection, and FIFO pairing
+//! of requests with responses.
+//!
+//! One [`Http1Session`] follows one TCP connection. It is fed the bytes the traced process
+//! read ([`Direction::Ingress`]) and wrote ([`Direction::Egress`]), each direction in order,
+//! split however the syscalls split them (down to one byte at a time). Which direction
+//! carries requests follows from the process's [`Role`].
+//!
+//! # Model
+//! Each direction is a sequence of messages: a head (start line + header fields, parsed
+//! with `httparse` once it is complete) followed by a body framed by `Content-Length`,
+//! `Transfer-Encoding: chunked`, or (responses only) the end of the connection. Bodies are
+//! never stored, only counted. A request is queued as soon as its head is parsed (so an
+//! interim `100 Continue` or an early response can be seen before its body); the final
+//! response pairs with the oldest queued request (HTTP/1.1 pipelining answers in order)
+//! and, once that response is complete, the pair is pushed out as an [`Exchange`].
+//!
+//! * Interim `1xx` responses are skipped; `101 Switching Protocols` (and a 2xx answer to
+//!   `CONNECT`) completes its exchange and makes the connection opaque: nothing more is
+//!   parsed in either direction, and nothing more is reported.
+//! * Responses to `HEAD`, and `204`/`304` responses, have no body whatever their headers say.
+//! * A response with neither `Content-Length` nor chunked framing lasts until the end of the
+//!   stream ([`Http1Session::eof`]).
+//! * `body_len` counts message body bytes with chunked framing removed (the sum of chunk
+//!   sizes), i.e. what a `Content-Length` would have said.
+//!
+//! # Timing
+//! Each message's first and last byte are attributed to the [`Timing`] of the `feed` call
+//! that carried them (for a gap, the call whose syscall moved those bytes). For a response
+//! preceded by interim `1xx` responses, `response_first` is the first byte of the final
+//! response.
+//!
+//! # Gaps
+//! The kernel copies only a bounded prefix of each syscall's payload; the rest is a gap of
+//! known length and unknown content. A gap inside a `Content-Length` body or inside chunk
+//! data is skipped exactly. A gap that swallows chunk framing (a chunk-size line) makes the
+//! rest of that chunked body *unframed*: its bytes are counted as they come (`body_len`
+//! then includes framing overhead) and the message ends at a syscall that ends with the
+//! last-chunk marker `\r\n0\r\n\r\n`, at a syscall that starts with a new start line, or at
+//! end of stream. A gap inside a head is a [`ParseError::GapInHead`] for that message.
+//!
+//! # Errors and recovery
+//! Errors are reported per `feed` call (the first one; the caller counts them). Exchanges
+//! completed before the error in the same call are still pushed out. On an error that
+//! loses the framing, the direction's buffered bytes are dropped and the direction waits
+//! for a later syscall whose bytes *start* with a plausible start line (a known method and
+//! a space, or `HTTP/1.`). A request head that is lost although its start line was seen
+//! still occupies its place in the queue (and its response is consumed without being
+//! reported), and a final response head lost that way still consumes the oldest request,
+//! so one bad message does not shift the pairing of all the following ones.
+//!
+//! # Bounds
+//! A head may not exceed [`MAX_HEAD_BYTES`] (buffered bytes per direction never exceed it),
+//! at most [`MAX_PARSED_HEADERS`] header fields are accepted and [`MAX_STORED_HEADERS`]
+//! stored, and at most [`MAX_PENDING_REQUESTS`] requests wait for a response (beyond that
+//! the oldest is dropped). In the steady state a `feed` allocates only the strings of the
+//! [`Request`]/[`Response`] it completes; the per-direction head buffer is reused.
+use std::collections::VecDeque;
+use std::fmt;
+
+use httparse::{Header, ParserConfig, Status, EMPTY_HEADER};
+
+use super::{Direction, Exchange, Request, Response, Role, Timing};
+
+/// Largest head (start line + header fields + blank line) buffered per direction.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Header fields accepted in one head; more is [`ParseError::TooManyHeaders`].
+pub const MAX_PARSED_HEADERS: usize = 128;
+/// Header fields kept in a [`Request`] or [`Response`] (the first ones, in order).
+pub const MAX_STORED_HEADERS: usize = 64;
+/// Requests that may wait for a response at once.
+pub const MAX_PENDING_REQUESTS: usize = 64;
+/// Longest chunk-size line (size, extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Largest trailer section accepted after the last chunk.
+const MAX_TRAILER_BYTES: usize = MAX_HEAD_BYTES;
+/// Once a head buffer grew past this, its memory is given back after use.
+const KEEP_BUFFER_CAPACITY: usize = 4 * 1024;
+/// Longest value kept in an error message.
+const MAX_ERROR_VALUE: usize = 64;
+
+/// Methods accepted as the start of a request by the protocol detector and when
+/// resynchronizing after an error (RFC 9110, PATCH, WebDAV and a few common extensions).
+/// `PRI` (the HTTP/2 connection preface) is deliberately absent.
+const KNOWN_METHODS: &[&[u8]] = &[
+    b"GET",
+    b"HEAD",
+    b"POST",
+    b"PUT",
+    b"DELETE",
+    b"CONNECT",
+    b"OPTIONS",
+    b"TRACE",
+    b"PATCH",
+    b"PROPFIND",
+    b"PROPPATCH",
+    b"MKCOL",
+    b"COPY",
+    b"MOVE",
+    b"LOCK",
+    b"UNLOCK",
+    b"SEARCH",
+    b"REPORT",
+    b"MKCALENDAR",
+    b"PURGE",
+];
+
+const RESPONSE_PREFIX: &[u8] = b"HTTP/1.";
+
+/// Which kind of message a direction carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    Request,
+    Response,
+}
+
+impl fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MessageKind::Request => "request",
+            MessageKind::Response => "response",
+        })
+    }
+}
+
+/// Why some bytes could not be parsed. Every variant names the direction (as seen from the
+/// traced process) and, where it applies, the kind of message that was lost.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// The bytes are not an HTTP/1 head (garbage, another protocol, a bad token).
+    #[error("malformed HTTP/1 {kind} head ({dir:?}, {buffered} bytes): {reason}")]
+    MalformedHead {
+        dir: Direction,
+        kind: MessageKind,
+        /// Bytes of the head available when the error was found.
+        buffered: usize,
+        reason: &'static str,
+    },
+    /// No end of head within [`MAX_HEAD_BYTES`].
+    #[error("HTTP/1 {kind} head ({dir:?}) longer than {limit} bytes")]
+    HeadTooLarge {
+        dir: Direction,
+        kind: MessageKind,
+        limit: usize,
+    },
+    /// More than [`MAX_PARSED_HEADERS`] header fields.
+    #[error("HTTP/1 {kind} head ({dir:?}) has more than {limit} header fields")]
+    TooManyHeaders {
+        dir: Direction,
+        kind: MessageKind,
+        limit: usize,
+    },
+    /// The kernel did not capture part of a head.
+    #[error("{gap} uncaptured bytes inside an HTTP/1 {kind} head ({dir:?}, {buffered} bytes of it captured)")]
+    GapInHead {
+        dir: Direction,
+        kind: MessageKind,
+        buffered: usize,
+        gap: u64,
+    },
+    /// `Content-Length` is not a number, or several disagree.
+    #[error("invalid Content-Length {value:?} in HTTP/1 {kind} ({dir:?})")]
+    InvalidContentLength {
+        dir: Direction,
+        kind: MessageKind,
+        value: String,
+    },
+    /// A request whose final transfer coding is not `chunked`: its length is unknowable.
+    #[error("unsupported Transfer-Encoding {value:?} in HTTP/1 request ({dir:?})")]
+    UnsupportedTransferEncoding { dir: Direction, value: String },
+    /// Broken chunked framing.
+    #[error("malformed chunked body in HTTP/1 {kind} ({dir:?}): {reason}")]
+    MalformedChunk {
+        dir: Direction,
+        kind: MessageKind,
+        reason: &'static str,
+    },
+    /// A final response arrived while no request was waiting for one. Its body is skipped
+    /// and it is not reported.
+    #[error("HTTP/1 response {status} ({dir:?}) with no pending request")]
+    UnexpectedResponse { dir: Direction, status: u16 },
+    /// Too many requests without responses; the oldest was dropped.
+    #[error("more than {limit} HTTP/1 requests await a response; dropped the oldest")]
+    TooManyPendingRequests { limit: usize },
+}
+
+/// Whether some bytes can be the beginning of a message of a kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    Yes,
+    /// Too short to tell, and consistent with a start line so far.
+    Maybe,
+    No,
+}
+
+/// Cheap protocol detection on the first bytes a connection carries in its request
+/// direction: a standard method, a space and (as far as `prefix` goes) a plausible request
+/// line ending in `HTTP/1.0` or `HTTP/1.1`. HTTP/2's `PRI * HTTP/2.0` preface is rejected.
+/// A prefix too short to decide is rejected too.
+#[must_use]
+pub fn looks_like_request(prefix: &[u8]) -> bool {
+    classify_request_start(prefix) == Start::Yes
+}
+
+/// Cheap protocol detection on the first bytes of a response direction: `HTTP/1.` and, as
+/// far as `prefix` goes, a minor version digit and a space.
+#[must_use]
+pub fn looks_like_response(prefix: &[u8]) -> bool {
+    classify_response_start(prefix) == Start::Yes
+}
+
+fn classify_start(kind: MessageKind, bytes: &[u8]) -> Start {
+    match kind {
+        MessageKind::Request => classify_request_start(bytes),
+        MessageKind::Response => classify_response_start(bytes),
+    }
+}
+
+fn classify_request_start(bytes: &[u8]) -> Start {
+    let mut maybe = false;
+    for method in KNOWN_METHODS {
+        let n = method.len();
+        if bytes.len() > n {
+            if bytes.starts_with(method) && bytes[n] == b' ' {
+                return classify_request_line_rest(&bytes[n + 1..]);
+            }
+        } else if method.starts_with(bytes) {
+            maybe = true;
+        }
+    }
+    if maybe {
+        Start::Maybe
+    } else {
+        Start::No
+    }
+}
+
+/// `rest` follows "METHOD ": a target, a space, a version, CRLF.
+fn classify_request_line_rest(rest: &[u8]) -> Start {
+    match rest.first() {
+        None => return Start::Yes,
+        Some(b) if !b.is_ascii_graphic() => return Start::No,
+        Some(_) => {}
+    }
+    let Some(eol) = rest.iter().position(|&b| b == b'\n') else {
+        return Start::Yes;
+    };
+    let line = &rest[..eol];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0") {
+        Start::Yes
+    } else {
+        Start::No
+    }
+}
+
+fn classify_response_start(bytes: &[u8]) -> Start {
+    let n = RESPONSE_PREFIX.len();
+    if bytes.len() < n {
+        return if RESPONSE_PREFIX.starts_with(bytes) {
+            Start::Maybe
+        } else {
+            Start::No
+        };
+    }
+    if !bytes.starts_with(RESPONSE_PREFIX) {
+        return Start::No;
+    }
+    match (bytes.get(n), bytes.get(n + 1)) {
+        (Some(d), _) if !d.is_ascii_digit() => Start::No,
+        (_, Some(&sp)) if sp != b' ' => Start::No,
+        _ => Start::Yes,
+    }
+}
+
+/// What the response parser needs to know about the request it answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MethodClass {
+    Head,
+    Connect,
+    Other,
+}
+
+impl MethodClass {
+    fn of(method: &[u8]) -> Self {
+        match method {
+            b"HEAD" => MethodClass::Head,
+            b"CONNECT" => MethodClass::Connect,
+            _ => MethodClass::Other,
+        }
+    }
+
+    /// From the first bytes of a (possibly broken) request head.
+    fn of_head_bytes(bytes: &[u8]) -> Self {
+        let end = bytes.iter().position(|&b| b == b' ').unwrap_or(bytes.len());
+        Self::of(&bytes[..end])
+    }
+}
+
+/// State of one direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Between messages, or inside a head (its bytes so far are in `DirState::buf`).
+    Head,
+    Body(Body),
+    /// Framing lost: ignore bytes until a syscall starts with a start line.
+    Desync,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Body {
+    Length { remaining: u64 },
+    Chunked(Chunk),
+    /// Response delimited by the end of the stream.
+    UntilEof,
+    /// Chunked body whose framing was lost in a gap.
+    Unframed(Tail),
+}
+
+/// Position inside a chunked body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// Reading the hex chunk size; `line` counts the bytes of the size line so far.
+    Size { size: u64, digits: bool, line: usize },
+    /// After the size: whitespace and chunk extensions, skipped up to the line end.
+    Ext { size: u64, line: usize },
+    /// Saw CR ending the size line.
+    SizeLf { size: u64 },
+    Data { remaining: u64 },
+    /// Expecting the CRLF that follows chunk data.
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or of the final blank line).
+    TrailerStart { total: usize },
+    TrailerLine { total: usize },
+    /// Saw CR at the start of a trailer line: expecting the LF that ends the body.
+    TrailerEndLf,
+}
+
+impl Chunk {
+    const START: Chunk = Chunk::Size {
+        size: 0,
+        digits: false,
+        line: 0,
+    };
+
+    fn after_size_line(size: u64) -> Chunk {
+        if size == 0 {
+            Chunk::TrailerStart { total: 0 }
+        } else {
+            Chunk::Data { remaining: size }
+        }
+    }
+}
+
+/// Advances a chunked-body state over `input`: returns (bytes consumed, payload bytes
+/// among them, body complete). Stops right after the body's last byte.
+fn advance_chunked(c: &mut Chunk, input: &[u8]) -> Result<(usize, u64, bool), &'static str> {
+    let mut i = 0;
+    let mut payload = 0u64;
+    while i < input.len() {
+        if let Chunk::Data { remaining } = *c {
+            let avail = (input.len() - i) as u64;
+            let n = remaining.min(avail);
+            // n <= avail, which fits in usize.
+            i += n as usize;
+            payload += n;
+            *c = if n == remaining {
+                Chunk::DataCr
+            } else {
+                Chunk::Data {
+                    remaining: remaining - n,
+                }
+            };
+            continue;
+        }
+        let b = input[i];
+        i += 1;
+        *c = match *c {
+            Chunk::Size { size, digits, line } => {
+                if line >= MAX_CHUNK_LINE {
+                    return Err("chunk-size line too long");
+                }
+                if let Some(v) = hex_value(b) {
+                    if size > u64::MAX >> 4 {
+                        return Err("chunk size overflows");
+                    }
+                    Chunk::Size {
+                        size: (size << 4) | v,
+                        digits: true,
+                        line: line + 1,
+                    }
+                } else if !digits {
+                    return Err("missing chunk size");
+                } else {
+                    match b {
+                        b'\r' => Chunk::SizeLf { size },
+                        b'\n' => Chunk::after_size_line(size),
+                        b';' | b' ' | b'\t' => Chunk::Ext {
+                            size,
+                            line: line + 1,
+                        },
+                        _ => return Err("invalid byte in chunk size"),
+                    }
+                }
+            }
+            Chunk::Ext { size, line } => match b {
+                b'\r' => Chunk::SizeLf { size },
+                b'\n' => Chunk::after_size_line(size),
+                _ if line >= MAX_CHUNK_LINE => return Err("chunk extension too long"),
+                _ => Chunk::Ext {
+                    size,
+                    line: line + 1,
+                },
+            },
+            Chunk::SizeLf { size } => {
+                if b != b'\n' {
+                    return Err("expected LF after chunk size");
+                }
+                Chunk::after_size_line(size)
+            }
+            // Handled above; kept so the match stays total without a panic path.
+            Chunk::Data { remaining } => Chunk::Data { remaining },
+            Chunk::DataCr => match b {
+                b'\r' => Chunk::DataLf,
+                b'\n' => Chunk::START,
+                _ => return Err("missing CRLF after chunk data"),
+            },
+            Chunk::DataLf => {
+                if b != b'\n' {
+                    return Err("missing LF after chunk data");
+                }
+                Chunk::START
+            }
+            Chunk::TrailerStart { total } => match b {
+                b'\r' => Chunk::TrailerEndLf,
+                b'\n' => return Ok((i, payload, true)),
+                _ => Chunk::TrailerLine { total: total + 1 },
+            },
+            Chunk::TrailerLine { total } => {
+                if total >= MAX_TRAILER_BYTES {
+                    return Err("trailer section too long");
+                }
+                if b == b'\n' {
+                    Chunk::TrailerStart { total: total + 1 }
+                } else {
+                    Chunk::TrailerLine { total: total + 1 }
+                }
+            }
+            Chunk::TrailerEndLf => {
+                if b != b'\n' {
+                    return Err("expected LF ending the trailer section");
+                }
+                return Ok((i, payload, true));
+            }
+        };
+    }
+    Ok((i, payload, false))
+}
+
+fn hex_value(b: u8) -> Option<u64> {
+    match b {
+        b'0'..=b'9' => Some(u64::from(b - b'0')),
+        b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),
+        b'A'..=b'F' => Some(u64::from(b - b'A' + 10)),
+        _ => None,
+    }
+}
+
+/// The last few bytes of an unframed chunked body, to spot its last-chunk marker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Tail {
+    bytes: [u8; Tail::CAP],
+    /// Bytes held, counted since the last gap (capped at `CAP`).
+    len: u8,
+}
+
+impl Tail {
+    const CAP: usize = 7;
+    const MARKER: &'static [u8] = b"0\r\n\r\n";
+
+    fn push(&mut self, data: &[u8]) {
+        let held = usize::from(self.len);
+        if data.len() >= Self::CAP {
+            self.bytes
+                .copy_from_slice(&data[data.len() - Self::CAP..]);
+            self.len = Self::CAP as u8;
+            return;
+        }
+        let keep = held.min(Self::CAP - data.len());
+        let mut next = [0u8; Self::CAP];
+        next[..keep].copy_from_slice(&self.bytes[held - keep..held]);
+        next[keep..keep + data.len()].copy_from_slice(data);
+        self.bytes = next;
+        self.len = (keep + data.len()) as u8;
+    }
+
+    /// The bytes since the last gap end with the last chunk (`0`, no trailers), which
+    /// starts a line.
+    fn ends_chunked_body(&self) -> bool {
+        let held = &self.bytes[..usize::from(self.len)];
+        let m = Self::MARKER.len();
+        held.ends_with(Self::MARKER) && (held.len() == m || held[held.len() - m - 1] == b'\n')
+    }
+}
+
+#[derive(Debug)]
+struct DirState {
+    phase: Phase,
+    /// Bytes of an incomplete head (never more than [`MAX_HEAD_BYTES`]).
+    buf: Vec<u8>,
+    /// Resynchronized on bytes too short to be sure they start a message: give up
+    /// silently if they turn out not to.
+    tentative: bool,
+    /// Timing of the current message's first byte.
+    first: Option<Timing>,
+    /// Request direction: sequence number of the request whose body is being read.
+    body_seq: Option<u64>,
+}
+
+impl DirState {
+    fn new() -> Self {
+        DirState {
+            phase: Phase::Head,
+            buf: Vec::new(),
+            tentative: false,
+            first: None,
+            body_seq: None,
+        }
+    }
+
+    fn reset(&mut self, phase: Phase) {
+        self.phase = phase;
+        self.buf.clear();
+        if self.buf.capacity() > KEEP_BUFFER_CAPACITY {
+            self.buf = Vec::new();
+        }
+        self.tentative = false;
+        self.first = None;
+        self.body_seq = None;
+    }
+}
+
+/// A request waiting for its final response.
+#[derive(Debug)]
+struct Pending {
+    seq: u64,
+    method: MethodClass,
+    /// The head was lost: consume its response without reporting it.
+    lost: bool,
+    request: Request,
+    first: Timing,
+    last: Timing,
+}
+
+/// The final response being received.
+#[derive(Debug)]
+struct InFlight {
+    response: Response,
+    first: Timing,
+    last: Timing,
+    /// Sequence number of the request it answers (the oldest pending one at its head).
+    answers: Option<u64>,
+}
+
+/// Per-call context.
+struct Ctx<'o> {
+    kind: MessageKind,
+    dir: Direction,
+    t: Timing,
+    out: &'o mut Vec<Exchange>,
+    error: Option<ParseError>,
+}
+
+impl Ctx<'_> {
+    fn report(&mut self, e: ParseError) {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+    }
+}
+
+/// Outcome of trying to parse a (possibly incomplete) head.
+enum HeadOutcome {
+    /// Parsed; the head was this many bytes.
+    Complete(usize),
+    Partial,
+    /// Tentative resynchronization was wrong: back to waiting, silently.
+    Reject,
+    /// The message is lost; `Some` if it surely was a message (see [`Http1Session::fail`]).
+    Failed(ParseError, Option<MethodClass>),
+}
+
+/// Parser and request/response pairing for one HTTP/1.x connection (both directions).
+#[derive(Debug)]
+pub struct Http1Session {
+    role: Role,
+    req: DirState,
+    resp: DirState,
+    pending: VecDeque<Pending>,
+    in_flight: Option<InFlight>,
+    next_seq: u64,
+    /// After `101 Switching Protocols` or a tunnel: nothing is HTTP/1 any more.
+    opaque: bool,
+}
+
+impl Http1Session {
+    #[must_use]
+    pub fn new(role: Role) -> Self {
+        Http1Session {
+            role,
+            req: DirState::new(),
+            resp: DirState::new(),
+            pending: VecDeque::new(),
+            in_flight: None,
+            next_seq: 0,
+            opaque: false,
+        }
+    }
+
+    /// Bytes the process read (Ingress) or wrote (Egress), in order. `data` is the
+    /// captured prefix of a syscall's payload; `total_len >= data.len()` is how many bytes
+    /// the syscall really moved: the missing `total_len - data.len()` bytes are a gap whose
+    /// content is unknown. Gaps inside bodies are skipped exactly by length; a gap inside a
+    /// head is a [`ParseError`] for that message. Completed exchanges are pushed to `out`,
+    /// also when an error is returned (it concerns other bytes of the same call).
+    pub fn feed(
+        &mut self,
+        dir: Direction,
+        data: &[u8],
+        total_len: usize,
+        t: Timing,
+        out: &mut Vec<Exchange>,
+    ) -> Result<(), ParseError> {
+        let gap = total_len.saturating_sub(data.len()) as u64;
+        let mut cx = Ctx {
+            kind: self.kind_of(dir),
+            dir,
+            t,
+            out,
+            error: None,
+        };
+        self.feed_inner(&mut cx, data, gap);
+        match cx.error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The process saw end of stream in `dir` (read returned 0) or the connection closed:
+    /// completes a response whose body is delimited by connection close (HTTP/1.0 style),
+    /// or an unframed one. A response cut short inside a `Content-Length` or chunked body
+    /// is dropped and its request stays pending (the caller counts it as unanswered); a
+    /// request cut short keeps its place in the queue. The exchange's `response_last` is
+    /// the timing of the response's last byte (as for any response), not `t`.
+    pub fn eof(&mut self, dir: Direction, t: Timing, out: &mut Vec<Exchange>) {
+        if self.opaque {
+            return;
+        }
+        let kind = self.kind_of(dir);
+        let mut cx = Ctx {
+            kind,
+            dir,
+            t,
+            out,
+            error: None,
+        };
+        match self.state(kind).phase {
+            Phase::Body(Body::UntilEof | Body::Unframed(_)) => self.finish_message(&mut cx),
+            Phase::Body(_) => match kind {
+                MessageKind::Request => self.finish_message(&mut cx),
+                MessageKind::Response => self.in_flight = None,
+            },
+            Phase::Head | Phase::Desync => {}
+        }
+        self.state_mut(kind).reset(Phase::Head);
+    }
+
+    /// Requests seen and not yet answered (including ones whose head was lost).
+    #[must_use]
+    pub fn pending_requests(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Bytes of incomplete heads held, both directions (at most `2 * MAX_HEAD_BYTES`).
+    #[must_use]
+    pub fn buffered_bytes(&self) -> usize {
+        self.req.buf.len() + self.resp.buf.len()
+    }
+
+    /// Whether the connection switched protocols and is no longer parsed.
+    #[must_use]
+    pub fn is_opaque(&self) -> bool {
+        self.opaque
+    }
+
+    fn kind_of(&self, dir: Direction) -> MessageKind {
+        if dir == self.role.request_direction() {
+            MessageKind::Request
+        } else {
+            MessageKind::Response
+        }
+    }
+
+    fn state(&self, kind: MessageKind) -> &DirState {
+        match kind {
+            MessageKind::Request => &self.req,
+            MessageKind::Response => &self.resp,
+        }
+    }
+
+    fn state_mut(&mut self, kind: MessageKind) -> &mut DirState {
+        match kind {
+            MessageKind::Request => &mut self.req,
+            MessageKind::Response => &mut self.resp,
+        }
+    }
+
+    fn feed_inner(&mut self, cx: &mut Ctx<'_>, data: &[u8], gap: u64) {
+        if self.opaque {
+            return;
+        }
+        let kind = cx.kind;
+        // Decisions taken at syscall boundaries.
+        match self.state(kind).phase {
+            Phase::Desync => match classify_start(kind, data) {
+                Start::Yes => self.state_mut(kind).reset(Phase::Head),
+                Start::Maybe if !data.is_empty() => {
+                    let st = self.state_mut(kind);
+                    st.reset(Phase::Head);
+                    st.tentative = true;
+                }
+                _ => return,
+            },
+            Phase::Body(Body::Unframed(_)) if classify_start(kind, data) == Start::Yes => {
+                self.finish_message(cx);
+            }
+            _ => {}
+        }
+        let mut input = data;
+        while !input.is_empty() {
+            if self.opaque {
+                return;
+            }
+            let step = match self.state(kind).phase {
+                Phase::Desync => return,
+                Phase::Head => self.head_step(cx, input),
+                Phase::Body(body) => self.body_step(cx, body, input),
+            };
+            match step {
+                Some(n) => input = input.get(n..).unwrap_or_default(),
+                None => return,
+            }
+        }
+        if self.opaque {
+            return;
+        }
+        if gap > 0 {
+            self.skip_gap(cx, gap);
+        } else if let Phase::Body(Body::Unframed(tail)) = self.state(kind).phase {
+            if tail.ends_chunked_body() {
+                self.finish_message(cx);
+            }
+        }
+    }
+
+    /// Consumes head bytes from `input`; `None` if the rest of `input` is to be dropped.
+    fn head_step(&mut self, cx: &mut Ctx<'_>, input: &[u8]) -> Option<usize> {
+        let kind = cx.kind;
+        let st = self.state_mut(kind);
+        if st.buf.is_empty() {
+            // Empty lines between messages are tolerated (RFC 9112 §2.2) and are not part
+            // of the next message.
+            let blank = input
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+            if blank > 0 {
+                return Some(blank);
+            }
+        }
+        if st.first.is_none() {
+            st.first = Some(cx.t);
+        }
+        let tentative = st.tentative;
+        let mut buf = std::mem::take(&mut st.buf);
+        let old = buf.len();
+        let (outcome, taken) = if old == 0 {
+            let window = &input[..input.len().min(MAX_HEAD_BYTES)];
+            (self.try_head(cx, window, tentative), window.len())
+        } else {
+            let take = input.len().min(MAX_HEAD_BYTES.saturating_sub(old));
+            buf.extend_from_slice(&input[..take]);
+            // Re-parsed from its start on every call, so an error is found in the call that
+            // brought it however the bytes were split (heads are small and bounded).
+            (self.try_head(cx, &buf, tentative), take)
+        };
+        match outcome {
+            HeadOutcome::Complete(n) => {
+                buf.clear();
+                self.state_mut(kind).buf = buf;
+                // The head ends inside the bytes just added.
+                Some(n.saturating_sub(old))
+            }
+            HeadOutcome::Partial => {
+                if old + taken >= MAX_HEAD_BYTES {
+                    let lost = if old == 0 {
+                        lost_message(kind, input, Start::Yes)
+                    } else {
+                        lost_message(kind, &buf, Start::Yes)
+                    };
+                    self.state_mut(kind).buf = buf;
+                    self.fail(
+                        cx,
+                        ParseError::HeadTooLarge {
+                            dir: cx.dir,
+                            kind,
+                            limit: MAX_HEAD_BYTES,
+                        },
+                        lost,
+                    );
+                    return None;
+                }
+                if old == 0 {
+                    buf.extend_from_slice(&input[..taken]);
+                }
+                self.state_mut(kind).buf = buf;
+                Some(taken)
+            }
+            HeadOutcome::Reject => {
+                self.state_mut(kind).buf = buf;
+                self.state_mut(kind).reset(Phase::Desync);
+                None
+            }
+            HeadOutcome::Failed(e, lost) => {
+                self.state_mut(kind).buf = buf;
+                if self.state(kind).tentative {
+                    self.state_mut(kind).reset(Phase::Desync);
+                } else {
+                    self.fail(cx, e, lost);
+                }
+                None
+            }
+        }
+    }
+
+    fn try_head(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        bytes: &[u8],
+        tentative: bool,
+    ) -> HeadOutcome {
+        let kind = cx.kind;
+        if tentative {
+            match classify_start(kind, bytes) {
+                Start::No => return HeadOutcome::Reject,
+                Start::Yes => self.state_mut(kind).tentative = false,
+                Start::Maybe => {}
+            }
+        }
+        let config = parser_config();
+        let mut headers = [EMPTY_HEADER; MAX_PARSED_HEADERS];
+        let parsed = match kind {
+            MessageKind::Request => {
+                let mut req = httparse::Request::new(&mut headers);
+                match config.parse_request(&mut req, bytes) {
+                    Ok(Status::Complete(n)) => self.on_request_head(cx, &req).map(|()| Some(n)),
+                    Ok(Status::Partial) => Ok(None),
+                    Err(e) => Err(httparse_error(cx, e, bytes.len())),
+                }
+            }
+            MessageKind::Response => {
+                let mut resp = httparse::Response::new(&mut headers);
+                match config.parse_response(&mut resp, bytes) {
+                    Ok(Status::Complete(n)) => self.on_response_head(cx, &resp).map(|()| Some(n)),
+                    Ok(Status::Partial) => Ok(None),
+                    Err(e) => Err(httparse_error(cx, e, bytes.len())),
+                }
+            }
+        };
+        match parsed {
+            Ok(Some(n)) => HeadOutcome::Complete(n),
+            Ok(None) => HeadOutcome::Partial,
+            Err(e) => HeadOutcome::Failed(e, lost_message(kind, bytes, Start::Yes)),
+        }
+    }
+
+    fn on_request_head(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        req: &httparse::Request<'_, '_>,
+    ) -> Result<(), ParseError> {
+        let framing = Framing::of(req.headers, cx.dir, MessageKind::Request)?;
+        let body = if let Some(te) = framing.transfer_encoding {
+            if !te.chunked {
+                return Err(ParseError::UnsupportedTransferEncoding {
+                    dir: cx.dir,
+                    value: te.last_value,
+                });
+            }
+            Some(Body::Chunked(Chunk::START))
+        } else {
+            match framing.content_length {
+                Some(n) if n > 0 => Some(Body::Length { remaining: n }),
+                _ => None,
+            }
+        };
+        let method = req.method.unwrap_or_default();
+        let request = Request {
+            method: method.to_owned(),
+            target: req.path.unwrap_or_default().to_owned(),
+            version_minor: req.version.unwrap_or(1),
+            headers: stored_headers(req.headers),
+            body_len: 0,
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let st = &mut self.req;
+        let first = st.first.take().unwrap_or(cx.t);
+        match body {
+            Some(body) => {
+                st.phase = Phase::Body(body);
+                st.body_seq = Some(seq);
+            }
+            None => {
+                st.phase = Phase::Head;
+                st.body_seq = None;
+            }
+        }
+        self.push_pending(
+            cx,
+            Pending {
+                seq,
+                method: MethodClass::of(method.as_bytes()),
+                lost: false,
+                request,
+                first,
+                last: cx.t,
+            },
+        );
+        Ok(())
+    }
+
+    fn on_response_head(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        resp: &httparse::Response<'_, '_>,
+    ) -> Result<(), ParseError> {
+        let status = resp.code.unwrap_or_default();
+        if (100..200).contains(&status) && status != 101 {
+            // Interim response: the final one follows.
+            let st = &mut self.resp;
+            st.first = None;
+            st.phase = Phase::Head;
+            return Ok(());
+        }
+        let framing = Framing::of(resp.headers, cx.dir, MessageKind::Response)?;
+        let (answers, method) = match self.pending.front() {
+            Some(p) => (Some(p.seq), p.method),
+            None => {
+                cx.report(ParseError::UnexpectedResponse {
+                    dir: cx.dir,
+                    status,
+                });
+                (None, MethodClass::Other)
+            }
+        };
+        let first = self.resp.first.take().unwrap_or(cx.t);
+        self.in_flight = Some(InFlight {
+            response: Response {
+                status,
+                version_minor: resp.version.unwrap_or(1),
+                headers: if answers.is_some() {
+                    stored_headers(resp.headers)
+                } else {
+                    Vec::new()
+                },
+                body_len: 0,
+            },
+            first,
+            last: cx.t,
+            answers,
+        });
+        if status == 101 || (method == MethodClass::Connect && (200..300).contains(&status)) {
+            self.resp.phase = Phase::Head;
+            self.complete_response(cx);
+            self.opaque = true;
+            return Ok(());
+        }
+        let body = if method == MethodClass::Head || status == 204 || status == 304 {
+            None
+        } else if let Some(te) = framing.transfer_encoding {
+            Some(if te.chunked {
+                Body::Chunked(Chunk::START)
+            } else {
+                Body::UntilEof
+            })
+        } else {
+            match framing.content_length {
+                Some(0) => None,
+                Some(n) => Some(Body::Length { remaining: n }),
+                None => Some(Body::UntilEof),
+            }
+        };
+        match body {
+            Some(body) => self.resp.phase = Phase::Body(body),
+            None => {
+                self.resp.phase = Phase::Head;
+                self.complete_response(cx);
+            }
+        }
+        Ok(())
+    }
+
+    fn push_pending(&mut self, cx: &mut Ctx<'_>, p: Pending) {
+        if self.pending.len() >= MAX_PENDING_REQUESTS {
+            self.pending.pop_front();
+            cx.report(ParseError::TooManyPendingRequests {
+                limit: MAX_PENDING_REQUESTS,
+            });
+        }
+        self.pending.push_back(p);
+    }
+
+    /// Consumes body bytes; `None` if the rest of `input` is to be dropped.
+    fn body_step(&mut self, cx: &mut Ctx<'_>, body: Body, input: &[u8]) -> Option<usize> {
+        let kind = cx.kind;
+        let len = input.len() as u64;
+        match body {
+            Body::Length { remaining } => {
+                let n = remaining.min(len);
+                self.account(cx, n);
+                if n == remaining {
+                    self.finish_message(cx);
+                } else {
+                    self.state_mut(kind).phase = Phase::Body(Body::Length {
+                        remaining: remaining - n,
+                    });
+                }
+                // n <= input.len().
+                Some(n as usize)
+            }
+            Body::UntilEof => {
+                self.account(cx, len);
+                Some(input.len())
+            }
+            Body::Unframed(mut tail) => {
+                tail.push(input);
+                self.state_mut(kind).phase = Phase::Body(Body::Unframed(tail));
+                self.account(cx, len);
+                Some(input.len())
+            }
+            Body::Chunked(mut chunk) => match advance_chunked(&mut chunk, input) {
+                Ok((consumed, payload, done)) => {
+                    self.account(cx, payload);
+                    if done {
+                        self.finish_message(cx);
+                    } else {
+                        self.state_mut(kind).phase = Phase::Body(Body::Chunked(chunk));
+                    }
+                    Some(consumed)
+                }
+                Err(reason) => {
+                    self.fail(
+                        cx,
+                        ParseError::MalformedChunk {
+                            dir: cx.dir,
+                            kind,
+                            reason,
+                        },
+                        None,
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    /// The syscall carried bytes of the current message's body, `payload` of which count
+    /// as body.
+    fn account(&mut self, cx: &Ctx<'_>, payload: u64) {
+        match cx.kind {
+            MessageKind::Request => {
+                let Some(seq) = self.req.body_seq else {
+                    return;
+                };
+                if let Some(p) = self.pending.back_mut().filter(|p| p.seq == seq) {
+                    p.last = cx.t;
+                    p.request.body_len = p.request.body_len.saturating_add(payload);
+                }
+            }
+            MessageKind::Response => {
+                if let Some(f) = self.in_flight.as_mut() {
+                    f.last = cx.t;
+                    f.response.body_len = f.response.body_len.saturating_add(payload);
+                }
+            }
+        }
+    }
+
+    /// The syscall moved `gap` more bytes than were captured.
+    fn skip_gap(&mut self, cx: &mut Ctx<'_>, gap: u64) {
+        let kind = cx.kind;
+        let dir = cx.dir;
+        match self.state(kind).phase {
+            Phase::Desync => {}
+            Phase::Head => {
+                let st = self.state(kind);
+                if st.tentative {
+                    self.state_mut(kind).reset(Phase::Desync);
+                    return;
+                }
+                let buffered = st.buf.len();
+                let lost = lost_message(kind, &st.buf, Start::Maybe);
+                self.fail(
+                    cx,
+                    ParseError::GapInHead {
+                        dir,
+                        kind,
+                        buffered,
+                        gap,
+                    },
+                    lost,
+                );
+            }
+            Phase::Body(Body::Length { remaining }) => {
+                if gap < remaining {
+                    self.account(cx, gap);
+                    self.state_mut(kind).phase = Phase::Body(Body::Length {
+                        remaining: remaining - gap,
+                    });
+                } else {
+                    self.account(cx, remaining);
+                    self.finish_message(cx);
+                    if gap > remaining {
+                        // The next message starts inside the gap: a message surely was lost.
+                        self.fail(
+                            cx,
+                            ParseError::GapInHead {
+                                dir,
+                                kind,
+                                buffered: 0,
+                                gap: gap - remaining,
+                            },
+                            Some(MethodClass::Other),
+                        );
+                    }
+                }
+            }
+            Phase::Body(Body::Chunked(Chunk::Data { remaining })) if gap <= remaining => {
+                self.account(cx, gap);
+                let next = if gap == remaining {
+                    Chunk::DataCr
+                } else {
+                    Chunk::Data {
+                        remaining: remaining - gap,
+                    }
+                };
+                self.state_mut(kind).phase = Phase::Body(Body::Chunked(next));
+            }
+            Phase::Body(Body::Chunked(_) | Body::Unframed(_)) => {
+                self.account(cx, gap);
+                self.state_mut(kind).phase = Phase::Body(Body::Unframed(Tail::default()));
+            }
+            Phase::Body(Body::UntilEof) => self.account(cx, gap),
+        }
+    }
+
+    /// The current message of `cx.kind` is complete.
+    fn finish_message(&mut self, cx: &mut Ctx<'_>) {
+        let kind = cx.kind;
+        let st = self.state_mut(kind);
+        st.phase = Phase::Head;
+        st.first = None;
+        st.body_seq = None;
+        if kind == MessageKind::Response {
+            self.complete_response(cx);
+        }
+    }
+
+    /// Pairs the in-flight response with the request it answers and reports the exchange.
+    fn complete_response(&mut self, cx: &mut Ctx<'_>) {
+        let Some(f) = self.in_flight.take() else {
+            return;
+        };
+        let Some(seq) = f.answers else {
+            return;
+        };
+        if self.pending.front().is_none_or(|p| p.seq != seq) {
+            // Its request was dropped meanwhile (queue overflow).
+            return;
+        }
+        let Some(p) = self.pending.pop_front() else {
+            return;
+        };
+        if p.lost {
+            return;
+        }
+        cx.out.push(Exchange {
+            request: p.request,
+            response: f.response,
+            request_first: p.first,
+            request_last: p.last,
+            response_first: f.first,
+            response_last: f.last,
+        });
+    }
+
+    /// Reports `e`, drops the direction's buffered bytes and waits for a start line.
+    /// `lost` is `Some` when a message surely existed: a lost request still takes its
+    /// place in the queue; a lost final response still consumes the oldest request.
+    fn fail(&mut self, cx: &mut Ctx<'_>, e: ParseError, lost: Option<MethodClass>) {
+        cx.report(e);
+        let kind = cx.kind;
+        let st = self.state_mut(kind);
+        let in_body = matches!(st.phase, Phase::Body(_));
+        st.reset(Phase::Desync);
+        match kind {
+            MessageKind::Request => {
+                if let Some(method) = lost.filter(|_| !in_body) {
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    self.push_pending(
+                        cx,
+                        Pending {
+                            seq,
+                            method,
+                            lost: true,
+                            request: Request::default(),
+                            first: cx.t,
+                            last: cx.t,
+                        },
+                    );
+                }
+            }
+            MessageKind::Response => {
+                if in_body {
+                    let answers = self.in_flight.take().and_then(|f| f.answers);
+                    if answers.is_some() && self.pending.front().map(|p| p.seq) == answers {
+                        self.pending.pop_front();
+                    }
+                } else if lost.is_some() {
+                    self.pending.pop_front();
+                }
+            }
+        }
+    }
+}
+
+/// `Some` if `bytes` (the start of a head that failed) surely began a message: its start
+/// line classifies at least as `min`. Interim responses do not count.
+fn lost_message(kind: MessageKind, bytes: &[u8], min: Start) -> Option<MethodClass> {
+    let start = classify_start(kind, bytes);
+    let sure = match min {
+        Start::Yes => start == Start::Yes,
+        _ => start != Start::No,
+    };
+    if !sure {
+        return None;
+    }
+    match kind {
+        MessageKind::Request => Some(MethodClass::of_head_bytes(bytes)),
+        // "HTTP/1.1 1xx": an interim response consumes no request.
+        MessageKind::Response => {
+            (bytes.get(RESPONSE_PREFIX.len() + 2) != Some(&b'1')).then_some(MethodClass::Other)
+        }
+    }
+}
+
+fn parser_config() -> ParserConfig {
+    // A passive observer accepts what real peers send; the start line stays strict, which
+    // is what tells HTTP from garbage.
+    let mut config = ParserConfig::default();
+    config
+        .allow_spaces_after_header_name_in_responses(true)
+        .allow_obsolete_multiline_headers_in_responses(true)
+        .allow_multiple_spaces_in_request_line_delimiters(true)
+        .allow_multiple_spaces_in_response_status_delimiters(true)
+        .ignore_invalid_headers_in_responses(true)
+        .ignore_invalid_headers_in_requests(true);
+    config
+}
+
+fn httparse_error(cx: &Ctx<'_>, e: httparse::Error, buffered: usize) -> ParseError {
+    let (dir, kind) = (cx.dir, cx.kind);
+    let reason = match e {
+        httparse::Error::TooManyHeaders => {
+            return ParseError::TooManyHeaders {
+                dir,
+                kind,
+                limit: MAX_PARSED_HEADERS,
+            }
+        }
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status code",
+        httparse::Error::Token => "invalid token in start line",
+        httparse::Error::Version => "invalid HTTP version",
+    };
+    ParseError::MalformedHead {
+        dir,
+        kind,
+        buffered,
+        reason,
+    }
+}
+
+fn stored_headers(raw: &[Header<'_>]) -> Vec<(String, String)> {
+    let n = raw.len().min(MAX_STORED_HEADERS);
+    let mut headers = Vec::with_capacity(n);
+    for h in &raw[..n] {
+        headers.push((
+            h.name.to_ascii_lowercase(),
+            String::from_utf8_lossy(h.value).into_owned(),
+        ));
+    }
+    headers
+}
+
+/// `Transfer-Encoding` as far as framing goes.
+struct TransferEncoding {
+    /// The final coding is `chunked`.
+    chunked: bool,
+    /// The last field value, for error messages.
+    last_value: String,
+}
+
+/// What the header fields say about the body's length.
+struct Framing {
+    transfer_encoding: Option<TransferEncoding>,
+    content_length: Option<u64>,
+}
+
+impl Framing {
+    fn of(headers: &[Header<'_>], dir: Direction, kind: MessageKind) -> Result<Self, ParseError> {
+        let mut framing = Framing {
+            transfer_encoding: None,
+            content_length: None,
+        };
+        let mut last_te: Option<&[u8]> = None;
+        for h in headers {
+            if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                if h.value.iter().any(|b| !b.is_ascii_whitespace() && *b != b',') {
+                    last_te = Some(h.value);
+                }
+            } else if h.name.eq_ignore_ascii_case("content-length") {
+                for item in h.value.split(|&b| b == b',') {
+                    let n = parse_decimal(item.trim_ascii()).ok_or_else(|| {
+                        ParseError::InvalidContentLength {
+                            dir,
+                            kind,
+                            value: error_value(h.value),
+                        }
+                    })?;
+                    if framing.content_length.is_some_and(|m| m != n) {
+                        return Err(ParseError::InvalidContentLength {
+                            dir,
+                            kind,
+                            value: error_value(h.value),
+                        });
+                    }
+                    framing.content_length = Some(n);
+                }
+            }
+        }
+        if let Some(te) = last_te {
+            let final_coding = te
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .rfind(|c| !c.is_empty())
+                .unwrap_or_default();
+            framing.transfer_encoding = Some(TransferEncoding {
+                chunked: final_coding.eq_ignore_ascii_case(b"chunked"),
+                last_value: error_value(te),
+            });
+            // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3).
+            framing.content_length = None;
+        }
+        Ok(framing)
+    }
+}
+
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |acc, &b| {
+        if b.is_ascii_digit() {
+            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+fn error_value(value: &[u8]) -> String {
+    let cut = &value[..value.len().min(MAX_ERROR_VALUE)];
+    String::from_utf8_lossy(cut).into_owned()
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    const IN: Direction = Direction::Ingress;
+    const OUT: Direction = Direction::Egress;
+
+    fn tm(i: usize) -> Timing {
+        let i = i as u64;
+        Timing {
+            enter_ns: i * 10,
+            exit_ns: i * 10 + 5,
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Ev {
+        /// Direction, captured bytes, uncaptured bytes after them.
+        Data(Direction, Vec<u8>, usize),
+        Eof(Direction),
+    }
+
+    fn d(dir: Direction, bytes: &[u8]) -> Ev {
+        Ev::Data(dir, bytes.to_vec(), 0)
+    }
+
+    fn g(dir: Direction, bytes: &[u8], gap: usize) -> Ev {
+        Ev::Data(dir, bytes.to_vec(), gap)
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct Run {
+        ex: Vec<Exchange>,
+        errors: Vec<(usize, ParseError)>,
+        pending: usize,
+        opaque: bool,
+    }
+
+    /// Feeds `evs` (event `i` carries `tm(i)`), each data event cut at the positions
+    /// `cuts(len)` returns (sorted, inside `1..len`); a gap stays after the last piece.
+    fn run_with(role: Role, evs: &[Ev], mut cuts: impl FnMut(usize) -> Vec<usize>) -> Run {
+        let mut s = Http1Session::new(role);
+        let mut ex = Vec::new();
+        let mut errors = Vec::new();
+        for (i, ev) in evs.iter().enumerate() {
+            match ev {
+                Ev::Data(dir, bytes, gap) => {
+                    let mut start = 0;
+                    let ends = cuts(bytes.len()).into_iter().chain([bytes.len()]);
+                    for end in ends {
+                        let piece = &bytes[start..end];
+                        let total = piece.len() + if end == bytes.len() { *gap } else { 0 };
+                        if let Err(e) = s.feed(*dir, piece, total, tm(i), &mut ex) {
+                            errors.push((i, e));
+                        }
+                        start = end;
+                        assert!(s.buffered_bytes() <= 2 * MAX_HEAD_BYTES);
+                        assert!(s.pending_requests() <= MAX_PENDING_REQUESTS);
+                    }
+                }
+                Ev::Eof(dir) => s.eof(*dir, tm(i), &mut ex),
+            }
+        }
+        Run {
+            ex,
+            errors,
+            pending: s.pending_requests(),
+            opaque: s.is_opaque(),
+        }
+    }
+
+    fn run(role: Role, evs: &[Ev]) -> Run {
+        run_with(role, evs, |_| Vec::new())
+    }
+
+    /// How much of a head was seen when it failed depends on the split; nothing else may.
+    fn normalized(mut r: Run) -> Run {
+        for (_, e) in &mut r.errors {
+            if let ParseError::MalformedHead { buffered, .. } = e {
+                *buffered = 0;
+            }
+        }
+        r
+    }
+
+    /// Runs `evs` whole, byte by byte, cut at every single position (events up to 2 KiB),
+    /// and cut at random positions; all must agree. Returns the whole run.
+    fn check(role: Role, evs: &[Ev]) -> Run {
+        let whole = run(role, evs);
+        let expect = normalized(run(role, evs));
+        let bytes = normalized(run_with(role, evs, |len| (1..len).collect()));
+        assert_eq!(bytes, expect, "byte by byte");
+        for (k, ev) in evs.iter().enumerate() {
+            let Ev::Data(_, b, _) = ev else { continue };
+            if b.len() > 2048 {
+                continue;
+            }
+            for p in 1..b.len() {
+                let mut idx = 0;
+                let r = normalized(run_with(role, evs, |len| {
+                    let mine = idx == k;
+                    idx += 1;
+                    if mine && p < len {
+                        vec![p]
+                    } else {
+                        Vec::new()
+                    }
+                }));
+                assert_eq!(r, expect, "event {k} cut at {p}");
+            }
+        }
+        let mut rng = StdRng::seed_from_u64(0x6877_3131);
+        for round in 0..20 {
+            let r = normalized(run_with(role, evs, |len| {
+                let mut c: Vec<usize> = (1..len).filter(|_| rng.random_ratio(1, 7)).collect();
+                c.dedup();
+                c
+            }));
+            assert_eq!(r, expect, "random split round {round}");
+        }
+        whole
+    }
+
+    const GET: &[u8] = b"GET /index.html?x=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t/1\r\nAccept: */*\r\n\r\n";
+    const OK5: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello";
+
+    fn get(path: &str) -> Vec<u8> {
+        format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").into_bytes()
+    }
+
+    fn ok(status: u16, body: &str) -> Vec<u8> {
+        format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+    }
+
+    fn statuses(r: &Run) -> Vec<(String, u16)> {
+        r.ex.iter()
+            .map(|e| (e.request.target.clone(), e.response.status))
+            .collect()
+    }
+
+    #[test]
+    fn simple_exchange() {
+        let r = check(Role::Server, &[d(IN, GET), d(OUT, OK5)]);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(r.pending, 0);
+        let [e] = &r.ex[..] else { panic!("{:?}", r.ex) };
+        assert_eq!(e.request.method, "GET");
+        assert_eq!(e.request.target, "/index.html?x=1");
+        assert_eq!(e.request.version_minor, 1);
+        assert_eq!(e.request.header("host"), Some("example.com"));
+        assert_eq!(e.request.header("user-agent"), Some("t/1"));
+        assert_eq!(e.request.headers.len(), 3);
+        assert_eq!(e.request.body_len, 0);
+        assert_eq!(e.response.status, 200);
+        assert_eq!(e.response.version_minor, 1);
+        assert_eq!(e.response.header("content-type"), Some("text/plain"));
+        assert_eq!(e.response.body_len, 5);
+        assert_eq!(
+            (e.request_first, e.request_last, e.response_first, e.response_last),
+            (tm(0), tm(0), tm(1), tm(1))
+        );
+    }
+
+    #[test]
+    fn client_role_swaps_directions() {
+        let r = check(Role::Client, &[d(OUT, GET), d(IN, OK5)]);
+        assert!(r.errors.is_empty());
+        assert_eq!(statuses(&r), [("/index.html?x=1".to_owned(), 200)]);
+    }
+
+    #[test]
+    fn header_names_lower_cased_values_lossy() {
+        let req = b"GET / HTTP/1.0\r\nX-MiXeD-Case: V a l\r\nCONTENT-LENGTH: 0\r\nX-Bin: a\xffb\r\n\r\n";
+        let r = check(Role::Server, &[d(IN, req), d(OUT, &ok(200, ""))]);
+        let e = &r.ex[0];
+        assert_eq!(e.request.version_minor, 0);
+        assert_eq!(
+            e.request.headers,
+            [
+                ("x-mixed-case".to_owned(), "V a l".to_owned()),
+                ("content-length".to_owned(), "0".to_owned()),
+                ("x-bin".to_owned(), "a\u{fffd}b".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn timings_follow_first_and_last_byte() {
+        let evs = [
+            d(IN, b"POST /p HTTP/1.1\r\nContent-"),
+            d(IN, b"Length: 6\r\n\r\nab"),
+            d(IN, b"cd"),
+            d(IN, b"ef"),
+            d(OUT, b"HTTP/1.1 201 Created\r\n"),
+            d(OUT, b"Content-Length: 3\r\n\r\n"),
+            d(OUT, b"abc"),
+        ];
+        let r = check(Role::Server, &evs);
+        let e = &r.ex[0];
+        assert_eq!(e.request.body_len, 6);
+        assert_eq!(e.response.body_len, 3);
+        assert_eq!(
+            (e.request_first, e.request_last, e.response_first, e.response_last),
+            (tm(0), tm(3), tm(4), tm(6))
+        );
+    }
+
+    #[test]
+    fn keep_alive_many_exchanges() {
+        let mut evs = Vec::new();
+        let codes = [200, 201, 202, 203, 206];
+        for (i, code) in codes.into_iter().enumerate() {
+            evs.push(d(IN, &get(&format!("/{i}"))));
+            evs.push(d(OUT, &ok(code, &"x".repeat(i * 3))));
+        }
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty());
+        assert_eq!(r.ex.len(), 5);
+        for (i, e) in r.ex.iter().enumerate() {
+            assert_eq!(e.request.target, format!("/{i}"));
+            assert_eq!(e.response.status, codes[i]);
+            assert_eq!(e.response.body_len, 3 * i as u64);
+            assert_eq!(e.request_first, tm(2 * i));
+            assert_eq!(e.response_last, tm(2 * i + 1));
+        }
+    }
+
+    #[test]
+    fn pipelined_requests_pair_fifo() {
+        let mut reqs = get("/a");
+        reqs.extend(b"POST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nxyz");
+        reqs.extend(get("/c"));
+        let mut resps = ok(200, "first");
+        resps.extend(ok(404, "nope"));
+        let (r1, r2) = resps.split_at(resps.len() - 3);
+        let evs = [
+            d(IN, &reqs),
+            d(OUT, r1),
+            d(OUT, r2),
+            d(OUT, &ok(500, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty());
+        assert_eq!(
+            statuses(&r),
+            [
+                ("/a".to_owned(), 200),
+                ("/b".to_owned(), 404),
+                ("/c".to_owned(), 500)
+            ]
+        );
+        assert_eq!(r.ex[1].request.body_len, 3);
+        assert_eq!(r.ex[1].response_first, tm(1));
+        assert_eq!(r.ex[1].response_last, tm(2));
+        assert_eq!(r.pending, 0);
+    }
+
+    #[test]
+    fn pending_counts_unanswered() {
+        let mut s = Http1Session::new(Role::Server);
+        let mut out = Vec::new();
+        let mut reqs = get("/a");
+        reqs.extend(get("/b"));
+        s.feed(IN, &reqs, reqs.len(), tm(0), &mut out).unwrap();
+        assert_eq!(s.pending_requests(), 2);
+        let resp = ok(200, "");
+        s.feed(OUT, &resp, resp.len(), tm(1), &mut out).unwrap();
+        assert_eq!(s.pending_requests(), 1);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn chunked_response_with_extensions_and_trailers() {
+        let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n\
+5;name=value\r\nhello\r\n6 ; a=\"b;c\"\r\n world\r\nA\r\n0123456789\r\n0;last\r\nX-Sum: abc\r\nX-More: d\r\n\r\n";
+        let evs = [
+            d(IN, &get("/c")),
+            d(OUT, resp),
+            d(IN, &get("/next")),
+            d(OUT, &ok(200, "n")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(r.ex.len(), 2);
+        assert_eq!(r.ex[0].response.body_len, 21);
+        assert_eq!(r.ex[0].response.header("transfer-encoding"), Some("chunked"));
+        assert_eq!(r.ex[1].response.body_len, 1);
+    }
+
+    #[test]
+    fn chunked_bare_lf_and_split_terminator() {
+        let evs = [
+            d(IN, &get("/c")),
+            d(OUT, b"HTTP/1.1 200 OK\nTransfer-Encoding: gzip, chunked\n\n3\nabc\n"),
+            d(OUT, b"0\r\n"),
+            d(OUT, b"\r\n"),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(r.ex[0].response.body_len, 3);
+        assert_eq!(r.ex[0].response_last, tm(3));
+    }
+
+    #[test]
+    fn chunked_request_body() {
+        let req = b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n";
+        let evs = [d(IN, req), d(OUT, &ok(204, ""))];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty());
+        assert_eq!(r.ex[0].request.body_len, 4);
+        assert_eq!(r.ex[0].response.status, 204);
+    }
+
+    #[test]
+    fn transfer_encoding_overrides_content_length() {
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
+        let r = check(Role::Server, &[d(IN, &get("/")), d(OUT, resp), d(IN, &get("/2")), d(OUT, &ok(200, ""))]);
+        assert!(r.errors.is_empty());
+        assert_eq!(r.ex.len(), 2);
+        assert_eq!(r.ex[0].response.body_len, 2);
+    }
+
+    #[test]
+    fn malformed_chunk_is_an_error_and_consumes_the_request() {
+        let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+        let r = check(Role::Server, &[d(IN, &get("/")), d(OUT, resp), d(IN, &get("/2")), d(OUT, &ok(200, ""))]);
+        assert!(matches!(r.errors[..], [(1, ParseError::MalformedChunk { .. })]), "{:?}", r.errors);
+        assert_eq!(statuses(&r), [("/2".to_owned(), 200)]);
+    }
+
+    #[test]
+    fn http10_response_until_eof() {
+        let evs = [
+            d(IN, b"GET /old HTTP/1.0\r\n\r\n"),
+            d(OUT, b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nsome "),
+            d(OUT, b"body bytes"),
+            Ev::Eof(OUT),
+        ];
+        let before = check(Role::Server, &evs[..3]);
+        assert!(before.ex.is_empty());
+        assert_eq!(before.pending, 1);
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty());
+        let [e] = &r.ex[..] else { panic!() };
+        assert_eq!(e.response.version_minor, 0);
+        assert_eq!(e.response.body_len, 15);
+        assert_eq!(e.response_first, tm(1));
+        assert_eq!(e.response_last, tm(2));
+        assert_eq!(r.pending, 0);
+        // A client sees the same as read() returning 0 on ingress.
+        let client = [
+            d(OUT, b"GET /old HTTP/1.0\r\n\r\n"),
+            d(IN, b"HTTP/1.0 200 OK\r\n\r\nabc"),
+            Ev::Eof(IN),
+        ];
+        let r = check(Role::Client, &client);
+        assert_eq!(r.ex[0].response.body_len, 3);
+    }
+
+    #[test]
+    fn eof_on_request_side_does_not_complete_response() {
+        let evs = [
+            d(IN, &get("/")),
+            Ev::Eof(IN),
+            d(OUT, b"HTTP/1.1 200 OK\r\n\r\nabc"),
+            Ev::Eof(OUT),
+        ];
+        let r = check(Role::Server, &evs);
+        assert_eq!(r.ex.len(), 1);
+        assert_eq!(r.ex[0].response.body_len, 3);
+    }
+
+    #[test]
+    fn truncated_response_is_dropped_and_request_stays_pending() {
+        let evs = [
+            d(IN, &get("/")),
+            d(OUT, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"),
+            Ev::Eof(OUT),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(r.ex.is_empty());
+        assert_eq!(r.pending, 1);
+    }
+
+    #[test]
+    fn expect_100_continue() {
+        let evs = [
+            d(IN, b"PUT /f HTTP/1.1\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n"),
+            d(OUT, b"HTTP/1.1 100 Continue\r\n\r\n"),
+            d(IN, b"0123456789"),
+            d(OUT, b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty());
+        let [e] = &r.ex[..] else { panic!() };
+        assert_eq!(e.request.header("expect"), Some("100-continue"));
+        assert_eq!(e.request.body_len, 10);
+        assert_eq!(e.response.status, 201);
+        assert_eq!(e.response.body_len, 2);
+        assert_eq!(
+            (e.request_first, e.request_last, e.response_first, e.response_last),
+            (tm(0), tm(2), tm(3), tm(3))
+        );
+    }
+
+    #[test]
+    fn other_interim_responses_are_skipped() {
+        let resp = b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx";
+        let r = check(Role::Server, &[d(IN, &get("/")), d(OUT, resp)]);
+        assert!(r.errors.is_empty());
+        assert_eq!(r.ex.len(), 1);
+        assert_eq!(r.ex[0].response.status, 200);
+        assert_eq!(r.ex[0].response.header("link"), None);
+    }
+
+    #[test]
+    fn switching_protocols_completes_and_goes_opaque() {
+        let req = b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        let resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello";
+        let evs = [
+            d(IN, req),
+            d(OUT, resp),
+            d(IN, b"\x81\x85garbage frames"),
+            d(OUT, b"HTTP/1.1 200 OK\r\n\r\n"),
+            g(IN, b"", 100),
+            Ev::Eof(OUT),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert!(r.opaque);
+        let [e] = &r.ex[..] else { panic!("{:?}", r.ex) };
+        assert_eq!(e.response.status, 101);
+        assert_eq!(e.response.body_len, 0);
+        assert_eq!(e.request.header("upgrade"), Some("websocket"));
+    }
+
+    #[test]
+    fn connect_tunnel_goes_opaque() {
+        let evs = [
+            d(OUT, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"),
+            d(IN, b"HTTP/1.1 200 Connection established\r\n\r\n"),
+            d(OUT, b"\x16\x03\x01\x02\x00\x01"),
+            d(IN, b"\x16\x03\x03"),
+        ];
+        let r = check(Role::Client, &evs);
+        assert!(r.errors.is_empty());
+        assert!(r.opaque);
+        assert_eq!(statuses(&r), [("example.com:443".to_owned(), 200)]);
+    }
+
+    #[test]
+    fn head_204_304_have_no_body() {
+        let evs = [
+            d(IN, b"HEAD /big HTTP/1.1\r\nHost: h\r\n\r\n"),
+            d(OUT, b"HTTP/1.1 200 OK\r\nContent-Length: 123456\r\n\r\n"),
+            d(IN, &get("/nc")),
+            d(OUT, b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n"),
+            d(IN, &get("/cached")),
+            d(OUT, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 77\r\nETag: \"x\"\r\n\r\n"),
+            d(IN, &get("/last")),
+            d(OUT, &ok(200, "body")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        let got: Vec<(u16, u64)> = r.ex.iter().map(|e| (e.response.status, e.response.body_len)).collect();
+        assert_eq!(got, [(200, 0), (204, 0), (304, 0), (200, 4)]);
+        assert_eq!(r.ex[0].request.method, "HEAD");
+        assert_eq!(r.ex[0].response.header("content-length"), Some("123456"));
+    }
+
+    #[test]
+    fn response_without_request_is_an_error_not_a_panic() {
+        let evs = [
+            d(OUT, &ok(400, "bad request")),
+            d(IN, &get("/x")),
+            d(OUT, &ok(200, "fine")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert_eq!(
+            r.errors,
+            [(
+                0,
+                ParseError::UnexpectedResponse {
+                    dir: OUT,
+                    status: 400
+                }
+            )]
+        );
+        // Its body was skipped by length: the next response pairs normally.
+        assert_eq!(statuses(&r), [("/x".to_owned(), 200)]);
+    }
+
+    #[test]
+    fn garbage_is_an_error_then_resync_on_next_request() {
+        let evs = [
+            d(IN, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03 not http"),
+            d(IN, b"more garbage\r\n\r\n"),
+            d(IN, &get("/ok")),
+            d(OUT, &ok(200, "y")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(
+            matches!(
+                r.errors[..],
+                [(
+                    0,
+                    ParseError::MalformedHead {
+                        dir: IN,
+                        kind: MessageKind::Request,
+                        ..
+                    }
+                )]
+            ),
+            "{:?}",
+            r.errors
+        );
+        assert_eq!(statuses(&r), [("/ok".to_owned(), 200)]);
+        assert_eq!(r.pending, 0);
+
+        // Resynchronization happens at syscall boundaries only: a request that follows
+        // garbage inside the same syscall is lost with it.
+        let evs = [
+            d(IN, b"\x00garbage GET /lost HTTP/1.1\r\n\r\n"),
+            d(IN, b"garbage"),
+            d(IN, &get("/ok")),
+            d(OUT, &ok(200, "y")),
+        ];
+        let r = run(Role::Server, &evs);
+        assert_eq!(r.errors.len(), 1);
+        assert_eq!(statuses(&r), [("/ok".to_owned(), 200)]);
+    }
+
+    #[test]
+    fn garbage_in_response_direction() {
+        let evs = [
+            d(IN, &get("/a")),
+            d(OUT, b"SSH-2.0-OpenSSH\r\n"),
+            d(OUT, &ok(200, "late")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(matches!(r.errors[..], [(1, ParseError::MalformedHead { kind: MessageKind::Response, .. })]));
+        // Garbage is not a response: the request is still answered by the next one.
+        assert_eq!(statuses(&r), [("/a".to_owned(), 200)]);
+    }
+
+    #[test]
+    fn http2_preface_is_not_http1() {
+        let r = run(Role::Server, &[d(IN, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")]);
+        // httparse accepts PRI as a token, but HTTP/2.0 is not a version it knows.
+        assert_eq!(r.errors.len(), 1);
+        assert!(r.ex.is_empty());
+        assert_eq!(r.pending, 0);
+    }
+
+    #[test]
+    fn head_too_large_is_bounded_and_keeps_pairing() {
+        let mut big = b"GET /big HTTP/1.1\r\nCookie: ".to_vec();
+        big.extend(std::iter::repeat_n(b'c', MAX_HEAD_BYTES + 100));
+        big.extend(b"\r\n\r\n");
+        let evs = [
+            d(IN, &big),
+            d(OUT, b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n"),
+            d(IN, &get("/after")),
+            d(OUT, &ok(200, "")),
+        ];
+        let r = run(Role::Server, &evs);
+        assert_eq!(
+            r.errors,
+            [(
+                0,
+                ParseError::HeadTooLarge {
+                    dir: IN,
+                    kind: MessageKind::Request,
+                    limit: MAX_HEAD_BYTES
+                }
+            )]
+        );
+        // The lost request consumed the 431 silently.
+        assert_eq!(statuses(&r), [("/after".to_owned(), 200)]);
+        // Same in small pieces (buffered path).
+        let r2 = run_with(Role::Server, &evs, |len| (1..len).step_by(1000).skip(1).collect());
+        assert_eq!(r2, r);
+        let r3 = run_with(Role::Server, &evs, |len| (1..len).collect());
+        assert_eq!(r3, r);
+    }
+
+    #[test]
+    fn header_count_caps() {
+        let mut req = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..100 {
+            req.extend(format!("H{i}: v{i}\r\n").bytes());
+        }
+        req.extend(b"\r\n");
+        let r = check(Role::Server, &[d(IN, &req), d(OUT, &ok(200, ""))]);
+        assert!(r.errors.is_empty());
+        let h = &r.ex[0].request.headers;
+        assert_eq!(h.len(), MAX_STORED_HEADERS);
+        assert_eq!(h[0], ("h0".to_owned(), "v0".to_owned()));
+        assert_eq!(h[63], ("h63".to_owned(), "v63".to_owned()));
+
+        let mut req = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_PARSED_HEADERS {
+            req.extend(format!("H{i}: v\r\n").bytes());
+        }
+        req.extend(b"\r\n");
+        let r = run(Role::Server, &[d(IN, &req)]);
+        assert!(matches!(r.errors[..], [(0, ParseError::TooManyHeaders { .. })]));
+    }
+
+    #[test]
+    fn content_length_errors() {
+        for bad in ["abc", "-1", "1 2", "99999999999999999999999", "5, 6"] {
+            let req = format!("POST / HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n");
+            let r = run(Role::Server, &[d(IN, req.as_bytes())]);
+            assert!(
+                matches!(r.errors[..], [(0, ParseError::InvalidContentLength { .. })]),
+                "{bad}: {:?}",
+                r.errors
+            );
+            // A request surely happened: it keeps its place.
+            assert_eq!(r.pending, 1);
+        }
+        let req = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
+        assert!(matches!(
+            run(Role::Server, &[d(IN, req)]).errors[..],
+            [(0, ParseError::InvalidContentLength { .. })]
+        ));
+        // Repeated equal values are fine.
+        let req = b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\nabc";
+        let r = check(Role::Server, &[d(IN, req), d(OUT, &ok(200, ""))]);
+        assert!(r.errors.is_empty());
+        assert_eq!(r.ex[0].request.body_len, 3);
+    }
+
+    #[test]
+    fn transfer_encoding_without_chunked() {
+        let req = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\nxx";
+        let r = run(Role::Server, &[d(IN, req)]);
+        assert!(matches!(&r.errors[..], [(0, ParseError::UnsupportedTransferEncoding { value, .. })] if value == "gzip"));
+        // Responses with such framing last until the end of the stream.
+        let evs = [
+            d(IN, &get("/")),
+            d(OUT, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabcdef"),
+            Ev::Eof(OUT),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty());
+        assert_eq!(r.ex[0].response.body_len, 6);
+    }
+
+    #[test]
+    fn empty_lines_between_messages_are_ignored() {
+        let evs = [
+            d(IN, b"POST /a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx\r\n"),
+            d(OUT, &ok(200, "")),
+            d(IN, b"\r\n"),
+            d(IN, &get("/b")),
+            d(OUT, &ok(201, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(statuses(&r), [("/a".to_owned(), 200), ("/b".to_owned(), 201)]);
+        assert_eq!(r.ex[1].request_first, tm(3));
+    }
+
+    #[test]
+    fn gap_inside_content_length_body_is_skipped_exactly() {
+        let head = b"POST /upload HTTP/1.1\r\nContent-Length: 10000\r\n\r\n";
+        let mut captured = head.to_vec();
+        captured.extend([b'a'; 4096 - 46]);
+        let gap = head.len() + 10000 - captured.len();
+        let resp10 = ok(200, "abcdefghij");
+        let evs = [
+            g(IN, &captured, gap),
+            d(IN, &get("/next")),
+            d(OUT, &ok(200, "")),
+            g(OUT, &resp10[..40], resp10.len() - 40),
+        ];
+        let r = run(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(statuses(&r), [("/upload".to_owned(), 200), ("/next".to_owned(), 200)]);
+        assert_eq!(r.ex[0].request.body_len, 10000);
+        assert_eq!(r.ex[1].response.body_len, 10);
+        let r2 = check(Role::Server, &evs);
+        assert_eq!(r2, r);
+    }
+
+    #[test]
+    fn gap_past_the_body_loses_the_next_message() {
+        // The syscall moved the rest of the body and the head of a second request.
+        let evs = [
+            g(IN, b"POST /a HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123", 6 + 30),
+            d(OUT, &ok(200, "")),
+            d(OUT, &ok(404, "")),
+            d(IN, &get("/c")),
+            d(OUT, &ok(201, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(matches!(r.errors[..], [(0, ParseError::GapInHead { buffered: 0, gap: 30, .. })]), "{:?}", r.errors);
+        // The lost request consumed the 404; /c pairs with its own response.
+        assert_eq!(statuses(&r), [("/a".to_owned(), 200), ("/c".to_owned(), 201)]);
+    }
+
+    #[test]
+    fn gap_inside_head_is_an_error() {
+        let evs = [
+            g(IN, b"GET /long HTTP/1.1\r\nCookie: aaaa", 5000),
+            d(IN, b"rest of the cookie\r\n\r\n"),
+            d(OUT, &ok(200, "")),
+            d(IN, &get("/b")),
+            d(OUT, &ok(202, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(
+            matches!(
+                r.errors[..],
+                [(0, ParseError::GapInHead { kind: MessageKind::Request, gap: 5000, .. })]
+            ),
+            "{:?}",
+            r.errors
+        );
+        assert_eq!(statuses(&r), [("/b".to_owned(), 202)]);
+
+        // A response head cut by a gap still answers its request.
+        let evs = [
+            d(IN, &get("/a")),
+            g(OUT, b"HTTP/1.1 200 OK\r\nSet-Cookie: ", 6000),
+            d(IN, &get("/b")),
+            d(OUT, &ok(202, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(matches!(r.errors[..], [(1, ParseError::GapInHead { kind: MessageKind::Response, .. })]));
+        assert_eq!(statuses(&r), [("/b".to_owned(), 202)]);
+    }
+
+    #[test]
+    fn gap_inside_chunk_data_is_skipped_exactly() {
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2000\r\n";
+        let mut cap = head.to_vec();
+        cap.extend([b'z'; 100]);
+        let evs = [
+            d(IN, &get("/")),
+            g(OUT, &cap, 0x2000 - 100),
+            d(OUT, b"\r\n3\r\nabc\r\n0\r\n\r\n"),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty());
+        assert_eq!(r.ex[0].response.body_len, 0x2000 + 3);
+        assert_eq!(r.ex[0].response_last, tm(2));
+    }
+
+    #[test]
+    fn gap_over_chunk_framing_goes_unframed() {
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123";
+        // Ends with the last-chunk marker in a syscall captured whole.
+        let evs = [
+            d(IN, &get("/")),
+            g(OUT, head, 500),
+            d(OUT, b"tail of data\r\n0\r\n\r\n"),
+            d(IN, &get("/2")),
+            d(OUT, &ok(200, "x")),
+        ];
+        let r = run(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(statuses(&r), [("/".to_owned(), 200), ("/2".to_owned(), 200)]);
+        assert_eq!(r.ex[0].response_last, tm(2));
+        // Approximate: payload before the gap, the gap, and the later bytes as they came.
+        assert_eq!(r.ex[0].response.body_len, 4 + 500 + 19);
+
+        // Ended by the next response's start line.
+        let evs = [
+            d(IN, &get("/")),
+            d(IN, &get("/2")),
+            g(OUT, head, 500),
+            d(OUT, b"more"),
+            d(OUT, &ok(404, "")),
+        ];
+        let r = run(Role::Server, &evs);
+        assert!(r.errors.is_empty());
+        assert_eq!(statuses(&r), [("/".to_owned(), 200), ("/2".to_owned(), 404)]);
+        assert_eq!(r.ex[0].response_last, tm(3));
+
+        // Ended by the end of the stream.
+        let evs = [d(IN, &get("/")), g(OUT, head, 500), d(OUT, b"0\r\n"), Ev::Eof(OUT)];
+        let r = run(Role::Server, &evs);
+        assert_eq!(r.ex.len(), 1);
+
+        // A syscall that is exactly the last chunk, after a gap.
+        let evs = [d(IN, &get("/")), g(OUT, head, 500), d(OUT, b"0\r\n\r\n")];
+        let r = run(Role::Server, &evs);
+        assert_eq!(r.ex.len(), 1);
+        assert_eq!(r.ex[0].response_last, tm(2));
+    }
+
+    #[test]
+    fn gap_in_desync_or_between_messages() {
+        // A gap with nothing captured at a message boundary is a lost head.
+        let evs = [d(IN, &get("/a")), g(OUT, b"", 300), d(OUT, b"tail"), d(IN, &get("/b")), d(OUT, &ok(200, ""))];
+        let r = run(Role::Server, &evs);
+        assert!(matches!(r.errors[..], [(1, ParseError::GapInHead { buffered: 0, .. })]));
+        assert_eq!(statuses(&r), [("/b".to_owned(), 200)]);
+    }
+
+    #[test]
+    fn too_many_pending_drops_the_oldest() {
+        let mut reqs = Vec::new();
+        for i in 0..MAX_PENDING_REQUESTS + 6 {
+            reqs.extend(get(&format!("/{i}")));
+        }
+        let r = run(Role::Server, &[d(IN, &reqs), d(OUT, &ok(200, ""))]);
+        assert_eq!(r.pending, MAX_PENDING_REQUESTS - 1);
+        assert!(matches!(r.errors[..], [(0, ParseError::TooManyPendingRequests { .. })]));
+        assert_eq!(statuses(&r), [("/6".to_owned(), 200)]);
+    }
+
+    #[test]
+    fn detection() {
+        for ok in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"GET ",
+            b"POST /x",
+            b"HEAD /",
+            b"PUT /a HTTP/1.0\r\n",
+            b"DELETE /a",
+            b"OPTIONS * HTTP/1.1\r\n",
+            b"CONNECT h:443 HTTP/1.1\r\n",
+            b"TRACE /",
+            b"PATCH /",
+            b"PROPFIND /",
+        ] {
+            assert!(looks_like_request(ok), "{:?}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+            b"PRI ",
+            b"GET",
+            b"GE",
+            b"",
+            b"get / HTTP/1.1\r\n",
+            b"GET  / HTTP/1.1\r\n",
+            b"GET / HTTP/2.0\r\n",
+            b"GETX / HTTP/1.1\r\n",
+            b"\x16\x03\x01\x02\x00",
+            b"HTTP/1.1 200 OK\r\n",
+        ] {
+            assert!(!looks_like_request(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert!(looks_like_response(b"HTTP/1.1 200 OK\r\n"));
+        assert!(looks_like_response(b"HTTP/1.0 404"));
+        assert!(looks_like_response(b"HTTP/1."));
+        assert!(!looks_like_response(b"HTTP/1"));
+        assert!(!looks_like_response(b"HTTP/2 200"));
+        assert!(!looks_like_response(b"HTTP/1.x 200"));
+        assert!(!looks_like_response(b"GET / HTTP/1.1\r\n"));
+        assert_eq!(classify_request_start(b"GE"), Start::Maybe);
+        assert_eq!(classify_request_start(b"PR"), Start::Maybe);
+        assert_eq!(classify_request_start(b"PRI"), Start::No);
+        assert_eq!(classify_response_start(b"HTT"), Start::Maybe);
+    }
+
+    #[test]
+    fn tail_marker() {
+        let mut t = Tail::default();
+        t.push(b"0\r\n\r\n");
+        assert!(t.ends_chunked_body());
+        let mut t = Tail::default();
+        t.push(b"abc\r\n0\r");
+        t.push(b"\n\r\n");
+        assert!(t.ends_chunked_body());
+        let mut t = Tail::default();
+        t.push(b"x0\r\n\r\n");
+        assert!(!t.ends_chunked_body());
+        let mut t = Tail::default();
+        t.push(b"10\r\n\r\n");
+        assert!(!t.ends_chunked_body());
+    }
+
+    /// Message fragments the randomized test stitches together.
+    const SNIPPETS: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"HEAD /h HTTP/1.1\r\n\r\n",
+        b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nT: v\r\n\r\n",
+        b"PUT /e HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+        b"CONNECT h:1 HTTP/1.1\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\n\r\nuntil eof",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+        b"\r\n",
+        b"0\r\n\r\n",
+        b"\x16\x03\x01\x00",
+        b"PRI * HTTP/2.0\r\n\r\n",
+        b"Content-Length: 99999999999999999999\r\n",
+        b"ffffffffffffffffff\r\n",
+    ];
+
+    fn random_bytes(rng: &mut StdRng) -> Vec<u8> {
+        let mut v = Vec::new();
+        for _ in 0..rng.random_range(1..6) {
+            match rng.random_range(0..4) {
+                0 => v.extend((0..rng.random_range(0..40)).map(|_| rng.random::<u8>())),
+                _ => {
+                    let s = SNIPPETS[rng.random_range(0..SNIPPETS.len())];
+                    let a = rng.random_range(0..=s.len());
+                    let b = rng.random_range(a..=s.len());
+                    if rng.random_ratio(2, 3) {
+                        v.extend(s);
+                    } else {
+                        v.extend(&s[a..b]);
+                    }
+                }
+            }
+            if rng.random_ratio(1, 10) && !v.is_empty() {
+                let i = rng.random_range(0..v.len());
+                v[i] = rng.random();
+            }
+        }
+        v
+    }
+
+    /// The property the fuzz target checks, on a fixed seed so CI exercises it.
+    #[test]
+    fn randomized_inputs_never_panic_and_stay_bounded() {
+        let mut rng = StdRng::seed_from_u64(0x5eed_0001);
+        let mut exchanges = 0usize;
+        let mut errors = 0usize;
+        for _ in 0..3000 {
+            let role = if rng.random() { Role::Server } else { Role::Client };
+            let mut s = Http1Session::new(role);
+            let mut out = Vec::new();
+            for i in 0..rng.random_range(1..40) {
+                let dir = if rng.random() { IN } else { OUT };
+                if rng.random_ratio(1, 30) {
+                    s.eof(dir, tm(i), &mut out);
+                    continue;
+                }
+                let data = random_bytes(&mut rng);
+                let gap = if rng.random_ratio(1, 8) { rng.random_range(0..20_000) } else { 0 };
+                if s.feed(dir, &data, data.len() + gap, tm(i), &mut out).is_err() {
+                    errors += 1;
+                }
+                assert!(s.buffered_bytes() <= 2 * MAX_HEAD_BYTES);
+                assert!(s.pending_requests() <= MAX_PENDING_REQUESTS);
+            }
+            // A claimed length shorter than the data is treated as no gap.
+            let _ = s.feed(IN, b"GET / HTTP/1.1\r\n\r\n", 0, tm(99), &mut out);
+            for e in &out {
+                assert!(e.request.headers.len() <= MAX_STORED_HEADERS);
+                assert!(e.response.headers.len() <= MAX_STORED_HEADERS);
+            }
+            exchanges += out.len();
+        }
+        // The generator reaches both outcomes.
+        assert!(exchanges > 100, "{exchanges}");
+        assert!(errors > 100, "{errors}");
+    }
+
+    #[test]
+    fn large_head_fed_byte_by_byte_stays_bounded() {
+        let mut s = Http1Session::new(Role::Server);
+        let mut out = Vec::new();
+        let mut errs = 0;
+        let line = b"GET / HTTP/1.1\r\nX: ";
+        for &b in line.iter().chain(std::iter::repeat_n(&b'v', 2 * MAX_HEAD_BYTES)) {
+            if s.feed(IN, &[b], 1, tm(0), &mut out).is_err() {
+                errs += 1;
+            }
+            assert!(s.buffered_bytes() <= MAX_HEAD_BYTES);
+        }
+        assert_eq!(errs, 1);
+    }
+}

@@ -1,6 +1,6 @@
 //! Spans: the neutral model, context extraction, per-process resources, redaction and
 //! the builder that turns paired HTTP exchanges into spans.
-// pub mod build; (enabled once conn lands)
+pub mod build;
 pub mod context;
 pub mod model;
 pub mod redact;

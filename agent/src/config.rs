@@ -1,0 +1,170 @@
+//! Command line and environment → settings. Flags win over the standard `OTEL_*`
+//! environment variables.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// ghostwire: traces services nobody instrumented. eBPF captures every process's HTTP
+/// traffic; ghostwire turns it into OpenTelemetry spans.
+#[derive(Debug, Parser)]
+#[command(name = "ghostwire", version, about, long_about = None)]
+pub struct Cli {
+    /// Trace only this process id (repeatable). Default: every process but ghostwire.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Trace only connections with this local or remote port (repeatable).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+
+    /// Trace only processes with this name (repeatable). Matched against the kernel's
+    /// process name (`comm`: the executable's file name, first 15 bytes).
+    #[arg(long = "exe", value_name = "NAME")]
+    pub exes: Vec<String>,
+
+    /// OTLP/gRPC endpoint, e.g. http://127.0.0.1:4317. Default: the
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT variable.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Extra output (repeatable): `jsonl:PATH` writes each batch as one OTLP-JSON line;
+    /// `console` shows the live waterfall. With no OTLP endpoint and no output, the
+    /// waterfall is shown.
+    #[arg(long = "output", value_name = "SPEC")]
+    pub outputs: Vec<String>,
+
+    /// Print counters every SECS seconds on stderr (0: only at exit).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub stats_interval: u64,
+
+    /// Bytes copied per read/write syscall (at most 8192). 4096 holds the headers of
+    /// nearly every real request; body bytes beyond it are counted, not copied.
+    #[arg(long, value_name = "BYTES", default_value_t = ghostwire_common::DEFAULT_CAPTURE)]
+    pub capture_bytes: u32,
+
+    /// Kernel ring buffer size (power of two).
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub ring_buffer_bytes: u32,
+
+    /// Spans held per exporter while the backend is slow or down; beyond it the oldest
+    /// are dropped (and counted).
+    #[arg(long, value_name = "SPANS", default_value_t = 8192)]
+    pub queue_size: usize,
+}
+
+/// Resolved outputs.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outputs {
+    pub otlp_endpoint: Option<String>,
+    pub jsonl: Option<PathBuf>,
+    pub console: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("unknown output `{0}`: use --output jsonl:PATH or --output console")]
+    UnknownOutput(String),
+    #[error("--capture-bytes {0} is out of range: use 1..=8192")]
+    CaptureBytes(u32),
+    #[error("--ring-buffer-bytes {0} must be a power of two of at least 4096")]
+    RingBytes(u32),
+    #[error("OTLP endpoint `{0}` must start with http:// or https:// (e.g. http://127.0.0.1:4317)")]
+    Endpoint(String),
+}
+
+impl Cli {
+    /// Resolves outputs from flags and `env` (a lookup, so tests need no real environment).
+    pub fn outputs(&self, env: impl Fn(&str) -> Option<String>) -> Result<Outputs, ConfigError> {
+        let mut out = Outputs {
+            otlp_endpoint: self
+                .otlp_endpoint
+                .clone()
+                .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+                .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+                .filter(|e| !e.trim().is_empty()),
+            ..Outputs::default()
+        };
+        if let Some(e) = &out.otlp_endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(ConfigError::Endpoint(e.clone()));
+            }
+        }
+        for spec in &self.outputs {
+            if let Some(path) = spec.strip_prefix("jsonl:") {
+                out.jsonl = Some(PathBuf::from(path));
+            } else if spec == "console" {
+                out.console = true;
+            } else {
+                return Err(ConfigError::UnknownOutput(spec.clone()));
+            }
+        }
+        if out.otlp_endpoint.is_none() && out.jsonl.is_none() {
+            out.console = true;
+        }
+        Ok(out)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.capture_bytes == 0 || self.capture_bytes as usize > ghostwire_common::MAX_CAPTURE {
+            return Err(ConfigError::CaptureBytes(self.capture_bytes));
+        }
+        if !self.ring_buffer_bytes.is_power_of_two() || self.ring_buffer_bytes < 4096 {
+            return Err(ConfigError::RingBytes(self.ring_buffer_bytes));
+        }
+        Ok(())
+    }
+
+    #[must_use]
+    pub fn stats_interval(&self) -> Option<Duration> {
+        (self.stats_interval > 0).then(|| Duration::from_secs(self.stats_interval))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("ghostwire").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn console_is_the_default_view() {
+        let o = cli(&[]).outputs(|_| None).unwrap();
+        assert!(o.console);
+        assert_eq!(o.otlp_endpoint, None);
+    }
+
+    #[test]
+    fn endpoint_precedence_flag_then_traces_then_generic() {
+        let env = |k: &str| match k {
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => Some("http://traces:4317".to_owned()),
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://generic:4317".to_owned()),
+            _ => None,
+        };
+        assert_eq!(cli(&[]).outputs(env).unwrap().otlp_endpoint.as_deref(), Some("http://traces:4317"));
+        let o = cli(&["--otlp-endpoint", "http://flag:4317"]).outputs(env).unwrap();
+        assert_eq!(o.otlp_endpoint.as_deref(), Some("http://flag:4317"));
+        assert!(!o.console);
+        let generic = |k: &str| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://generic:4317".to_owned());
+        assert_eq!(cli(&[]).outputs(generic).unwrap().otlp_endpoint.as_deref(), Some("http://generic:4317"));
+    }
+
+    #[test]
+    fn outputs_and_errors() {
+        let o = cli(&["--output", "jsonl:/tmp/x.jsonl"]).outputs(|_| None).unwrap();
+        assert_eq!(o.jsonl, Some(PathBuf::from("/tmp/x.jsonl")));
+        assert!(!o.console);
+        assert_eq!(
+            cli(&["--output", "zipkin"]).outputs(|_| None),
+            Err(ConfigError::UnknownOutput("zipkin".into()))
+        );
+        assert_eq!(
+            cli(&["--otlp-endpoint", "collector:4317"]).outputs(|_| None),
+            Err(ConfigError::Endpoint("collector:4317".into()))
+        );
+        assert_eq!(cli(&["--capture-bytes", "100000"]).validate(), Err(ConfigError::CaptureBytes(100_000)));
+        assert!(cli(&["--pid", "1", "--pid", "2", "--port", "80"]).validate().is_ok());
+    }
+}

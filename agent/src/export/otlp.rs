@@ -1,0 +1,794 @@
+//! OTLP/gRPC exporter (tonic).
+//!
+//! One task per endpoint takes batches from its bounded queue and sends each as one
+//! `ExportTraceServiceRequest`. While the backend is down or failing with a retryable
+//! code, the same batch is retried with jittered exponential backoff and new spans keep
+//! accumulating in the queue (oldest dropped beyond its bound, counted), so memory stays
+//! bounded. The first failure of an outage logs one warning saying what is wrong and how
+//! to fix it; recovery logs one info line; individual retries log at debug level only.
+
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message as _;
+use rand::Rng as _;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use super::queue::SpanQueue;
+use super::{to_otlp, OutputCounters};
+use crate::span::Span;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_INITIAL: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Requests are split to stay under the usual 4 MiB gRPC receive limit of collectors.
+const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
+
+/// How the OTLP task runs; built from [`super::ExportConfig`].
+#[derive(Clone, Debug)]
+pub(crate) struct OtlpSettings {
+    /// Normalized endpoint URI (always with a scheme).
+    pub endpoint: String,
+    pub batch_size: usize,
+    pub batch_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub max_request_bytes: usize,
+}
+
+impl OtlpSettings {
+    /// Validates `endpoint` (`http://host:port`; `http://` is assumed when no scheme is
+    /// given; TLS is not supported by this build).
+    pub(crate) fn new(
+        endpoint: &str,
+        batch_size: usize,
+        batch_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let endpoint = normalize_endpoint(endpoint)?;
+        Ok(Self {
+            endpoint,
+            batch_size: batch_size.max(1),
+            batch_timeout,
+            connect_timeout: CONNECT_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
+            backoff_initial: BACKOFF_INITIAL,
+            backoff_max: BACKOFF_MAX,
+            max_request_bytes: MAX_REQUEST_BYTES,
+        })
+    }
+}
+
+fn normalize_endpoint(raw: &str) -> anyhow::Result<String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        bail!("OTLP endpoint is empty; expected e.g. http://127.0.0.1:4317");
+    }
+    let uri = if raw.contains("://") { raw.to_owned() } else { format!("http://{raw}") };
+    let scheme = uri.split("://").next().unwrap_or_default().to_ascii_lowercase();
+    match scheme.as_str() {
+        "http" => {}
+        "https" => bail!(
+            "OTLP endpoint {raw}: TLS (https) is not supported by this build; use an http:// endpoint \
+             (e.g. a local collector that forwards over TLS)"
+        ),
+        other => bail!("OTLP endpoint {raw}: unsupported scheme {other:?}; expected http://host:port"),
+    }
+    let ep = Endpoint::from_shared(uri.clone()).with_context(|| {
+        format!("OTLP endpoint {raw}: not a valid URI; expected e.g. http://127.0.0.1:4317")
+    })?;
+    if ep.uri().host().is_none_or(str::is_empty) {
+        bail!("OTLP endpoint {raw}: no host; expected e.g. http://127.0.0.1:4317");
+    }
+    Ok(uri)
+}
+
+/// Spawns the exporter task. Must run inside a tokio runtime.
+pub(crate) fn spawn(
+    settings: OtlpSettings,
+    queue: Arc<SpanQueue>,
+    counters: Arc<OutputCounters>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let exporter = OtlpExporter::new(settings, queue, counters)?;
+    Ok(tokio::spawn(exporter.run()))
+}
+
+pub(crate) struct OtlpExporter {
+    settings: OtlpSettings,
+    client: TraceServiceClient<Channel>,
+    queue: Arc<SpanQueue>,
+    counters: Arc<OutputCounters>,
+    health: Health,
+}
+
+/// What became of one request.
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    /// Delivered (possibly partly rejected) or dropped after a permanent error.
+    Done,
+    /// The shutdown deadline passed: give up on everything left.
+    DeadlinePassed,
+}
+
+impl OtlpExporter {
+    pub(crate) fn new(
+        settings: OtlpSettings,
+        queue: Arc<SpanQueue>,
+        counters: Arc<OutputCounters>,
+    ) -> anyhow::Result<Self> {
+        let channel = Endpoint::from_shared(settings.endpoint.clone())
+            .with_context(|| format!("OTLP endpoint {}", settings.endpoint))?
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.request_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let health = Health::new(settings.endpoint.clone(), queue.capacity());
+        Ok(Self { client: TraceServiceClient::new(channel), settings, queue, counters, health })
+    }
+
+    pub(crate) async fn run(mut self) {
+        let (size, timeout) = (self.settings.batch_size, self.settings.batch_timeout);
+        while let Some(batch) = self.queue.next_batch(size, timeout).await {
+            if batch.is_empty() {
+                continue;
+            }
+            self.queue.set_in_flight(batch.len());
+            let outcome = self.export_batch(&batch).await;
+            self.queue.set_in_flight(0);
+            if outcome == Sent::DeadlinePassed {
+                let left = self.queue.drain_all().len();
+                self.counters.failed("otlp", left, format_args!("queued at the shutdown deadline"));
+                break;
+            }
+        }
+    }
+
+    async fn export_batch(&mut self, batch: &[Arc<Span>]) -> Sent {
+        let mut requests = Vec::new();
+        split_requests(batch, self.settings.max_request_bytes, &mut requests);
+        let mut it = requests.into_iter();
+        while let Some((n, req)) = it.next() {
+            if self.send(n, req).await == Sent::DeadlinePassed {
+                let rest: usize = it.map(|(n, _)| n).sum();
+                self.counters.failed("otlp", rest, format_args!("unsent at the shutdown deadline"));
+                return Sent::DeadlinePassed;
+            }
+        }
+        Sent::Done
+    }
+
+    /// Sends one request of `n` spans, retrying retryable failures until it is delivered
+    /// or the shutdown deadline passes.
+    async fn send(&mut self, n: usize, req: ExportTraceServiceRequest) -> Sent {
+        let mut backoff = self.settings.backoff_initial;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let mut client = self.client.clone();
+            let call = client.export(req.clone());
+            tokio::pin!(call);
+            // Until shutdown the call runs to its own request timeout; once the queue is
+            // closed it is also bounded by the shutdown deadline.
+            let early = match self.queue.deadline() {
+                Some(_) => None,
+                None => tokio::select! {
+                    r = &mut call => Some(r),
+                    () = self.queue.wait_closed() => None,
+                },
+            };
+            let result = match (early, self.queue.deadline()) {
+                (Some(r), _) => r,
+                (None, Some(deadline)) => {
+                    match tokio::time::timeout_at(deadline, &mut call).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            self.counters.failed(
+                                "otlp",
+                                n,
+                                format_args!("export still pending at the shutdown deadline"),
+                            );
+                            return Sent::DeadlinePassed;
+                        }
+                    }
+                }
+                (None, None) => call.await, // unreachable: wait_closed implies a deadline
+            };
+            let status = match result {
+                Ok(resp) => {
+                    let partial = resp.into_inner().partial_success;
+                    let rejected = partial
+                        .as_ref()
+                        .map_or(0, |p| p.rejected_spans.clamp(0, n as i64) as usize);
+                    self.counters.exported(n - rejected);
+                    if let Some(p) =
+                        partial.filter(|p| p.rejected_spans > 0 || !p.error_message.is_empty())
+                    {
+                        self.counters.failed(
+                            "otlp",
+                            rejected,
+                            format_args!("rejected by the backend: {}", p.error_message),
+                        );
+                        if let Some(line) = self.health.on_partial(rejected, &p.error_message) {
+                            log::warn!("{line}");
+                        }
+                    }
+                    if let Some(line) = self.health.on_success(self.queue.dropped()) {
+                        log::info!("{line}");
+                    }
+                    return Sent::Done;
+                }
+                Err(status) => status,
+            };
+            self.counters.error();
+            if !is_retryable(status.code()) {
+                self.counters.failed(
+                    "otlp",
+                    n,
+                    format_args!("permanent error {:?}: {}", status.code(), status.message()),
+                );
+                match self.health.on_permanent(&status, n) {
+                    Some(line) => log::warn!("{line}"),
+                    None => log::debug!(
+                        "otlp: dropped {n} spans: {:?}: {}",
+                        status.code(),
+                        status.message()
+                    ),
+                }
+                return Sent::Done;
+            }
+            match self.health.on_retryable(&status, self.queue.dropped()) {
+                Some(line) => log::warn!("{line}"),
+                None => log::debug!(
+                    "otlp: export attempt {attempt} of {n} spans failed ({:?}: {}); retrying in ~{backoff:?}",
+                    status.code(),
+                    describe(&status)
+                ),
+            }
+
+            let wait = jitter(backoff);
+            backoff = (backoff * 2).min(self.settings.backoff_max);
+            match self.queue.deadline() {
+                Some(deadline) => {
+                    if Instant::now() + wait >= deadline {
+                        self.counters.failed(
+                            "otlp",
+                            n,
+                            format_args!("endpoint still failing at the shutdown deadline"),
+                        );
+                        return Sent::DeadlinePassed;
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                None => {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        // Shutting down: try once more right away instead of sleeping.
+                        () = self.queue.wait_closed() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Splits `spans` into requests of at most `max_bytes` encoded (a single span is sent
+/// whatever its size). Pushes `(span count, request)`.
+fn split_requests(
+    spans: &[Arc<Span>],
+    max_bytes: usize,
+    out: &mut Vec<(usize, ExportTraceServiceRequest)>,
+) {
+    if spans.is_empty() {
+        return;
+    }
+    let req = to_otlp(spans);
+    if spans.len() == 1 || req.encoded_len() <= max_bytes {
+        out.push((spans.len(), req));
+        return;
+    }
+    let (a, b) = spans.split_at(spans.len() / 2);
+    split_requests(a, max_bytes, out);
+    split_requests(b, max_bytes, out);
+}
+
+/// Codes the OTLP specification lists as retryable.
+fn is_retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
+/// `d` scaled by a random factor in [0.5, 1.0].
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+/// The most specific cause of a failed call, in words ("connection refused").
+fn describe(status: &tonic::Status) -> String {
+    let mut cause: Option<String> = None;
+    let mut cur = status.source();
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            let what = match io.kind() {
+                K::ConnectionRefused => "connection refused".to_owned(),
+                K::TimedOut => "connection timed out".to_owned(),
+                K::ConnectionReset => "connection reset".to_owned(),
+                K::ConnectionAborted => "connection aborted".to_owned(),
+                K::AddrNotAvailable => "address not available".to_owned(),
+                _ => io.to_string(),
+            };
+            return what;
+        }
+        let text = e.to_string();
+        if !text.is_empty() {
+            cause = Some(text);
+        }
+        cur = e.source();
+    }
+    let msg = cause.unwrap_or_else(|| status.message().to_owned());
+    if msg.contains("dns error") {
+        format!("DNS lookup failed: {msg}")
+    } else if msg.is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        msg
+    }
+}
+
+/// Decides which outcomes are worth a log line: one warning per outage, one info line on
+/// recovery, one warning per kind of permanent error.
+#[derive(Debug)]
+struct Health {
+    endpoint: String,
+    capacity: usize,
+    /// Set while the endpoint fails: when it started and the queue's drop count then.
+    outage: Option<(Instant, u64)>,
+    permanent_warned: Vec<Code>,
+    partial_warned: bool,
+}
+
+const FIX_ENDPOINT: &str =
+    "check --otlp-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT and that the collector is running";
+
+impl Health {
+    fn new(endpoint: String, capacity: usize) -> Self {
+        Self {
+            endpoint,
+            capacity,
+            outage: None,
+            permanent_warned: Vec::new(),
+            partial_warned: false,
+        }
+    }
+
+    /// A retryable failure. Returns the warning for the first one of an outage.
+    fn on_retryable(&mut self, status: &tonic::Status, dropped_so_far: u64) -> Option<String> {
+        if self.outage.is_some() {
+            return None;
+        }
+        self.outage = Some((Instant::now(), dropped_so_far));
+        let (ep, cap) = (&self.endpoint, self.capacity);
+        let queued = format!("spans are queued (up to {cap}) and retried");
+        Some(match status.code() {
+            Code::Unavailable => {
+                format!("OTLP endpoint {ep} unreachable ({}); {queued} — {FIX_ENDPOINT}", describe(status))
+            }
+            Code::DeadlineExceeded | Code::Cancelled => format!(
+                "OTLP endpoint {ep} is not answering in time ({}); {queued} — check that the collector is \
+                 healthy and not overloaded",
+                describe(status)
+            ),
+            code => format!(
+                "OTLP endpoint {ep} is refusing spans ({code:?}: {}); {queued} — the collector may be \
+                 overloaded or restarting",
+                describe(status)
+            ),
+        })
+    }
+
+    /// A successful export. Returns the recovery line when an outage ends.
+    fn on_success(&mut self, dropped_so_far: u64) -> Option<String> {
+        let (since, dropped_before) = self.outage.take()?;
+        let lost = dropped_so_far.saturating_sub(dropped_before);
+        let mut line = format!(
+            "OTLP endpoint {} is accepting spans again (after {:.1} s)",
+            self.endpoint,
+            since.elapsed().as_secs_f64()
+        );
+        if lost > 0 {
+            line.push_str(&format!("; {lost} spans were dropped from the full queue meanwhile"));
+        }
+        Some(line)
+    }
+
+    /// A permanent error: warns once per status code.
+    fn on_permanent(&mut self, status: &tonic::Status, n: usize) -> Option<String> {
+        let code = status.code();
+        if self.permanent_warned.contains(&code) {
+            return None;
+        }
+        self.permanent_warned.push(code);
+        let ep = &self.endpoint;
+        let hint = match code {
+            Code::Unimplemented | Code::Unknown | Code::Internal => format!(
+                " — is {ep} an OTLP/gRPC endpoint? (the collector's gRPC port is usually 4317; 4318 is OTLP/HTTP)"
+            ),
+            Code::Unauthenticated | Code::PermissionDenied => {
+                " — the collector requires credentials, which ghostwire does not send".to_owned()
+            }
+            _ => String::new(),
+        };
+        Some(format!(
+            "OTLP endpoint {ep} rejected {n} spans ({code:?}: {}); not retryable, dropped{hint}",
+            describe(status)
+        ))
+    }
+
+    /// A partial success: warns once.
+    fn on_partial(&mut self, rejected: usize, message: &str) -> Option<String> {
+        if std::mem::replace(&mut self.partial_warned, true) {
+            return None;
+        }
+        Some(format!(
+            "OTLP endpoint {} rejected {rejected} spans of a batch: {message} (further rejections are counted as \
+             drop.export_failed)",
+            self.endpoint
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::tests::{mk_span, resource};
+    use crate::export::{ExportConfig, Exporters};
+    use crate::span::SpanKind;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTracePartialSuccess, ExportTraceServiceResponse,
+    };
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+    use tonic::transport::server::TcpIncoming;
+    use tonic::{Request, Response, Status};
+
+    #[derive(Clone, Copy)]
+    enum Reply {
+        Ok,
+        Partial(i64),
+        Fail(Code),
+    }
+
+    #[derive(Clone)]
+    struct Collector {
+        received: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+        reply: Reply,
+    }
+
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            req: Request<ExportTraceServiceRequest>,
+        ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+            self.received.lock().unwrap().push(req.into_inner());
+            match self.reply {
+                Reply::Ok => {
+                    Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+                }
+                Reply::Partial(n) => Ok(Response::new(ExportTraceServiceResponse {
+                    partial_success: Some(ExportTracePartialSuccess {
+                        rejected_spans: n,
+                        error_message: "too old".into(),
+                    }),
+                })),
+                Reply::Fail(code) => Err(Status::new(code, "nope")),
+            }
+        }
+    }
+
+    impl Collector {
+        fn spans(&self) -> Vec<opentelemetry_proto::tonic::trace::v1::Span> {
+            let got = self.received.lock().unwrap();
+            got.iter()
+                .flat_map(|r| &r.resource_spans)
+                .flat_map(|rs| &rs.scope_spans)
+                .flat_map(|ss| ss.spans.clone())
+                .collect()
+        }
+        fn requests(&self) -> usize {
+            self.received.lock().unwrap().len()
+        }
+    }
+
+    struct Server {
+        addr: SocketAddr,
+        collector: Collector,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        task: JoinHandle<()>,
+    }
+
+    impl Server {
+        async fn stop(mut self) {
+            if let Some(tx) = self.stop.take() {
+                let _ = tx.send(());
+            }
+            let _ = self.task.await;
+        }
+    }
+
+    fn serve(addr: SocketAddr, reply: Reply) -> Server {
+        let incoming = TcpIncoming::bind(addr).expect("bind test collector");
+        let addr = incoming.local_addr().unwrap();
+        let collector = Collector { received: Arc::default(), reply };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let svc = TraceServiceServer::new(collector.clone());
+        let task = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .serve_with_incoming_shutdown(svc, incoming, async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Server { addr, collector, stop: Some(tx), task }
+    }
+
+    async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let until = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < until, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn fast_settings(addr: SocketAddr, batch_size: usize) -> OtlpSettings {
+        let mut s =
+            OtlpSettings::new(&format!("http://{addr}"), batch_size, Duration::from_millis(20))
+                .unwrap();
+        s.backoff_initial = Duration::from_millis(20);
+        s.backoff_max = Duration::from_millis(100);
+        s
+    }
+
+    #[tokio::test]
+    async fn exports_to_a_real_collector() {
+        let server = serve("127.0.0.1:0".parse().unwrap(), Reply::Ok);
+        let cfg = ExportConfig {
+            otlp_endpoint: Some(server.addr.to_string()), // no scheme: http:// assumed
+            batch_timeout: Duration::from_millis(50),
+            ..Default::default()
+        };
+        let ex = Exporters::start(cfg).unwrap();
+        let api = resource(10, "api");
+        let db = resource(11, "db");
+        let spans = [
+            mk_span(&api, 7, 1, 0, SpanKind::Server, "GET", 0, 100),
+            mk_span(&api, 7, 2, 1, SpanKind::Client, "GET", 10, 50),
+            mk_span(&db, 7, 3, 2, SpanKind::Server, "POST", 20, 30),
+        ];
+        for s in &spans {
+            ex.submit((**s).clone());
+        }
+        let counters = ex.counters("otlp").unwrap();
+        ex.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(counters.get(), (3, 0, 0));
+
+        let got = server.collector.spans();
+        let ids: Vec<_> =
+            got.iter().map(|s| (s.span_id.clone(), s.parent_span_id.clone(), s.kind)).collect();
+        assert_eq!(
+            ids,
+            [(vec![1; 8], vec![], 2), (vec![2; 8], vec![1; 8], 3), (vec![3; 8], vec![2; 8], 2)]
+        );
+        assert!(got.iter().all(|s| s.trace_id == vec![7; 16]));
+        let resources = server.collector.received.lock().unwrap()[0].resource_spans.len();
+        assert_eq!(resources, 2, "one ResourceSpans per process");
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn queues_while_down_then_delivers() {
+        // A port with nothing listening (bound then released).
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let queue = Arc::new(SpanQueue::new("otlp", 10));
+        let counters = Arc::new(OutputCounters::default());
+        let ex =
+            OtlpExporter::new(fast_settings(addr, 5), queue.clone(), counters.clone()).unwrap();
+        let task = tokio::spawn(ex.run());
+
+        let r = resource(1, "svc");
+        let span =
+            |i: u8| mk_span(&r, 9, i, 0, SpanKind::Server, &format!("s{i}"), u64::from(i), 1);
+        for i in 0..5 {
+            queue.push(span(i));
+        }
+        // The exporter takes the first batch and keeps retrying it.
+        wait_for("first batch in flight", || queue.in_flight() == 5).await;
+        wait_for("a few failed attempts", || counters.get().2 >= 3).await;
+        for i in 5..35 {
+            queue.push(span(i));
+        }
+        assert_eq!(queue.len(), 10, "the queue stays bounded");
+        assert_eq!(queue.dropped(), 20, "oldest spans dropped and counted");
+        assert_eq!(counters.get().0, 0);
+
+        let server = serve(addr, Reply::Ok);
+        wait_for("delivery after the collector starts", || server.collector.spans().len() == 15)
+            .await;
+        let names: Vec<String> = server.collector.spans().into_iter().map(|s| s.name).collect();
+        let want: Vec<String> = (0..5).chain(25..35).map(|i| format!("s{i}")).collect();
+        assert_eq!(names, want);
+        wait_for("exported count", || counters.get().0 == 15).await;
+        assert_eq!(counters.get().1, 0, "nothing failed permanently");
+
+        queue.close(Instant::now() + Duration::from_secs(1));
+        task.await.unwrap();
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn permanent_error_drops_the_batch_without_retry() {
+        let server = serve("127.0.0.1:0".parse().unwrap(), Reply::Fail(Code::InvalidArgument));
+        let queue = Arc::new(SpanQueue::new("otlp", 100));
+        let counters = Arc::new(OutputCounters::default());
+        let ex = OtlpExporter::new(fast_settings(server.addr, 4), queue.clone(), counters.clone())
+            .unwrap();
+        let task = tokio::spawn(ex.run());
+        let r = resource(1, "svc");
+        for i in 0..4 {
+            queue.push(mk_span(&r, 9, i, 0, SpanKind::Server, "s", 0, 1));
+        }
+        wait_for("the batch to be dropped", || counters.get().1 == 4).await;
+        queue.close(Instant::now() + Duration::from_secs(1));
+        task.await.unwrap();
+        assert_eq!(server.collector.requests(), 1, "not retried");
+        assert_eq!(counters.get(), (0, 4, 1));
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn partial_success_counts_rejected_spans() {
+        let server = serve("127.0.0.1:0".parse().unwrap(), Reply::Partial(2));
+        let queue = Arc::new(SpanQueue::new("otlp", 100));
+        let counters = Arc::new(OutputCounters::default());
+        let ex = OtlpExporter::new(fast_settings(server.addr, 5), queue.clone(), counters.clone())
+            .unwrap();
+        let task = tokio::spawn(ex.run());
+        let r = resource(1, "svc");
+        for i in 0..5 {
+            queue.push(mk_span(&r, 9, i, 0, SpanKind::Server, "s", 0, 1));
+        }
+        queue.close(Instant::now() + Duration::from_secs(5));
+        task.await.unwrap();
+        assert_eq!(counters.get(), (3, 2, 0));
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_with_dead_endpoint_counts_unsent() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let queue = Arc::new(SpanQueue::new("otlp", 100));
+        let counters = Arc::new(OutputCounters::default());
+        let ex =
+            OtlpExporter::new(fast_settings(addr, 5), queue.clone(), counters.clone()).unwrap();
+        let task = tokio::spawn(ex.run());
+        let r = resource(1, "svc");
+        for i in 0..12 {
+            queue.push(mk_span(&r, 9, i, 0, SpanKind::Server, "s", 0, 1));
+        }
+        let t0 = Instant::now();
+        queue.close(t0 + Duration::from_millis(300));
+        task.await.unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(2), "bounded by the deadline");
+        assert_eq!(counters.get().0, 0);
+        assert_eq!(counters.get().1, 12, "every unsent span counted");
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn health_logs_once_per_outage() {
+        let mut h = Health::new("http://x:4317".into(), 8192);
+        let down = tonic::Status::unavailable("tcp connect error");
+        let first = h.on_retryable(&down, 0).unwrap();
+        assert!(first.starts_with("OTLP endpoint http://x:4317 unreachable (tcp connect error); spans are queued (up to 8192) and retried"), "{first}");
+        assert!(first.contains("--otlp-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT"));
+        assert!(h.on_retryable(&down, 5).is_none());
+        assert!(h.on_retryable(&tonic::Status::deadline_exceeded("slow"), 5).is_none());
+        let back = h.on_success(7).unwrap();
+        assert!(
+            back.contains("accepting spans again") && back.contains("7 spans were dropped"),
+            "{back}"
+        );
+        assert!(h.on_success(7).is_none());
+        // A new outage warns again.
+        assert!(h.on_retryable(&down, 7).is_some());
+
+        let bad = tonic::Status::unimplemented("unknown service");
+        assert!(h.on_permanent(&bad, 3).unwrap().contains("4317"));
+        assert!(h.on_permanent(&bad, 3).is_none());
+        assert!(h.on_permanent(&tonic::Status::invalid_argument("x"), 3).is_some());
+        assert!(h.on_partial(1, "m").is_some());
+        assert!(h.on_partial(1, "m").is_none());
+    }
+
+    #[tokio::test]
+    async fn describes_connection_refused() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let ep = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+        let err = TraceServiceClient::new(ep)
+            .export(ExportTraceServiceRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert_eq!(describe(&err), "connection refused");
+    }
+
+    #[test]
+    fn retryable_codes() {
+        for c in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+            Code::Aborted,
+            Code::Cancelled,
+            Code::OutOfRange,
+            Code::DataLoss,
+        ] {
+            assert!(is_retryable(c), "{c:?}");
+        }
+        for c in [
+            Code::InvalidArgument,
+            Code::Unimplemented,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::Internal,
+            Code::Unknown,
+            Code::NotFound,
+        ] {
+            assert!(!is_retryable(c), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn splits_large_batches() {
+        let r = resource(1, "svc");
+        let spans: Vec<_> =
+            (0..16).map(|i| mk_span(&r, 9, i, 0, SpanKind::Server, "s", 0, 1)).collect();
+        let one = to_otlp(&spans[..1]).encoded_len();
+        let mut out = Vec::new();
+        split_requests(&spans, one * 5, &mut out);
+        assert!(out.len() > 1);
+        assert_eq!(out.iter().map(|(n, _)| n).sum::<usize>(), 16);
+        assert!(out.iter().all(|(_, r)| r.encoded_len() <= one * 5));
+        let mut out = Vec::new();
+        split_requests(&spans, usize::MAX, &mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn endpoint_normalization() {
+        assert_eq!(normalize_endpoint("127.0.0.1:4317").unwrap(), "http://127.0.0.1:4317");
+        assert_eq!(normalize_endpoint(" http://c:4317 ").unwrap(), "http://c:4317");
+        assert!(normalize_endpoint("https://c:4317").unwrap_err().to_string().contains("TLS"));
+    }
+}

@@ -54,6 +54,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
 
+    // Probes first: a host that cannot run them fails before anything else starts.
+    let mut capture = Capture::start(&CaptureConfig {
+        pids: cli.pids.clone(),
+        ports: cli.ports.clone(),
+        exes: cli.exes.clone(),
+        capture_bytes: cli.capture_bytes,
+        ring_bytes: cli.ring_buffer_bytes,
+    })?;
     let exporters = Exporters::start(ExportConfig {
         otlp_endpoint: outputs.otlp_endpoint.clone(),
         jsonl_path: outputs.jsonl.clone(),
@@ -62,13 +70,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ..ExportConfig::default()
     })?;
 
-    let mut capture = Capture::start(&CaptureConfig {
-        pids: cli.pids.clone(),
-        ports: cli.ports.clone(),
-        exes: cli.exes.clone(),
-        capture_bytes: cli.capture_bytes,
-        ring_bytes: cli.ring_buffer_bytes,
-    })?;
     let ring = capture.take_ring()?;
     // SAFETY: the RingBuf owns its map fd and keeps it open and unchanged for as long as
     // the AsyncFd owns the RingBuf.

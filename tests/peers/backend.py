@@ -2,7 +2,7 @@
 
 /ok -> 200, /missing -> 404, /boom -> 500, anything else -> 200. Answers HTTP/1.0, like
 most quick Python services, so the response body ends with the connection.
-Usage: backend.py PORT
+Usage: backend.py PORT [BIND_ADDRESS]   (default 127.0.0.1; "::1" for IPv6)
 """
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,4 +22,13 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+import socket
+
+bind = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
+
+
+class Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+
+
+Server((bind, int(sys.argv[1])), Handler).serve_forever()

@@ -152,7 +152,7 @@ pub(crate) type Sink = Arc<Mutex<dyn std::io::Write + Send>>;
 pub(crate) async fn run(queue: Arc<SpanQueue>, counters: Arc<OutputCounters>, batch_size: usize) {
     let color = std::io::stdout().is_terminal();
     let sink: Sink = Arc::new(Mutex::new(std::io::stdout()));
-    run_to(queue, counters, batch_size, sink, terminal_width(), color).await;
+    run_to(queue, counters, batch_size, sink, None, color).await;
 }
 
 pub(crate) async fn run_to(
@@ -160,7 +160,8 @@ pub(crate) async fn run_to(
     counters: Arc<OutputCounters>,
     batch_size: usize,
     sink: Sink,
-    width: usize,
+    // `None`: follow the terminal (looked up for every print, so resizes apply).
+    width: Option<usize>,
     color: bool,
 ) {
     let mut buf = TraceBuffer::new(MAX_TRACES, MAX_SPANS_PER_TRACE);
@@ -182,6 +183,11 @@ pub(crate) async fn run_to(
             }
         };
         queue.set_in_flight(buf.span_count());
+        let width = match width {
+            Some(w) => w,
+            None if ready.is_empty() => DEFAULT_WIDTH,
+            None => terminal_width(),
+        };
         print(ready, width, color, &sink, &counters).await;
         if closing {
             break;
@@ -227,12 +233,20 @@ async fn print(
     }
 }
 
-/// `COLUMNS` when set (clamped to a sane range), else 80.
+/// Width to render at: `COLUMNS` when set, else the terminal's width when stdout is one,
+/// else 80; clamped to 40..=240.
 fn terminal_width() -> usize {
-    std::env::var("COLUMNS")
-        .ok()
-        .and_then(|c| c.trim().parse::<usize>().ok())
-        .map_or(DEFAULT_WIDTH, |w| w.clamp(MIN_WIDTH, MAX_WIDTH))
+    let from_env = std::env::var("COLUMNS").ok().and_then(|c| c.trim().parse::<usize>().ok());
+    from_env.or_else(tty_columns).map_or(DEFAULT_WIDTH, |w| w.clamp(MIN_WIDTH, MAX_WIDTH))
+}
+
+fn tty_columns() -> Option<usize> {
+    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes one `winsize` through the pointer, which is valid and
+    // exclusively borrowed for the call; on a non-terminal the call fails with ENOTTY.
+    let rc =
+        unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, std::ptr::from_mut(&mut ws)) };
+    (rc == 0 && ws.ws_col > 0).then_some(usize::from(ws.ws_col))
 }
 
 // ---- rendering ---------------------------------------------------------------------
@@ -712,7 +726,8 @@ mod tests {
         let queue = Arc::new(SpanQueue::new("console", 100));
         let counters = Arc::new(OutputCounters::default());
         let (buf, sink) = capture();
-        let task = tokio::spawn(run_to(queue.clone(), counters.clone(), 512, sink, 80, false));
+        let task =
+            tokio::spawn(run_to(queue.clone(), counters.clone(), 512, sink, Some(80), false));
         for s in sample() {
             queue.push(s);
         }
@@ -727,7 +742,8 @@ mod tests {
         let queue = Arc::new(SpanQueue::new("console", 100));
         let counters = Arc::new(OutputCounters::default());
         let (buf, sink) = capture();
-        let task = tokio::spawn(run_to(queue.clone(), counters.clone(), 512, sink, 80, false));
+        let task =
+            tokio::spawn(run_to(queue.clone(), counters.clone(), 512, sink, Some(80), false));
         let spans = sample();
         queue.push(spans[0].clone());
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -132,21 +132,30 @@ impl Exporters {
         let _guard = rt.enter();
         let capacity = cfg.queue_capacity.max(1);
         let batch_size = cfg.batch_size.max(1);
-        let mut outputs = Vec::new();
+        // Everything that can fail happens before any task is spawned.
+        let otlp = match &cfg.otlp_endpoint {
+            Some(endpoint) => {
+                let settings = otlp::OtlpSettings::new(endpoint, batch_size, cfg.batch_timeout)?;
+                let (queue, counters) = new_output("otlp", capacity);
+                let exporter = otlp::OtlpExporter::new(settings, queue.clone(), counters.clone())?;
+                Some((exporter, queue, counters))
+            }
+            None => None,
+        };
+        let jsonl = match &cfg.jsonl_path {
+            Some(path) => Some((jsonl::open(path)?, path.clone())),
+            None => None,
+        };
 
-        if let Some(endpoint) = &cfg.otlp_endpoint {
-            let settings = otlp::OtlpSettings::new(endpoint, batch_size, cfg.batch_timeout)?;
-            let (queue, counters) = new_output("otlp", capacity);
-            let task = otlp::spawn(settings, queue.clone(), counters.clone())?;
+        let mut outputs = Vec::new();
+        if let Some((exporter, queue, counters)) = otlp {
+            let task = tokio::spawn(exporter.run());
             outputs.push(Output { queue, counters, task });
         }
-        if let Some(path) = &cfg.jsonl_path {
-            let file = jsonl::open(path)?;
+        if let Some((file, path)) = jsonl {
             let (queue, counters) = new_output("jsonl", capacity);
-            let task = tokio::spawn(
-                jsonl::JsonlWriter::new(file, path.clone(), queue.clone(), counters.clone())
-                    .run(batch_size, cfg.batch_timeout),
-            );
+            let writer = jsonl::JsonlWriter::new(file, path, queue.clone(), counters.clone());
+            let task = tokio::spawn(writer.run(batch_size, cfg.batch_timeout));
             outputs.push(Output { queue, counters, task });
         }
         if cfg.console {
@@ -180,22 +189,21 @@ impl Exporters {
             out.queue.close(until);
         }
         for mut out in self.outputs {
-            if tokio::time::timeout_at(until + SHUTDOWN_GRACE, &mut out.task).await.is_err() {
-                out.task.abort();
-                let left = out.queue.drain_all().len() + out.queue.in_flight();
-                out.queue.set_in_flight(0);
-                out.counters.failed(
-                    out.queue.name(),
-                    left,
-                    format_args!("still unsent at the shutdown deadline"),
-                );
-                if left > 0 {
-                    log::warn!(
-                        "export: {} output did not finish within {deadline:?}; {left} spans not exported",
-                        out.queue.name()
-                    );
+            let name = out.queue.name();
+            let problem = match tokio::time::timeout_at(until + SHUTDOWN_GRACE, &mut out.task).await
+            {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => format!("stopped abnormally ({e})"),
+                Err(_) => {
+                    out.task.abort();
+                    format!("did not finish within {deadline:?}")
                 }
-            }
+            };
+            // The task did not account for what it still held: count it here.
+            let left = out.queue.drain_all().len() + out.queue.in_flight();
+            out.queue.set_in_flight(0);
+            out.counters.failed(name, left, format_args!("still unsent at shutdown"));
+            log::warn!("export: {name} output {problem}; {left} spans not exported");
         }
     }
 

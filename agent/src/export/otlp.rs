@@ -16,7 +16,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 use rand::Rng as _;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
@@ -90,16 +89,6 @@ fn normalize_endpoint(raw: &str) -> anyhow::Result<String> {
         bail!("OTLP endpoint {raw}: no host; expected e.g. http://127.0.0.1:4317");
     }
     Ok(uri)
-}
-
-/// Spawns the exporter task. Must run inside a tokio runtime.
-pub(crate) fn spawn(
-    settings: OtlpSettings,
-    queue: Arc<SpanQueue>,
-    counters: Arc<OutputCounters>,
-) -> anyhow::Result<JoinHandle<()>> {
-    let exporter = OtlpExporter::new(settings, queue, counters)?;
-    Ok(tokio::spawn(exporter.run()))
 }
 
 pub(crate) struct OtlpExporter {
@@ -468,6 +457,7 @@ mod tests {
     };
     use std::net::SocketAddr;
     use std::sync::Mutex;
+    use tokio::task::JoinHandle;
     use tonic::transport::server::TcpIncoming;
     use tonic::{Request, Response, Status};
 

@@ -309,7 +309,9 @@ enum Phase {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Body {
-    Length { remaining: u64 },
+    Length {
+        remaining: u64,
+    },
     Chunked(Chunk),
     /// Response delimited by the end of the stream.
     UntilEof,
@@ -321,18 +323,33 @@ enum Body {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Chunk {
     /// Reading the hex chunk size; `line` counts the bytes of the size line so far.
-    Size { size: u64, digits: bool, line: usize },
+    Size {
+        size: u64,
+        digits: bool,
+        line: usize,
+    },
     /// After the size: whitespace and chunk extensions, skipped up to the line end.
-    Ext { size: u64, line: usize },
+    Ext {
+        size: u64,
+        line: usize,
+    },
     /// Saw CR ending the size line.
-    SizeLf { size: u64 },
-    Data { remaining: u64 },
+    SizeLf {
+        size: u64,
+    },
+    Data {
+        remaining: u64,
+    },
     /// Expecting the CRLF that follows chunk data.
     DataCr,
     DataLf,
     /// At the start of a trailer line (or of the final blank line).
-    TrailerStart { total: usize },
-    TrailerLine { total: usize },
+    TrailerStart {
+        total: usize,
+    },
+    TrailerLine {
+        total: usize,
+    },
     /// Saw CR at the start of a trailer line: expecting the LF that ends the body.
     TrailerEndLf,
 }
@@ -482,8 +499,7 @@ impl Tail {
     fn push(&mut self, data: &[u8]) {
         let held = usize::from(self.len);
         if data.len() >= Self::CAP {
-            self.bytes
-                .copy_from_slice(&data[data.len() - Self::CAP..]);
+            self.bytes.copy_from_slice(&data[data.len() - Self::CAP..]);
             self.len = Self::CAP as u8;
             return;
         }
@@ -844,12 +860,7 @@ impl Http1Session {
         }
     }
 
-    fn try_head(
-        &mut self,
-        cx: &mut Ctx<'_>,
-        bytes: &[u8],
-        tentative: bool,
-    ) -> HeadOutcome {
+    fn try_head(&mut self, cx: &mut Ctx<'_>, bytes: &[u8], tentative: bool) -> HeadOutcome {
         let kind = cx.kind;
         if tentative {
             match classify_start(kind, bytes) {
@@ -1341,7 +1352,10 @@ impl Framing {
         let mut last_te: Option<&[u8]> = None;
         for h in headers {
             if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                if h.value.iter().any(|b| !b.is_ascii_whitespace() && *b != b',') {
+                if h.value
+                    .iter()
+                    .any(|b| !b.is_ascii_whitespace() && *b != b',')
+                {
                     last_te = Some(h.value);
                 }
             } else if h.name.eq_ignore_ascii_case("content-length") {
@@ -1398,7 +1412,6 @@ fn error_value(value: &[u8]) -> String {
     let cut = &value[..value.len().min(MAX_ERROR_VALUE)];
     String::from_utf8_lossy(cut).into_owned()
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1526,14 +1539,19 @@ mod tests {
     }
 
     const GET: &[u8] = b"GET /index.html?x=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t/1\r\nAccept: */*\r\n\r\n";
-    const OK5: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello";
+    const OK5: &[u8] =
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello";
 
     fn get(path: &str) -> Vec<u8> {
         format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").into_bytes()
     }
 
     fn ok(status: u16, body: &str) -> Vec<u8> {
-        format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+        format!(
+            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
     }
 
     fn statuses(r: &Run) -> Vec<(String, u16)> {
@@ -1560,7 +1578,12 @@ mod tests {
         assert_eq!(e.response.header("content-type"), Some("text/plain"));
         assert_eq!(e.response.body_len, 5);
         assert_eq!(
-            (e.request_first, e.request_last, e.response_first, e.response_last),
+            (
+                e.request_first,
+                e.request_last,
+                e.response_first,
+                e.response_last
+            ),
             (tm(0), tm(0), tm(1), tm(1))
         );
     }
@@ -1574,7 +1597,8 @@ mod tests {
 
     #[test]
     fn header_names_lower_cased_values_lossy() {
-        let req = b"GET / HTTP/1.0\r\nX-MiXeD-Case: V a l\r\nCONTENT-LENGTH: 0\r\nX-Bin: a\xffb\r\n\r\n";
+        let req =
+            b"GET / HTTP/1.0\r\nX-MiXeD-Case: V a l\r\nCONTENT-LENGTH: 0\r\nX-Bin: a\xffb\r\n\r\n";
         let r = check(Role::Server, &[d(IN, req), d(OUT, &ok(200, ""))]);
         let e = &r.ex[0];
         assert_eq!(e.request.version_minor, 0);
@@ -1604,7 +1628,12 @@ mod tests {
         assert_eq!(e.request.body_len, 6);
         assert_eq!(e.response.body_len, 3);
         assert_eq!(
-            (e.request_first, e.request_last, e.response_first, e.response_last),
+            (
+                e.request_first,
+                e.request_last,
+                e.response_first,
+                e.response_last
+            ),
             (tm(0), tm(3), tm(4), tm(6))
         );
     }
@@ -1637,12 +1666,7 @@ mod tests {
         let mut resps = ok(200, "first");
         resps.extend(ok(404, "nope"));
         let (r1, r2) = resps.split_at(resps.len() - 3);
-        let evs = [
-            d(IN, &reqs),
-            d(OUT, r1),
-            d(OUT, r2),
-            d(OUT, &ok(500, "")),
-        ];
+        let evs = [d(IN, &reqs), d(OUT, r1), d(OUT, r2), d(OUT, &ok(500, ""))];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty());
         assert_eq!(
@@ -1687,7 +1711,10 @@ mod tests {
         assert!(r.errors.is_empty(), "{:?}", r.errors);
         assert_eq!(r.ex.len(), 2);
         assert_eq!(r.ex[0].response.body_len, 21);
-        assert_eq!(r.ex[0].response.header("transfer-encoding"), Some("chunked"));
+        assert_eq!(
+            r.ex[0].response.header("transfer-encoding"),
+            Some("chunked")
+        );
         assert_eq!(r.ex[1].response.body_len, 1);
     }
 
@@ -1695,7 +1722,10 @@ mod tests {
     fn chunked_bare_lf_and_split_terminator() {
         let evs = [
             d(IN, &get("/c")),
-            d(OUT, b"HTTP/1.1 200 OK\nTransfer-Encoding: gzip, chunked\n\n3\nabc\n"),
+            d(
+                OUT,
+                b"HTTP/1.1 200 OK\nTransfer-Encoding: gzip, chunked\n\n3\nabc\n",
+            ),
             d(OUT, b"0\r\n"),
             d(OUT, b"\r\n"),
         ];
@@ -1718,7 +1748,15 @@ mod tests {
     #[test]
     fn transfer_encoding_overrides_content_length() {
         let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
-        let r = check(Role::Server, &[d(IN, &get("/")), d(OUT, resp), d(IN, &get("/2")), d(OUT, &ok(200, ""))]);
+        let r = check(
+            Role::Server,
+            &[
+                d(IN, &get("/")),
+                d(OUT, resp),
+                d(IN, &get("/2")),
+                d(OUT, &ok(200, "")),
+            ],
+        );
         assert!(r.errors.is_empty());
         assert_eq!(r.ex.len(), 2);
         assert_eq!(r.ex[0].response.body_len, 2);
@@ -1727,8 +1765,20 @@ mod tests {
     #[test]
     fn malformed_chunk_is_an_error_and_consumes_the_request() {
         let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
-        let r = check(Role::Server, &[d(IN, &get("/")), d(OUT, resp), d(IN, &get("/2")), d(OUT, &ok(200, ""))]);
-        assert!(matches!(r.errors[..], [(1, ParseError::MalformedChunk { .. })]), "{:?}", r.errors);
+        let r = check(
+            Role::Server,
+            &[
+                d(IN, &get("/")),
+                d(OUT, resp),
+                d(IN, &get("/2")),
+                d(OUT, &ok(200, "")),
+            ],
+        );
+        assert!(
+            matches!(r.errors[..], [(1, ParseError::MalformedChunk { .. })]),
+            "{:?}",
+            r.errors
+        );
         assert_eq!(statuses(&r), [("/2".to_owned(), 200)]);
     }
 
@@ -1789,7 +1839,10 @@ mod tests {
     #[test]
     fn expect_100_continue() {
         let evs = [
-            d(IN, b"PUT /f HTTP/1.1\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n"),
+            d(
+                IN,
+                b"PUT /f HTTP/1.1\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n",
+            ),
             d(OUT, b"HTTP/1.1 100 Continue\r\n\r\n"),
             d(IN, b"0123456789"),
             d(OUT, b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"),
@@ -1802,7 +1855,12 @@ mod tests {
         assert_eq!(e.response.status, 201);
         assert_eq!(e.response.body_len, 2);
         assert_eq!(
-            (e.request_first, e.request_last, e.response_first, e.response_last),
+            (
+                e.request_first,
+                e.request_last,
+                e.response_first,
+                e.response_last
+            ),
             (tm(0), tm(2), tm(3), tm(3))
         );
     }
@@ -1819,7 +1877,8 @@ mod tests {
 
     #[test]
     fn switching_protocols_completes_and_goes_opaque() {
-        let req = b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        let req =
+            b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
         let resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello";
         let evs = [
             d(IN, req),
@@ -1841,7 +1900,10 @@ mod tests {
     #[test]
     fn connect_tunnel_goes_opaque() {
         let evs = [
-            d(OUT, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"),
+            d(
+                OUT,
+                b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            ),
             d(IN, b"HTTP/1.1 200 Connection established\r\n\r\n"),
             d(OUT, b"\x16\x03\x01\x02\x00\x01"),
             d(IN, b"\x16\x03\x03"),
@@ -1860,13 +1922,19 @@ mod tests {
             d(IN, &get("/nc")),
             d(OUT, b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n"),
             d(IN, &get("/cached")),
-            d(OUT, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 77\r\nETag: \"x\"\r\n\r\n"),
+            d(
+                OUT,
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 77\r\nETag: \"x\"\r\n\r\n",
+            ),
             d(IN, &get("/last")),
             d(OUT, &ok(200, "body")),
         ];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        let got: Vec<(u16, u64)> = r.ex.iter().map(|e| (e.response.status, e.response.body_len)).collect();
+        let got: Vec<(u16, u64)> =
+            r.ex.iter()
+                .map(|e| (e.response.status, e.response.body_len))
+                .collect();
         assert_eq!(got, [(200, 0), (204, 0), (304, 0), (200, 4)]);
         assert_eq!(r.ex[0].request.method, "HEAD");
         assert_eq!(r.ex[0].response.header("content-length"), Some("123456"));
@@ -1942,7 +2010,16 @@ mod tests {
             d(OUT, &ok(200, "late")),
         ];
         let r = check(Role::Server, &evs);
-        assert!(matches!(r.errors[..], [(1, ParseError::MalformedHead { kind: MessageKind::Response, .. })]));
+        assert!(matches!(
+            r.errors[..],
+            [(
+                1,
+                ParseError::MalformedHead {
+                    kind: MessageKind::Response,
+                    ..
+                }
+            )]
+        ));
         // Garbage is not a response: the request is still answered by the next one.
         assert_eq!(statuses(&r), [("/a".to_owned(), 200)]);
     }
@@ -1963,7 +2040,10 @@ mod tests {
         big.extend(b"\r\n\r\n");
         let evs = [
             d(IN, &big),
-            d(OUT, b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n"),
+            d(
+                OUT,
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n",
+            ),
             d(IN, &get("/after")),
             d(OUT, &ok(200, "")),
         ];
@@ -1982,7 +2062,9 @@ mod tests {
         // The lost request consumed the 431 silently.
         assert_eq!(statuses(&r), [("/after".to_owned(), 200)]);
         // Same in small pieces (buffered path).
-        let r2 = run_with(Role::Server, &evs, |len| (1..len).step_by(1000).skip(1).collect());
+        let r2 = run_with(Role::Server, &evs, |len| {
+            (1..len).step_by(1000).skip(1).collect()
+        });
         assert_eq!(r2, r);
         let r3 = run_with(Role::Server, &evs, |len| (1..len).collect());
         assert_eq!(r3, r);
@@ -2008,7 +2090,10 @@ mod tests {
         }
         req.extend(b"\r\n");
         let r = run(Role::Server, &[d(IN, &req)]);
-        assert!(matches!(r.errors[..], [(0, ParseError::TooManyHeaders { .. })]));
+        assert!(matches!(
+            r.errors[..],
+            [(0, ParseError::TooManyHeaders { .. })]
+        ));
     }
 
     #[test]
@@ -2040,11 +2125,16 @@ mod tests {
     fn transfer_encoding_without_chunked() {
         let req = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\nxx";
         let r = run(Role::Server, &[d(IN, req)]);
-        assert!(matches!(&r.errors[..], [(0, ParseError::UnsupportedTransferEncoding { value, .. })] if value == "gzip"));
+        assert!(
+            matches!(&r.errors[..], [(0, ParseError::UnsupportedTransferEncoding { value, .. })] if value == "gzip")
+        );
         // Responses with such framing last until the end of the stream.
         let evs = [
             d(IN, &get("/")),
-            d(OUT, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabcdef"),
+            d(
+                OUT,
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabcdef",
+            ),
             Ev::Eof(OUT),
         ];
         let r = check(Role::Server, &evs);
@@ -2063,7 +2153,10 @@ mod tests {
         ];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(statuses(&r), [("/a".to_owned(), 200), ("/b".to_owned(), 201)]);
+        assert_eq!(
+            statuses(&r),
+            [("/a".to_owned(), 200), ("/b".to_owned(), 201)]
+        );
         assert_eq!(r.ex[1].request_first, tm(3));
     }
 
@@ -2082,7 +2175,10 @@ mod tests {
         ];
         let r = run(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(statuses(&r), [("/upload".to_owned(), 200), ("/next".to_owned(), 200)]);
+        assert_eq!(
+            statuses(&r),
+            [("/upload".to_owned(), 200), ("/next".to_owned(), 200)]
+        );
         assert_eq!(r.ex[0].request.body_len, 10000);
         assert_eq!(r.ex[1].response.body_len, 10);
         let r2 = check(Role::Server, &evs);
@@ -2093,16 +2189,37 @@ mod tests {
     fn gap_past_the_body_loses_the_next_message() {
         // The syscall moved the rest of the body and the head of a second request.
         let evs = [
-            g(IN, b"POST /a HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123", 6 + 30),
+            g(
+                IN,
+                b"POST /a HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123",
+                6 + 30,
+            ),
             d(OUT, &ok(200, "")),
             d(OUT, &ok(404, "")),
             d(IN, &get("/c")),
             d(OUT, &ok(201, "")),
         ];
         let r = check(Role::Server, &evs);
-        assert!(matches!(r.errors[..], [(0, ParseError::GapInHead { buffered: 0, gap: 30, .. })]), "{:?}", r.errors);
+        assert!(
+            matches!(
+                r.errors[..],
+                [(
+                    0,
+                    ParseError::GapInHead {
+                        buffered: 0,
+                        gap: 30,
+                        ..
+                    }
+                )]
+            ),
+            "{:?}",
+            r.errors
+        );
         // The lost request consumed the 404; /c pairs with its own response.
-        assert_eq!(statuses(&r), [("/a".to_owned(), 200), ("/c".to_owned(), 201)]);
+        assert_eq!(
+            statuses(&r),
+            [("/a".to_owned(), 200), ("/c".to_owned(), 201)]
+        );
     }
 
     #[test]
@@ -2118,7 +2235,14 @@ mod tests {
         assert!(
             matches!(
                 r.errors[..],
-                [(0, ParseError::GapInHead { kind: MessageKind::Request, gap: 5000, .. })]
+                [(
+                    0,
+                    ParseError::GapInHead {
+                        kind: MessageKind::Request,
+                        gap: 5000,
+                        ..
+                    }
+                )]
             ),
             "{:?}",
             r.errors
@@ -2133,7 +2257,16 @@ mod tests {
             d(OUT, &ok(202, "")),
         ];
         let r = check(Role::Server, &evs);
-        assert!(matches!(r.errors[..], [(1, ParseError::GapInHead { kind: MessageKind::Response, .. })]));
+        assert!(matches!(
+            r.errors[..],
+            [(
+                1,
+                ParseError::GapInHead {
+                    kind: MessageKind::Response,
+                    ..
+                }
+            )]
+        ));
         assert_eq!(statuses(&r), [("/b".to_owned(), 202)]);
     }
 
@@ -2166,7 +2299,10 @@ mod tests {
         ];
         let r = run(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(statuses(&r), [("/".to_owned(), 200), ("/2".to_owned(), 200)]);
+        assert_eq!(
+            statuses(&r),
+            [("/".to_owned(), 200), ("/2".to_owned(), 200)]
+        );
         assert_eq!(r.ex[0].response_last, tm(2));
         // Approximate: payload before the gap, the gap, and the later bytes as they came.
         assert_eq!(r.ex[0].response.body_len, 4 + 500 + 19);
@@ -2181,11 +2317,19 @@ mod tests {
         ];
         let r = run(Role::Server, &evs);
         assert!(r.errors.is_empty());
-        assert_eq!(statuses(&r), [("/".to_owned(), 200), ("/2".to_owned(), 404)]);
+        assert_eq!(
+            statuses(&r),
+            [("/".to_owned(), 200), ("/2".to_owned(), 404)]
+        );
         assert_eq!(r.ex[0].response_last, tm(3));
 
         // Ended by the end of the stream.
-        let evs = [d(IN, &get("/")), g(OUT, head, 500), d(OUT, b"0\r\n"), Ev::Eof(OUT)];
+        let evs = [
+            d(IN, &get("/")),
+            g(OUT, head, 500),
+            d(OUT, b"0\r\n"),
+            Ev::Eof(OUT),
+        ];
         let r = run(Role::Server, &evs);
         assert_eq!(r.ex.len(), 1);
 
@@ -2199,9 +2343,18 @@ mod tests {
     #[test]
     fn gap_in_desync_or_between_messages() {
         // A gap with nothing captured at a message boundary is a lost head.
-        let evs = [d(IN, &get("/a")), g(OUT, b"", 300), d(OUT, b"tail"), d(IN, &get("/b")), d(OUT, &ok(200, ""))];
+        let evs = [
+            d(IN, &get("/a")),
+            g(OUT, b"", 300),
+            d(OUT, b"tail"),
+            d(IN, &get("/b")),
+            d(OUT, &ok(200, "")),
+        ];
         let r = run(Role::Server, &evs);
-        assert!(matches!(r.errors[..], [(1, ParseError::GapInHead { buffered: 0, .. })]));
+        assert!(matches!(
+            r.errors[..],
+            [(1, ParseError::GapInHead { buffered: 0, .. })]
+        ));
         assert_eq!(statuses(&r), [("/b".to_owned(), 200)]);
     }
 
@@ -2213,7 +2366,10 @@ mod tests {
         }
         let r = run(Role::Server, &[d(IN, &reqs), d(OUT, &ok(200, ""))]);
         assert_eq!(r.pending, MAX_PENDING_REQUESTS - 1);
-        assert!(matches!(r.errors[..], [(0, ParseError::TooManyPendingRequests { .. })]));
+        assert!(matches!(
+            r.errors[..],
+            [(0, ParseError::TooManyPendingRequests { .. })]
+        ));
         assert_eq!(statuses(&r), [("/6".to_owned(), 200)]);
     }
 
@@ -2247,7 +2403,11 @@ mod tests {
             b"\x16\x03\x01\x02\x00",
             b"HTTP/1.1 200 OK\r\n",
         ] {
-            assert!(!looks_like_request(bad), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                !looks_like_request(bad),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         assert!(looks_like_response(b"HTTP/1.1 200 OK\r\n"));
         assert!(looks_like_response(b"HTTP/1.0 404"));
@@ -2334,7 +2494,11 @@ mod tests {
         let mut exchanges = 0usize;
         let mut errors = 0usize;
         for _ in 0..3000 {
-            let role = if rng.random() { Role::Server } else { Role::Client };
+            let role = if rng.random() {
+                Role::Server
+            } else {
+                Role::Client
+            };
             let mut s = Http1Session::new(role);
             let mut out = Vec::new();
             for i in 0..rng.random_range(1..40) {
@@ -2344,8 +2508,14 @@ mod tests {
                     continue;
                 }
                 let data = random_bytes(&mut rng);
-                let gap = if rng.random_ratio(1, 8) { rng.random_range(0..20_000) } else { 0 };
-                if s.feed(dir, &data, data.len() + gap, tm(i), &mut out).is_err() {
+                let gap = if rng.random_ratio(1, 8) {
+                    rng.random_range(0..20_000)
+                } else {
+                    0
+                };
+                if s.feed(dir, &data, data.len() + gap, tm(i), &mut out)
+                    .is_err()
+                {
                     errors += 1;
                 }
                 assert!(s.buffered_bytes() <= 2 * MAX_HEAD_BYTES);
@@ -2370,7 +2540,10 @@ mod tests {
         let mut out = Vec::new();
         let mut errs = 0;
         let line = b"GET / HTTP/1.1\r\nX: ";
-        for &b in line.iter().chain(std::iter::repeat_n(&b'v', 2 * MAX_HEAD_BYTES)) {
+        for &b in line
+            .iter()
+            .chain(std::iter::repeat_n(&b'v', 2 * MAX_HEAD_BYTES))
+        {
             if s.feed(IN, &[b], 1, tm(0), &mut out).is_err() {
                 errs += 1;
             }

@@ -9,11 +9,17 @@ use ghostwire::config::Cli;
 use ghostwire::export::{ExportConfig, Exporters};
 use ghostwire::pipeline::Pipeline;
 use ghostwire::stats::{self, Counter};
+use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Records handled before the loop checks for signals and timers again.
 const DRAIN_BUDGET: usize = 4096;
+/// How often the ring buffer is drained when the kernel did not wake the agent.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -79,6 +85,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The kernel wakes the agent only once a backlog builds up; otherwise the ring is
+    // drained on this timer, which bounds how late a span can be.
+    let mut drain = tokio::time::interval(DRAIN_INTERVAL);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stats_tick = cli.stats_interval().map(tokio::time::interval);
 
     let mut what = Vec::new();
@@ -98,18 +108,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let ring = guard.get_inner_mut();
-                let mut handled = 0;
-                while handled < DRAIN_BUDGET {
-                    let Some(item) = ring.next() else { break };
-                    pipeline.on_record(&item);
-                    handled += 1;
-                }
-                if handled < DRAIN_BUDGET {
+                if drain_ring(guard.get_inner_mut(), &mut pipeline, DRAIN_BUDGET) < DRAIN_BUDGET {
                     guard.clear_ready();
                 } else {
                     tokio::task::yield_now().await;
                 }
+            }
+            _ = drain.tick() => {
+                drain_ring(ring.get_mut(), &mut pipeline, DRAIN_BUDGET);
             }
             _ = tick.tick() => pipeline.tick(),
             _ = async { stats_tick.as_mut().expect("guarded").tick().await }, if stats_tick.is_some() => {
@@ -121,13 +127,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 
     // Whatever is still in the ring was produced before the signal: finish it.
-    let ring = ring.get_mut();
-    while let Some(item) = ring.next() {
-        pipeline.on_record(&item);
-    }
+    drain_ring(ring.get_mut(), &mut pipeline, usize::MAX);
     let counters = capture.counters();
     drop(capture);
     pipeline.into_exporters().shutdown(Duration::from_secs(5)).await;
     eprintln!("{}", stats::report(&counters));
     Ok(())
+}
+
+/// Feeds up to `budget` ring-buffer records to the pipeline; returns how many.
+fn drain_ring(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, budget: usize) -> usize {
+    let mut handled = 0;
+    while handled < budget {
+        let Some(item) = ring.next() else { break };
+        pipeline.on_record(&item);
+        handled += 1;
+    }
+    handled
 }

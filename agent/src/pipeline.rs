@@ -44,14 +44,14 @@ impl Pipeline {
                 s.incr(Counter::EventsConn);
                 // Read the process's resource now: a short-lived client may be gone by
                 // the time its response arrives.
-                let _ = self.resources.get(ev.tgid);
+                let _ = self.resources.get(ev.tgid, &comm(&ev.comm));
             }
             Event::Close(_) => s.incr(Counter::EventsClose),
             Event::Exit(_) => s.incr(Counter::EventsExit),
         }
         self.conns.on_event(&event, &mut self.records);
         for rec in self.records.drain(..) {
-            let resource = self.resources.get(rec.conn.pid);
+            let resource = self.resources.get(rec.conn.pid, "");
             let span = build::build(&rec, resource, self.clock);
             s.incr(Counter::SpansBuilt);
             self.exporters.submit(span);
@@ -77,4 +77,10 @@ impl Pipeline {
     pub fn into_exporters(self) -> Exporters {
         self.exporters
     }
+}
+
+/// A kernel `comm` (NUL-padded) as text.
+fn comm(raw: &[u8]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
 }

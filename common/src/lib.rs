@@ -163,6 +163,8 @@ pub struct ConnEvent {
     pub ts_ns: u64,
     /// Tuple as seen from the traced process (`saddr` is the local side).
     pub tuple: Tuple,
+    /// Kernel name of the thread (`comm`), for processes gone before `/proc` is read.
+    pub comm: [u8; COMM_LEN],
     pub role: u8,
     pub _pad: [u8; 7],
 }

@@ -178,12 +178,27 @@ pub fn port_allowed(cfg: &Config, tuple: &Tuple) -> bool {
     unsafe { PORT_FILTER.get(tuple.sport).is_some() || PORT_FILTER.get(tuple.dport).is_some() }
 }
 
+/// `bpf_ringbuf_query` flag: bytes not yet consumed.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// `bpf_ringbuf_output` flags.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// Backlog that wakes the agent at once. Below it the agent is not woken per event (that
+/// costs a context switch per syscall under load); it drains on its own short timer.
+const WAKEUP_BYTES: u64 = 256 * 1024;
+
 /// Writes `len` bytes starting at `data` to the ring buffer; counts a full ring.
+/// `wake`: wake the agent now (rare events it must see promptly).
 #[inline(always)]
-pub fn output(probe: u8, data: *const u8, len: u64) -> bool {
+pub fn output(probe: u8, data: *const u8, len: u64, wake: bool) -> bool {
     // SAFETY: `data` points to at least `len` readable bytes (checked by the verifier).
     let bytes = unsafe { core::slice::from_raw_parts(data, len as usize) };
-    let ret = match EVENTS.output::<[u8]>(bytes, 0) {
+    let flags = if wake || EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    let ret = match EVENTS.output::<[u8]>(bytes, flags) {
         Ok(()) => 0,
         Err(e) => e,
     };

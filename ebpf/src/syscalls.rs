@@ -2,7 +2,7 @@
 //! `try_*` functions.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_probe_read_user as probe_read_user_raw,
     },
     macros::tracepoint,
@@ -183,7 +183,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
             probe: probe::CLOSE,
             _pad: [0; 3],
         };
-        output(probe::CLOSE, core::ptr::addr_of!(ev).cast(), size_of::<CloseEvent>() as u64);
+        output(probe::CLOSE, core::ptr::addr_of!(ev).cast(), size_of::<CloseEvent>() as u64, false);
     }
     0
 }
@@ -304,10 +304,13 @@ fn bind_fd(id: u64, p: &Pending, info: &mut FdInfo) -> bool {
         conn_gen: sock.gen,
         ts_ns: p.ts_enter,
         tuple: sock.tuple,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
         role: info.role,
         _pad: [0; 7],
     };
-    output(p.probe, core::ptr::addr_of!(ev).cast(), size_of::<ConnEvent>() as u64)
+    // Wake the agent now: it reads the process's /proc entry while the process, maybe a
+    // short-lived client, still exists. One wakeup per connection, not per syscall.
+    output(p.probe, core::ptr::addr_of!(ev).cast(), size_of::<ConnEvent>() as u64, true)
 }
 
 #[inline(always)]
@@ -346,7 +349,7 @@ fn emit_data(id: u64, p: &Pending, info: &FdInfo, len: u64) {
         _pad: [0; 5],
     };
     let total = size_of::<DataEvent>() as u64 + captured;
-    output(p.probe, core::ptr::addr_of!(*s).cast(), total);
+    output(p.probe, core::ptr::addr_of!(*s).cast(), total, false);
 }
 
 /// Copies `want` (`<= MAX_CAPTURE`) bytes; returns (bytes copied, failed).
@@ -453,7 +456,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 probe: probe::SOCK_STATE,
                 _pad: [0; 3],
             };
-            output(probe::SOCK_STATE, core::ptr::addr_of!(ev).cast(), size_of::<CloseEvent>() as u64);
+            output(probe::SOCK_STATE, core::ptr::addr_of!(ev).cast(), size_of::<CloseEvent>() as u64, false);
         }
     }
     0
@@ -477,6 +480,6 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
     };
-    output(probe::PROC_EXIT, core::ptr::addr_of!(ev).cast(), size_of::<ExitEvent>() as u64);
+    output(probe::PROC_EXIT, core::ptr::addr_of!(ev).cast(), size_of::<ExitEvent>() as u64, false);
     0
 }

@@ -91,9 +91,7 @@ pub fn build(rec: &ExchangeRecord, resource: Arc<Resource>, clock: Clock) -> Spa
         put("http.request.method_original", req.method.as_str().into());
     }
     put("http.response.status_code", i64::from(resp.status).into());
-    put("network.protocol.name", "http".into());
-    put("network.protocol.version", format!("1.{}", req.version_minor.min(1)).into());
-    put("network.transport", "tcp".into());
+    put("network.protocol.version", if req.version_minor == 0 { "1.0" } else { "1.1" }.into());
     put("network.peer.address", conn.peer.ip().to_string().into());
     put("network.peer.port", i64::from(conn.peer.port()).into());
     put("network.local.address", conn.local.ip().to_string().into());

@@ -29,12 +29,13 @@ impl ResourceCache {
         Self { proc_root: proc_root.into(), host_name: host_name(), by_pid: HashMap::new() }
     }
 
-    /// The resource of `pid`, read from `/proc` the first time.
-    pub fn get(&mut self, pid: u32) -> Arc<Resource> {
+    /// The resource of `pid`, read from `/proc` the first time. `comm` (the kernel's
+    /// thread name) names processes that are already gone.
+    pub fn get(&mut self, pid: u32, comm: &str) -> Arc<Resource> {
         if let Some(r) = self.by_pid.get(&pid) {
             return Arc::clone(r);
         }
-        let r = Arc::new(self.read(pid));
+        let r = Arc::new(self.read(pid, comm));
         if self.by_pid.len() >= MAX_PROCESSES {
             self.by_pid.clear();
         }
@@ -46,7 +47,7 @@ impl ResourceCache {
         self.by_pid.remove(&pid);
     }
 
-    fn read(&self, pid: u32) -> Resource {
+    fn read(&self, pid: u32, comm: &str) -> Resource {
         let dir = self.proc_root.join(pid.to_string());
         let exe_path = std::fs::read_link(dir.join("exe")).ok();
         let exe_name = exe_path
@@ -54,7 +55,7 @@ impl ResourceCache {
             .and_then(Path::file_name)
             .map(|n| n.to_string_lossy().trim_end_matches(" (deleted)").to_owned())
             .or_else(|| std::fs::read_to_string(dir.join("comm")).ok().map(|c| c.trim().to_owned()))
-            .unwrap_or_default();
+            .unwrap_or_else(|| comm.to_owned());
         let cmdline = std::fs::read(dir.join("cmdline"))
             .map(|raw| {
                 raw.split(|&b| b == 0)
@@ -135,12 +136,19 @@ mod tests {
     #[test]
     fn own_process_resource() {
         let mut cache = ResourceCache::default();
-        let r = cache.get(std::process::id());
+        let r = cache.get(std::process::id(), "");
         assert_eq!(r.pid, std::process::id());
         assert!(!r.service_name.is_empty());
         let exe = r.attributes.iter().find(|(k, _)| k == "process.executable.name").map(|(_, v)| v.clone());
         assert!(matches!(exe, Some(AttrValue::Str(ref s)) if !s.is_empty()), "{exe:?}");
         // Cached: the same Arc comes back.
-        assert!(Arc::ptr_eq(&r, &cache.get(std::process::id())));
+        assert!(Arc::ptr_eq(&r, &cache.get(std::process::id(), "")));
+    }
+
+    #[test]
+    fn a_process_already_gone_is_named_by_its_comm() {
+        let mut cache = ResourceCache::new("/nonexistent-proc");
+        let r = cache.get(7, "curl");
+        assert_eq!(r.service_name, "curl");
     }
 }

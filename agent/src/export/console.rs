@@ -312,12 +312,17 @@ fn pad(s: &str, cols: usize) -> String {
     out
 }
 
-/// Span name plus `url.path` (unless the name already has it), and the response status
-/// code when known.
+/// Span name plus the URL path (`url.path`, or the path of a client's `url.full`)
+/// unless the name already has it, and the response status code when known.
 fn operation(span: &Span) -> (String, Option<String>) {
     let mut op = span.name.clone();
-    if let Some(AttrValue::Str(path)) = span.attr("url.path") {
-        if !path.is_empty() && !op.contains(path.as_str()) {
+    let path = match (span.attr("url.path"), span.attr("url.full")) {
+        (Some(AttrValue::Str(path)), _) => Some(path.as_str()),
+        (None, Some(AttrValue::Str(full))) => full_url_path(full),
+        _ => None,
+    };
+    if let Some(path) = path {
+        if !path.is_empty() && !op.contains(path) {
             op.push(' ');
             op.push_str(path);
         }
@@ -328,6 +333,12 @@ fn operation(span: &Span) -> (String, Option<String>) {
         _ => None,
     };
     (sanitize(&op), code)
+}
+
+/// The path (with query) of an absolute URL: `http://h:1/a?b` → `/a?b`.
+fn full_url_path(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.find('/').map(|i| &rest[i..])
 }
 
 /// `indent service  operation status`, exactly `cols` wide; a long operation is cut
@@ -482,6 +493,12 @@ fn render(spans: &[Arc<Span>], width: usize, hidden: usize, color: bool) -> Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_spans_show_the_path_of_their_url() {
+        assert_eq!(full_url_path("http://127.0.0.1:8080/api/x?y=1"), Some("/api/x?y=1"));
+        assert_eq!(full_url_path("http://host"), None);
+    }
     use crate::export::tests::{mk_span, resource};
     use std::borrow::Cow;
 

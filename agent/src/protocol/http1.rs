@@ -68,6 +68,16 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 pub const MAX_PARSED_HEADERS: usize = 128;
 /// Header fields kept in a [`Request`] or [`Response`] (the first ones, in order).
 pub const MAX_STORED_HEADERS: usize = 64;
+/// The only header fields kept (lower-case): trace context, identity, framing. Nothing
+/// else — `Authorization`, `Cookie`, API keys — is ever copied out of the capture, and
+/// the fields not needed cost no allocation.
+pub const KEPT_HEADERS: &[&str] = &[
+    "host", "user-agent", "traceparent", "tracestate", "baggage", "b3", "x-b3-traceid",
+    "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "uber-trace-id",
+    "x-request-id", "x-forwarded-for", "forwarded", "content-type", "content-length",
+    "transfer-encoding", "trailer", "expect", "connection", "upgrade", "server",
+    "traceresponse",
+];
 /// Requests that may wait for a response at once.
 pub const MAX_PENDING_REQUESTS: usize = 64;
 /// Longest chunk-size line (size, extensions) accepted.
@@ -1318,13 +1328,14 @@ fn httparse_error(cx: &Ctx<'_>, e: httparse::Error, buffered: usize) -> ParseErr
 }
 
 fn stored_headers(raw: &[Header<'_>]) -> Vec<(String, String)> {
-    let n = raw.len().min(MAX_STORED_HEADERS);
-    let mut headers = Vec::with_capacity(n);
-    for h in &raw[..n] {
-        headers.push((
-            h.name.to_ascii_lowercase(),
-            String::from_utf8_lossy(h.value).into_owned(),
-        ));
+    let mut headers = Vec::new();
+    for h in raw {
+        if headers.len() >= MAX_STORED_HEADERS {
+            break;
+        }
+        if let Some(name) = KEPT_HEADERS.iter().find(|k| h.name.eq_ignore_ascii_case(k)) {
+            headers.push(((*name).to_owned(), String::from_utf8_lossy(h.value).into_owned()));
+        }
     }
     headers
 }
@@ -1571,7 +1582,8 @@ mod tests {
         assert_eq!(e.request.version_minor, 1);
         assert_eq!(e.request.header("host"), Some("example.com"));
         assert_eq!(e.request.header("user-agent"), Some("t/1"));
-        assert_eq!(e.request.headers.len(), 3);
+        // Only the kept fields (see KEPT_HEADERS); `Accept` is not one of them.
+        assert_eq!(e.request.headers.len(), 2);
         assert_eq!(e.request.body_len, 0);
         assert_eq!(e.response.status, 200);
         assert_eq!(e.response.version_minor, 1);
@@ -1598,16 +1610,16 @@ mod tests {
     #[test]
     fn header_names_lower_cased_values_lossy() {
         let req =
-            b"GET / HTTP/1.0\r\nX-MiXeD-Case: V a l\r\nCONTENT-LENGTH: 0\r\nX-Bin: a\xffb\r\n\r\n";
+            b"GET / HTTP/1.0\r\nX-ReQuEsT-Id: V a l\r\nCONTENT-LENGTH: 0\r\nUser-Agent: a\xffb\r\nX-Other: 1\r\n\r\n";
         let r = check(Role::Server, &[d(IN, req), d(OUT, &ok(200, ""))]);
         let e = &r.ex[0];
         assert_eq!(e.request.version_minor, 0);
         assert_eq!(
             e.request.headers,
             [
-                ("x-mixed-case".to_owned(), "V a l".to_owned()),
+                ("x-request-id".to_owned(), "V a l".to_owned()),
                 ("content-length".to_owned(), "0".to_owned()),
-                ("x-bin".to_owned(), "a\u{fffd}b".to_owned()),
+                ("user-agent".to_owned(), "a\u{fffd}b".to_owned()),
             ]
         );
     }
@@ -2071,18 +2083,26 @@ mod tests {
     }
 
     #[test]
+    fn secrets_in_headers_are_never_kept() {
+        let req = b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer s3cret\r\nCookie: sid=1\r\nX-Api-Key: k\r\nTraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+        let r = check(Role::Server, &[d(IN, req), d(OUT, &ok(200, ""))]);
+        let names: Vec<&str> = r.ex[0].request.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["host", "traceparent"]);
+    }
+
+    #[test]
     fn header_count_caps() {
         let mut req = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..100 {
-            req.extend(format!("H{i}: v{i}\r\n").bytes());
+            req.extend(format!("X-Request-Id: v{i}\r\n").bytes());
         }
         req.extend(b"\r\n");
         let r = check(Role::Server, &[d(IN, &req), d(OUT, &ok(200, ""))]);
         assert!(r.errors.is_empty());
         let h = &r.ex[0].request.headers;
         assert_eq!(h.len(), MAX_STORED_HEADERS);
-        assert_eq!(h[0], ("h0".to_owned(), "v0".to_owned()));
-        assert_eq!(h[63], ("h63".to_owned(), "v63".to_owned()));
+        assert_eq!(h[0], ("x-request-id".to_owned(), "v0".to_owned()));
+        assert_eq!(h[63], ("x-request-id".to_owned(), "v63".to_owned()));
 
         let mut req = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..=MAX_PARSED_HEADERS {

@@ -34,6 +34,12 @@ pub struct Cli {
     #[arg(long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
 
+    /// Declare a process SDK-instrumented by service or executable name (repeatable):
+    /// ghostwire emits no spans for it but still uses its headers to link its
+    /// neighbours. Processes that send trace context of their own are detected anyway.
+    #[arg(long = "instrumented", value_name = "NAME")]
+    pub instrumented: Vec<String>,
+
     /// Print counters every SECS seconds on stderr (0: only at exit).
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub stats_interval: u64,

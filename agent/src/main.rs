@@ -103,7 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     eprintln!("ready: {} probes attached; spans go to {}", capture.attached, what.join(", "));
 
-    let mut pipeline = Pipeline::new(exporters);
+    let mut pipeline = Pipeline::new(exporters, cli.instrumented.clone());
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {

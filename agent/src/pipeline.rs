@@ -1,30 +1,44 @@
 //! The userspace hot path, in one place: ring-buffer record → event → connection table →
-//! exchanges → spans → export queues. Runs on one task; nothing here blocks or awaits.
+//! started requests and exchanges → linker → spans → export queues. Runs on one task;
+//! nothing here blocks or awaits.
+use std::sync::Arc;
+
 use crate::capture::{self, Event};
-use crate::conn::{ConnTable, ExchangeRecord};
+use crate::conn::{ConnKey, ConnMeta, ConnSink, ConnTable, ExchangeRecord, ReqKey};
 use crate::export::Exporters;
+use crate::protocol::{Request, Timing};
 use crate::span::build::{self, Clock};
+use crate::span::link::{LinkKind, Linker};
 use crate::span::resource::ResourceCache;
+use crate::span::Resource;
 use crate::stats::{self, Counter};
 
 pub struct Pipeline {
     conns: ConnTable,
+    spans: Spans,
+}
+
+/// Everything downstream of the connection table.
+struct Spans {
+    linker: Linker,
     resources: ResourceCache,
     clock: Clock,
     exporters: Exporters,
-    /// Reused between records.
-    records: Vec<ExchangeRecord>,
 }
 
 impl Pipeline {
+    /// `instrumented`: service or executable names whose processes export their own
+    /// spans (ghostwire emits none for them).
     #[must_use]
-    pub fn new(exporters: Exporters) -> Self {
+    pub fn new(exporters: Exporters, instrumented: Vec<String>) -> Self {
         Self {
             conns: ConnTable::default(),
-            resources: ResourceCache::default(),
-            clock: Clock::now(),
-            exporters,
-            records: Vec::new(),
+            spans: Spans {
+                linker: Linker::new(instrumented),
+                resources: ResourceCache::default(),
+                clock: Clock::now(),
+                exporters,
+            },
         }
     }
 
@@ -44,26 +58,22 @@ impl Pipeline {
                 s.incr(Counter::EventsConn);
                 // Read the process's resource now: a short-lived client may be gone by
                 // the time its response arrives.
-                let _ = self.resources.get(ev.tgid, &comm(&ev.comm));
+                let resource = self.spans.resources.get(ev.tgid, &comm(&ev.comm));
+                self.spans.observe(&resource);
             }
             Event::Close(_) => s.incr(Counter::EventsClose),
             Event::Exit(_) => s.incr(Counter::EventsExit),
         }
-        self.conns.on_event(&event, &mut self.records);
-        for rec in self.records.drain(..) {
-            let resource = self.resources.get(rec.conn.pid, "");
-            let span = build::build(&rec, resource, self.clock);
-            s.incr(Counter::SpansBuilt);
-            self.exporters.submit(span);
-        }
+        self.conns.on_event(&event, &mut self.spans);
         if let Event::Exit(ev) = event {
-            self.resources.forget(ev.tgid);
+            self.spans.resources.forget(ev.tgid);
+            self.spans.linker.process_exited(ev.tgid);
         }
     }
 
     /// Periodic upkeep (about once a second): re-measure the clock offset.
     pub fn tick(&mut self) {
-        self.clock = Clock::now();
+        self.spans.clock = Clock::now();
     }
 
     /// Connections currently tracked.
@@ -75,7 +85,47 @@ impl Pipeline {
     /// Gives the exporters back for shutdown.
     #[must_use]
     pub fn into_exporters(self) -> Exporters {
-        self.exporters
+        self.spans.exporters
+    }
+}
+
+impl Spans {
+    /// Lets the linker know a process's names (for `--instrumented`).
+    fn observe(&mut self, r: &Resource) {
+        let exe = r.attributes.iter().find(|(k, _)| k == "process.executable.name").and_then(|(_, v)| match v {
+            crate::span::AttrValue::Str(s) => Some(s.as_str()),
+            _ => None,
+        });
+        self.linker.observe_process(r.pid, &[r.service_name.as_str(), exe.unwrap_or_default()]);
+    }
+}
+
+impl ConnSink for Spans {
+    fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, request: &Request, _t: Timing) {
+        self.linker.request_started(key, conn, tid, request);
+    }
+
+    fn exchange(&mut self, rec: ExchangeRecord) {
+        let Some(identity) = self.linker.exchange_done(&rec) else { return };
+        let resource = self.resources.get(rec.conn.pid, "");
+        let s = stats::global();
+        s.incr(match identity.link {
+            LinkKind::Header => Counter::LinkHeader,
+            LinkKind::Thread => Counter::LinkThread,
+            LinkKind::Socket => Counter::LinkSocket,
+            LinkKind::None => Counter::LinkNone,
+        });
+        if let Some(caller) = identity.propagation_break {
+            let caller: Arc<Resource> = self.resources.get(caller, "");
+            stats::propagation_break(&caller.service_name, &resource.service_name);
+        }
+        let span = build::build(&rec, identity, resource, self.clock);
+        s.incr(Counter::SpansBuilt);
+        self.exporters.submit(span);
+    }
+
+    fn connection_closed(&mut self, key: ConnKey, conn: &ConnMeta) {
+        self.linker.connection_closed(key, conn);
     }
 }
 

@@ -56,6 +56,23 @@ counters! {
     ExportErrors => "export.errors",
     /// Connections that were open before the agent started and are ignored.
     ConnsPreexisting => "conns.preexisting",
+    /// Spans by how they were linked (`ghostwire.link`).
+    LinkHeader => "link.header",
+    LinkThread => "link.thread",
+    LinkSocket => "link.socket",
+    LinkNone => "link.none",
+    /// Outbound calls made while the thread handled no inbound request.
+    LinkUnlinkedClient => "link.unlinked_client",
+    /// Outbound calls on a thread with several inbound requests in flight (event loop).
+    LinkAmbiguousThread => "link.ambiguous_thread",
+    /// A passed-on header and the socket named different traces (the header won).
+    LinkHeaderSocketDisagree => "link.header_socket_disagree",
+    /// Requests forgotten before they were answered (linker state bound).
+    LinkEvicted => "link.evicted",
+    /// Spans repairing a chain whose caller dropped the context.
+    PropagationBreaks => "link.propagation_breaks",
+    /// Spans not emitted because their process exports its own (SDK-instrumented).
+    SpansSuppressedInstrumented => "spans.suppressed_instrumented",
 }
 
 const N: usize = Counter::ALL.len();
@@ -92,6 +109,28 @@ impl Stats {
         self.incr(c);
         log::debug!("{}: {detail}", c.name());
     }
+}
+
+/// Propagation breaks per edge (caller service, callee service).
+static BREAKS: std::sync::Mutex<std::collections::BTreeMap<(String, String), u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Counts one propagation break from `caller` to `callee`.
+pub fn propagation_break(caller: &str, callee: &str) {
+    global().incr(Counter::PropagationBreaks);
+    let mut map = BREAKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(n) = map.get_mut(&(caller.to_owned(), callee.to_owned())) {
+        *n += 1;
+    } else if map.len() < 4096 {
+        map.insert((caller.to_owned(), callee.to_owned()), 1);
+    }
+}
+
+/// Breaks counted so far on the edge `caller -> callee`.
+#[must_use]
+pub fn propagation_breaks(caller: &str, callee: &str) -> u64 {
+    let map = BREAKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    map.get(&(caller.to_owned(), callee.to_owned())).copied().unwrap_or(0)
 }
 
 /// Snapshot of the kernel's per-probe counters, summed over CPUs.
@@ -131,5 +170,14 @@ pub fn report(kernel: &KernelCounters) -> String {
             let _ = write!(out, " kernel.{probe}.{counter}={v}");
         }
     }
+    let breaks = BREAKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for ((caller, callee), n) in breaks.iter() {
+        let _ = write!(out, " break.{}->{}={n}", token(caller), token(callee));
+    }
     out
+}
+
+/// A service name as one whitespace-free token of the report.
+fn token(name: &str) -> String {
+    name.chars().map(|c| if c.is_whitespace() || c == '=' { '_' } else { c }).collect()
 }

@@ -12,7 +12,7 @@ use ghostwire_common::{ConnEvent, DataEvent, Tuple, DIR_INGRESS, ROLE_CLIENT, RO
 
 use crate::capture::Event;
 use crate::protocol::http1::{self, Http1Session};
-use crate::protocol::{Direction, Exchange, Role, Timing};
+use crate::protocol::{Direction, Exchange, Request, Role, Timing};
 use crate::stats::{self, Counter};
 
 /// Who owns a connection and where it goes.
@@ -25,11 +25,35 @@ pub struct ConnMeta {
     pub peer: SocketAddr,
 }
 
+/// A connection: kernel socket address and the time it reached ESTABLISHED.
+pub type ConnKey = (u64, u64);
+
+/// One request on one connection: the connection and the request's `seq` on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReqKey {
+    pub conn: ConnKey,
+    pub seq: u64,
+}
+
 /// One request/response pair and the connection it travelled on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExchangeRecord {
+    pub key: ReqKey,
     pub conn: ConnMeta,
     pub exchange: Exchange,
+    /// Thread whose syscall completed the exchange (server: wrote the response end).
+    pub tid: u32,
+}
+
+/// What the connection table reports, in order.
+pub trait ConnSink {
+    /// A request's head was parsed (before its response exists). `tid` is the thread
+    /// that read (server) or wrote (client) it.
+    fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, request: &Request, t: Timing);
+    /// A request was answered.
+    fn exchange(&mut self, rec: ExchangeRecord);
+    /// A connection ended (closed, or its process exited).
+    fn connection_closed(&mut self, key: ConnKey, conn: &ConnMeta);
 }
 
 enum Proto {
@@ -43,6 +67,8 @@ enum Proto {
 struct Conn {
     meta: ConnMeta,
     proto: Proto,
+    /// The `seq` of the next request not yet reported as started.
+    next_started: u64,
 }
 
 /// Upper bound on tracked connections; beyond it new connections are counted and ignored.
@@ -77,15 +103,16 @@ impl ConnTable {
         self.conns.is_empty()
     }
 
-    /// Applies one kernel event; completed exchanges are appended to `out`.
-    pub fn on_event(&mut self, event: &Event<'_>, out: &mut Vec<ExchangeRecord>) {
+    /// Applies one kernel event, reporting started requests and exchanges to `sink`.
+    pub fn on_event(&mut self, event: &Event<'_>, sink: &mut impl ConnSink) {
         match event {
             Event::Conn(ev) => self.on_conn(ev),
-            Event::Data { header, payload } => self.on_data(header, payload, out),
+            Event::Data { header, payload } => self.on_data(header, payload, sink),
             Event::Close(ev) => {
                 let t = Timing { enter_ns: ev.ts_ns, exit_ns: ev.ts_ns };
-                if let Some(conn) = self.conns.remove(&(ev.sock, ev.conn_gen)) {
-                    finish(conn, t, out);
+                let key = (ev.sock, ev.conn_gen);
+                if let Some(conn) = self.conns.remove(&key) {
+                    finish(key, conn, t, 0, &mut self.scratch, sink);
                 }
             }
             Event::Exit(ev) => {
@@ -98,7 +125,7 @@ impl ConnTable {
                     .collect();
                 for key in keys {
                     if let Some(conn) = self.conns.remove(&key) {
-                        finish(conn, t, out);
+                        finish(key, conn, t, 0, &mut self.scratch, sink);
                     }
                 }
             }
@@ -124,11 +151,12 @@ impl ConnTable {
                 .drop_event(Counter::DropConnTableFull, format_args!("{local} -> {peer} pid {}", ev.tgid));
             return;
         }
-        self.conns.insert(key, Conn { meta, proto: Proto::Undecided });
+        self.conns.insert(key, Conn { meta, proto: Proto::Undecided, next_started: 0 });
     }
 
-    fn on_data(&mut self, h: &DataEvent, payload: &[u8], out: &mut Vec<ExchangeRecord>) {
-        let Some(conn) = self.conns.get_mut(&(h.sock, h.conn_gen)) else {
+    fn on_data(&mut self, h: &DataEvent, payload: &[u8], sink: &mut impl ConnSink) {
+        let key = (h.sock, h.conn_gen);
+        let Some(conn) = self.conns.get_mut(&key) else {
             stats::global().drop_event(
                 Counter::DropUnknownConn,
                 format_args!("pid {} fd {}: data for a connection never announced", h.tgid, h.fd),
@@ -160,25 +188,41 @@ impl ConnTable {
                 format_args!("pid {} {} -> {}: {e}", conn.meta.pid, conn.meta.local, conn.meta.peer),
             );
         }
-        out.extend(done.drain(..).map(|exchange| ExchangeRecord { conn: conn.meta, exchange }));
+        // Requests whose head just completed: report them before any exchange, so the
+        // linker knows a request is in progress while the process handles it.
+        if dir == conn.meta.role.request_direction() {
+            for (seq, request, first) in session.started_requests(conn.next_started) {
+                sink.request_started(ReqKey { conn: key, seq }, &conn.meta, h.tid, request, first);
+                conn.next_started = seq + 1;
+            }
+            conn.next_started = conn.next_started.max(session.next_seq());
+        }
+        for exchange in done.drain(..) {
+            let rec = ExchangeRecord { key: ReqKey { conn: key, seq: exchange.seq }, conn: conn.meta, exchange, tid: h.tid };
+            sink.exchange(rec);
+        }
     }
 }
 
 /// A connection ends: complete what its end completes, count what stays unanswered.
-fn finish(conn: Conn, t: Timing, out: &mut Vec<ExchangeRecord>) {
-    let Proto::Http1(mut session) = conn.proto else { return };
-    let mut done = Vec::new();
-    // The end of the stream delimits a response body sent without a length.
-    let response_dir = match conn.meta.role {
-        Role::Server => Direction::Egress,
-        Role::Client => Direction::Ingress,
-    };
-    session.eof(response_dir, t, &mut done);
-    let pending = session.pending_requests();
-    if pending > 0 {
-        stats::global().add(Counter::DropUnansweredRequest, pending as u64);
+fn finish(key: ConnKey, conn: Conn, t: Timing, tid: u32, done: &mut Vec<Exchange>, sink: &mut impl ConnSink) {
+    if let Proto::Http1(mut session) = conn.proto {
+        // The end of the stream delimits a response body sent without a length.
+        let response_dir = match conn.meta.role {
+            Role::Server => Direction::Egress,
+            Role::Client => Direction::Ingress,
+        };
+        session.eof(response_dir, t, done);
+        let pending = session.pending_requests();
+        if pending > 0 {
+            stats::global().add(Counter::DropUnansweredRequest, pending as u64);
+        }
+        for exchange in done.drain(..) {
+            let rec = ExchangeRecord { key: ReqKey { conn: key, seq: exchange.seq }, conn: conn.meta, exchange, tid };
+            sink.exchange(rec);
+        }
     }
-    out.extend(done.into_iter().map(|exchange| ExchangeRecord { conn: conn.meta, exchange }));
+    sink.connection_closed(key, &conn.meta);
 }
 
 /// (local, peer) socket addresses of a kernel tuple. IPv4-mapped IPv6 addresses are

@@ -708,6 +708,20 @@ impl Http1Session {
         self.pending.len()
     }
 
+    /// Requests whose head was parsed and that are still waiting for their response,
+    /// with `seq >= from`, oldest first: `(seq, request, timing of its first byte)`.
+    /// A caller that remembers the next `seq` it has not seen learns of each request as
+    /// soon as its head is complete (the exchange comes later, with the same `seq`).
+    pub fn started_requests(&self, from: u64) -> impl Iterator<Item = (u64, &Request, Timing)> {
+        self.pending.iter().filter(move |p| p.seq >= from && !p.lost).map(|p| (p.seq, &p.request, p.first))
+    }
+
+    /// The `seq` the next request will get.
+    #[must_use]
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// Bytes of incomplete heads held, both directions (at most `2 * MAX_HEAD_BYTES`).
     #[must_use]
     pub fn buffered_bytes(&self) -> usize {
@@ -1218,6 +1232,7 @@ impl Http1Session {
             return;
         }
         cx.out.push(Exchange {
+            seq: p.seq,
             request: p.request,
             response: f.response,
             request_first: p.first,

@@ -81,6 +81,9 @@ impl Response {
 /// the first and last byte of each.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exchange {
+    /// Position of the request on its connection (0, 1, 2, ...), as reported by the
+    /// session's `started_requests` when its head was parsed.
+    pub seq: u64,
     pub request: Request,
     pub response: Response,
     pub request_first: Timing,

@@ -5,9 +5,8 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rand::Rng as _;
-
 use super::context;
+use super::link::Identity;
 use super::model::{AttrValue, Attribute, Resource, Span, SpanKind, Status};
 use super::redact;
 use crate::conn::ExchangeRecord;
@@ -43,40 +42,18 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 
 const KNOWN_METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
 
-/// Builds one span from one exchange.
+/// Builds one span from one exchange, with the identity the linker gave it.
 #[must_use]
-pub fn build(rec: &ExchangeRecord, resource: Arc<Resource>, clock: Clock) -> Span {
+pub fn build(rec: &ExchangeRecord, id: Identity, resource: Arc<Resource>, clock: Clock) -> Span {
     let req = &rec.exchange.request;
     let resp = &rec.exchange.response;
     let conn = &rec.conn;
-    let mut rng = rand::rng();
-    let mut span_id: [u8; 8] = rng.random();
-    if span_id == [0; 8] {
-        span_id[7] = 1;
-    }
 
     let (kind, start, end) = match conn.role {
         // A server's request starts when its first bytes are read.
         Role::Server => (SpanKind::Server, rec.exchange.request_first.exit_ns, rec.exchange.response_last.exit_ns),
         // A client's request starts when it begins writing it.
         Role::Client => (SpanKind::Client, rec.exchange.request_first.enter_ns, rec.exchange.response_last.exit_ns),
-    };
-
-    // Context: a server span joins the caller's trace when the request carries one.
-    // (Linking client spans to the request in progress is the linker's job.)
-    let remote = match kind {
-        SpanKind::Server => context::extract(req.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))),
-        SpanKind::Client => None,
-    };
-    let (trace_id, parent_span_id, flags, trace_state) = match remote {
-        Some(ctx) => (ctx.trace_id, ctx.span_id, ctx.flags, ctx.trace_state),
-        None => {
-            let mut t: [u8; 16] = rng.random();
-            if t == [0; 16] {
-                t[15] = 1;
-            }
-            (t, [0; 8], 1, String::new())
-        }
     };
 
     let method_known = KNOWN_METHODS.contains(&req.method.as_str());
@@ -121,6 +98,16 @@ pub fn build(rec: &ExchangeRecord, resource: Arc<Resource>, clock: Clock) -> Spa
     if let Some(ua) = req.header("user-agent") {
         put("user_agent.original", ua.into());
     }
+    if let Some(rid) = context::request_id(req.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))) {
+        put("http.request.header.x-request-id", rid.into());
+    }
+    put("ghostwire.link", id.link.name().into());
+    if let Some(format) = id.format {
+        put("ghostwire.context.format", format.name().into());
+    }
+    if id.propagation_break.is_some() {
+        put("ghostwire.propagation_break", true.into());
+    }
     if req.body_len > 0 {
         put("http.request.body.size", i64::try_from(req.body_len).unwrap_or(i64::MAX).into());
     }
@@ -139,11 +126,11 @@ pub fn build(rec: &ExchangeRecord, resource: Arc<Resource>, clock: Clock) -> Spa
     };
 
     Span {
-        trace_id,
-        span_id,
-        parent_span_id,
-        trace_state,
-        flags,
+        trace_id: id.trace_id,
+        span_id: id.span_id,
+        parent_span_id: id.parent_span_id,
+        trace_state: id.trace_state,
+        flags: id.flags,
         name,
         kind,
         start_unix_ns: clock.to_unix_ns(start),
@@ -208,6 +195,8 @@ mod tests {
 
     fn record(role: Role, headers: &[(&str, &str)], status: u16) -> ExchangeRecord {
         ExchangeRecord {
+            key: crate::conn::ReqKey { conn: (1, 1), seq: 0 },
+            tid: 42,
             conn: ConnMeta {
                 pid: 42,
                 fd: 5,
@@ -216,6 +205,7 @@ mod tests {
                 peer: "127.0.0.1:50000".parse().unwrap(),
             },
             exchange: Exchange {
+                seq: 0,
                 request: Request {
                     method: "GET".into(),
                     target: "/users/7?token=secret&page=2".into(),
@@ -240,9 +230,26 @@ mod tests {
         Clock { offset_ns: 1_000_000 }
     }
 
+    fn identity(link: super::super::link::LinkKind) -> Identity {
+        Identity {
+            trace_id: [7; 16],
+            span_id: [8; 8],
+            parent_span_id: [9; 8],
+            flags: 3,
+            trace_state: "k=v".into(),
+            link,
+            format: None,
+            propagation_break: Some(77),
+        }
+    }
+
+    fn build_(rec: &ExchangeRecord, resource: Arc<Resource>, clock: Clock) -> Span {
+        build(rec, identity(super::super::link::LinkKind::Socket), resource, clock)
+    }
+
     #[test]
     fn server_span_attributes_and_timing() {
-        let s = build(&record(Role::Server, &[("host", "shop.local:8080")], 200), resource(), clock());
+        let s = build_(&record(Role::Server, &[("host", "shop.local:8080")], 200), resource(), clock());
         assert_eq!(s.kind, SpanKind::Server);
         assert_eq!(s.name, "GET");
         assert_eq!(s.start_unix_ns, 1_000_110);
@@ -254,28 +261,28 @@ mod tests {
         assert_eq!(s.attr("client.port"), Some(&AttrValue::Int(50000)));
         assert_eq!(s.attr("http.response.status_code"), Some(&AttrValue::Int(200)));
         assert_eq!(s.status, Status::Unset);
-        assert!(s.is_root());
     }
 
     #[test]
-    fn server_joins_incoming_trace() {
-        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03";
-        let s = build(&record(Role::Server, &[("traceparent", tp)], 200), resource(), clock());
-        assert_eq!(super::super::model::hex(&s.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(super::super::model::hex(&s.parent_span_id), "00f067aa0ba902b7");
-        assert_eq!(s.flags, 3);
+    fn identity_and_link_are_carried() {
+        let s = build_(&record(Role::Server, &[("x-request-id", "req-1")], 200), resource(), clock());
+        assert_eq!((s.trace_id, s.span_id, s.parent_span_id, s.flags), ([7; 16], [8; 8], [9; 8], 3));
+        assert_eq!(s.trace_state, "k=v");
+        assert_eq!(s.attr("ghostwire.link"), Some(&AttrValue::Str("socket".into())));
+        assert_eq!(s.attr("ghostwire.propagation_break"), Some(&AttrValue::Bool(true)));
+        assert_eq!(s.attr("http.request.header.x-request-id"), Some(&AttrValue::Str("req-1".into())));
     }
 
     #[test]
     fn error_status_rules() {
-        assert_eq!(build(&record(Role::Server, &[], 404), resource(), clock()).status, Status::Unset);
-        assert!(matches!(build(&record(Role::Server, &[], 500), resource(), clock()).status, Status::Error { .. }));
-        assert!(matches!(build(&record(Role::Client, &[], 404), resource(), clock()).status, Status::Error { .. }));
+        assert_eq!(build_(&record(Role::Server, &[], 404), resource(), clock()).status, Status::Unset);
+        assert!(matches!(build_(&record(Role::Server, &[], 500), resource(), clock()).status, Status::Error { .. }));
+        assert!(matches!(build_(&record(Role::Client, &[], 404), resource(), clock()).status, Status::Error { .. }));
     }
 
     #[test]
     fn client_span_url() {
-        let s = build(&record(Role::Client, &[("host", "api:8080")], 200), resource(), clock());
+        let s = build_(&record(Role::Client, &[("host", "api:8080")], 200), resource(), clock());
         assert_eq!(s.kind, SpanKind::Client);
         assert_eq!(s.start_unix_ns, 1_000_100);
         assert_eq!(s.attr("url.full"), Some(&AttrValue::Str("http://api:8080/users/7?token=REDACTED&page=2".into())));

@@ -2,6 +2,7 @@
 //! the builder that turns paired HTTP exchanges into spans.
 pub mod build;
 pub mod context;
+pub mod link;
 pub mod model;
 pub mod redact;
 pub mod resource;

@@ -98,6 +98,23 @@ fn curl_nginx_python_chain_yields_exactly_the_expected_spans() {
             proxy_client.end_ns
         );
 
+        // Linking: nobody sent a header, yet each request is one trace. curl's call is
+        // the root; nginx's server span is its child by socket; nginx's call is the child
+        // of the request its thread handles; the backend's span is its child by socket.
+        for s in [&proxy_server, &proxy_client, &backend_server] {
+            assert_eq!(s.trace_id, curl_client.trace_id, "{path}: one trace:\n{}", describe(&spans));
+        }
+        assert_eq!(curl_client.parent_span_id, "");
+        assert_eq!(curl_client.attr_str("ghostwire.link"), "none");
+        assert_eq!(proxy_server.parent_span_id, curl_client.span_id);
+        assert_eq!(proxy_server.attr_str("ghostwire.link"), "socket");
+        assert_eq!(proxy_client.parent_span_id, proxy_server.span_id);
+        assert_eq!(proxy_client.attr_str("ghostwire.link"), "thread");
+        assert_eq!(backend_server.parent_span_id, proxy_client.span_id);
+        assert_eq!(backend_server.attr_str("ghostwire.link"), "socket");
+        // No context was ever received, so none was dropped.
+        assert!(spans.iter().all(|s| !s.attributes.contains_key("ghostwire.propagation_break")));
+
         // Status: servers fail on 5xx only, clients on 4xx and 5xx.
         let server_error = status >= 500;
         let client_error = status >= 400;

@@ -39,7 +39,59 @@ fn server_span_joins_the_trace_of_an_sdk_client() {
     assert_eq!(server.trace_id, trace_id, "server span must join the SDK's trace");
     assert_eq!(server.parent_span_id, parent, "server span's parent must be the SDK client span");
     assert_ne!(server.span_id, parent);
+    assert_eq!(server.attr_str("ghostwire.link"), "header");
+    assert_eq!(server.attr_str("ghostwire.context.format"), "w3c");
+    // The SDK client exports its own CLIENT span: ghostwire must not duplicate it.
+    assert!(!spans.iter().any(|s| s.kind == KIND_CLIENT && s.span_id != parent && s.trace_id == trace_id), "{}", describe(&spans));
     // The SDK client process is traced too: its CLIENT span stands on its own (the SDK
     // exports its own spans; suppressing such duplicates is the linker's job).
     assert!(spans.iter().all(|s| s.kind == KIND_SERVER || s.kind == KIND_CLIENT));
+}
+
+/// B3 (single and multi-header) and Jaeger contexts sent by a plain client are joined
+/// too; W3C wins when several are present; `X-Request-Id` is recorded.
+#[test]
+fn b3_and_jaeger_contexts_are_joined_and_w3c_wins() {
+    require_root();
+    let dir = TempDir::new("formats");
+    let port = free_port();
+    let _backend = python_backend(port, "legacy-backend");
+    let jsonl = dir.path().join("spans.jsonl");
+    let agent = Agent::start(
+        &["--port".into(), port.to_string(), "--output".into(), format!("jsonl:{}", jsonl.display())],
+        &[],
+    );
+    let cases: [(&str, &[&str], &str, &str, &str); 4] = [
+        ("/b3", &["b3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"], "80f198ee56343ba864fe8b2a57d3eff7", "e457b5a2e4d86bd1", "b3"),
+        ("/b3multi", &["X-B3-TraceId: 463ac35c9f6413ad", "X-B3-SpanId: a2fb4a1d1a96d312", "X-B3-Sampled: 1"], "0000000000000000463ac35c9f6413ad", "a2fb4a1d1a96d312", "b3multi"),
+        ("/jaeger", &["uber-trace-id: 6e0c63257de34c92bf9efcd03927272e:1f2d3c4b5a697887:0:1"], "6e0c63257de34c92bf9efcd03927272e", "1f2d3c4b5a697887", "jaeger"),
+        ("/all", &["b3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1", "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "X-Request-Id: req-42"], "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "w3c"),
+    ];
+    for (path, headers, ..) in &cases {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-o", "/dev/null", "--max-time", "10"]);
+        for h in *headers {
+            cmd.args(["-H", h]);
+        }
+        assert!(cmd.arg(format!("http://127.0.0.1:{port}{path}")).status().expect("curl").success());
+    }
+    let spans = wait_for(std::time::Duration::from_secs(10), || {
+        let s = read_jsonl(&jsonl);
+        (s.iter().filter(|s| s.kind == KIND_SERVER).count() >= 4).then_some(s)
+    });
+    let exit = agent.stop();
+    let spans = spans.unwrap_or_else(|| panic!("{}", exit.stderr));
+    for (path, _, trace_id, parent, format) in &cases {
+        let server = spans
+            .iter()
+            .find(|s| s.kind == KIND_SERVER && s.attributes.get("url.path").and_then(|v| v.as_str()) == Some(path))
+            .unwrap_or_else(|| panic!("no server span for {path}:\n{}", describe(&spans)));
+        assert_eq!(&server.trace_id, trace_id, "{path}");
+        assert_eq!(&server.parent_span_id, parent, "{path}");
+        assert_eq!(server.attr_str("ghostwire.link"), "header", "{path}");
+        assert_eq!(&server.attr_str("ghostwire.context.format"), format, "{path}");
+        if *path == "/all" {
+            assert_eq!(server.attr_str("http.request.header.x-request-id"), "req-42");
+        }
+    }
 }

@@ -8,6 +8,7 @@ use std::io::{BufRead as _, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -452,4 +453,494 @@ pub fn describe(spans: &[SpanRec]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+// ---------------------------------------------------------------------------------------
+// Network namespaces
+
+fn run_ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `ip {}`: {e}", args.join(" ")));
+    assert!(
+        out.status.success(),
+        "`ip {}` failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+fn run_ip_quiet(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `gw<pid>n<k>` → `pid`, for the namespaces this harness names.
+fn netns_owner(name: &str) -> Option<u32> {
+    let (pid, k) = name.strip_prefix("gw")?.split_once('n')?;
+    if k.is_empty() || !k.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Deletes namespaces left by earlier test processes that died without unwinding
+/// (SIGKILL, abort): named `gw<pid>n<k>` with no process `pid` alive any more.
+fn reap_stale_netns() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).stdin(Stdio::null()).output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else { continue };
+        if let Some(pid) = netns_owner(name) {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                eprintln!("removing stale network namespace {name} (its test process {pid} is gone)");
+                // Orphans of that test (a Phoenix, a service) would keep it alive.
+                let pids = Command::new("ip").args(["netns", "pids", name]).stdin(Stdio::null()).output();
+                for p in pids.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default().lines() {
+                    if let Ok(p) = p.trim().parse::<i32>() {
+                        // SAFETY: plain kill(2) of a process inside that namespace.
+                        unsafe { libc::kill(p, libc::SIGKILL) };
+                    }
+                }
+                run_ip_quiet(&["netns", "delete", name]);
+            }
+        }
+    }
+}
+
+/// A network namespace (`ip netns add gw<pid>n<k>`, `lo` up), deleted on drop together
+/// with the veths that have an end in it. Drop every process running inside it first
+/// (declare such guards before the `Netns` in a struct, or drop them explicitly).
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    #[must_use]
+    pub fn new() -> Self {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        require_root();
+        reap_stale_netns();
+        let name = format!("gw{}n{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        assert!(name.len() <= 15, "namespace name {name} too long");
+        // A leftover from a process that had the same pid.
+        run_ip_quiet(&["netns", "delete", &name]);
+        run_ip(&["netns", "add", &name]);
+        let ns = Self { name };
+        run_ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip netns exec NAME program`: `ip` execs the program (same pid), so a [`Proc`]
+    /// made from this command signals the program itself.
+    #[must_use]
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Runs `f` on a thread that entered this namespace.
+    pub fn run_inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                // SAFETY: setns on a valid namespace fd; it only moves this thread.
+                let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+
+    /// Waits (30 s) until something listens on `addr` inside this namespace.
+    pub fn wait_port(&self, addr: std::net::SocketAddr, what: &str) {
+        let ok = self.run_inside(|| {
+            wait_for(Duration::from_secs(30), || {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok().then_some(())
+            })
+        });
+        assert!(ok.is_some(), "{what} did not listen on {addr} in namespace {} within 30 s", self.name);
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if !run_ip_quiet(&["netns", "delete", &self.name]) {
+            eprintln!("warning: could not delete network namespace {}", self.name);
+        }
+    }
+}
+
+/// One end of a [`Veth`]: its namespace (`None`: the root namespace), interface and
+/// address (in a /30).
+#[derive(Clone, Debug)]
+pub struct VethEnd {
+    pub netns: Option<String>,
+    pub ifname: String,
+    pub addr: std::net::Ipv4Addr,
+}
+
+/// A veth pair with a /30 from 10.231.0.0/16 (`.1` on end a, `.2` on end b), both ends
+/// up. Deleted on drop (and with either namespace).
+pub struct Veth {
+    pub a: VethEnd,
+    pub b: VethEnd,
+}
+
+/// /30 blocks in 10.231.0.0/16.
+const VETH_BLOCKS: u32 = 1 << 14;
+
+fn block_addr(block: u32, host: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 231, 0, 0)) + block * 4 + host)
+}
+
+/// The 10.231.0.0/16 /30 blocks used by addresses of the root namespace.
+fn root_blocks_in_use() -> std::collections::BTreeSet<u32> {
+    let out = Command::new("ip").args(["-o", "-4", "addr", "show"]).stdin(Stdio::null()).output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    text.split_whitespace()
+        .filter_map(|w| w.split('/').next()?.parse::<std::net::Ipv4Addr>().ok())
+        .filter(|a| a.octets()[..2] == [10, 231])
+        .map(|a| (u32::from(a) & 0xffff) / 4)
+        .collect()
+}
+
+impl Veth {
+    /// Links `a` and `b` (`None`: the root namespace; at most one of them).
+    #[must_use]
+    pub fn new(a: Option<&Netns>, b: Option<&Netns>) -> Self {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        assert!(a.is_some() || b.is_some(), "a veth needs at least one namespace");
+        let pid = std::process::id();
+        let k = SEQ.fetch_add(1, Ordering::Relaxed);
+        // Unique per process and pair; skips blocks another run put in the root namespace.
+        let used = if a.is_none() || b.is_none() { root_blocks_in_use() } else { Default::default() };
+        let block = (0..VETH_BLOCKS)
+            .map(|i| (pid.wrapping_mul(61).wrapping_add(k).wrapping_add(i)) % VETH_BLOCKS)
+            .find(|b| !used.contains(b))
+            .expect("10.231.0.0/16 exhausted");
+        let end = |ns: Option<&Netns>, side: char, host: u32| VethEnd {
+            netns: ns.map(|n| n.name().to_owned()),
+            ifname: format!("gw{pid}v{k}{side}"),
+            addr: block_addr(block, host),
+        };
+        let veth = Self { a: end(a, 'a', 1), b: end(b, 'b', 2) };
+        assert!(veth.a.ifname.len() <= 15, "interface name {} too long", veth.a.ifname);
+        let mut add: Vec<&str> = vec!["link", "add", &veth.a.ifname];
+        if let Some(ns) = &veth.a.netns {
+            add.extend(["netns", ns]);
+        }
+        add.extend(["type", "veth", "peer", "name", &veth.b.ifname]);
+        if let Some(ns) = &veth.b.netns {
+            add.extend(["netns", ns]);
+        }
+        run_ip(&add);
+        for e in [&veth.a, &veth.b] {
+            let cidr = format!("{}/30", e.addr);
+            let mut pre: Vec<&str> = Vec::new();
+            if let Some(ns) = &e.netns {
+                pre.extend(["-n", ns]);
+            }
+            run_ip(&[&pre[..], &["addr", "add", &cidr, "dev", &e.ifname]].concat());
+            run_ip(&[&pre[..], &["link", "set", &e.ifname, "up"]].concat());
+        }
+        veth
+    }
+
+    /// The root namespace (end a) and `ns` (end b).
+    #[must_use]
+    pub fn root_to(ns: &Netns) -> Self {
+        Self::new(None, Some(ns))
+    }
+
+    /// Two namespaces.
+    #[must_use]
+    pub fn between(a: &Netns, b: &Netns) -> Self {
+        Self::new(Some(a), Some(b))
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let mut args: Vec<&str> = Vec::new();
+        if let Some(ns) = &self.a.netns {
+            args.extend(["-n", ns]);
+        }
+        args.extend(["link", "del", &self.a.ifname]);
+        // Already gone when its namespace was deleted first.
+        run_ip_quiet(&args);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Minimal HTTP/1.1 client (loopback and test namespaces only)
+
+/// `GET path` on `addr` (HTTP/1.1, `Connection: close`): status and body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, Vec<u8>)> {
+    use std::io::{Read as _, Write as _};
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let body = &raw[end + 4..];
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("no status line"))?;
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    if !chunked {
+        return Ok((status, body.to_vec()));
+    }
+    let (mut out, mut rest) = (Vec::new(), body);
+    loop {
+        let eol = rest.windows(2).position(|w| w == b"\r\n").ok_or_else(|| bad("truncated chunk"))?;
+        let size_text = String::from_utf8_lossy(&rest[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| bad("bad chunk size"))?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return Ok((status, out));
+        }
+        if rest.len() < size + 2 {
+            return Err(bad("truncated chunk"));
+        }
+        out.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Arize Phoenix
+
+/// The venv holding Arize Phoenix (`GHOSTWIRE_PHOENIX_VENV`, else
+/// /opt/ghostwire-peers/phoenix-venv; installed by `cargo xtask setup --peers`).
+#[must_use]
+pub fn phoenix_venv() -> PathBuf {
+    let v = std::env::var_os("GHOSTWIRE_PHOENIX_VENV")
+        .map_or_else(|| PathBuf::from("/opt/ghostwire-peers/phoenix-venv"), PathBuf::from);
+    assert!(
+        v.join("bin/phoenix").exists(),
+        "Arize Phoenix not found in {}: run `cargo xtask setup --peers` (or `cargo xtask test`)",
+        v.display()
+    );
+    v
+}
+
+/// One span as stored by Phoenix (`GET /v1/projects/default/spans`). Phoenix keeps no
+/// span kind (`span_kind` is `UNKNOWN` for OTLP spans) and no resource.
+#[derive(Clone, Debug)]
+pub struct PhoenixSpan {
+    pub trace_id: String,
+    /// `context.span_id`
+    pub span_id: String,
+    /// `parent_id` (`null` for a root)
+    pub parent_id: Option<String>,
+    pub name: String,
+    /// `attributes`: an object keyed by the full dotted attribute name, e.g.
+    /// `{"ghostwire.link": "header", "ghostwire.propagation_break": true}`.
+    pub attributes: Value,
+}
+
+impl PhoenixSpan {
+    /// The attribute `key`, looked up flat (`"ghostwire.link"`) and, should a Phoenix
+    /// version nest dotted names, along the path (`ghostwire` → `link`).
+    #[must_use]
+    pub fn attr(&self, key: &str) -> Option<&Value> {
+        if let Some(v) = self.attributes.get(key) {
+            return Some(v);
+        }
+        key.split('.').try_fold(&self.attributes, |v, k| v.get(k))
+    }
+
+    #[must_use]
+    pub fn attr_str(&self, key: &str) -> Option<&str> {
+        self.attr(key).and_then(Value::as_str)
+    }
+
+    /// A boolean attribute (`true` or `"true"`).
+    #[must_use]
+    pub fn attr_bool(&self, key: &str) -> Option<bool> {
+        match self.attr(key)? {
+            Value::Bool(b) => Some(*b),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+/// Phoenix (`phoenix serve`) in its own network namespace, reachable from the root
+/// namespace over a veth at [`Phoenix::addr`]: UI/REST on 6006, OTLP/gRPC on 4317. Its
+/// gRPC listener binds every interface, which is why it gets a namespace of its own.
+pub struct Phoenix {
+    // Drop order: the process first, then the veth and the namespace, then its files.
+    proc: Proc,
+    _veth: Veth,
+    netns: Netns,
+    dir: TempDir,
+    addr: std::net::Ipv4Addr,
+}
+
+pub const PHOENIX_HTTP_PORT: u16 = 6006;
+pub const PHOENIX_GRPC_PORT: u16 = 4317;
+
+impl Phoenix {
+    /// Starts Phoenix and waits (at most 90 s) until `GET /` answers.
+    #[must_use]
+    pub fn start() -> Self {
+        require_root();
+        let phoenix = phoenix_venv().join("bin/phoenix");
+        let netns = Netns::new();
+        let veth = Veth::root_to(&netns);
+        let addr = veth.b.addr;
+        let dir = TempDir::new("phoenix");
+        let log = std::fs::File::create(dir.path().join("phoenix.log")).expect("create phoenix.log");
+        let t0 = Instant::now();
+        let proc = Proc::spawn(
+            "phoenix",
+            netns
+                .command(&phoenix)
+                .arg("serve")
+                .env("PHOENIX_HOST", addr.to_string())
+                .env("PHOENIX_PORT", PHOENIX_HTTP_PORT.to_string())
+                .env("PHOENIX_GRPC_PORT", PHOENIX_GRPC_PORT.to_string())
+                .env("PHOENIX_WORKING_DIR", dir.path())
+                .env("PHOENIX_TELEMETRY_ENABLED", "false")
+                .stdout(log.try_clone().expect("dup log"))
+                .stderr(log),
+        );
+        let mut p = Self { proc, _veth: veth, netns, dir, addr };
+        let sock = std::net::SocketAddr::from((addr, PHOENIX_HTTP_PORT));
+        let deadline = t0 + Duration::from_secs(90);
+        loop {
+            if matches!(http_get(sock, "/", Duration::from_secs(2)), Ok((200, _))) {
+                break;
+            }
+            if let Ok(Some(status)) = p.proc.child.try_wait() {
+                panic!("phoenix exited with {status} before it answered:\n{}", p.log_tail());
+            }
+            assert!(Instant::now() < deadline, "phoenix did not answer on {sock} within 90 s:\n{}", p.log_tail());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        eprintln!(
+            "phoenix up in {:.1} s at {sock} (namespace {}, OTLP/gRPC {})",
+            t0.elapsed().as_secs_f64(),
+            p.netns.name(),
+            p.otlp_grpc_endpoint()
+        );
+        p
+    }
+
+    /// Fails the test (with Phoenix's last output) if Phoenix exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.proc.child.try_wait() {
+            panic!("phoenix exited with {status}:\n{}", self.log_tail());
+        }
+    }
+
+    /// Phoenix's address (its end of the veth).
+    #[must_use]
+    pub fn addr(&self) -> std::net::Ipv4Addr {
+        self.addr
+    }
+
+    #[must_use]
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// `http://ADDR:4317`
+    #[must_use]
+    pub fn otlp_grpc_endpoint(&self) -> String {
+        format!("http://{}:{PHOENIX_GRPC_PORT}", self.addr)
+    }
+
+    /// The last lines of Phoenix's output.
+    #[must_use]
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("phoenix.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Every span Phoenix stores for `trace_id` (32 hex), following `next_cursor`.
+    #[must_use]
+    pub fn spans(&self, trace_id: &str) -> Vec<PhoenixSpan> {
+        let sock = std::net::SocketAddr::from((self.addr, PHOENIX_HTTP_PORT));
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _page in 0..1000 {
+            let mut path = format!("/v1/projects/default/spans?trace_id={trace_id}&limit=100");
+            if let Some(c) = &cursor {
+                path.push_str("&cursor=");
+                path.push_str(c);
+            }
+            let (status, body) = http_get(sock, &path, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("GET {path} from phoenix: {e}\n{}", self.log_tail()));
+            let body = String::from_utf8_lossy(&body);
+            assert_eq!(status, 200, "GET {path} from phoenix: {body}");
+            let page: Value =
+                serde_json::from_str(&body).unwrap_or_else(|e| panic!("phoenix answered non-JSON ({e}): {body}"));
+            for s in page["data"].as_array().into_iter().flatten() {
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                out.push(PhoenixSpan {
+                    trace_id: text(&s["context"]["trace_id"]),
+                    span_id: text(&s["context"]["span_id"]),
+                    parent_id: s["parent_id"].as_str().map(str::to_owned),
+                    name: text(&s["name"]),
+                    attributes: s.get("attributes").cloned().unwrap_or(Value::Null),
+                });
+            }
+            match page["next_cursor"].as_str() {
+                Some(c) if !c.is_empty() => cursor = Some(c.to_owned()),
+                _ => return out,
+            }
+        }
+        panic!("phoenix kept paginating for trace {trace_id}");
+    }
+
+    /// Polls [`Phoenix::spans`] until the trace holds at least `n` spans or `timeout`
+    /// passes; returns what it has then.
+    #[must_use]
+    pub fn wait_spans(&self, trace_id: &str, n: usize, timeout: Duration) -> Vec<PhoenixSpan> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let spans = self.spans(trace_id);
+            if spans.len() >= n || Instant::now() >= deadline {
+                return spans;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }

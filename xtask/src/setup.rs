@@ -49,6 +49,10 @@ pub const PEER_REQUIREMENTS: &[&str] = &[
     "flask",
     "requests",
 ];
+/// Arize Phoenix (a trace backend that stores spans and answers queries by trace id), in
+/// a venv of its own so that its many dependencies cannot move the pinned OpenTelemetry
+/// SDK of the peers venv.
+pub const PHOENIX_REQUIREMENTS: &[&str] = &["arize-phoenix==20.26.1"];
 const DEFAULT_PEERS_DIR: &str = "/opt/ghostwire-peers";
 const STAMP_FILE: &str = ".ghostwire-requirements";
 
@@ -57,6 +61,8 @@ const STAMP_FILE: &str = ".ghostwire-requirements";
 pub struct Peers {
     pub venv: PathBuf,
     pub rotel: PathBuf,
+    /// The venv with Arize Phoenix (`bin/phoenix`).
+    pub phoenix_venv: PathBuf,
 }
 
 /// Installs what is missing. With `peers`, also the test peers; returns their location.
@@ -72,7 +78,13 @@ pub fn setup(peers: bool) -> Result<Option<Peers>> {
     ensure_nightly_rust_src()?;
     ensure_bpf_linker()?;
     if peers {
-        return ensure_peers_venv().map(Some);
+        let (venv, rotel) = ensure_peers_venv()?;
+        let phoenix_venv = ensure_phoenix_venv()?;
+        return Ok(Some(Peers {
+            venv,
+            rotel,
+            phoenix_venv,
+        }));
     }
     Ok(None)
 }
@@ -336,12 +348,20 @@ fn ensure_bpf_linker() -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // Python peers
 
+fn peers_dir() -> PathBuf {
+    std::env::var_os("GHOSTWIRE_PEERS_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_PEERS_DIR), PathBuf::from)
+}
+
 /// `$GHOSTWIRE_PEERS_DIR/venv`, default `/opt/ghostwire-peers/venv`.
 pub fn peers_venv() -> PathBuf {
-    let dir = std::env::var_os("GHOSTWIRE_PEERS_DIR")
-        .filter(|d| !d.is_empty())
-        .map_or_else(|| PathBuf::from(DEFAULT_PEERS_DIR), PathBuf::from);
-    dir.join("venv")
+    peers_dir().join("venv")
+}
+
+/// `$GHOSTWIRE_PEERS_DIR/phoenix-venv`, default `/opt/ghostwire-peers/phoenix-venv`.
+pub fn phoenix_venv() -> PathBuf {
+    peers_dir().join("phoenix-venv")
 }
 
 /// `<venv>/lib/python3*/site-packages/rotel/rotel-agent`, if present.
@@ -359,12 +379,28 @@ pub fn find_rotel(venv: &Path) -> Option<PathBuf> {
 }
 
 fn stamp_contents() -> String {
-    let mut s = PEER_REQUIREMENTS.join("\n");
+    requirements_stamp(PEER_REQUIREMENTS)
+}
+
+fn requirements_stamp(requirements: &[&str]) -> String {
+    let mut s = requirements.join("\n");
     s.push('\n');
     s
 }
 
-fn ensure_peers_venv() -> Result<Peers> {
+/// Creates `venv` (and its parent directory) unless it has a Python already.
+fn create_venv(venv: &Path) -> Result<()> {
+    if venv.join("bin/python").is_file() {
+        return Ok(());
+    }
+    if let Some(parent) = venv.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    util::run(Command::new("python3").arg("-m").arg("venv").arg(venv))
+}
+
+fn ensure_peers_venv() -> Result<(PathBuf, PathBuf)> {
     let venv = peers_venv();
     let python = venv.join("bin/python");
     let stamp = venv.join(STAMP_FILE);
@@ -375,20 +411,14 @@ fn ensure_peers_venv() -> Result<Peers> {
                 "Python peers already present in {}",
                 venv.display()
             ));
-            return Ok(Peers { venv, rotel });
+            return Ok((venv, rotel));
         }
     }
     let step = Step::start(format!(
         "installing Python peers into {} (rotel, OpenTelemetry 1.45.1, flask, requests)",
         venv.display()
     ));
-    if !python.is_file() {
-        if let Some(parent) = venv.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        util::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-    }
+    create_venv(&venv)?;
     // Fast (a few seconds) when everything is satisfied already, e.g. for a venv
     // installed by hand before the stamp existed.
     util::run(
@@ -411,7 +441,48 @@ fn ensure_peers_venv() -> Result<Peers> {
     std::fs::write(&stamp, stamp_contents())
         .with_context(|| format!("writing {}", stamp.display()))?;
     step.done();
-    Ok(Peers { venv, rotel })
+    Ok((venv, rotel))
+}
+
+fn ensure_phoenix_venv() -> Result<PathBuf> {
+    let venv = phoenix_venv();
+    let phoenix = venv.join("bin/phoenix");
+    let stamp = venv.join(STAMP_FILE);
+    let want = requirements_stamp(PHOENIX_REQUIREMENTS);
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) && phoenix.is_file() {
+        util::skipped(format!(
+            "Arize Phoenix already present in {}",
+            venv.display()
+        ));
+        return Ok(venv);
+    }
+    let step = Step::start(format!(
+        "installing Arize Phoenix into {} (takes ~2 min, ~850 MB)",
+        venv.display()
+    ));
+    create_venv(&venv)?;
+    // Fast when a venv installed by hand already satisfies the pin.
+    util::run(
+        Command::new(venv.join("bin/python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(PHOENIX_REQUIREMENTS),
+    )?;
+    if !phoenix.is_file() {
+        bail!(
+            "pip installed {} but {} is missing",
+            PHOENIX_REQUIREMENTS.join(" "),
+            phoenix.display()
+        );
+    }
+    std::fs::write(&stamp, want).with_context(|| format!("writing {}", stamp.display()))?;
+    step.done();
+    Ok(venv)
 }
 
 #[cfg(test)]
@@ -466,5 +537,14 @@ mod tests {
         let stamp = stamp_contents();
         assert_eq!(stamp.lines().count(), PEER_REQUIREMENTS.len());
         assert!(stamp.contains("opentelemetry-sdk==1.45.1\n"));
+    }
+
+    #[test]
+    fn phoenix_is_pinned_and_lives_in_its_own_venv() {
+        assert!(PHOENIX_REQUIREMENTS
+            .iter()
+            .all(|r| r.starts_with("arize-phoenix==")));
+        assert_ne!(phoenix_venv(), peers_venv());
+        assert_eq!(phoenix_venv().parent(), peers_venv().parent());
     }
 }

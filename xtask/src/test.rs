@@ -199,6 +199,7 @@ pub fn test(args: &TestArgs) -> Result<bool> {
             .env("GHOSTWIRE_BIN", util::agent_bin())
             .env("GHOSTWIRE_PEERS_VENV", &peers.venv)
             .env("GHOSTWIRE_ROTEL", &peers.rotel)
+            .env("GHOSTWIRE_PHOENIX_VENV", &peers.phoenix_venv)
             .args([
                 "test",
                 "--no-fail-fast",

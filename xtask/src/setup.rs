@@ -421,17 +421,7 @@ fn ensure_peers_venv() -> Result<(PathBuf, PathBuf)> {
     create_venv(&venv)?;
     // Fast (a few seconds) when everything is satisfied already, e.g. for a venv
     // installed by hand before the stamp existed.
-    util::run(
-        Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(PEER_REQUIREMENTS),
-    )?;
+    pip_install(&python, PEER_REQUIREMENTS)?;
     let rotel = find_rotel(&venv).with_context(|| {
         format!(
             "pip installed rotel but {}/lib/python3*/site-packages/rotel/rotel-agent is missing",
@@ -442,6 +432,15 @@ fn ensure_peers_venv() -> Result<(PathBuf, PathBuf)> {
         .with_context(|| format!("writing {}", stamp.display()))?;
     step.done();
     Ok((venv, rotel))
+}
+
+/// `pip install` of pinned requirements into the venv that owns `python`.
+fn pip_install(python: &Path, requirements: &[&str]) -> Result<()> {
+    util::run(
+        Command::new(python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args(requirements),
+    )
 }
 
 fn ensure_phoenix_venv() -> Result<PathBuf> {
@@ -462,17 +461,7 @@ fn ensure_phoenix_venv() -> Result<PathBuf> {
     ));
     create_venv(&venv)?;
     // Fast when a venv installed by hand already satisfies the pin.
-    util::run(
-        Command::new(venv.join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(PHOENIX_REQUIREMENTS),
-    )?;
+    pip_install(&venv.join("bin/python"), PHOENIX_REQUIREMENTS)?;
     if !phoenix.is_file() {
         bail!(
             "pip installed {} but {} is missing",

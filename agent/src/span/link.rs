@@ -158,22 +158,13 @@ impl Linker {
         if let Some(ctx) = &received {
             *self.received.entry(conn.pid).or_default().entry(ctx.span_id).or_insert(0) += 1;
         }
-        let identity = Identity {
-            trace_id: [0; 16],
-            span_id: random_span_id(),
-            parent_span_id: [0; 8],
-            flags: 1,
-            trace_state: String::new(),
-            link: LinkKind::None,
-            format: None,
-            propagation_break: None,
-        };
         self.pending.insert(
             key,
             Pending {
                 pid: conn.pid,
                 role: Role::Server,
-                identity,
+                // Settled by `resolve_server`; only its span id is final here.
+                identity: root_identity(),
                 local: conn.local,
                 peer: conn.peer,
                 received,

@@ -109,6 +109,8 @@ const MAX_PER_THREAD: usize = 16;
 #[derive(Default)]
 pub struct Linker {
     pending: HashMap<ReqKey, Pending>,
+    /// Requests in `pending` per connection, so a close finds its own without a scan.
+    per_conn: HashMap<ConnKey, Vec<u64>>,
     /// In-flight server requests per (pid, tid).
     threads: HashMap<(u32, u32), Vec<ReqKey>>,
     /// Client requests not yet matched to a server request, per connection
@@ -158,7 +160,7 @@ impl Linker {
         if let Some(ctx) = &received {
             *self.received.entry(conn.pid).or_default().entry(ctx.span_id).or_insert(0) += 1;
         }
-        self.pending.insert(
+        self.insert(
             key,
             Pending {
                 pid: conn.pid,
@@ -236,7 +238,7 @@ impl Linker {
             sent_is_pass_through,
             handling_received_context,
         });
-        self.pending.insert(
+        self.insert(
             key,
             Pending {
                 pid: conn.pid,
@@ -315,13 +317,8 @@ impl Linker {
     /// SDK-instrumented (its SDK reports this request).
     pub fn exchange_done(&mut self, rec: &ExchangeRecord) -> Option<Identity> {
         self.resolve_server(rec.key, true);
-        let identity = match self.pending.remove(&rec.key) {
-            Some(p) => {
-                if p.role == Role::Server {
-                    self.forget_server(rec.key, p.pid, p.tid, p.received.as_ref());
-                }
-                p.identity
-            }
+        let identity = match self.remove(rec.key) {
+            Some(p) => p.identity,
             // Its start was never seen (evicted): a root of its own.
             None => root_identity(),
         };
@@ -330,6 +327,26 @@ impl Linker {
             return None;
         }
         Some(identity)
+    }
+
+    fn insert(&mut self, key: ReqKey, p: Pending) {
+        self.per_conn.entry(key.conn).or_default().push(key.seq);
+        self.pending.insert(key, p);
+    }
+
+    /// Removes a pending request and everything that refers to it.
+    fn remove(&mut self, key: ReqKey) -> Option<Pending> {
+        let p = self.pending.remove(&key)?;
+        if let Some(seqs) = self.per_conn.get_mut(&key.conn) {
+            seqs.retain(|s| *s != key.seq);
+            if seqs.is_empty() {
+                self.per_conn.remove(&key.conn);
+            }
+        }
+        if p.role == Role::Server {
+            self.forget_server(key, p.pid, p.tid, p.received.as_ref());
+        }
+        Some(p)
     }
 
     fn forget_server(&mut self, key: ReqKey, pid: u32, tid: u32, received: Option<&SpanContext>) {
@@ -359,13 +376,8 @@ impl Linker {
         if conn.role == Role::Client {
             self.peers.remove(&(conn.local, conn.peer));
         }
-        let gone: Vec<ReqKey> = self.pending.keys().filter(|k| k.conn == key).copied().collect();
-        for k in gone {
-            if let Some(p) = self.pending.remove(&k) {
-                if p.role == Role::Server {
-                    self.forget_server(k, p.pid, p.tid, p.received.as_ref());
-                }
-            }
+        for seq in self.per_conn.remove(&key).unwrap_or_default() {
+            self.remove(ReqKey { conn: key, seq });
         }
     }
 
@@ -381,11 +393,7 @@ impl Linker {
         let mut keys: Vec<ReqKey> = self.pending.keys().copied().collect();
         keys.sort_by_key(|k| (k.conn.1, k.seq));
         for k in keys.iter().take(keys.len() / 2) {
-            if let Some(p) = self.pending.remove(k) {
-                if p.role == Role::Server {
-                    self.forget_server(*k, p.pid, p.tid, p.received.as_ref());
-                }
-            }
+            self.remove(*k);
         }
         stats::global().add(Counter::LinkEvicted, (keys.len() / 2) as u64);
     }
@@ -624,6 +632,7 @@ mod tests {
         l.connection_closed((2, 1), &proxy_out());
         l.connection_closed((1, 1), &proxy_in());
         l.process_exited(1);
-        assert!(l.pending.is_empty() && l.threads.is_empty() && l.peers.is_empty() && l.received.is_empty());
+        assert!(l.pending.is_empty() && l.per_conn.is_empty() && l.threads.is_empty());
+        assert!(l.peers.is_empty() && l.received.is_empty());
     }
 }

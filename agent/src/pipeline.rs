@@ -1,8 +1,6 @@
 //! The userspace hot path, in one place: ring-buffer record → event → connection table →
 //! started requests and exchanges → linker → spans → export queues. Runs on one task;
 //! nothing here blocks or awaits.
-use std::sync::Arc;
-
 use crate::capture::{self, Event};
 use crate::conn::{ConnKey, ConnMeta, ConnSink, ConnTable, ExchangeRecord, ReqKey};
 use crate::export::Exporters;
@@ -115,11 +113,15 @@ impl ConnSink for Spans {
             LinkKind::Socket => Counter::LinkSocket,
             LinkKind::None => Counter::LinkNone,
         });
-        if let Some(caller) = identity.propagation_break {
-            let caller: Arc<Resource> = self.resources.get(caller, "");
+        let caller = identity.propagation_break.map(|pid| self.resources.get(pid, ""));
+        if let Some(caller) = &caller {
             stats::propagation_break(&caller.service_name, &resource.service_name);
         }
-        let span = build::build(&rec, identity, resource, self.clock);
+        let mut span = build::build(&rec, identity, resource, self.clock);
+        if let Some(caller) = caller {
+            // The edge that broke, on the span itself: visible in any backend.
+            span.attributes.push(("ghostwire.propagation_break.caller".into(), caller.service_name.as_str().into()));
+        }
         s.incr(Counter::SpansBuilt);
         self.exporters.submit(span);
     }

@@ -354,6 +354,17 @@ fn check(phoenix: &Phoenix, jsonl: &[SpanRec], reqs: &[Request], a_pid: u32) -> 
                     ),
                 );
             }
+            // The edge that broke is named on the span: B called C without the context.
+            if want_break && stored_span.attr_str("ghostwire.propagation_break.caller") != Some("svc-b") {
+                fail(
+                    &mut t,
+                    format!(
+                        "{what} {}: ghostwire.propagation_break.caller={:?}, want \"svc-b\"",
+                        g.span_id,
+                        stored_span.attr("ghostwire.propagation_break.caller")
+                    ),
+                );
+            }
         }
         if stored.len() != 5 {
             fail(
@@ -450,6 +461,9 @@ impl Rig {
         let jsonl = wait_ghost_spans(&self.jsonl, reqs, Duration::from_secs(20));
         let exit = self.agent.take().expect("agent running").stop();
         assert!(exit.status.success(), "agent exit: {}\n{}", exit.status, exit.stderr);
+        // Each request broke the chain once, on the edge B -> C, and the stats say so.
+        assert_eq!(exit.stat("break.svc-b->svc-c"), reqs.len() as u64, "{}", exit.stderr);
+        assert!(exit.stat("spans.suppressed_instrumented") >= 2 * reqs.len() as u64, "{}", exit.stderr);
         self.chain.b.assert_running();
         self.chain.c.assert_running();
         self.phoenix.assert_running();

@@ -315,7 +315,11 @@ fn pad(s: &str, cols: usize) -> String {
 /// Span name plus the URL path (`url.path`, or the path of a client's `url.full`)
 /// unless the name already has it, and the response status code when known.
 fn operation(span: &Span) -> (String, Option<String>) {
-    let mut op = span.name.clone();
+    // A call out reads "→ GET /x", so a proxy's two rows can be told apart.
+    let mut op = match span.kind {
+        SpanKind::Client => format!("→ {}", span.name),
+        SpanKind::Server => span.name.clone(),
+    };
     let path = match (span.attr("url.path"), span.attr("url.full")) {
         (Some(AttrValue::Str(path)), _) => Some(path.as_str()),
         (None, Some(AttrValue::Str(full))) => full_url_path(full),

@@ -174,6 +174,9 @@ pub fn report(kernel: &KernelCounters) -> String {
     for ((caller, callee), n) in breaks.iter() {
         let _ = write!(out, " break.{}->{}={n}", token(caller), token(callee));
     }
+    if out == "stats:" {
+        out.push_str(" nothing counted yet");
+    }
     out
 }
 

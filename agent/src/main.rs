@@ -118,7 +118,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 drain_ring(ring.get_mut(), &mut pipeline, DRAIN_BUDGET);
             }
             _ = tick.tick() => pipeline.tick(),
-            _ = async { stats_tick.as_mut().expect("guarded").tick().await }, if stats_tick.is_some() => {
+            _ = async {
+                match stats_tick.as_mut() {
+                    Some(t) => { t.tick().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
                 eprintln!("{}", stats::report(&capture.counters()));
             }
             _ = sigint.recv() => break,

@@ -145,8 +145,16 @@ impl Drop for Proc {
 /// A free TCP port on loopback.
 #[must_use]
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free TCP ports on loopback. All listeners are held until every port is
+/// chosen: picking them one by one can hand out the same port twice.
+#[must_use]
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> =
+        (0..N).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local addr").port())
 }
 
 /// Waits until something listens on 127.0.0.1:`port`.
@@ -288,7 +296,7 @@ impl Nginx {
 /// The legacy Python `http.server` backend (`tests/peers/backend.py`).
 #[must_use]
 pub fn python_backend(port: u16, service_name: &str) -> Proc {
-    let proc = Proc::spawn(
+    let mut proc = Proc::spawn(
         "backend",
         Command::new("python3")
             .arg(peers_dir().join("backend.py"))
@@ -296,6 +304,8 @@ pub fn python_backend(port: u16, service_name: &str) -> Proc {
             .env("OTEL_SERVICE_NAME", service_name),
     );
     wait_port(port, "python backend");
+    // Something else answering on the port would hide a backend that failed to bind.
+    proc.assert_running();
     proc
 }
 

@@ -24,7 +24,7 @@ fn request(stream: &mut TcpStream, path: &str) -> String {
 fn connections_open_before_the_agent_are_counted_not_traced() {
     require_root();
     let dir = TempDir::new("preexisting");
-    let (proxy_port, backend_port) = (free_port(), free_port());
+    let [proxy_port, backend_port] = free_ports();
     let _backend = python_backend(backend_port, "legacy-backend");
     let _nginx = Nginx::reverse_proxy(proxy_port, backend_port);
     // Opened (and used once) before the agent starts.
@@ -59,7 +59,7 @@ fn connections_open_before_the_agent_are_counted_not_traced() {
 fn pid_and_exe_filters_select_processes_in_the_kernel() {
     require_root();
     let dir = TempDir::new("filters");
-    let (port_a, port_b) = (free_port(), free_port());
+    let [port_a, port_b] = free_ports();
     let backend_a = python_backend(port_a, "backend-a");
     let _backend_b = python_backend(port_b, "backend-b");
 

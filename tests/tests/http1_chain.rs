@@ -6,7 +6,7 @@ use ghostwire_tests::*;
 fn curl_nginx_python_chain_yields_exactly_the_expected_spans() {
     require_root();
     let dir = TempDir::new("chain");
-    let (proxy_port, backend_port) = (free_port(), free_port());
+    let [proxy_port, backend_port] = free_ports();
     let _backend = python_backend(backend_port, "legacy-backend");
     let _nginx = Nginx::reverse_proxy(proxy_port, backend_port);
     let jsonl = dir.path().join("spans.jsonl");

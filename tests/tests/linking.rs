@@ -46,7 +46,7 @@ enum Topology {
 
 impl Chain {
     fn start(topology: Topology, otlp: &str) -> Self {
-        let (a_port, b_port, c_port) = (free_port(), free_port(), free_port());
+        let [a_port, b_port, c_port] = free_ports();
         let peers = peers_dir();
         let loopback = Ipv4Addr::LOCALHOST;
         let (mut netns, mut veths) = (Vec::new(), Vec::new());

@@ -9,7 +9,7 @@ use ghostwire_tests::*;
 fn spans_arrive_in_rotel_over_otlp_grpc_after_the_collector_comes_up_late() {
     require_root();
     let dir = TempDir::new("rotel");
-    let (proxy_port, backend_port, otlp_port, otlp_http_port) = (free_port(), free_port(), free_port(), free_port());
+    let [proxy_port, backend_port, otlp_port, otlp_http_port] = free_ports();
     let _backend = python_backend(backend_port, "legacy-backend");
     let _nginx = Nginx::reverse_proxy(proxy_port, backend_port);
     let jsonl = dir.path().join("spans.jsonl");

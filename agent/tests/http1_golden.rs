@@ -12,7 +12,9 @@
 //!   (fixed seed): must be identical;
 //! * (c) byte by byte: must be identical;
 //! * (d) with only a 4 KiB prefix of each chunk captured, as the kernel does, the rest
-//!   being a gap: must be identical (all bodies here are length-framed or chunk data).
+//!   being a gap: must be identical (all bodies here are length-framed or chunk data);
+//! * (e) with a 4 KiB prefix and a 1 KiB tail window of each longer chunk captured
+//!   (`feed_syscall`), the middle being a gap: must be identical.
 //!
 //! Timings are reported as the index of the record that carried the byte (each record
 //! is fed with its own `Timing`), so the snapshots show which chunk started and ended
@@ -125,6 +127,9 @@ enum Feeding<'a> {
     Cuts(&'a mut dyn FnMut(usize, usize) -> Vec<usize>),
     /// Only the first `n` bytes of each record are captured; the rest is a gap.
     Prefix(usize),
+    /// The first `.0` and the last `.1` bytes of each record are captured (tail window);
+    /// the middle is a gap.
+    Windows(usize, usize),
 }
 
 struct Outcome {
@@ -156,6 +161,21 @@ fn feed(
         };
         match feeding {
             Feeding::Prefix(n) => call(&data[..data.len().min(*n)], data.len()),
+            Feeding::Windows(prefix, tail) if data.len() > *prefix + *tail => {
+                let gap = (data.len() - *prefix - *tail) as u64;
+                let tail = &data[data.len() - *tail..];
+                if let Err(e) = session.feed_syscall(
+                    dir,
+                    &data[..*prefix],
+                    gap,
+                    tail,
+                    t,
+                    &mut outcome.exchanges,
+                ) {
+                    outcome.errors.push((i, e));
+                }
+            }
+            Feeding::Windows(..) => call(data, data.len()),
             Feeding::Cuts(cuts) => {
                 let mut start = 0;
                 for end in cuts(i, data.len()).into_iter().chain([data.len()]) {
@@ -227,6 +247,7 @@ fn describe(e: &ParseError) -> String {
             format!("response {status} with no pending request")
         }
         ParseError::TooManyPendingRequests { limit } => format!("over {limit} pending requests"),
+        ParseError::HalfSeen { kind, .. } => format!("{kind} whose beginning was not seen"),
         // ParseError may grow variants; show them whole.
         #[allow(unreachable_patterns)]
         other => other.to_string(),
@@ -234,7 +255,7 @@ fn describe(e: &ParseError) -> String {
 }
 
 fn exchange_json(e: &Exchange) -> Value {
-    json!({
+    let mut v = json!({
         "request": {
             "method": e.request.method,
             "target": e.request.target,
@@ -256,7 +277,15 @@ fn exchange_json(e: &Exchange) -> Value {
             "response_first": record_of(e.response_first),
             "response_last": record_of(e.response_last),
         },
-    })
+    });
+    // Only when set, so that snapshots without truncated heads do not mention it.
+    if e.request.truncated {
+        v["request"]["truncated"] = json!(true);
+    }
+    if e.response.truncated {
+        v["response"]["truncated"] = json!(true);
+    }
+    v
 }
 
 fn outcome_json(records: &[Record], session: &Http1Session, o: &Outcome) -> Value {
@@ -390,6 +419,10 @@ fn golden(name: &str) {
     // (d) the kernel captures a 4 KiB prefix of each syscall.
     let got = run(&records, Role::Server, Feeding::Prefix(4096));
     assert_same("4 KiB prefix + gap", &expected, &got);
+
+    // (e) ... and a 1 KiB tail window of each longer syscall.
+    let got = run(&records, Role::Server, Feeding::Windows(4096, 1024));
+    assert_same("4 KiB prefix + gap + 1 KiB tail", &expected, &got);
 }
 
 macro_rules! golden_tests {
@@ -568,4 +601,77 @@ fn small_kernel_prefix() {
         .as_u64()
         .unwrap_or(0);
     assert!((3000..3000 + 16).contains(&approx), "{approx}");
+}
+
+/// Joined mid-stream at any record, or with any record lost: every exchange reported is
+/// one of those of the complete run (same request, response, and records), never one
+/// built from a message whose beginning was not seen.
+#[test]
+fn midstream_and_loss_report_only_true_exchanges() {
+    for name in ALL {
+        let records = load(name);
+        let whole_run = whole(&records, Role::Server);
+        let truth = whole_run["exchanges"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let check = |what: &str, got: &[Exchange]| {
+            for e in got {
+                let e = exchange_json(e);
+                assert!(truth.contains(&e), "{name}, {what}: {e:#}");
+            }
+        };
+        for k in 0..records.len() {
+            let mut outcome = Outcome {
+                exchanges: Vec::new(),
+                errors: Vec::new(),
+            };
+            let mut session = Http1Session::new_midstream(Role::Server);
+            let mut feeding = Feeding::Cuts(&mut |_, _| Vec::new());
+            feed(
+                &mut session,
+                Role::Server,
+                &records[k..],
+                k,
+                &mut feeding,
+                &mut outcome,
+            );
+            check(&format!("joined at record {k}"), &outcome.exchanges);
+            if k == 0 {
+                // Joined at the very beginning: every exchange (garbage at the start is
+                // skipped as half seen rather than reported malformed).
+                let got = outcome_json(&records, &session, &outcome);
+                assert_same(
+                    "joined at record 0",
+                    &whole_run["exchanges"],
+                    &got["exchanges"],
+                );
+            }
+
+            let mut outcome = Outcome {
+                exchanges: Vec::new(),
+                errors: Vec::new(),
+            };
+            let mut session = Http1Session::new(Role::Server);
+            let mut feeding = Feeding::Cuts(&mut |_, _| Vec::new());
+            feed(
+                &mut session,
+                Role::Server,
+                &records[..k],
+                0,
+                &mut feeding,
+                &mut outcome,
+            );
+            session.lost(direction(Role::Server, records[k].from));
+            feed(
+                &mut session,
+                Role::Server,
+                &records[k + 1..],
+                k + 1,
+                &mut feeding,
+                &mut outcome,
+            );
+            check(&format!("record {k} lost"), &outcome.exchanges);
+        }
+    }
 }

@@ -31,13 +31,47 @@
 //! response.
 //!
 //! # Gaps
-//! The kernel copies only a bounded prefix of each syscall's payload; the rest is a gap of
-//! known length and unknown content. A gap inside a `Content-Length` body or inside chunk
-//! data is skipped exactly. A gap that swallows chunk framing (a chunk-size line) makes the
-//! rest of that chunked body *unframed*: its bytes are counted as they come (`body_len`
-//! then includes framing overhead) and the message ends at a syscall that ends with the
-//! last-chunk marker `\r\n0\r\n\r\n`, at a syscall that starts with a new start line, or at
-//! end of stream. A gap inside a head is a [`ParseError::GapInHead`] for that message.
+//! The kernel copies only a bounded prefix of each syscall's payload, and for a longer
+//! syscall also its last bytes (a *tail window*, [`Http1Session::feed_syscall`]); the
+//! middle is a gap of known length and unknown content. A gap inside a `Content-Length`
+//! body or inside chunk data is skipped exactly, and the tail that follows is parsed as
+//! what comes next in that direction (the end of the body, then the next head: a request
+//! pipelined behind a large body in one syscall is found this way). A tail is not at a
+//! syscall boundary: it never resynchronizes a direction (see below). A gap that swallows
+//! chunk framing (a chunk-size line) makes the rest of that chunked body *unframed*: its
+//! bytes are counted as they come (`body_len` then includes framing overhead) and the
+//! message ends at a syscall that ends with the last-chunk marker `\r\n0\r\n\r\n`, at a
+//! syscall that starts with a new start line, or at end of stream. A gap that starts
+//! where a message ends, or inside a head before its start line is complete, loses that
+//! message ([`ParseError::GapInHead`]). A gap inside a head after its start line makes
+//! the message *truncated* (see below).
+//!
+//! # Truncated heads
+//! A head cut by a gap, or longer than [`MAX_HEAD_BYTES`], is still reported if the bytes
+//! seen hold its complete start line: the start line and every complete header line
+//! before the cut are parsed, and the message gets `truncated = true` (a request is
+//! queued and pairs as usual; a response completes its exchange as usual). This is not an
+//! error: the caller counts truncated messages from the exchanges. Its framing comes from
+//! the header fields seen (`Content-Length`, `Transfer-Encoding`); a request with neither
+//! has no body, and a response with neither completes its exchange at once, after which
+//! its direction waits for a syscall that starts with a start line (as after an error).
+//! The rest of the head is then skipped without being buffered, up to its end (an empty
+//! line, CRLF or bare LF as `httparse` accepts). If a gap falls into the skipped part, the
+//! end of the head may have been in it: the next syscall whose bytes *start* with a
+//! plausible start line ends the message (head and body) and is parsed as a new one. If
+//! not even the start line was complete, the message is lost as before
+//! ([`ParseError::HeadTooLarge`], [`ParseError::GapInHead`]).
+//!
+//! # Joining mid-stream, lost bytes
+//! A session created with [`Http1Session::new_midstream`] (a connection opened before the
+//! agent started) starts both directions desynchronized, and [`Http1Session::lost`]
+//! (capture records dropped) desynchronizes one direction and drops every pending
+//! request and the response in flight; the other direction keeps its framing, but the
+//! message it is in pairs with nothing. No exchange is ever built from a message whose
+//! beginning was not seen. Until a request is parsed after such a start or loss, a final
+//! response with no pending request is a [`ParseError::HalfSeen`] (not an
+//! [`ParseError::UnexpectedResponse`]); on a mid-stream session, a direction whose first
+//! syscall is skipped because it does not start with a start line reports `HalfSeen` once.
 //!
 //! # Errors and recovery
 //! Errors are reported per `feed` call (the first one; the caller counts them). Exchanges
@@ -47,14 +81,18 @@
 //! a space, or `HTTP/1.`). A request head that is lost although its start line was seen
 //! still occupies its place in the queue (and its response is consumed without being
 //! reported), and a final response head lost that way still consumes the oldest request,
-//! so one bad message does not shift the pairing of all the following ones.
+//! so one bad message does not shift the pairing of all the following ones. A head is
+//! parsed again only when new bytes end a line, so an error inside a line is found in the
+//! call that brings the end of that line.
 //!
 //! # Bounds
-//! A head may not exceed [`MAX_HEAD_BYTES`] (buffered bytes per direction never exceed it),
-//! at most [`MAX_PARSED_HEADERS`] header fields are accepted and [`MAX_STORED_HEADERS`]
-//! stored, and at most [`MAX_PENDING_REQUESTS`] requests wait for a response (beyond that
-//! the oldest is dropped). In the steady state a `feed` allocates only the strings of the
-//! [`Request`]/[`Response`] it completes; the per-direction head buffer is reused.
+//! At most [`MAX_HEAD_BYTES`] of a head are buffered per direction (the rest of a longer
+//! head is skipped, see above), at most [`MAX_PARSED_HEADERS`] header fields are accepted
+//! and [`MAX_STORED_HEADERS`] stored, and at most [`MAX_PENDING_REQUESTS`] requests wait
+//! for a response (beyond that the oldest is dropped). A head fed in small pieces costs
+//! O(size × lines), not O(size²). In the steady state a `feed` allocates only the strings
+//! of the [`Request`]/[`Response`] it completes; the per-direction head buffer is reused
+//! (a truncated head costs one copy of its first [`MAX_HEAD_BYTES`]).
 use std::collections::VecDeque;
 use std::fmt;
 
@@ -62,7 +100,8 @@ use httparse::{Header, ParserConfig, Status, EMPTY_HEADER};
 
 use super::{Direction, Exchange, Request, Response, Role, Timing};
 
-/// Largest head (start line + header fields + blank line) buffered per direction.
+/// Largest head (start line + header fields + blank line) buffered per direction; the
+/// rest of a longer head is skipped (the message is then truncated).
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Header fields accepted in one head; more is [`ParseError::TooManyHeaders`].
 pub const MAX_PARSED_HEADERS: usize = 128;
@@ -146,7 +185,8 @@ pub enum ParseError {
         buffered: usize,
         reason: &'static str,
     },
-    /// No end of head within [`MAX_HEAD_BYTES`].
+    /// No end of the start line within [`MAX_HEAD_BYTES`] (a longer head whose start line
+    /// was seen is reported truncated instead).
     #[error("HTTP/1 {kind} head ({dir:?}) longer than {limit} bytes")]
     HeadTooLarge {
         dir: Direction,
@@ -160,7 +200,9 @@ pub enum ParseError {
         kind: MessageKind,
         limit: usize,
     },
-    /// The kernel did not capture part of a head.
+    /// The kernel did not capture part of a head: a message began inside the gap, or the
+    /// gap cut the head before the end of its start line (after it, the message is
+    /// reported truncated instead).
     #[error("{gap} uncaptured bytes inside an HTTP/1 {kind} head ({dir:?}, {buffered} bytes of it captured)")]
     GapInHead {
         dir: Direction,
@@ -192,6 +234,13 @@ pub enum ParseError {
     /// Too many requests without responses; the oldest was dropped.
     #[error("more than {limit} HTTP/1 requests await a response; dropped the oldest")]
     TooManyPendingRequests { limit: usize },
+    /// Bytes of a message whose beginning was not seen, so it is not reported: the
+    /// connection was joined mid-stream ([`Http1Session::new_midstream`]) or bytes were
+    /// lost ([`Http1Session::lost`]). Reported for a final response that arrives while no
+    /// request parsed since then is pending, and (mid-stream) once per direction whose
+    /// first syscall does not start with a start line.
+    #[error("HTTP/1 {kind} ({dir:?}) whose beginning was not seen: connection joined mid-stream or bytes lost")]
+    HalfSeen { dir: Direction, kind: MessageKind },
 }
 
 /// Whether some bytes can be the beginning of a message of a kind.
@@ -312,9 +361,65 @@ impl MethodClass {
 enum Phase {
     /// Between messages, or inside a head (its bytes so far are in `DirState::buf`).
     Head,
+    /// The rest of a truncated head, consumed without being buffered.
+    SkipHead(Skip),
     Body(Body),
     /// Framing lost: ignore bytes until a syscall starts with a start line.
     Desync,
+}
+
+/// Skipping the rest of a truncated head (its message was already reported as parsed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Skip {
+    /// Where the bytes skipped so far end, as far as finding the empty line goes.
+    eol: Eol,
+    /// Bytes were not captured while skipping: the head may have ended unseen, so a
+    /// syscall starting with a start line ends the message (while such a start is too
+    /// short to be sure, its bytes are held in `DirState::buf`).
+    gapped: bool,
+    /// What follows the head.
+    then: AfterHead,
+}
+
+/// Position relative to line ends, to find the empty line that ends a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Eol {
+    /// Inside a line.
+    MidLine,
+    /// Right after a LF: a line starts.
+    Lf,
+    /// After a LF and a CR.
+    LfCr,
+}
+
+/// What follows a truncated head once it is skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterHead {
+    /// Nothing: the message ends with its head.
+    End,
+    Body(Body),
+}
+
+/// Advances `eol` over `bytes`: `Some(n)` if a head ends after the first `n` bytes (a line
+/// end, optionally a CR, a LF: what `httparse` accepts as the empty line).
+fn scan_head_end(eol: &mut Eol, bytes: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < bytes.len() {
+        if *eol == Eol::MidLine {
+            let lf = bytes[i..].iter().position(|&b| b == b'\n')?;
+            i += lf + 1;
+            *eol = Eol::Lf;
+            continue;
+        }
+        let b = bytes[i];
+        i += 1;
+        *eol = match (*eol, b) {
+            (Eol::Lf | Eol::LfCr, b'\n') => return Some(i),
+            (Eol::Lf, b'\r') => Eol::LfCr,
+            _ => Eol::MidLine,
+        };
+    }
+    None
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -540,8 +645,18 @@ struct DirState {
     tentative: bool,
     /// Timing of the current message's first byte.
     first: Option<Timing>,
-    /// Request direction: sequence number of the request whose body is being read.
+    /// Request direction: sequence number of the request whose body (or the rest of
+    /// whose truncated head) is being read.
     body_seq: Option<u64>,
+    /// Mid-stream session: this direction has not yet resynchronized, and a skipped
+    /// syscall is reported ([`ParseError::HalfSeen`]) once.
+    report_half_seen: bool,
+    /// Response direction: the head being received began before bytes were lost, so the
+    /// response pairs with nothing.
+    detached: bool,
+    /// The current body follows a truncated head whose end was found after a gap (it may
+    /// have been inside the gap): a syscall that starts with a start line also ends it.
+    unsure_end: bool,
 }
 
 impl DirState {
@@ -552,6 +667,9 @@ impl DirState {
             tentative: false,
             first: None,
             body_seq: None,
+            report_half_seen: false,
+            detached: false,
+            unsure_end: false,
         }
     }
 
@@ -564,6 +682,17 @@ impl DirState {
         self.tentative = false;
         self.first = None;
         self.body_seq = None;
+        self.detached = false;
+        self.unsure_end = false;
+    }
+
+    /// Puts back a head buffer taken out of the state, emptied.
+    fn restore(&mut self, mut buf: Vec<u8>) {
+        buf.clear();
+        if buf.capacity() > KEEP_BUFFER_CAPACITY {
+            buf = Vec::new();
+        }
+        self.buf = buf;
     }
 }
 
@@ -628,6 +757,12 @@ pub struct Http1Session {
     next_seq: u64,
     /// After `101 Switching Protocols` or a tunnel: nothing is HTTP/1 any more.
     opaque: bool,
+    /// Joined mid-stream or lost bytes, and no request parsed since: a response without a
+    /// pending request is [`ParseError::HalfSeen`].
+    resumed: bool,
+    /// Bytes handed to `httparse` (tests check that this stays linear).
+    #[cfg(test)]
+    parse_work: usize,
 }
 
 impl Http1Session {
@@ -641,15 +776,31 @@ impl Http1Session {
             in_flight: None,
             next_seq: 0,
             opaque: false,
+            resumed: false,
+            #[cfg(test)]
+            parse_work: 0,
         }
+    }
+
+    /// A session for a connection whose beginning was not seen (opened before the agent
+    /// started): both directions wait for a syscall that starts with a start line, and
+    /// what came before is reported as [`ParseError::HalfSeen`] (see the module doc).
+    #[must_use]
+    pub fn new_midstream(role: Role) -> Self {
+        let mut s = Self::new(role);
+        for st in [&mut s.req, &mut s.resp] {
+            st.phase = Phase::Desync;
+            st.report_half_seen = true;
+        }
+        s.resumed = true;
+        s
     }
 
     /// Bytes the process read (Ingress) or wrote (Egress), in order. `data` is the
     /// captured prefix of a syscall's payload; `total_len >= data.len()` is how many bytes
     /// the syscall really moved: the missing `total_len - data.len()` bytes are a gap whose
-    /// content is unknown. Gaps inside bodies are skipped exactly by length; a gap inside a
-    /// head is a [`ParseError`] for that message. Completed exchanges are pushed to `out`,
-    /// also when an error is returned (it concerns other bytes of the same call).
+    /// content is unknown (a smaller `total_len` means no gap). The same as
+    /// [`feed_syscall`](Self::feed_syscall) with no tail.
     pub fn feed(
         &mut self,
         dir: Direction,
@@ -659,6 +810,27 @@ impl Http1Session {
         out: &mut Vec<Exchange>,
     ) -> Result<(), ParseError> {
         let gap = total_len.saturating_sub(data.len()) as u64;
+        self.feed_syscall(dir, data, gap, &[], t, out)
+    }
+
+    /// One syscall's payload as captured: `prefix` (its first bytes), then `gap` bytes not
+    /// captured, then `tail` (its last bytes; empty if the kernel copied none). `prefix`
+    /// starts at a syscall boundary, so it may resynchronize a direction that lost its
+    /// framing; `tail` does not: it is parsed only where the framing is known across the
+    /// gap (e.g. the gap ends inside a `Content-Length` body). Gaps inside bodies are
+    /// skipped exactly by length; a gap inside a head truncates or loses that message (see
+    /// the module doc). Completed exchanges are pushed to `out`, also when an error is
+    /// returned (it concerns other bytes of the same call; the first error of the call is
+    /// returned).
+    pub fn feed_syscall(
+        &mut self,
+        dir: Direction,
+        prefix: &[u8],
+        gap: u64,
+        tail: &[u8],
+        t: Timing,
+        out: &mut Vec<Exchange>,
+    ) -> Result<(), ParseError> {
         let mut cx = Ctx {
             kind: self.kind_of(dir),
             dir,
@@ -666,11 +838,36 @@ impl Http1Session {
             out,
             error: None,
         };
-        self.feed_inner(&mut cx, data, gap);
+        self.feed_inner(&mut cx, prefix, gap, tail);
         match cx.error {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// The capture lost bytes of `dir` (a record was dropped; how many is unknown). `dir`
+    /// waits for a syscall that starts with a start line; every pending request and the
+    /// response in flight are dropped; the other direction keeps its framing, but the
+    /// message it is in pairs with nothing (a request head in progress there still pairs
+    /// once parsed: it is parsed after the loss). Returns how many requests were dropped
+    /// (including ones whose head was lost). Sequence numbers are not reused. Nothing
+    /// happens (0) once the connection is opaque.
+    pub fn lost(&mut self, dir: Direction) -> usize {
+        if self.opaque {
+            return 0;
+        }
+        let kind = self.kind_of(dir);
+        self.state_mut(kind).reset(Phase::Desync);
+        if kind == MessageKind::Request {
+            // A response head in progress answers a request from before the loss.
+            let resp = &mut self.resp;
+            resp.detached = resp.phase == Phase::Head && resp.first.is_some();
+        }
+        let dropped = self.pending.len();
+        self.pending.clear();
+        self.in_flight = None;
+        self.resumed = true;
+        dropped
     }
 
     /// The process saw end of stream in `dir` (read returned 0) or the connection closed:
@@ -691,13 +888,21 @@ impl Http1Session {
             out,
             error: None,
         };
-        match self.state(kind).phase {
-            Phase::Body(Body::UntilEof | Body::Unframed(_)) => self.finish_message(&mut cx),
-            Phase::Body(_) => match kind {
+        let body = match self.state(kind).phase {
+            Phase::Body(body)
+            | Phase::SkipHead(Skip {
+                then: AfterHead::Body(body),
+                ..
+            }) => Some(body),
+            Phase::SkipHead(_) | Phase::Head | Phase::Desync => None,
+        };
+        match body {
+            Some(Body::UntilEof | Body::Unframed(_)) => self.finish_message(&mut cx),
+            Some(_) => match kind {
                 MessageKind::Request => self.finish_message(&mut cx),
                 MessageKind::Response => self.in_flight = None,
             },
-            Phase::Head | Phase::Desync => {}
+            None => {}
         }
         self.state_mut(kind).reset(Phase::Head);
     }
@@ -756,35 +961,73 @@ impl Http1Session {
         }
     }
 
-    fn feed_inner(&mut self, cx: &mut Ctx<'_>, data: &[u8], gap: u64) {
+    fn feed_inner(&mut self, cx: &mut Ctx<'_>, prefix: &[u8], gap: u64, tail: &[u8]) {
         if self.opaque {
             return;
         }
         let kind = cx.kind;
-        // Decisions taken at syscall boundaries.
+        let mut data = prefix;
+        // Decisions taken at syscall boundaries (the prefix starts one, the tail does not).
         match self.state(kind).phase {
-            Phase::Desync => match classify_start(kind, data) {
-                Start::Yes => self.state_mut(kind).reset(Phase::Head),
-                Start::Maybe if !data.is_empty() => {
+            Phase::Desync => match classify_start(kind, prefix) {
+                Start::Yes => {
+                    let st = self.state_mut(kind);
+                    st.reset(Phase::Head);
+                    st.report_half_seen = false;
+                }
+                Start::Maybe if !prefix.is_empty() => {
                     let st = self.state_mut(kind);
                     st.reset(Phase::Head);
                     st.tentative = true;
                 }
-                _ => return,
+                _ => {
+                    if !prefix.is_empty() || gap > 0 || !tail.is_empty() {
+                        self.report_half_seen(cx);
+                    }
+                    return;
+                }
             },
-            Phase::Body(Body::Unframed(_)) if classify_start(kind, data) == Start::Yes => {
+            Phase::Body(body)
+                if (matches!(body, Body::Unframed(_)) || self.state(kind).unsure_end)
+                    && classify_start(kind, prefix) == Start::Yes =>
+            {
                 self.finish_message(cx);
+            }
+            Phase::SkipHead(skip) if skip.gapped => {
+                let held = self.probe_skipped(cx, skip, prefix, gap == 0 && tail.is_empty());
+                data = &prefix[held..];
             }
             _ => {}
         }
-        let mut input = data;
-        while !input.is_empty() {
-            if self.opaque {
-                return;
+        self.consume(cx, data);
+        if self.opaque {
+            return;
+        }
+        if gap > 0 {
+            self.skip_gap(cx, gap);
+        }
+        self.consume(cx, tail);
+        if self.opaque {
+            return;
+        }
+        // The last-chunk marker counts only in bytes that end the syscall.
+        if gap == 0 || !tail.is_empty() {
+            if let Phase::Body(Body::Unframed(t)) = self.state(kind).phase {
+                if t.ends_chunked_body() {
+                    self.finish_message(cx);
+                }
             }
-            let step = match self.state(kind).phase {
+        }
+    }
+
+    /// Parses `input` as the continuation of the direction's bytes, up to its end or until
+    /// the rest is to be ignored (framing lost, or the connection went opaque).
+    fn consume(&mut self, cx: &mut Ctx<'_>, mut input: &[u8]) {
+        while !input.is_empty() && !self.opaque {
+            let step = match self.state(cx.kind).phase {
                 Phase::Desync => return,
                 Phase::Head => self.head_step(cx, input),
+                Phase::SkipHead(skip) => self.skip_step(cx, skip, input),
                 Phase::Body(body) => self.body_step(cx, body, input),
             };
             match step {
@@ -792,14 +1035,109 @@ impl Http1Session {
                 None => return,
             }
         }
-        if self.opaque {
-            return;
+    }
+
+    /// Mid-stream session: reports, once, that a direction's bytes were skipped.
+    fn report_half_seen(&mut self, cx: &mut Ctx<'_>) {
+        let st = self.state_mut(cx.kind);
+        if std::mem::take(&mut st.report_half_seen) {
+            cx.report(ParseError::HalfSeen {
+                dir: cx.dir,
+                kind: cx.kind,
+            });
         }
-        if gap > 0 {
-            self.skip_gap(cx, gap);
-        } else if let Phase::Body(Body::Unframed(tail)) = self.state(kind).phase {
-            if tail.ends_chunked_body() {
-                self.finish_message(cx);
+    }
+
+    /// At a syscall boundary while skipping a truncated head after a gap: if `data` starts
+    /// with a start line, the skipped message ends here and a new head begins. A start too
+    /// short to be sure is held (`can_wait`: nothing follows in this syscall) and decided
+    /// with the next syscall's bytes. Returns how many bytes of `data` were used up.
+    fn probe_skipped(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        skip: Skip,
+        data: &[u8],
+        can_wait: bool,
+    ) -> usize {
+        let kind = cx.kind;
+        let st = self.state_mut(kind);
+        let start = if st.buf.is_empty() {
+            classify_start(kind, data)
+        } else {
+            // Held bytes (at most a method's length) and enough of the new ones to decide.
+            let mut joined = st.buf.clone();
+            joined.extend_from_slice(&data[..data.len().min(16)]);
+            classify_start(kind, &joined)
+        };
+        match start {
+            Start::Yes => {
+                let held = std::mem::take(&mut st.buf);
+                let held_first = st.first.take();
+                self.end_unseen(cx, skip.then);
+                let st = self.state_mut(kind);
+                st.phase = Phase::Head;
+                st.tentative = false;
+                st.first = held_first;
+                st.buf = held;
+                0
+            }
+            Start::Maybe if can_wait && !data.is_empty() => {
+                if st.buf.is_empty() {
+                    st.first = Some(cx.t);
+                }
+                st.buf.extend_from_slice(data);
+                let mut skip = skip;
+                // A start line's first bytes hold no LF: the head does not end in them.
+                let _ = scan_head_end(&mut skip.eol, data);
+                st.phase = Phase::SkipHead(skip);
+                self.account(cx, 0);
+                data.len()
+            }
+            _ => {
+                // Not a start line: the held bytes (already scanned) were head bytes too.
+                st.buf.clear();
+                st.first = None;
+                0
+            }
+        }
+    }
+
+    /// A skipped head (and its body) is taken as ended where it was not seen to end.
+    fn end_unseen(&mut self, cx: &mut Ctx<'_>, then: AfterHead) {
+        match then {
+            AfterHead::Body(_) => self.finish_message(cx),
+            AfterHead::End => {
+                let st = self.state_mut(cx.kind);
+                st.phase = Phase::Head;
+                st.first = None;
+                st.body_seq = None;
+            }
+        }
+    }
+
+    /// Consumes bytes of a truncated head, up to its end.
+    fn skip_step(&mut self, cx: &mut Ctx<'_>, mut skip: Skip, input: &[u8]) -> Option<usize> {
+        // The message's last byte so far (a request's, or a response still in flight).
+        self.account(cx, 0);
+        match scan_head_end(&mut skip.eol, input) {
+            Some(n) => {
+                let st = self.state_mut(cx.kind);
+                match skip.then {
+                    AfterHead::Body(body) => {
+                        st.phase = Phase::Body(body);
+                        st.unsure_end = skip.gapped;
+                    }
+                    AfterHead::End => {
+                        st.phase = Phase::Head;
+                        st.first = None;
+                        st.body_seq = None;
+                    }
+                }
+                Some(n)
+            }
+            None => {
+                self.state_mut(cx.kind).phase = Phase::SkipHead(skip);
+                Some(input.len())
             }
         }
     }
@@ -827,13 +1165,19 @@ impl Http1Session {
         let old = buf.len();
         let (outcome, taken) = if old == 0 {
             let window = &input[..input.len().min(MAX_HEAD_BYTES)];
-            (self.try_head(cx, window, tentative), window.len())
+            (self.try_head(cx, window, tentative, false), window.len())
         } else {
             let take = input.len().min(MAX_HEAD_BYTES.saturating_sub(old));
             buf.extend_from_slice(&input[..take]);
-            // Re-parsed from its start on every call, so an error is found in the call that
-            // brought it however the bytes were split (heads are small and bounded).
-            (self.try_head(cx, &buf, tentative), take)
+            // A head can only complete or fail at a line end: it is parsed again (from its
+            // start) only when the new bytes end a line, so a head fed in small pieces costs
+            // O(size × lines), and an error inside a line is found when the line ends.
+            let outcome = if tentative || input[..take].contains(&b'\n') {
+                self.try_head(cx, &buf, tentative, false)
+            } else {
+                HeadOutcome::Partial
+            };
+            (outcome, take)
         };
         match outcome {
             HeadOutcome::Complete(n) => {
@@ -844,11 +1188,15 @@ impl Http1Session {
             }
             HeadOutcome::Partial => {
                 if old + taken >= MAX_HEAD_BYTES {
-                    let lost = if old == 0 {
-                        lost_message(kind, input, Start::Yes)
-                    } else {
-                        lost_message(kind, &buf, Start::Yes)
-                    };
+                    let seen = if old == 0 { &input[..taken] } else { &buf[..] };
+                    if self.truncate_head(cx, seen, false) {
+                        self.state_mut(kind).restore(buf);
+                        return match self.state(kind).phase {
+                            Phase::Desync => None,
+                            _ => Some(taken),
+                        };
+                    }
+                    let lost = lost_message(kind, seen, Start::Yes);
                     self.state_mut(kind).buf = buf;
                     self.fail(
                         cx,
@@ -870,12 +1218,14 @@ impl Http1Session {
             HeadOutcome::Reject => {
                 self.state_mut(kind).buf = buf;
                 self.state_mut(kind).reset(Phase::Desync);
+                self.report_half_seen(cx);
                 None
             }
             HeadOutcome::Failed(e, lost) => {
                 self.state_mut(kind).buf = buf;
                 if self.state(kind).tentative {
                     self.state_mut(kind).reset(Phase::Desync);
+                    self.report_half_seen(cx);
                 } else {
                     self.fail(cx, e, lost);
                 }
@@ -884,14 +1234,70 @@ impl Http1Session {
         }
     }
 
-    fn try_head(&mut self, cx: &mut Ctx<'_>, bytes: &[u8], tentative: bool) -> HeadOutcome {
+    /// A head was cut after `seen` (by the size limit, or by a gap: `gapped`). If `seen`
+    /// holds a complete start line, reports the message from its complete lines, marked
+    /// truncated, and goes on to skip the rest of the head; `false` if it does not (the
+    /// caller loses the message as before). Errors in the lines seen fail the message.
+    fn truncate_head(&mut self, cx: &mut Ctx<'_>, seen: &[u8], gapped: bool) -> bool {
+        let Some(lf) = seen.iter().rposition(|&b| b == b'\n') else {
+            return false;
+        };
+        let cut = lf + 1;
+        // The complete lines and an empty line: a head httparse can finish. Rare, so a copy.
+        let mut head = Vec::with_capacity(cut + 2);
+        head.extend_from_slice(&seen[..cut]);
+        head.extend_from_slice(b"\r\n");
+        match self.try_head(cx, &head, false, true) {
+            HeadOutcome::Complete(_) => {}
+            HeadOutcome::Failed(e, lost) => {
+                self.fail(cx, e, lost);
+                return true;
+            }
+            HeadOutcome::Partial | HeadOutcome::Reject => return false,
+        }
+        if self.opaque {
+            return true;
+        }
+        let mut eol = Eol::Lf;
+        if gapped {
+            eol = Eol::MidLine;
+        } else {
+            // The bytes after the cut hold no LF, hence no end of head.
+            let _ = scan_head_end(&mut eol, &seen[cut..]);
+        }
+        let st = self.state_mut(cx.kind);
+        let then = match st.phase {
+            Phase::Head => AfterHead::End,
+            Phase::Body(body) => AfterHead::Body(body),
+            // The framing is unknown: the direction already waits for a start line.
+            Phase::Desync | Phase::SkipHead(_) => return true,
+        };
+        st.phase = Phase::SkipHead(Skip { eol, gapped, then });
+        true
+    }
+
+    fn try_head(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        bytes: &[u8],
+        tentative: bool,
+        truncated: bool,
+    ) -> HeadOutcome {
         let kind = cx.kind;
         if tentative {
             match classify_start(kind, bytes) {
                 Start::No => return HeadOutcome::Reject,
-                Start::Yes => self.state_mut(kind).tentative = false,
+                Start::Yes => {
+                    let st = self.state_mut(kind);
+                    st.tentative = false;
+                    st.report_half_seen = false;
+                }
                 Start::Maybe => {}
             }
+        }
+        #[cfg(test)]
+        {
+            self.parse_work += bytes.len();
         }
         let config = parser_config();
         let mut headers = [EMPTY_HEADER; MAX_PARSED_HEADERS];
@@ -899,7 +1305,9 @@ impl Http1Session {
             MessageKind::Request => {
                 let mut req = httparse::Request::new(&mut headers);
                 match config.parse_request(&mut req, bytes) {
-                    Ok(Status::Complete(n)) => self.on_request_head(cx, &req).map(|()| Some(n)),
+                    Ok(Status::Complete(n)) => {
+                        self.on_request_head(cx, &req, truncated).map(|()| Some(n))
+                    }
                     Ok(Status::Partial) => Ok(None),
                     Err(e) => Err(httparse_error(cx, e, bytes.len())),
                 }
@@ -907,7 +1315,9 @@ impl Http1Session {
             MessageKind::Response => {
                 let mut resp = httparse::Response::new(&mut headers);
                 match config.parse_response(&mut resp, bytes) {
-                    Ok(Status::Complete(n)) => self.on_response_head(cx, &resp).map(|()| Some(n)),
+                    Ok(Status::Complete(n)) => self
+                        .on_response_head(cx, &resp, truncated)
+                        .map(|()| Some(n)),
                     Ok(Status::Partial) => Ok(None),
                     Err(e) => Err(httparse_error(cx, e, bytes.len())),
                 }
@@ -920,10 +1330,13 @@ impl Http1Session {
         }
     }
 
+    /// A request head was parsed (`truncated`: from the lines before a cut; the caller
+    /// then skips the rest of the head).
     fn on_request_head(
         &mut self,
         cx: &mut Ctx<'_>,
         req: &httparse::Request<'_, '_>,
+        truncated: bool,
     ) -> Result<(), ParseError> {
         let framing = Framing::of(req.headers, cx.dir, MessageKind::Request)?;
         let body = if let Some(te) = framing.transfer_encoding {
@@ -947,9 +1360,11 @@ impl Http1Session {
             version_minor: req.version.unwrap_or(1),
             headers: stored_headers(req.headers),
             body_len: 0,
+            truncated,
         };
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.resumed = false;
         let st = &mut self.req;
         let first = st.first.take().unwrap_or(cx.t);
         match body {
@@ -959,7 +1374,8 @@ impl Http1Session {
             }
             None => {
                 st.phase = Phase::Head;
-                st.body_seq = None;
+                // The rest of a truncated head still extends the request.
+                st.body_seq = truncated.then_some(seq);
             }
         }
         self.push_pending(
@@ -976,10 +1392,12 @@ impl Http1Session {
         Ok(())
     }
 
+    /// A response head was parsed (`truncated`: as for [`Self::on_request_head`]).
     fn on_response_head(
         &mut self,
         cx: &mut Ctx<'_>,
         resp: &httparse::Response<'_, '_>,
+        truncated: bool,
     ) -> Result<(), ParseError> {
         let status = resp.code.unwrap_or_default();
         if (100..200).contains(&status) && status != 101 {
@@ -990,12 +1408,20 @@ impl Http1Session {
             return Ok(());
         }
         let framing = Framing::of(resp.headers, cx.dir, MessageKind::Response)?;
+        let detached = std::mem::take(&mut self.resp.detached);
         let (answers, method) = match self.pending.front() {
-            Some(p) => (Some(p.seq), p.method),
-            None => {
-                cx.report(ParseError::UnexpectedResponse {
-                    dir: cx.dir,
-                    status,
+            Some(p) if !detached => (Some(p.seq), p.method),
+            _ => {
+                cx.report(if self.resumed || detached {
+                    ParseError::HalfSeen {
+                        dir: cx.dir,
+                        kind: MessageKind::Response,
+                    }
+                } else {
+                    ParseError::UnexpectedResponse {
+                        dir: cx.dir,
+                        status,
+                    }
                 });
                 (None, MethodClass::Other)
             }
@@ -1011,6 +1437,7 @@ impl Http1Session {
                     Vec::new()
                 },
                 body_len: 0,
+                truncated,
             },
             first,
             last: cx.t,
@@ -1034,6 +1461,13 @@ impl Http1Session {
             match framing.content_length {
                 Some(0) => None,
                 Some(n) => Some(Body::Length { remaining: n }),
+                None if truncated => {
+                    // The framing may be in the part not seen: the response ends here, and
+                    // the direction waits for the next start line.
+                    self.complete_response(cx);
+                    self.resp.reset(Phase::Desync);
+                    return Ok(());
+                }
                 None => Some(Body::UntilEof),
             }
         };
@@ -1139,12 +1573,30 @@ impl Http1Session {
         let dir = cx.dir;
         match self.state(kind).phase {
             Phase::Desync => {}
+            Phase::SkipHead(skip) => {
+                self.account(cx, 0);
+                self.state_mut(kind).phase = Phase::SkipHead(Skip {
+                    eol: Eol::MidLine,
+                    gapped: true,
+                    ..skip
+                });
+            }
             Phase::Head => {
                 let st = self.state(kind);
                 if st.tentative {
                     self.state_mut(kind).reset(Phase::Desync);
+                    self.report_half_seen(cx);
                     return;
                 }
+                if !st.buf.is_empty() {
+                    let seen = std::mem::take(&mut self.state_mut(kind).buf);
+                    if self.truncate_head(cx, &seen, true) {
+                        self.state_mut(kind).restore(seen);
+                        return;
+                    }
+                    self.state_mut(kind).buf = seen;
+                }
+                let st = self.state(kind);
                 let buffered = st.buf.len();
                 let lost = lost_message(kind, &st.buf, Start::Maybe);
                 self.fail(
@@ -1208,6 +1660,7 @@ impl Http1Session {
         st.phase = Phase::Head;
         st.first = None;
         st.body_seq = None;
+        st.unsure_end = false;
         if kind == MessageKind::Response {
             self.complete_response(cx);
         }
@@ -1249,7 +1702,8 @@ impl Http1Session {
         cx.report(e);
         let kind = cx.kind;
         let st = self.state_mut(kind);
-        let in_body = matches!(st.phase, Phase::Body(_));
+        let in_body = matches!(st.phase, Phase::Body(_) | Phase::SkipHead(_));
+        let detached = st.detached;
         st.reset(Phase::Desync);
         match kind {
             MessageKind::Request => {
@@ -1275,7 +1729,7 @@ impl Http1Session {
                     if answers.is_some() && self.pending.front().map(|p| p.seq) == answers {
                         self.pending.pop_front();
                     }
-                } else if lost.is_some() {
+                } else if lost.is_some() && !detached {
                     self.pending.pop_front();
                 }
             }
@@ -1460,7 +1914,11 @@ mod tests {
     enum Ev {
         /// Direction, captured bytes, uncaptured bytes after them.
         Data(Direction, Vec<u8>, usize),
+        /// One syscall captured as prefix, gap, tail window ([`Http1Session::feed_syscall`]).
+        Sys(Direction, Vec<u8>, u64, Vec<u8>),
         Eof(Direction),
+        /// The capture lost bytes of a direction ([`Http1Session::lost`]).
+        Lost(Direction),
     }
 
     fn d(dir: Direction, bytes: &[u8]) -> Ev {
@@ -1471,37 +1929,67 @@ mod tests {
         Ev::Data(dir, bytes.to_vec(), gap)
     }
 
+    /// `syscall` captured as its first `prefix` and last `tail` bytes.
+    fn sys(dir: Direction, syscall: &[u8], prefix: usize, tail: usize) -> Ev {
+        assert!(prefix + tail <= syscall.len());
+        let gap = syscall.len() - prefix - tail;
+        Ev::Sys(
+            dir,
+            syscall[..prefix].to_vec(),
+            gap as u64,
+            syscall[syscall.len() - tail..].to_vec(),
+        )
+    }
+
     #[derive(Debug, PartialEq)]
     struct Run {
         ex: Vec<Exchange>,
         errors: Vec<(usize, ParseError)>,
         pending: usize,
         opaque: bool,
+        /// What `lost` returned, by event.
+        dropped: Vec<(usize, usize)>,
     }
 
     /// Feeds `evs` (event `i` carries `tm(i)`), each data event cut at the positions
-    /// `cuts(len)` returns (sorted, inside `1..len`); a gap stays after the last piece.
-    fn run_with(role: Role, evs: &[Ev], mut cuts: impl FnMut(usize) -> Vec<usize>) -> Run {
-        let mut s = Http1Session::new(role);
+    /// `cuts(i, len)` returns (sorted, inside `1..len`); a gap (and a tail window) stays
+    /// after the last piece.
+    fn run_on(
+        mut s: Http1Session,
+        evs: &[Ev],
+        mut cuts: impl FnMut(usize, usize) -> Vec<usize>,
+    ) -> Run {
         let mut ex = Vec::new();
         let mut errors = Vec::new();
+        let mut dropped = Vec::new();
         for (i, ev) in evs.iter().enumerate() {
-            match ev {
-                Ev::Data(dir, bytes, gap) => {
-                    let mut start = 0;
-                    let ends = cuts(bytes.len()).into_iter().chain([bytes.len()]);
-                    for end in ends {
-                        let piece = &bytes[start..end];
-                        let total = piece.len() + if end == bytes.len() { *gap } else { 0 };
-                        if let Err(e) = s.feed(*dir, piece, total, tm(i), &mut ex) {
-                            errors.push((i, e));
-                        }
-                        start = end;
-                        assert!(s.buffered_bytes() <= 2 * MAX_HEAD_BYTES);
-                        assert!(s.pending_requests() <= MAX_PENDING_REQUESTS);
-                    }
+            let (dir, bytes, gap, tail) = match ev {
+                Ev::Data(dir, bytes, gap) => (*dir, bytes, *gap as u64, &[][..]),
+                Ev::Sys(dir, prefix, gap, tail) => (*dir, prefix, *gap, &tail[..]),
+                Ev::Eof(dir) => {
+                    s.eof(*dir, tm(i), &mut ex);
+                    continue;
                 }
-                Ev::Eof(dir) => s.eof(*dir, tm(i), &mut ex),
+                Ev::Lost(dir) => {
+                    dropped.push((i, s.lost(*dir)));
+                    continue;
+                }
+            };
+            let mut start = 0;
+            let ends = cuts(i, bytes.len()).into_iter().chain([bytes.len()]);
+            for end in ends {
+                let piece = &bytes[start..end];
+                let res = if end == bytes.len() {
+                    s.feed_syscall(dir, piece, gap, tail, tm(i), &mut ex)
+                } else {
+                    s.feed(dir, piece, piece.len(), tm(i), &mut ex)
+                };
+                if let Err(e) = res {
+                    errors.push((i, e));
+                }
+                start = end;
+                assert!(s.buffered_bytes() <= 2 * MAX_HEAD_BYTES);
+                assert!(s.pending_requests() <= MAX_PENDING_REQUESTS);
             }
         }
         Run {
@@ -1509,7 +1997,12 @@ mod tests {
             errors,
             pending: s.pending_requests(),
             opaque: s.is_opaque(),
+            dropped,
         }
+    }
+
+    fn run_with(role: Role, evs: &[Ev], mut cuts: impl FnMut(usize) -> Vec<usize>) -> Run {
+        run_on(Http1Session::new(role), evs, |_, len| cuts(len))
     }
 
     fn run(role: Role, evs: &[Ev]) -> Run {
@@ -1529,21 +2022,29 @@ mod tests {
     /// Runs `evs` whole, byte by byte, cut at every single position (events up to 2 KiB),
     /// and cut at random positions; all must agree. Returns the whole run.
     fn check(role: Role, evs: &[Ev]) -> Run {
-        let whole = run(role, evs);
-        let expect = normalized(run(role, evs));
-        let bytes = normalized(run_with(role, evs, |len| (1..len).collect()));
+        check_on(|| Http1Session::new(role), evs)
+    }
+
+    /// As [`check`], on a session joined mid-stream.
+    fn check_midstream(role: Role, evs: &[Ev]) -> Run {
+        check_on(|| Http1Session::new_midstream(role), evs)
+    }
+
+    fn check_on(session: impl Fn() -> Http1Session, evs: &[Ev]) -> Run {
+        let whole = run_on(session(), evs, |_, _| Vec::new());
+        let expect = normalized(run_on(session(), evs, |_, _| Vec::new()));
+        let bytes = normalized(run_on(session(), evs, |_, len| (1..len).collect()));
         assert_eq!(bytes, expect, "byte by byte");
         for (k, ev) in evs.iter().enumerate() {
-            let Ev::Data(_, b, _) = ev else { continue };
+            let (Ev::Data(_, b, _) | Ev::Sys(_, b, _, _)) = ev else {
+                continue;
+            };
             if b.len() > 2048 {
                 continue;
             }
             for p in 1..b.len() {
-                let mut idx = 0;
-                let r = normalized(run_with(role, evs, |len| {
-                    let mine = idx == k;
-                    idx += 1;
-                    if mine && p < len {
+                let r = normalized(run_on(session(), evs, |i, _| {
+                    if i == k {
                         vec![p]
                     } else {
                         Vec::new()
@@ -1554,7 +2055,7 @@ mod tests {
         }
         let mut rng = StdRng::seed_from_u64(0x6877_3131);
         for round in 0..20 {
-            let r = normalized(run_with(role, evs, |len| {
+            let r = normalized(run_on(session(), evs, |_, len| {
                 let mut c: Vec<usize> = (1..len).filter(|_| rng.random_ratio(1, 7)).collect();
                 c.dedup();
                 c
@@ -2061,15 +2562,15 @@ mod tests {
     }
 
     #[test]
-    fn head_too_large_is_bounded_and_keeps_pairing() {
-        let mut big = b"GET /big HTTP/1.1\r\nCookie: ".to_vec();
-        big.extend(std::iter::repeat_n(b'c', MAX_HEAD_BYTES + 100));
-        big.extend(b"\r\n\r\n");
+    fn start_line_too_large_is_an_error_and_keeps_pairing() {
+        let mut big = b"GET /".to_vec();
+        big.extend(std::iter::repeat_n(b'p', MAX_HEAD_BYTES + 100));
+        big.extend(b" HTTP/1.1\r\nHost: h\r\n\r\n");
         let evs = [
             d(IN, &big),
             d(
                 OUT,
-                b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n",
+                b"HTTP/1.1 414 URI Too Long\r\nContent-Length: 0\r\n\r\n",
             ),
             d(IN, &get("/after")),
             d(OUT, &ok(200, "")),
@@ -2086,7 +2587,7 @@ mod tests {
                 }
             )]
         );
-        // The lost request consumed the 431 silently.
+        // The lost request consumed the 414 silently.
         assert_eq!(statuses(&r), [("/after".to_owned(), 200)]);
         // Same in small pieces (buffered path).
         let r2 = run_with(Role::Server, &evs, |len| {
@@ -2095,6 +2596,204 @@ mod tests {
         assert_eq!(r2, r);
         let r3 = run_with(Role::Server, &evs, |len| (1..len).collect());
         assert_eq!(r3, r);
+    }
+
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn cookie_of_12k_before_traceparent_parses_completely() {
+        let req = format!(
+            "GET /c HTTP/1.1\r\nHost: h\r\nCookie: {}\r\ntraceparent: {TRACEPARENT}\r\n\r\n",
+            "c".repeat(12_000)
+        )
+        .into_bytes();
+        assert!(req.len() < MAX_HEAD_BYTES);
+        let evs = [
+            d(IN, &req),
+            d(OUT, &ok(200, "x")),
+            d(IN, &get("/n")),
+            d(OUT, &ok(200, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            statuses(&r),
+            [("/c".to_owned(), 200), ("/n".to_owned(), 200)]
+        );
+        let e = &r.ex[0];
+        assert!(!e.request.truncated);
+        assert_eq!(e.request.header("traceparent"), Some(TRACEPARENT));
+        assert_eq!(e.request.header("host"), Some("h"));
+        // One cut at many single positions (check covers byte by byte and random cuts).
+        for p in (1..req.len()).step_by(61).chain(req.len() - 80..req.len()) {
+            let got = run_with(Role::Server, &evs, |len| {
+                if len == req.len() {
+                    vec![p]
+                } else {
+                    Vec::new()
+                }
+            });
+            assert_eq!(got, r, "cut at {p}");
+        }
+        // Captured as a 4 KiB prefix and a 4 KiB tail: the middle of the cookie is a gap,
+        // so the message is truncated, with what was before the gap.
+        let evs = [
+            sys(IN, &req, 4096, 4096),
+            d(OUT, &ok(200, "x")),
+            d(IN, &get("/n")),
+            d(OUT, &ok(200, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            statuses(&r),
+            [("/c".to_owned(), 200), ("/n".to_owned(), 200)]
+        );
+        assert!(r.ex[0].request.truncated);
+        assert_eq!(r.ex[0].request.header("host"), Some("h"));
+        assert_eq!(r.ex[0].request.header("traceparent"), None);
+    }
+
+    /// A 40 KB head: start line, Host, traceparent, a huge cookie, one more field.
+    fn head_of_40k(method: &str, extra: &str) -> Vec<u8> {
+        let mut big = format!(
+            "{method} /big?q=1 HTTP/1.1\r\nHost: h\r\ntraceparent: {TRACEPARENT}\r\n{extra}Cookie: "
+        )
+        .into_bytes();
+        big.extend(std::iter::repeat_n(b'c', 40_000));
+        big.extend(b"\r\nX-Request-Id: after-the-cut\r\n\r\n");
+        big
+    }
+
+    #[test]
+    fn head_over_the_limit_gives_a_truncated_request() {
+        let evs = [
+            d(IN, &head_of_40k("GET", "")),
+            d(
+                OUT,
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n",
+            ),
+            d(IN, &get("/after")),
+            d(OUT, &ok(200, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            statuses(&r),
+            [("/big?q=1".to_owned(), 431), ("/after".to_owned(), 200)]
+        );
+        let req = &r.ex[0].request;
+        assert!(req.truncated);
+        assert_eq!(req.method, "GET");
+        assert_eq!(req.header("host"), Some("h"));
+        assert_eq!(req.header("traceparent"), Some(TRACEPARENT));
+        assert_eq!(req.header("x-request-id"), None);
+        assert!(!r.ex[0].response.truncated);
+        assert!(!r.ex[1].request.truncated);
+        assert_eq!(r.ex[1].request_first, tm(2));
+
+        // Reported as started as soon as its start line and first fields are seen.
+        let mut s = Http1Session::new(Role::Server);
+        let mut out = Vec::new();
+        let big = head_of_40k("GET", "");
+        s.feed(
+            IN,
+            &big[..MAX_HEAD_BYTES + 10],
+            MAX_HEAD_BYTES + 10,
+            tm(0),
+            &mut out,
+        )
+        .unwrap();
+        let started: Vec<_> = s.started_requests(0).collect();
+        let [(0, started, _)] = &started[..] else {
+            panic!("{started:?}")
+        };
+        assert!(started.truncated);
+        assert_eq!(started.header("traceparent"), Some(TRACEPARENT));
+        assert!(s.buffered_bytes() == 0);
+
+        // A body framed by a Content-Length seen before the cut, and a request pipelined
+        // behind it in the same syscall.
+        let mut syscall = head_of_40k("POST", "Content-Length: 5\r\n");
+        syscall.extend(b"hello");
+        syscall.extend(get("/pipelined"));
+        let evs = [d(IN, &syscall), d(OUT, &ok(201, "")), d(OUT, &ok(202, ""))];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            statuses(&r),
+            [("/big?q=1".to_owned(), 201), ("/pipelined".to_owned(), 202)]
+        );
+        assert_eq!(r.ex[0].request.body_len, 5);
+        assert!(!r.ex[1].request.truncated);
+    }
+
+    #[test]
+    fn response_head_over_the_limit_with_content_length() {
+        let mut resp = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nSet-Cookie: ".to_vec();
+        resp.extend(std::iter::repeat_n(b'x', 20_000));
+        resp.extend(b"\r\nServer: late\r\n\r\n0123456789");
+        let evs = [
+            d(IN, &get("/a")),
+            d(OUT, &resp),
+            d(IN, &get("/b")),
+            d(OUT, &ok(201, "z")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            statuses(&r),
+            [("/a".to_owned(), 200), ("/b".to_owned(), 201)]
+        );
+        let e = &r.ex[0];
+        assert!(e.response.truncated);
+        assert_eq!(e.response.body_len, 10);
+        assert_eq!(e.response.header("content-length"), Some("10"));
+        assert_eq!(e.response.header("server"), None);
+        assert_eq!(r.ex[1].response.body_len, 1);
+
+        // The same response and the next one in one syscall, pipelined requests.
+        let mut both = resp.clone();
+        both.extend(ok(201, "z"));
+        let mut reqs = get("/a");
+        reqs.extend(get("/b"));
+        let r2 = check(Role::Server, &[d(IN, &reqs), d(OUT, &both)]);
+        assert!(r2.errors.is_empty(), "{:?}", r2.errors);
+        assert_eq!(statuses(&r2), statuses(&r));
+        assert_eq!(r2.ex[0].response.body_len, 10);
+
+        // Captured as 4 KiB prefix + tail: the tail holds the end of the head and the body.
+        let evs = [
+            d(IN, &get("/a")),
+            sys(OUT, &resp, 4096, 100),
+            d(IN, &get("/b")),
+            d(OUT, &ok(201, "z")),
+        ];
+        let r3 = check(Role::Server, &evs);
+        assert!(r3.errors.is_empty(), "{:?}", r3.errors);
+        assert_eq!(statuses(&r3), statuses(&r));
+        assert_eq!(r3.ex[0].response.body_len, 10);
+        assert_eq!(r3.ex[0].response_last, tm(1));
+    }
+
+    #[test]
+    fn truncated_head_then_end_of_stream() {
+        // Framing seen, body cut short by the end of the stream: dropped, as untruncated.
+        let mut resp = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nSet-Cookie: ".to_vec();
+        resp.extend(std::iter::repeat_n(b'x', 20_000));
+        let evs = [d(IN, &get("/a")), d(OUT, &resp), Ev::Eof(OUT)];
+        let r = check(Role::Server, &evs);
+        assert!(r.ex.is_empty());
+        assert_eq!(r.pending, 1);
+        // A body delimited by the end of the stream is complete there.
+        let mut resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nSet-Cookie: ".to_vec();
+        resp.extend(std::iter::repeat_n(b'x', 20_000));
+        resp.extend(b"\r\n\r\nabc");
+        let evs = [d(IN, &get("/a")), d(OUT, &resp), Ev::Eof(OUT)];
+        let r = check(Role::Server, &evs);
+        assert_eq!(statuses(&r), [("/a".to_owned(), 200)]);
+        assert_eq!(r.ex[0].response.body_len, 3);
+        assert!(r.ex[0].response.truncated);
     }
 
     #[test]
@@ -2258,36 +2957,168 @@ mod tests {
     }
 
     #[test]
-    fn gap_inside_head_is_an_error() {
+    fn gap_inside_head_after_start_line_truncates() {
+        // The rest of the head comes in the next syscall: skipped up to its end.
         let evs = [
-            g(IN, b"GET /long HTTP/1.1\r\nCookie: aaaa", 5000),
+            g(IN, b"GET /long HTTP/1.1\r\nHost: h\r\nCookie: aaaa", 5000),
             d(IN, b"rest of the cookie\r\n\r\n"),
             d(OUT, &ok(200, "")),
             d(IN, &get("/b")),
             d(OUT, &ok(202, "")),
         ];
         let r = check(Role::Server, &evs);
-        assert!(
-            matches!(
-                r.errors[..],
-                [(
-                    0,
-                    ParseError::GapInHead {
-                        kind: MessageKind::Request,
-                        gap: 5000,
-                        ..
-                    }
-                )]
-            ),
-            "{:?}",
-            r.errors
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            statuses(&r),
+            [("/long".to_owned(), 200), ("/b".to_owned(), 202)]
         );
-        assert_eq!(statuses(&r), [("/b".to_owned(), 202)]);
+        let e = &r.ex[0];
+        assert!(e.request.truncated);
+        assert_eq!(e.request.header("host"), Some("h"));
+        assert_eq!((e.request_first, e.request_last), (tm(0), tm(1)));
+        assert!(!r.ex[1].request.truncated);
 
-        // A response head cut by a gap still answers its request.
+        // The end of the head was inside the gap: the next syscall that starts with a
+        // request line ends the message (however that syscall is split).
+        let evs = [
+            g(IN, b"GET /long HTTP/1.1\r\nHost: h\r\nCookie: aaaa", 5000),
+            d(OUT, &ok(200, "")),
+            d(IN, &get("/b")),
+            d(OUT, &ok(202, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            statuses(&r),
+            [("/long".to_owned(), 200), ("/b".to_owned(), 202)]
+        );
+        assert_eq!(r.ex[1].request_first, tm(2));
+
+        // A POST whose Content-Length was seen: its body follows the end of the head.
+        let evs = [
+            g(
+                IN,
+                b"POST /p HTTP/1.1\r\nContent-Length: 4\r\nCookie: aaaa",
+                3000,
+            ),
+            d(IN, b"Host: late\r\n\r\nbody"),
+            d(IN, &get("/b")),
+            d(OUT, &ok(200, "")),
+            d(OUT, &ok(202, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            statuses(&r),
+            [("/p".to_owned(), 200), ("/b".to_owned(), 202)]
+        );
+        assert_eq!(r.ex[0].request.body_len, 4);
+        assert_eq!(r.ex[0].request.header("host"), None);
+    }
+
+    #[test]
+    fn end_of_head_guessed_after_a_gap_yields_to_a_start_line() {
+        // The head ended in the gap and the body holds an empty line: taken for the end of
+        // the head, so the Content-Length would run into the next request; a syscall that
+        // starts with a request line ends the message instead.
+        let evs = [
+            g(
+                IN,
+                b"POST /p HTTP/1.1\r\nContent-Length: 100\r\nCookie: a",
+                5000,
+            ),
+            d(IN, b"{\"a\":\n\n1}"),
+            d(IN, &get("/b")),
+            d(OUT, &ok(200, "")),
+            d(OUT, &ok(202, "")),
+        ];
+        // Not split: as for an unframed chunked body, only a start line at the beginning
+        // of a syscall counts (a split is a syscall boundary).
+        let r = run(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            statuses(&r),
+            [("/p".to_owned(), 200), ("/b".to_owned(), 202)]
+        );
+        assert_eq!(r.ex[0].request.body_len, 2);
+    }
+
+    #[test]
+    fn gap_inside_response_head_truncates() {
+        // Content-Length seen before the gap: the body is counted after the head's end.
+        let evs = [
+            d(IN, &get("/a")),
+            g(
+                OUT,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nSet-Cookie: ",
+                6000,
+            ),
+            d(OUT, b"rest\r\nServer: s\r\n\r\nabc"),
+            d(IN, &get("/b")),
+            d(OUT, &ok(202, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            statuses(&r),
+            [("/a".to_owned(), 200), ("/b".to_owned(), 202)]
+        );
+        let e = &r.ex[0];
+        assert!(e.response.truncated);
+        assert_eq!(e.response.body_len, 3);
+        assert_eq!(e.response.header("server"), None);
+        assert_eq!((e.response_first, e.response_last), (tm(1), tm(2)));
+
+        // No framing seen: the exchange completes at once and the direction waits for the
+        // next status line.
         let evs = [
             d(IN, &get("/a")),
             g(OUT, b"HTTP/1.1 200 OK\r\nSet-Cookie: ", 6000),
+            d(OUT, b"more cookie\r\n\r\nsome body"),
+            d(IN, &get("/b")),
+            d(OUT, &ok(202, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            statuses(&r),
+            [("/a".to_owned(), 200), ("/b".to_owned(), 202)]
+        );
+        assert!(r.ex[0].response.truncated);
+        assert_eq!(r.ex[0].response_last, tm(1));
+        assert_eq!(r.pending, 0);
+    }
+
+    #[test]
+    fn gap_before_the_start_line_ends_is_an_error() {
+        let evs = [
+            g(IN, b"GET /lo", 5000),
+            d(IN, b"ng HTTP/1.1\r\n\r\n"),
+            d(OUT, &ok(200, "")),
+            d(IN, &get("/b")),
+            d(OUT, &ok(202, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert_eq!(
+            r.errors,
+            [(
+                0,
+                ParseError::GapInHead {
+                    dir: IN,
+                    kind: MessageKind::Request,
+                    buffered: 7,
+                    gap: 5000
+                }
+            )]
+        );
+        // The lost request consumed the 200 silently.
+        assert_eq!(statuses(&r), [("/b".to_owned(), 202)]);
+
+        // A response head cut by a gap before its status line ends still answers its
+        // request.
+        let evs = [
+            d(IN, &get("/a")),
+            g(OUT, b"HTTP/1.1 2", 6000),
             d(IN, &get("/b")),
             d(OUT, &ok(202, "")),
         ];
@@ -2391,6 +3222,388 @@ mod tests {
             [(1, ParseError::GapInHead { buffered: 0, .. })]
         ));
         assert_eq!(statuses(&r), [("/b".to_owned(), 200)]);
+    }
+
+    /// A POST with a 200 KB body and a GET pipelined behind it, in one syscall.
+    fn post_200k_then(next: &[u8]) -> Vec<u8> {
+        let mut syscall = b"POST /up HTTP/1.1\r\nContent-Length: 200000\r\n\r\n".to_vec();
+        syscall.extend(std::iter::repeat_n(b'b', 200_000));
+        syscall.extend(next);
+        syscall
+    }
+
+    #[test]
+    fn tail_window_holds_the_end_of_the_body_and_the_next_head() {
+        let syscall = post_200k_then(&get("/next"));
+        let evs = [
+            sys(IN, &syscall, 16 * 1024, 4096),
+            d(OUT, &ok(200, "")),
+            d(OUT, &ok(404, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            statuses(&r),
+            [("/up".to_owned(), 200), ("/next".to_owned(), 404)]
+        );
+        assert_eq!(r.ex[0].request.body_len, 200_000);
+        assert_eq!(r.ex[0].request_last, tm(0));
+        assert_eq!(r.ex[1].request_first, tm(0));
+        assert_eq!(r.pending, 0);
+
+        // Without the tail the pipelined request starts in the gap and is lost.
+        let total = syscall.len();
+        let evs = [
+            g(IN, &syscall[..16 * 1024], total - 16 * 1024),
+            d(OUT, &ok(200, "")),
+            d(OUT, &ok(404, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(matches!(
+            r.errors[..],
+            [(0, ParseError::GapInHead { buffered: 0, .. })]
+        ));
+        assert_eq!(statuses(&r), [("/up".to_owned(), 200)]);
+
+        // The same on the response side: a large response and the next one in one write.
+        let mut resp = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n".to_vec();
+        resp.extend(std::iter::repeat_n(b'r', 100_000));
+        resp.extend(ok(201, "t"));
+        let mut reqs = get("/a");
+        reqs.extend(get("/b"));
+        let evs = [d(IN, &reqs), sys(OUT, &resp, 16 * 1024, 4096)];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            statuses(&r),
+            [("/a".to_owned(), 200), ("/b".to_owned(), 201)]
+        );
+        assert_eq!(r.ex[0].response.body_len, 100_000);
+        assert_eq!(r.ex[1].response.body_len, 1);
+    }
+
+    #[test]
+    fn tail_after_a_body_that_ends_exactly_with_the_gap() {
+        let syscall = post_200k_then(&get("/next"));
+        let tail = get("/next").len();
+        let evs = [
+            sys(IN, &syscall, 16 * 1024, tail),
+            d(OUT, &ok(200, "")),
+            d(OUT, &ok(404, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            statuses(&r),
+            [("/up".to_owned(), 200), ("/next".to_owned(), 404)]
+        );
+    }
+
+    #[test]
+    fn body_ending_inside_the_gap_loses_the_next_message() {
+        // The tail holds only the end of the second request's head: its start is unknown.
+        let syscall = post_200k_then(&get("/lost"));
+        let evs = [
+            sys(IN, &syscall, 16 * 1024, 10),
+            d(OUT, &ok(200, "")),
+            d(OUT, &ok(404, "")),
+            d(IN, &get("/c")),
+            d(OUT, &ok(201, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(
+            matches!(
+                r.errors[..],
+                [(
+                    0,
+                    ParseError::GapInHead {
+                        kind: MessageKind::Request,
+                        buffered: 0,
+                        ..
+                    }
+                )]
+            ),
+            "{:?}",
+            r.errors
+        );
+        // The lost request consumed the 404; /c pairs with its own response.
+        assert_eq!(
+            statuses(&r),
+            [("/up".to_owned(), 200), ("/c".to_owned(), 201)]
+        );
+        assert_eq!(r.ex[0].request.body_len, 200_000);
+        assert_eq!(r.pending, 0);
+    }
+
+    #[test]
+    fn tail_never_resynchronizes() {
+        let evs = [
+            d(IN, b"\x16\x03\x01\x00\xa5\x01\x00 not http\r\n"),
+            Ev::Sys(IN, b"more garbage".to_vec(), 1000, get("/in-tail")),
+            d(IN, &get("/ok")),
+            d(OUT, &ok(200, "y")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert!(
+            matches!(r.errors[..], [(0, ParseError::MalformedHead { .. })]),
+            "{:?}",
+            r.errors
+        );
+        assert_eq!(statuses(&r), [("/ok".to_owned(), 200)]);
+        assert_eq!(r.pending, 0);
+
+        // Nor does it end an unframed chunked body by starting with a status line; a tail
+        // that ends with the last chunk does end it.
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123";
+        let evs = [
+            d(IN, &get("/")),
+            g(OUT, head, 500),
+            Ev::Sys(OUT, b"xx".to_vec(), 100, b"HTTP/1.1 200 OK\r\n".to_vec()),
+            Ev::Sys(OUT, b"yy".to_vec(), 100, b"zz\r\n0\r\n\r\n".to_vec()),
+            d(IN, &get("/2")),
+            d(OUT, &ok(200, "x")),
+        ];
+        let r = run(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            statuses(&r),
+            [("/".to_owned(), 200), ("/2".to_owned(), 200)]
+        );
+        assert_eq!(r.ex[0].response_last, tm(3));
+        assert_eq!(
+            r.ex[0].response.body_len,
+            4 + 500 + 2 + 100 + 17 + 2 + 100 + 9
+        );
+    }
+
+    #[test]
+    fn midstream_skips_the_message_it_joined_in() {
+        let evs = [
+            // The rest of a request body from before the agent started.
+            d(IN, b"rest of a body from before"),
+            d(IN, b"more of it"),
+            // Its response: no request was parsed yet.
+            d(OUT, &ok(200, "answer to it")),
+            d(IN, &get("/a")),
+            d(OUT, &ok(201, "")),
+            // After a request was parsed, a stray response is unexpected again.
+            d(OUT, &ok(500, "")),
+            d(IN, &get("/b")),
+            d(OUT, &ok(202, "")),
+        ];
+        let r = check_midstream(Role::Server, &evs);
+        assert_eq!(
+            r.errors,
+            [
+                (
+                    0,
+                    ParseError::HalfSeen {
+                        dir: IN,
+                        kind: MessageKind::Request
+                    }
+                ),
+                (
+                    2,
+                    ParseError::HalfSeen {
+                        dir: OUT,
+                        kind: MessageKind::Response
+                    }
+                ),
+                (
+                    5,
+                    ParseError::UnexpectedResponse {
+                        dir: OUT,
+                        status: 500
+                    }
+                ),
+            ]
+        );
+        assert_eq!(
+            statuses(&r),
+            [("/a".to_owned(), 201), ("/b".to_owned(), 202)]
+        );
+        assert_eq!(r.ex[0].seq, 0);
+    }
+
+    #[test]
+    fn midstream_response_direction_and_clean_start() {
+        // A client joined while a response body was arriving.
+        let evs = [
+            d(IN, b"tail of an earlier response body"),
+            d(OUT, &get("/x")),
+            d(IN, &ok(200, "y")),
+        ];
+        let r = check_midstream(Role::Client, &evs);
+        assert_eq!(
+            r.errors,
+            [(
+                0,
+                ParseError::HalfSeen {
+                    dir: IN,
+                    kind: MessageKind::Response
+                }
+            )]
+        );
+        assert_eq!(statuses(&r), [("/x".to_owned(), 200)]);
+
+        // Joined right at a message boundary: nothing is reported.
+        let evs = [
+            d(IN, &get("/first")),
+            d(OUT, &ok(200, "")),
+            d(IN, &get("/second")),
+            d(OUT, &ok(204, "")),
+        ];
+        let r = check_midstream(Role::Server, &evs);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            statuses(&r),
+            [("/first".to_owned(), 200), ("/second".to_owned(), 204)]
+        );
+
+        // A start line inside a syscall is never taken for a head: only a syscall that
+        // starts with one resynchronizes (so no splitting here: a split is a syscall).
+        let evs = [
+            d(IN, b"xx\r\n\r\nGET /hidden HTTP/1.1\r\n\r\n"),
+            d(OUT, b"yy\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            d(IN, &get("/seen")),
+            d(OUT, &ok(200, "")),
+        ];
+        let r = run_on(Http1Session::new_midstream(Role::Server), &evs, |_, _| {
+            Vec::new()
+        });
+        assert_eq!(r.errors.len(), 2, "{:?}", r.errors);
+        assert_eq!(statuses(&r), [("/seen".to_owned(), 200)]);
+    }
+
+    #[test]
+    fn lost_drops_pending_requests_and_pairs_later_ones() {
+        let evs = [
+            d(IN, &get("/a")),
+            d(IN, &get("/b")),
+            Ev::Lost(IN),
+            // Answers to the dropped requests.
+            d(OUT, &ok(200, "")),
+            d(OUT, &ok(200, "")),
+            d(IN, &get("/c")),
+            d(OUT, &ok(201, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert_eq!(r.dropped, [(2, 2)]);
+        let half = ParseError::HalfSeen {
+            dir: OUT,
+            kind: MessageKind::Response,
+        };
+        assert_eq!(r.errors, [(3, half.clone()), (4, half)]);
+        assert_eq!(statuses(&r), [("/c".to_owned(), 201)]);
+        // Sequence numbers are not reused.
+        assert_eq!(r.ex[0].seq, 2);
+
+        // A lost head's placeholder counts too.
+        let evs = [g(IN, b"GET /lo", 500), Ev::Lost(IN)];
+        assert_eq!(run(Role::Server, &evs).dropped, [(1, 1)]);
+        // Nothing to drop on an opaque connection.
+        let mut s = Http1Session::new(Role::Server);
+        let mut out = Vec::new();
+        let upgrade = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n";
+        s.feed(IN, upgrade, upgrade.len(), tm(0), &mut out).unwrap();
+        let pipelined = get("/p");
+        s.feed(IN, &pipelined, pipelined.len(), tm(0), &mut out)
+            .unwrap();
+        let resp = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
+        s.feed(OUT, resp, resp.len(), tm(1), &mut out).unwrap();
+        assert!(s.is_opaque());
+        assert_eq!(s.lost(IN), 0);
+    }
+
+    #[test]
+    fn response_in_progress_at_a_loss_pairs_with_nothing() {
+        // The response direction keeps its framing: the rest of the body is skipped by
+        // length and does not pair with the request parsed after the loss.
+        let evs = [
+            d(IN, &get("/a")),
+            d(OUT, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"),
+            Ev::Lost(IN),
+            d(IN, &get("/new")),
+            d(OUT, b"defghij"),
+            d(OUT, &ok(202, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert_eq!(r.dropped, [(2, 1)]);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(statuses(&r), [("/new".to_owned(), 202)]);
+
+        // A response head half received at the loss answers a dropped request, even once
+        // a newer request is pending.
+        let evs = [
+            d(IN, &get("/a")),
+            d(OUT, b"HTTP/1.1 200 OK\r\n"),
+            Ev::Lost(IN),
+            d(IN, &get("/new")),
+            d(OUT, b"Content-Length: 0\r\n\r\n"),
+            d(OUT, &ok(203, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert_eq!(r.dropped, [(2, 1)]);
+        assert_eq!(
+            r.errors,
+            [(
+                4,
+                ParseError::HalfSeen {
+                    dir: OUT,
+                    kind: MessageKind::Response
+                }
+            )]
+        );
+        assert_eq!(statuses(&r), [("/new".to_owned(), 203)]);
+
+        // Bytes of the response direction lost mid-body: it waits for a status line.
+        let evs = [
+            d(IN, &get("/a")),
+            d(OUT, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc"),
+            Ev::Lost(OUT),
+            d(OUT, b"rest of the body"),
+            d(IN, &get("/b")),
+            d(OUT, &ok(200, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert_eq!(r.dropped, [(2, 1)]);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(statuses(&r), [("/b".to_owned(), 200)]);
+        assert_eq!(r.ex[0].seq, 1);
+        assert_eq!(r.pending, 0);
+
+        // A request body in progress in the other direction: framing kept, no pairing.
+        let evs = [
+            d(IN, b"POST /p HTTP/1.1\r\nContent-Length: 6\r\n\r\nabc"),
+            Ev::Lost(OUT),
+            d(IN, b"def"),
+            d(IN, &get("/q")),
+            d(OUT, &ok(200, "")),
+        ];
+        let r = check(Role::Server, &evs);
+        assert_eq!(r.dropped, [(1, 1)]);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(statuses(&r), [("/q".to_owned(), 200)]);
+    }
+
+    #[test]
+    fn loss_while_skipping_a_truncated_head() {
+        let big = head_of_40k("GET", "");
+        let evs = [
+            d(IN, &big[..MAX_HEAD_BYTES + 100]),
+            Ev::Lost(IN),
+            d(IN, &big[MAX_HEAD_BYTES + 100..]),
+            d(IN, &get("/b")),
+            d(OUT, &ok(200, "")),
+            d(OUT, &ok(202, "")),
+        ];
+        let r = run(Role::Server, &evs);
+        assert_eq!(r.dropped, [(1, 1)]);
+        assert_eq!(statuses(&r), [("/b".to_owned(), 200)]);
+        assert!(matches!(
+            r.errors[..],
+            [(5, ParseError::UnexpectedResponse { .. })]
+        ));
     }
 
     #[test]
@@ -2528,13 +3741,19 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(0x5eed_0001);
         let mut exchanges = 0usize;
         let mut errors = 0usize;
+        let mut truncated = 0usize;
+        let mut half_seen = 0usize;
         for _ in 0..3000 {
             let role = if rng.random() {
                 Role::Server
             } else {
                 Role::Client
             };
-            let mut s = Http1Session::new(role);
+            let mut s = if rng.random_ratio(1, 4) {
+                Http1Session::new_midstream(role)
+            } else {
+                Http1Session::new(role)
+            };
             let mut out = Vec::new();
             for i in 0..rng.random_range(1..40) {
                 let dir = if rng.random() { IN } else { OUT };
@@ -2542,16 +3761,37 @@ mod tests {
                     s.eof(dir, tm(i), &mut out);
                     continue;
                 }
-                let data = random_bytes(&mut rng);
-                let gap = if rng.random_ratio(1, 8) {
-                    rng.random_range(0..20_000)
+                if rng.random_ratio(1, 40) {
+                    let before = s.pending_requests();
+                    assert_eq!(s.lost(dir), if s.is_opaque() { 0 } else { before });
+                    continue;
+                }
+                let mut data = random_bytes(&mut rng);
+                if rng.random_ratio(1, 20) {
+                    // A head over the limit, or its start.
+                    data = if rng.random() {
+                        b"GET /big HTTP/1.1\r\nContent-Length: 3\r\n".to_vec()
+                    } else {
+                        b"HTTP/1.1 200 OK\r\n".to_vec()
+                    };
+                    data.extend(b"X-Big: ");
+                    data.extend(std::iter::repeat_n(b'v', rng.random_range(0..20_000)));
+                    data.extend(b"\r\n\r\n");
+                }
+                let (gap, tail) = if rng.random_ratio(1, 8) {
+                    let tail = if rng.random() {
+                        random_bytes(&mut rng)
+                    } else {
+                        Vec::new()
+                    };
+                    (rng.random_range(0..20_000), tail)
                 } else {
-                    0
+                    (0, Vec::new())
                 };
-                if s.feed(dir, &data, data.len() + gap, tm(i), &mut out)
-                    .is_err()
-                {
-                    errors += 1;
+                match s.feed_syscall(dir, &data, gap, &tail, tm(i), &mut out) {
+                    Ok(()) => {}
+                    Err(ParseError::HalfSeen { .. }) => half_seen += 1,
+                    Err(_) => errors += 1,
                 }
                 assert!(s.buffered_bytes() <= 2 * MAX_HEAD_BYTES);
                 assert!(s.pending_requests() <= MAX_PENDING_REQUESTS);
@@ -2561,12 +3801,17 @@ mod tests {
             for e in &out {
                 assert!(e.request.headers.len() <= MAX_STORED_HEADERS);
                 assert!(e.response.headers.len() <= MAX_STORED_HEADERS);
+                truncated += usize::from(e.request.truncated || e.response.truncated);
             }
+            // Each request is answered at most once, in order.
+            assert!(out.windows(2).all(|w| w[0].seq < w[1].seq));
             exchanges += out.len();
         }
-        // The generator reaches both outcomes.
+        // The generator reaches every outcome.
         assert!(exchanges > 100, "{exchanges}");
         assert!(errors > 100, "{errors}");
+        assert!(truncated > 10, "{truncated}");
+        assert!(half_seen > 10, "{half_seen}");
     }
 
     #[test]
@@ -2584,6 +3829,52 @@ mod tests {
             }
             assert!(s.buffered_bytes() <= MAX_HEAD_BYTES);
         }
-        assert_eq!(errs, 1);
+        // Truncated after the start line, the rest skipped without buffering.
+        assert_eq!(errs, 0);
+        assert_eq!(s.buffered_bytes(), 0);
+        assert!(s.started_requests(0).all(|(_, r, _)| r.truncated));
+        assert_eq!(s.pending_requests(), 1);
+    }
+
+    /// A head of many lines fed one byte at a time is parsed once per line end, not once
+    /// per byte.
+    #[test]
+    fn head_fed_byte_by_byte_is_parsed_once_per_line() {
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        let mut lines = 1;
+        while head.len() < MAX_HEAD_BYTES - 200 {
+            head.extend(format!("X-Pad-{lines}: {}\r\n", "v".repeat(120)).bytes());
+            lines += 1;
+        }
+        assert!(lines < MAX_PARSED_HEADERS);
+        head.extend(b"\r\n");
+        let n = head.len();
+        let mut s = Http1Session::new(Role::Server);
+        let mut out = Vec::new();
+        for b in &head {
+            s.feed(IN, std::slice::from_ref(b), 1, tm(0), &mut out)
+                .unwrap();
+        }
+        assert_eq!(s.pending_requests(), 1);
+        assert!(s.started_requests(0).all(|(_, r, _)| !r.truncated));
+        // One parse of the buffer per line end (plus the first byte).
+        assert!(
+            s.parse_work <= (lines + 2) * n,
+            "{} for {n} bytes",
+            s.parse_work
+        );
+        assert!(s.parse_work < n * n / 50, "{} for {n} bytes", s.parse_work);
+
+        // A single long line costs a parse or two.
+        let mut head = b"GET / HTTP/1.1\r\nCookie: ".to_vec();
+        head.extend(std::iter::repeat_n(b'c', MAX_HEAD_BYTES - 100));
+        head.extend(b"\r\n\r\n");
+        let mut s = Http1Session::new(Role::Server);
+        for b in &head {
+            s.feed(IN, std::slice::from_ref(b), 1, tm(0), &mut out)
+                .unwrap();
+        }
+        assert_eq!(s.pending_requests(), 1);
+        assert!(s.parse_work <= 4 * head.len(), "{}", s.parse_work);
     }
 }

@@ -51,6 +51,9 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// Body bytes that followed the head.
     pub body_len: u64,
+    /// The head was larger than what could be seen (longer than the parser's limit, or
+    /// partly not captured): the fields come from the part before the cut.
+    pub truncated: bool,
 }
 
 impl Request {
@@ -68,6 +71,8 @@ pub struct Response {
     pub version_minor: u8,
     pub headers: Vec<(String, String)>,
     pub body_len: u64,
+    /// As [`Request::truncated`].
+    pub truncated: bool,
 }
 
 impl Response {

@@ -446,6 +446,7 @@ mod tests {
             version_minor: 1,
             headers: headers.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect(),
             body_len: 0,
+            truncated: false,
         }
     }
 

@@ -44,8 +44,10 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub stats_interval: u64,
 
-    /// Bytes copied per read/write syscall (at most 8192). 4096 holds the headers of
-    /// nearly every real request; body bytes beyond it are counted, not copied.
+    /// Bytes copied from the start of each socket read or write (at most 16384). 16384
+    /// holds the headers of nearly every real request, large cookies included; the
+    /// bytes beyond it are counted, not copied (but for the last 4096 of a long
+    /// transfer, where the next message may start).
     #[arg(long, value_name = "BYTES", default_value_t = ghostwire_common::DEFAULT_CAPTURE)]
     pub capture_bytes: u32,
 
@@ -57,7 +59,27 @@ pub struct Cli {
     /// are dropped (and counted).
     #[arg(long, value_name = "SPANS", default_value_t = 8192)]
     pub queue_size: usize,
+
+    /// Capture only: drain the kernel's records and discard them (no parsing, no spans).
+    /// Measures what the kernel side costs; the counters still report what was seen.
+    #[arg(long)]
+    pub capture_only: bool,
+
+    /// Attach only empty programs to one candidate hook set (syscalls, raw-syscalls,
+    /// sock, raw-sock, cgroup-skb) and wait: what the hooks cost by themselves, for
+    /// `cargo xtask bench hooks`.
+    #[arg(long, value_name = "SET", hide = true)]
+    pub empty_probes: Option<String>,
+
+    /// Which hooks carry the socket-layer programs: `auto` (raw tracepoints, else
+    /// classic tracepoints) or `tracepoints`.
+    #[arg(long, value_name = "KIND", default_value = "auto", hide = true)]
+    pub hooks: String,
 }
+
+/// Smallest ring buffer accepted: a few of the largest records (header, 16 KiB prefix,
+/// 4 KiB tail).
+pub const MIN_RING_BYTES: u32 = 64 * 1024;
 
 /// Resolved outputs.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -71,12 +93,14 @@ pub struct Outputs {
 pub enum ConfigError {
     #[error("unknown output `{0}`: use --output jsonl:PATH or --output console")]
     UnknownOutput(String),
-    #[error("--capture-bytes {0} is out of range: use 1..=8192")]
+    #[error("--capture-bytes {0} is out of range: use 1..=16384")]
     CaptureBytes(u32),
-    #[error("--ring-buffer-bytes {0} must be a power of two of at least 4096")]
+    #[error("--ring-buffer-bytes {0} must be a power of two of at least 65536 (one record can take 20 KiB)")]
     RingBytes(u32),
     #[error("OTLP endpoint `{0}` must start with http:// or https:// (e.g. http://127.0.0.1:4317)")]
     Endpoint(String),
+    #[error("--hooks {0} is not a hook kind: use auto or tracepoints")]
+    Hooks(String),
 }
 
 impl Cli {
@@ -115,10 +139,18 @@ impl Cli {
         if self.capture_bytes == 0 || self.capture_bytes as usize > ghostwire_common::MAX_CAPTURE {
             return Err(ConfigError::CaptureBytes(self.capture_bytes));
         }
-        if !self.ring_buffer_bytes.is_power_of_two() || self.ring_buffer_bytes < 4096 {
+        if !self.ring_buffer_bytes.is_power_of_two() || self.ring_buffer_bytes < MIN_RING_BYTES {
             return Err(ConfigError::RingBytes(self.ring_buffer_bytes));
         }
-        Ok(())
+        self.hook_choice().map(drop)
+    }
+
+    pub fn hook_choice(&self) -> Result<crate::capture::HookChoice, ConfigError> {
+        match self.hooks.as_str() {
+            "auto" => Ok(crate::capture::HookChoice::Auto),
+            "tracepoints" => Ok(crate::capture::HookChoice::Tracepoints),
+            other => Err(ConfigError::Hooks(other.to_owned())),
+        }
     }
 
     #[must_use]
@@ -171,6 +203,11 @@ mod tests {
             Err(ConfigError::Endpoint("collector:4317".into()))
         );
         assert_eq!(cli(&["--capture-bytes", "100000"]).validate(), Err(ConfigError::CaptureBytes(100_000)));
+        assert_eq!(cli(&["--capture-bytes", "16385"]).validate(), Err(ConfigError::CaptureBytes(16_385)));
+        assert!(cli(&["--capture-bytes", "16384"]).validate().is_ok());
+        assert_eq!(cli(&["--ring-buffer-bytes", "16384"]).validate(), Err(ConfigError::RingBytes(16_384)));
+        assert!(cli(&["--ring-buffer-bytes", "65536"]).validate().is_ok());
+        assert_eq!(cli(&["--hooks", "kprobes"]).validate(), Err(ConfigError::Hooks("kprobes".into())));
         assert!(cli(&["--pid", "1", "--pid", "2", "--port", "80"]).validate().is_ok());
     }
 }

@@ -50,13 +50,19 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     cli.validate()?;
+    if let Some(set) = &cli.empty_probes {
+        return empty_probes(set).await;
+    }
     let outputs = cli.outputs(|k| std::env::var(k).ok())?;
 
-    let preexisting = ghostwire::conn::count_established_tcp("/proc");
-    stats::global().add(Counter::ConnsPreexisting, preexisting);
-    if preexisting > 0 {
+    let scan = ghostwire::conn::listen::scan(std::path::Path::new("/proc"));
+    stats::global().add(Counter::ConnsPreexisting, scan.established);
+    if scan.established > 0 {
         log::info!(
-            "{preexisting} TCP connections were already open: they are not traced (their requests would be seen mid-stream)"
+            "{} TCP connections were already open ({} listening ports in {} network namespaces): they are traced from their next message",
+            scan.established,
+            scan.listening.len(),
+            scan.namespaces
         );
     }
 
@@ -67,14 +73,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         exes: cli.exes.clone(),
         capture_bytes: cli.capture_bytes,
         ring_bytes: cli.ring_buffer_bytes,
+        hooks: cli.hook_choice()?,
     })?;
-    let exporters = Exporters::start(ExportConfig {
-        otlp_endpoint: outputs.otlp_endpoint.clone(),
-        jsonl_path: outputs.jsonl.clone(),
-        console: outputs.console,
-        queue_capacity: cli.queue_size,
-        ..ExportConfig::default()
-    })?;
+    log::info!("capture: {}", capture.hooks);
+    let mut sink = if cli.capture_only {
+        Sink::Discard
+    } else {
+        let exporters = Exporters::start(ExportConfig {
+            otlp_endpoint: outputs.otlp_endpoint.clone(),
+            jsonl_path: outputs.jsonl.clone(),
+            console: outputs.console,
+            queue_capacity: cli.queue_size,
+            ..ExportConfig::default()
+        })?;
+        Sink::Pipeline(Box::new(Pipeline::new(exporters, cli.instrumented.clone(), scan.listening)))
+    };
 
     let ring = capture.take_ring()?;
     // SAFETY: the RingBuf owns its map fd and keeps it open and unchanged for as long as
@@ -92,39 +105,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut stats_tick = cli.stats_interval().map(tokio::time::interval);
 
     let mut what = Vec::new();
-    if let Some(e) = &outputs.otlp_endpoint {
-        what.push(format!("OTLP/gRPC to {e}"));
-    }
-    if let Some(p) = &outputs.jsonl {
-        what.push(format!("JSONL to {}", p.display()));
-    }
-    if outputs.console {
-        what.push("live waterfall".to_owned());
+    if cli.capture_only {
+        what.push("nowhere: records are discarded (--capture-only)".to_owned());
+    } else {
+        if let Some(e) = &outputs.otlp_endpoint {
+            what.push(format!("OTLP/gRPC to {e}"));
+        }
+        if let Some(p) = &outputs.jsonl {
+            what.push(format!("JSONL to {}", p.display()));
+        }
+        if outputs.console {
+            what.push("live waterfall".to_owned());
+        }
     }
     eprintln!("ready: {} probes attached; spans go to {}", capture.attached, what.join(", "));
 
-    let mut pipeline = Pipeline::new(exporters, cli.instrumented.clone());
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                if drain_ring(guard.get_inner_mut(), &mut pipeline, DRAIN_BUDGET) < DRAIN_BUDGET {
+                if drain_ring(guard.get_inner_mut(), &mut sink, DRAIN_BUDGET) < DRAIN_BUDGET {
                     guard.clear_ready();
                 } else {
                     tokio::task::yield_now().await;
                 }
             }
             _ = drain.tick() => {
-                drain_ring(ring.get_mut(), &mut pipeline, DRAIN_BUDGET);
+                drain_ring(ring.get_mut(), &mut sink, DRAIN_BUDGET);
             }
-            _ = tick.tick() => pipeline.tick(),
+            _ = tick.tick() => sink.tick(),
             _ = async {
                 match stats_tick.as_mut() {
                     Some(t) => { t.tick().await; }
                     None => std::future::pending::<()>().await,
                 }
             } => {
-                eprintln!("{}", stats::report(&capture.counters()));
+                eprintln!("{}", stats::report(&kernel_counters(&capture)));
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -132,20 +148,62 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 
     // Whatever is still in the ring was produced before the signal: finish it.
-    drain_ring(ring.get_mut(), &mut pipeline, usize::MAX);
-    let counters = capture.counters();
+    drain_ring(ring.get_mut(), &mut sink, usize::MAX);
+    let counters = kernel_counters(&capture);
     drop(capture);
-    pipeline.into_exporters().shutdown(Duration::from_secs(5)).await;
+    if let Sink::Pipeline(pipeline) = sink {
+        pipeline.into_exporters().shutdown(Duration::from_secs(5)).await;
+    }
     eprintln!("{}", stats::report(&counters));
     Ok(())
 }
 
-/// Feeds up to `budget` ring-buffer records to the pipeline; returns how many.
-fn drain_ring(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, budget: usize) -> usize {
+/// Where drained records go.
+enum Sink {
+    Pipeline(Box<Pipeline>),
+    /// `--capture-only`: counted and dropped.
+    Discard,
+}
+
+impl Sink {
+    fn tick(&mut self) {
+        if let Sink::Pipeline(p) = self {
+            p.tick();
+        }
+    }
+}
+
+/// The kernel's counters; a failure to read them is a warning, not the end.
+fn kernel_counters(capture: &Capture) -> stats::KernelCounters {
+    capture.counters().unwrap_or_else(|e| {
+        log::warn!("cannot read the kernel counters: {e}");
+        stats::KernelCounters::default()
+    })
+}
+
+/// `--empty-probes SET`: empty programs on one hook set, until SIGINT/SIGTERM.
+async fn empty_probes(set: &str) -> anyhow::Result<()> {
+    let floor = ghostwire::capture::Floor::attach(set)?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    eprintln!("ready: {} empty programs attached to the {set} hooks", floor.attached);
+    tokio::select! {
+        _ = sigint.recv() => {}
+        _ = sigterm.recv() => {}
+    }
+    drop(floor);
+    Ok(())
+}
+
+/// Feeds up to `budget` ring-buffer records to the sink; returns how many.
+fn drain_ring(ring: &mut RingBuf<MapData>, sink: &mut Sink, budget: usize) -> usize {
     let mut handled = 0;
     while handled < budget {
         let Some(item) = ring.next() else { break };
-        pipeline.on_record(&item);
+        match sink {
+            Sink::Pipeline(p) => p.on_record(&item),
+            Sink::Discard => stats::global().incr(Counter::EventsDiscarded),
+        }
         handled += 1;
     }
     handled

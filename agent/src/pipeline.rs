@@ -2,9 +2,9 @@
 //! started requests and exchanges → linker → spans → export queues. Runs on one task;
 //! nothing here blocks or awaits.
 use crate::capture::{self, Event};
-use crate::conn::{ConnKey, ConnMeta, ConnSink, ConnTable, ExchangeRecord, ReqKey};
+use crate::conn::{ConnKey, ConnMeta, ConnSink, ConnTable, ExchangeRecord, ListenTable, ReqKey};
 use crate::export::Exporters;
-use crate::protocol::{Request, Timing};
+use crate::protocol::Request;
 use crate::span::build::{self, Clock};
 use crate::span::link::{LinkKind, Linker};
 use crate::span::resource::ResourceCache;
@@ -26,11 +26,12 @@ struct Spans {
 
 impl Pipeline {
     /// `instrumented`: service or executable names whose processes export their own
-    /// spans (ghostwire emits none for them).
+    /// spans (ghostwire emits none for them). `listening`: the ports listening when the
+    /// agent started, per namespace.
     #[must_use]
-    pub fn new(exporters: Exporters, instrumented: Vec<String>) -> Self {
+    pub fn new(exporters: Exporters, instrumented: Vec<String>, listening: ListenTable) -> Self {
         Self {
-            conns: ConnTable::default(),
+            conns: ConnTable::new(crate::conn::DEFAULT_MAX_CONNS, listening),
             spans: Spans {
                 linker: Linker::new(instrumented),
                 resources: ResourceCache::default(),
@@ -51,33 +52,28 @@ impl Pipeline {
         };
         let s = stats::global();
         match &event {
-            Event::Data { .. } => s.incr(Counter::EventsData),
+            Event::Data(_) => s.incr(Counter::EventsData),
             Event::Conn(ev) => {
                 s.incr(Counter::EventsConn);
                 // Read the process's resource now: a short-lived client may be gone by
                 // the time its response arrives.
-                let resource = self.spans.resources.get(ev.tgid, &comm(&ev.comm));
+                let resource = self.spans.resources.get(ev.pid, &comm(&ev.comm));
                 self.spans.observe(&resource);
             }
-            Event::Close(_) => s.incr(Counter::EventsClose),
-            Event::Exit(_) => s.incr(Counter::EventsExit),
+            Event::State(_) => s.incr(Counter::EventsState),
+            Event::Listen(_) => s.incr(Counter::EventsListen),
+            Event::Exit { .. } => s.incr(Counter::EventsExit),
         }
         self.conns.on_event(&event, &mut self.spans);
-        if let Event::Exit(ev) = event {
-            self.spans.resources.forget(ev.tgid);
-            self.spans.linker.process_exited(ev.tgid);
+        if let Event::Exit { pid, .. } = event {
+            self.spans.resources.forget(pid);
+            self.spans.linker.process_exited(pid);
         }
     }
 
     /// Periodic upkeep (about once a second): re-measure the clock offset.
     pub fn tick(&mut self) {
         self.spans.clock = Clock::now();
-    }
-
-    /// Connections currently tracked.
-    #[must_use]
-    pub fn connections(&self) -> usize {
-        self.conns.len()
     }
 
     /// Gives the exporters back for shutdown.
@@ -99,8 +95,8 @@ impl Spans {
 }
 
 impl ConnSink for Spans {
-    fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, request: &Request, _t: Timing) {
-        self.linker.request_started(key, conn, tid, request);
+    fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, request: &Request, tcp_seq: u32) {
+        self.linker.request_started(key, conn, tid, request, tcp_seq);
     }
 
     fn exchange(&mut self, rec: ExchangeRecord) {

@@ -30,14 +30,31 @@ counters! {
     /// Ring-buffer records decoded.
     EventsData => "events.data",
     EventsConn => "events.conn",
-    EventsClose => "events.close",
+    EventsState => "events.state",
+    EventsListen => "events.listen",
     EventsExit => "events.exit",
+    /// Records drained and discarded (`--capture-only`).
+    EventsDiscarded => "events.discarded",
     /// Ring-buffer record too short or with an unknown tag.
     DropMalformedEvent => "drop.malformed_event",
     /// Data for a connection the agent has no state for (its Conn event was lost).
     DropUnknownConn => "drop.unknown_conn",
     /// Connection whose first bytes are not a protocol ghostwire parses.
     ConnsNotHttp => "conns.not_http",
+    /// Connections first seen mid-stream (opened before the agent started): traced
+    /// from their next message.
+    ConnsMidstream => "conns.midstream",
+    /// A jump in a connection's byte offsets: records were lost (ring buffer full); the
+    /// connection's parser resynchronised on the next message.
+    DropCaptureGap => "drop.capture_gap",
+    /// Requests in flight on a connection when its bytes were lost: no span for them.
+    DropLostRequest => "drop.lost_request",
+    /// Messages whose beginning was not seen (a connection joined mid-stream, or bytes
+    /// lost): skipped, never made into a span.
+    DropHalfSeen => "drop.half_seen",
+    /// Request or response heads larger than what could be seen: their spans carry
+    /// what was seen and `ghostwire.truncated`.
+    HeadTruncated => "http.head_truncated",
     /// Bytes that could not be parsed (garbage, truncated headers, oversize headers).
     DropParseError => "drop.parse_error",
     /// Connection state evicted because the table was full.
@@ -54,7 +71,8 @@ counters! {
     DropExportFailed => "drop.export_failed",
     /// Export attempts that failed (each retry counts).
     ExportErrors => "export.errors",
-    /// Connections that were open before the agent started and are ignored.
+    /// TCP connections already established when the agent started (traced from their
+    /// next message).
     ConnsPreexisting => "conns.preexisting",
     /// Spans by how they were linked (`ghostwire.link`).
     LinkHeader => "link.header",
@@ -124,13 +142,6 @@ pub fn propagation_break(caller: &str, callee: &str) {
     } else if map.len() < 4096 {
         map.insert((caller.to_owned(), callee.to_owned()), 1);
     }
-}
-
-/// Breaks counted so far on the edge `caller -> callee`.
-#[must_use]
-pub fn propagation_breaks(caller: &str, callee: &str) -> u64 {
-    let map = BREAKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    map.get(&(caller.to_owned(), callee.to_owned())).copied().unwrap_or(0)
 }
 
 /// Snapshot of the kernel's per-probe counters, summed over CPUs.

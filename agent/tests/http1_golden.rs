@@ -662,7 +662,7 @@ fn midstream_and_loss_report_only_true_exchanges() {
                 &mut feeding,
                 &mut outcome,
             );
-            session.lost(direction(Role::Server, records[k].from));
+            session.lost(direction(Role::Server, records[k].from), 0);
             feed(
                 &mut session,
                 Role::Server,

@@ -1,21 +1,23 @@
 //! Records shared by the kernel programs (`ebpf`) and the agent.
 //!
-//! Every record written to the ring buffer starts with a [`EventKind`] tag (`u32`), so the
-//! agent can decode the stream without knowing which program wrote a record. All types
-//! are `#[repr(C)]`, `Copy`, use explicit padding and integer flags instead of `bool`, so
-//! the kernel and userspace layouts agree byte for byte.
+//! Every record written to the ring buffer starts with an [`EventKind`] tag (`u32`), so
+//! the agent can decode the stream without knowing which program wrote a record. All
+//! types are `#[repr(C)]`, `Copy`, use explicit padding and integer flags instead of
+//! `bool`, so the kernel and userspace layouts agree byte for byte.
 #![no_std]
 
-/// Largest prefix of one syscall's payload the kernel can copy: the per-CPU scratch
-/// buffer holds twice this (to prove iovec copies in bounds) and a per-CPU map value is
-/// limited to 32 KiB. The effective limit is [`Config::capture_bytes`].
-pub const MAX_CAPTURE: usize = 8 * 1024;
-/// Default capture per syscall: 4 KiB holds the request line and headers of nearly all
-/// real HTTP/1 requests (browsers and SDKs send 0.5–2 KiB; nginx's default header buffer
-/// is 1 KiB, growing to 8 KiB only for large cookies) while keeping ring-buffer traffic
-/// per response small. Bytes beyond it are counted, not copied, so body skipping stays
-/// exact.
-pub const DEFAULT_CAPTURE: u32 = 4096;
+/// Largest prefix of one syscall's payload the kernel copies (the effective limit is
+/// [`Config::capture_bytes`]). 16 KiB holds the request line and headers of nearly every
+/// real request, large cookies and JWTs included (nginx's largest default header
+/// buffer is 8 KiB, Node's total header limit 16 KiB). Must be a power of two.
+pub const MAX_CAPTURE: usize = 16 * 1024;
+/// Default capture per syscall.
+pub const DEFAULT_CAPTURE: u32 = MAX_CAPTURE as u32;
+/// Bytes copied from the end of a syscall longer than the prefix: the "tail window".
+/// The parser knows where a body ends, so a message that starts near the end of a long
+/// read or write (a request pipelined behind a large body) is still found. At most
+/// `MAX_CAPTURE / 2` (the scratch layout relies on it); a power of two.
+pub const TAIL_WINDOW: usize = 4 * 1024;
 /// How many iovec entries of a `readv`/`writev`/`recvmsg`/`sendmsg` are copied.
 pub const MAX_IOVECS: usize = 8;
 /// Longest process name (`comm`) the kernel compares for `--exe`.
@@ -27,14 +29,16 @@ pub const MAX_EXE_FILTERS: usize = 8;
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    /// [`DataEvent`] followed by `captured` payload bytes.
+    /// [`DataEvent`] followed by `captured + tail` payload bytes.
     Data = 1,
-    /// [`ConnEvent`]: first time a process used a tracked TCP connection.
+    /// [`ConnEvent`]: a process started using a TCP connection.
     Conn = 2,
-    /// [`CloseEvent`]: a process closed a tracked socket or the socket reached TCP_CLOSE.
-    Close = 3,
+    /// [`StateEvent`]: a tracked connection stopped sending or closed.
+    State = 3,
     /// [`ExitEvent`]: a process (thread-group leader) exited.
     ProcExit = 4,
+    /// [`ListenEvent`]: a TCP socket started or stopped listening.
+    Listen = 5,
 }
 
 impl EventKind {
@@ -43,8 +47,9 @@ impl EventKind {
         match v {
             1 => Some(Self::Data),
             2 => Some(Self::Conn),
-            3 => Some(Self::Close),
+            3 => Some(Self::State),
             4 => Some(Self::ProcExit),
+            5 => Some(Self::Listen),
             _ => None,
         }
     }
@@ -56,56 +61,64 @@ pub const DIR_EGRESS: u8 = 1;
 
 /// Connection role, seen from the traced process.
 pub const ROLE_UNKNOWN: u8 = 0;
-/// The socket came from `accept`/`accept4`: the process is the server.
+/// Passive open (the connection went SYN_RECV → ESTABLISHED): the process is the server.
 pub const ROLE_SERVER: u8 = 1;
-/// The socket was `connect`ed: the process is the client.
+/// Active open (SYN_SENT → ESTABLISHED): the process is the client.
 pub const ROLE_CLIENT: u8 = 2;
 
-/// Syscall (probe) identifiers, used in events and as the first index of the drop
-/// counters.
-pub mod probe {
-    pub const READ: u8 = 0;
-    pub const WRITE: u8 = 1;
-    pub const RECVFROM: u8 = 2;
-    pub const SENDTO: u8 = 3;
-    pub const RECVMSG: u8 = 4;
-    pub const SENDMSG: u8 = 5;
-    pub const READV: u8 = 6;
-    pub const WRITEV: u8 = 7;
-    pub const SENDFILE: u8 = 8;
-    pub const CONNECT: u8 = 9;
-    pub const ACCEPT: u8 = 10;
-    pub const ACCEPT4: u8 = 11;
-    pub const CLOSE: u8 = 12;
-    pub const SOCK_STATE: u8 = 13;
-    pub const PROC_EXIT: u8 = 14;
-    pub const COUNT: usize = 15;
+/// [`ConnEvent::flags`]: the connection was first seen on data, not when it was
+/// established (it predates the agent): its byte stream is joined mid-way.
+pub const CONN_MIDSTREAM: u8 = 1;
 
-    pub const NAMES: [&str; COUNT] = [
-        "read", "write", "recvfrom", "sendto", "recvmsg", "sendmsg", "readv", "writev",
-        "sendfile", "connect", "accept", "accept4", "close", "inet_sock_set_state",
-        "sched_process_exit",
-    ];
+/// [`DataEvent::payload`]: where the bytes of a data record come from.
+pub mod payload {
+    /// Copied from the user buffer (`captured` prefix bytes, `tail` tail bytes).
+    pub const COPIED: u8 = 0;
+    /// Not in user memory (sendfile, splice, io_uring, ...): only the length is known.
+    pub const NO_USER_BUFFER: u8 = 1;
+    /// Copying from the user buffer failed: only the length is known.
+    pub const READ_FAILED: u8 = 2;
+}
+
+/// [`StateEvent::state`]: what happened to the connection.
+pub mod state {
+    /// This side will send no more (FIN_WAIT1 or LAST_ACK): the end of its egress stream.
+    pub const SEND_CLOSED: u8 = 1;
+    /// The connection reached TCP_CLOSE: its state is gone.
+    pub const CLOSED: u8 = 2;
+}
+
+/// Probe identifiers: the first index of the per-probe counters.
+pub mod probe {
+    pub const SEND: u8 = 0;
+    pub const RECV: u8 = 1;
+    pub const SOCK_STATE: u8 = 2;
+    pub const PROC_EXIT: u8 = 3;
+    pub const COUNT: usize = 4;
+
+    pub const NAMES: [&str; COUNT] = ["sock_send", "sock_recv", "inet_sock_set_state", "sched_process_exit"];
 }
 
 /// Kernel-side counters, per probe: `COUNTERS[probe * counter::COUNT + counter]`
 /// in a per-CPU array.
 pub mod counter {
-    /// Event written to the ring buffer.
+    /// Record written to the ring buffer.
     pub const EMITTED: u32 = 0;
-    /// Ring buffer full: event lost.
+    /// Ring buffer full: record lost (the agent sees the gap in the byte offsets).
     pub const RING_FULL: u32 = 1;
-    /// `bpf_probe_read_user` failed: payload lost.
+    /// `bpf_probe_read_user` failed: payload not copied, its length still reported.
     pub const READ_FAILED: u32 = 2;
-    /// Data on a TCP socket whose connection started before the agent (or was inherited
-    /// from another process): ignored, never parsed.
-    pub const UNTRACKED_CONN: u32 = 3;
-    /// Per-thread or per-socket map full: state lost.
-    pub const MAP_FULL: u32 = 4;
-    pub const COUNT: usize = 5;
+    /// The socket map was full: a connection could not be tracked.
+    pub const MAP_FULL: u32 = 3;
+    /// A connection first seen on data (opened before the agent started).
+    pub const MIDSTREAM: u32 = 4;
+    /// Payload that never passed through user memory (sendfile, splice, io_uring):
+    /// length reported, bytes not copied.
+    pub const NO_USER_BUFFER: u32 = 5;
+    pub const COUNT: usize = 6;
 
     pub const NAMES: [&str; COUNT] =
-        ["emitted", "ring_full", "read_failed", "untracked_conn", "map_full"];
+        ["emitted", "ring_full", "read_failed", "map_full", "midstream", "no_user_buffer"];
 }
 
 /// Number of slots in the per-CPU counter array.
@@ -125,39 +138,53 @@ pub struct Tuple {
     pub _pad: u16,
 }
 
-/// Header of a payload record; `captured` bytes follow it in the same record.
+/// Header of a payload record; `captured` prefix bytes, then `tail` bytes follow it.
+///
+/// The record covers the bytes `[offset, offset + len)` of its direction's stream. The
+/// first `captured` of them are copied, then `len - captured - tail` are not (a gap),
+/// then the last `tail`. Offsets count every byte of the direction since the kernel
+/// started tracking the connection, so a record lost between two others shows up as a
+/// jump in `offset`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct DataEvent {
     pub kind: u32,
     pub tgid: u32,
     pub tid: u32,
-    pub fd: i32,
+    pub _pad0: u32,
     /// Kernel socket address: with `conn_gen`, identifies the connection.
     pub sock: u64,
-    /// `bpf_ktime_get_ns` when the connection reached ESTABLISHED.
+    /// `bpf_ktime_get_ns` when the kernel started tracking the connection.
     pub conn_gen: u64,
-    /// `bpf_ktime_get_ns` at syscall entry and exit (CLOCK_MONOTONIC).
-    pub ts_enter_ns: u64,
-    pub ts_exit_ns: u64,
-    /// Bytes the syscall really transferred (its return value). 0 on a read = EOF.
+    /// `bpf_ktime_get_ns` when the socket layer finished the transfer (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Stream offset of the first byte, per direction.
+    pub offset: u64,
+    /// When the last transfer of this direction that was not reported happened (ring
+    /// full, or the connection was not traced then); 0 if none. When `offset` jumps,
+    /// the missing bytes moved at or before this time.
+    pub unreported_ns: u64,
+    /// Bytes the socket layer transferred. 0 on ingress = end of stream.
     pub len: u32,
-    /// Bytes copied after this header (`<= len`, `<= capture limit`).
+    /// Prefix bytes copied (`<= len`, `<= capture limit`).
     pub captured: u32,
+    /// Bytes copied from the end of the transfer (`<= TAIL_WINDOW`).
+    pub tail: u32,
     pub direction: u8,
-    pub role: u8,
-    pub probe: u8,
-    pub _pad: [u8; 5],
+    /// One of [`payload`].
+    pub payload: u8,
+    pub _pad: [u8; 2],
 }
 
-/// A process used a tracked connection for the first time (per socket and process).
+/// A process started using a connection (once per socket and owning process).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ConnEvent {
     pub kind: u32,
     pub tgid: u32,
     pub tid: u32,
-    pub fd: i32,
+    /// Network namespace inode (as in `/proc/PID/ns/net`).
+    pub netns: u32,
     pub sock: u64,
     pub conn_gen: u64,
     pub ts_ns: u64,
@@ -165,21 +192,40 @@ pub struct ConnEvent {
     pub tuple: Tuple,
     /// Kernel name of the thread (`comm`), for processes gone before `/proc` is read.
     pub comm: [u8; COMM_LEN],
+    /// TCP sequence number of stream offset 0, per direction (ingress, egress): a byte's
+    /// sequence number is the same at both ends of a connection, so the two ends of one
+    /// request can be matched exactly.
+    pub tcp_seq: [u32; 2],
+    /// One of `ROLE_*`; `ROLE_UNKNOWN` for a connection joined mid-stream.
     pub role: u8,
-    pub _pad: [u8; 7],
+    /// `CONN_*` flags.
+    pub flags: u8,
+    pub _pad: [u8; 6],
 }
 
-/// A tracked socket was closed by a process (`close`) or reached TCP_CLOSE.
+/// A tracked connection stopped sending or closed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct CloseEvent {
+pub struct StateEvent {
     pub kind: u32,
-    pub tgid: u32,
+    pub _pad0: u32,
     pub sock: u64,
     pub conn_gen: u64,
     pub ts_ns: u64,
-    pub fd: i32,
-    pub probe: u8,
+    /// One of [`state`].
+    pub state: u8,
+    pub _pad: [u8; 7],
+}
+
+/// A TCP socket entered (`listening = 1`) or left (`0`) the LISTEN state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ListenEvent {
+    pub kind: u32,
+    pub netns: u32,
+    pub port: u16,
+    pub family: u16,
+    pub listening: u8,
     pub _pad: [u8; 3],
 }
 
@@ -192,13 +238,61 @@ pub struct ExitEvent {
     pub ts_ns: u64,
 }
 
+/// Offsets (bytes) of the kernel struct fields the programs read, from the running
+/// kernel's BTF: there is no compiler CO-RE, so the agent resolves them at start-up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct sock_common` (at the start of `struct sock`).
+    pub skc_daddr: u16,
+    pub skc_rcv_saddr: u16,
+    pub skc_dport: u16,
+    pub skc_num: u16,
+    pub skc_family: u16,
+    pub skc_state: u16,
+    pub skc_v6_daddr: u16,
+    pub skc_v6_rcv_saddr: u16,
+    /// `sk->__sk_common.skc_net.net`.
+    pub skc_net: u16,
+    /// `struct sock`: `sk_protocol` (u16) and `sk_type` (u16).
+    pub sk_protocol: u16,
+    pub sk_type: u16,
+    /// `struct net`: `ns.inum`.
+    pub net_inum: u16,
+    /// `struct tcp_sock`: `copied_seq` (next byte the process reads) and `write_seq`
+    /// (next byte it writes), both u32.
+    pub tcp_copied_seq: u16,
+    pub tcp_write_seq: u16,
+    /// `struct task_struct`: `flags`.
+    pub task_flags: u16,
+    /// Where, in `struct pt_regs`, the syscall number and its first three arguments are.
+    pub regs_nr: u16,
+    pub regs_arg: [u16; 3],
+}
+
+/// The running architecture's numbers of the syscalls whose user buffers the programs
+/// know how to read. Anything else moving socket bytes (sendfile, splice, io_uring,
+/// `recvmmsg`) is reported by length only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallNumbers {
+    pub read: u32,
+    pub write: u32,
+    pub recvfrom: u32,
+    pub sendto: u32,
+    pub readv: u32,
+    pub writev: u32,
+    pub recvmsg: u32,
+    pub sendmsg: u32,
+}
+
 /// Agent-provided settings, in a one-slot array map (`CONFIG`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
-    /// The agent's own tgid: its syscalls are never traced.
+    /// The agent's own tgid: its sockets are never traced.
     pub agent_tgid: u32,
-    /// Bytes copied per syscall (`<= MAX_CAPTURE`).
+    /// Bytes copied per transfer (`<= MAX_CAPTURE`).
     pub capture_bytes: u32,
     /// 1 when `PID_FILTER` holds the only pids to trace.
     pub filter_pids: u8,
@@ -207,8 +301,11 @@ pub struct Config {
     /// Number of valid entries in `exe_names`.
     pub exe_count: u8,
     pub _pad: u8,
+    pub _pad1: u32,
     /// `--exe` names, matched against the process name (`comm`, at most 15 bytes).
     pub exe_names: [[u8; COMM_LEN]; MAX_EXE_FILTERS],
+    pub offsets: KernelOffsets,
+    pub syscalls: SyscallNumbers,
 }
 
 impl Default for Config {
@@ -220,7 +317,10 @@ impl Default for Config {
             filter_ports: 0,
             exe_count: 0,
             _pad: 0,
+            _pad1: 0,
             exe_names: [[0; COMM_LEN]; MAX_EXE_FILTERS],
+            offsets: KernelOffsets::default(),
+            syscalls: SyscallNumbers::default(),
         }
     }
 }
@@ -230,5 +330,6 @@ mod pod {
     // SAFETY: all of these are `#[repr(C)]`, `Copy`, contain only integers and integer
     // arrays with explicit padding, so every bit pattern is valid.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Tuple {}
 }

@@ -1,30 +1,24 @@
 //! ghostwire kernel programs.
 //!
-//! Only syscall, `sock:` and `sched:` tracepoints: this kernel family has no kprobes and
-//! no fentry. How a syscall becomes an event:
+//! No kprobes and no fentry on the kernels this is built for, and syscall tracepoints
+//! slow down every syscall of every process, so capture hangs off the socket layer:
 //!
-//! 1. `sys_enter_<rw>` stashes the arguments (fd, user buffer or iovec) per thread in
-//!    `ACTIVE`, for traced processes only (never the agent itself, and only the pids,
-//!    names given as filters).
-//! 2. Inside the syscall the kernel's socket layer fires `sock:sock_recv_length` /
-//!    `sock:sock_send_length` with the `struct sock *`: that is how a TCP socket is told
-//!    apart from files, pipes and UNIX or UDP sockets — without walking kernel structs.
-//! 3. `sys_exit_<rw>` sees the byte count; if the fd is a TCP socket whose connection
-//!    the agent saw being accepted or connected, it copies a bounded prefix of the bytes
-//!    into a per-CPU scratch buffer and writes header + bytes to the ring buffer.
+//! * `sock_send_length` / `sock_recv_length` (raw tracepoints): every socket transfer,
+//!   after the bytes moved. TCP connections are recognised from `struct sock`; the user
+//!   buffer comes from the running syscall's saved registers ([`sock`]).
+//! * `inet_sock_set_state`: connections established (with their role), half-closed,
+//!   closed; sockets that start or stop listening.
+//! * `sched:sched_process_exit`: per-process state in the agent ends.
 //!
-//! `sock:inet_sock_set_state` records each connection's 4-tuple when it reaches
-//! ESTABLISHED and forgets it at TCP_CLOSE. `accept`/`accept4`/`connect` give each fd
-//! its role, `close` and `sched:sched_process_exit` end per-connection and per-process
-//! state. Every loss is counted in `COUNTERS`.
-//!
-//! A later version also keeps per-thread trace context here for `traceparent`
-//! injection with sk_msg; `ACTIVE` is keyed per thread for that reason.
+//! Every loss is counted in `COUNTERS`, and every record of a connection carries its
+//! byte offset, so the agent knows exactly what it did not see. [`floor`] holds empty
+//! programs for measuring what a hook costs by itself.
 #![no_std]
 #![no_main]
 
+mod floor;
 mod maps;
-mod syscalls;
+mod sock;
 
 /// License must be GPL-compatible for the probe-read helpers.
 #[unsafe(link_section = "license")]

@@ -1,10 +1,12 @@
 //! Maps shared by all programs, and the small helpers around them.
 use aya_ebpf::{
-    helpers::bpf_get_current_comm,
+    helpers::{bpf_get_current_comm, bpf_get_smp_processor_id},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use ghostwire_common::{Config, DataEvent, Tuple, COMM_LEN, COUNTER_SLOTS, MAX_CAPTURE};
+use ghostwire_common::{
+    Config, DataEvent, Tuple, COMM_LEN, COUNTER_SLOTS, MAX_CAPTURE, MAX_EXE_FILTERS,
+};
 
 /// Records to userspace. Size is set by the agent at load time (`--ring-buffer-bytes`).
 #[map]
@@ -26,83 +28,64 @@ pub static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 pub static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
 
-/// What a thread is doing between syscall entry and exit.
+/// [`SockState::flags`]: first seen on data, not when it was established.
+pub const SOCK_MIDSTREAM: u8 = 1;
+/// The port filter excludes this connection.
+pub const SOCK_IGNORED_PORT: u8 = 2;
+/// The owning process is filtered out (or is a kernel thread).
+pub const SOCK_IGNORED_PROC: u8 = 4;
+
+/// One TCP connection the kernel tracks, whoever opened it and whenever.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct Pending {
-    pub ts_enter: u64,
-    /// User buffer, iovec array, or 0.
-    pub buf: u64,
-    /// Buffer length or iovec count.
-    pub count: u64,
-    /// Set by the sock tracepoints while the syscall runs: the TCP socket.
-    pub sk: u64,
-    pub fd: i32,
-    pub probe: u8,
-    pub shape: u8,
-    pub direction: u8,
-    pub _pad: u8,
-}
-
-/// `Pending::shape`: where the payload is.
-pub const SHAPE_BUF: u8 = 0;
-pub const SHAPE_IOV: u8 = 1;
-/// Payload not in user memory (sendfile): only its length is known.
-pub const SHAPE_GAP: u8 = 2;
-pub const SHAPE_ACCEPT: u8 = 3;
-pub const SHAPE_CONNECT: u8 = 4;
-
-/// In-flight syscalls, per thread (key = pid_tgid). LRU so a thread that dies inside a
-/// syscall cannot leak an entry.
-#[map]
-pub static ACTIVE: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
-
-/// A connection seen reaching ESTABLISHED since the agent started.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SockInfo {
+pub struct SockState {
     pub tuple: Tuple,
+    /// `bpf_ktime_get_ns` when tracking started: with the socket address, the
+    /// connection's identity (a recycled `struct sock` is a new connection).
     pub gen: u64,
-}
-
-/// Key: kernel `struct sock *`.
-#[map]
-pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0);
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct FdKey {
-    pub tgid: u32,
-    pub fd: i32,
-}
-
-/// What the agent knows of one process's socket fd.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct FdInfo {
-    /// Socket bound to this fd once data flowed (0 before).
-    pub sk: u64,
-    pub gen: u64,
+    /// Bytes transferred so far, per direction (`DIR_INGRESS`, `DIR_EGRESS`).
+    pub seq: [u64; 2],
+    /// When the last transfer not reported to the agent happened, per direction.
+    pub unreported: [u64; 2],
+    /// TCP sequence number of offset 0, per direction.
+    pub tcp_seq: [u32; 2],
+    /// The process the agent was last told uses this connection (0: none yet).
+    pub owner: u32,
+    /// Network namespace inode.
+    pub netns: u32,
     pub role: u8,
-    /// 1 when the port filter excludes this connection.
-    pub ignored: u8,
+    /// `SOCK_*` flags.
+    pub flags: u8,
     pub _pad: [u8; 6],
 }
 
-/// Fds returned by `accept`/`accept4` or passed to `connect` since the agent started.
+/// Key: kernel `struct sock *`. LRU, so connections whose close was missed cannot fill
+/// it for good. Size set by the agent.
 #[map]
-pub static FDS: LruHashMap<FdKey, FdInfo> = LruHashMap::with_max_entries(65536, 0);
+pub static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(65536, 0);
 
-/// Header and payload, contiguous, so one `bpf_ringbuf_output` sends both. The payload
-/// area is twice the capture bound so the verifier can prove every iovec copy in bounds.
+/// Header and payload, contiguous, so one `bpf_ringbuf_output` sends both. The prefix
+/// area is twice the capture bound so the verifier can prove every iovec copy in
+/// bounds; the tail window is written right after the prefix, inside the same area.
 #[repr(C)]
 pub struct Scratch {
     pub hdr: DataEvent,
     pub data: [u8; 2 * MAX_CAPTURE],
 }
 
+/// One [`Scratch`] per CPU (indexed by CPU id; the agent sizes it to the possible CPUs).
+/// Not a per-CPU map: a per-CPU value is limited to 32 KiB. Programs do not nest on one
+/// CPU (the socket-layer hooks run in process context).
 #[map]
-pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: Array<Scratch> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    // SAFETY: each CPU uses only its own slot, and programs do not nest on a CPU.
+    SCRATCH.get_ptr_mut(cpu).map(|p| unsafe { &mut *p })
+}
 
 #[inline(always)]
 pub fn count(probe: u8, counter: u32) {
@@ -118,7 +101,7 @@ pub fn config() -> Option<&'static Config> {
     CONFIG.get(0)
 }
 
-/// Whether the process is traced at all (filters applied at syscall entry).
+/// Whether the `--pid`/`--exe` filters let this process through.
 #[inline(always)]
 pub fn traced(cfg: &Config, tgid: u32) -> bool {
     if tgid == cfg.agent_tgid {
@@ -143,7 +126,7 @@ fn comm_matches(cfg: &Config) -> bool {
     };
     let n = cfg.exe_count as usize;
     let mut i = 0;
-    while i < ghostwire_common::MAX_EXE_FILTERS {
+    while i < MAX_EXE_FILTERS {
         if i >= n {
             break;
         }
@@ -183,12 +166,12 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 /// `bpf_ringbuf_output` flags.
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
-/// Backlog that wakes the agent at once. Below it the agent is not woken per event (that
-/// costs a context switch per syscall under load); it drains on its own short timer.
+/// Backlog that wakes the agent at once. Below it the agent is not woken per record
+/// (that costs a context switch per syscall under load); it drains on its own timer.
 const WAKEUP_BYTES: u64 = 256 * 1024;
 
 /// Writes `len` bytes starting at `data` to the ring buffer; counts a full ring.
-/// `wake`: wake the agent now (rare events it must see promptly).
+/// `wake`: wake the agent now (rare records it must see promptly).
 #[inline(always)]
 pub fn output(probe: u8, data: *const u8, len: u64, wake: bool) -> bool {
     // SAFETY: `data` points to at least `len` readable bytes (checked by the verifier).

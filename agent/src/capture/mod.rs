@@ -1,17 +1,31 @@
-//! Kernel capture: pre-flight checks, tracefs, loading and attaching the programs, the
-//! filters and the ring buffer. The only module that knows aya.
+//! Kernel capture: pre-flight checks, kernel struct offsets, loading and attaching the
+//! programs, the filters and the ring buffer. The only module that knows aya.
+//!
+//! Hooks, cheapest first (see the README's table of what each costs by itself):
+//! raw tracepoints on `sock_send_length`, `sock_recv_length` and `inet_sock_set_state`;
+//! if raw tracepoints cannot attach, the same programs on the classic `sock:`
+//! tracepoints. `sched:sched_process_exit` in both cases.
+mod btf;
 mod decode;
 mod preflight;
 
-pub use decode::{decode, DecodeError, Event};
+pub use btf::BtfError;
+pub use decode::{addrs, decode, Conn, ConnId, Data, DecodeError, Event, Listen, Payload, State, StateChange};
 pub use preflight::PreflightError;
+
+use std::path::Path;
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{
+        cgroup_skb::CgroupSkbAttachType, CgroupAttachMode, CgroupSkb, ProgramError, RawTracePoint,
+        TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
-use ghostwire_common::{counter, probe, Config, COMM_LEN, COUNTER_SLOTS, MAX_CAPTURE, MAX_EXE_FILTERS};
+use ghostwire_common::{
+    counter, probe, Config, SyscallNumbers, COMM_LEN, COUNTER_SLOTS, MAX_CAPTURE, MAX_EXE_FILTERS,
+};
 
 use crate::stats::KernelCounters;
 
@@ -24,16 +38,30 @@ pub struct CaptureConfig {
     pub ports: Vec<u16>,
     /// Only processes with one of these names (`comm`, first 15 bytes). Empty: all.
     pub exes: Vec<String>,
-    /// Bytes copied per syscall.
+    /// Bytes copied per transfer.
     pub capture_bytes: u32,
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub ring_bytes: u32,
+    /// Which hooks to use.
+    pub hooks: HookChoice,
+}
+
+/// Which kind of hook carries the socket-layer programs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HookChoice {
+    /// Raw tracepoints, else classic tracepoints.
+    #[default]
+    Auto,
+    /// Only classic tracepoints (to compare, or where raw tracepoints are refused).
+    Tracepoints,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error(transparent)]
     Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Btf(#[from] BtfError),
     #[error("invalid filter: {what}")]
     Filter { what: String },
     #[error("loading the eBPF programs failed: {source}; check that the kernel has BPF and BTF enabled and that ghostwire runs as root")]
@@ -47,14 +75,27 @@ pub enum CaptureError {
     LoadProgram {
         name: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: ProgramError,
     },
-    #[error("attaching to tracepoint {category}/{tracepoint} failed: {source}; is tracefs mounted and does this kernel have the tracepoint?")]
+    #[error("attaching to {hook} failed: {source}; this kernel lacks the hook (ghostwire needs Linux 6.3 or newer for the sock_send_length/sock_recv_length tracepoints)")]
     Attach {
-        category: &'static str,
-        tracepoint: &'static str,
+        hook: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: ProgramError,
+    },
+    #[error("no cgroup v2 hierarchy is mounted (looked in /proc/mounts): mount one, e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`")]
+    NoCgroup2,
+    #[error("cannot open the cgroup {path}: {source}")]
+    Cgroup {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot count the CPUs ({what}: {source})")]
+    Cpus {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
     },
     #[error("eBPF map `{name}`: {source}")]
     Map {
@@ -62,90 +103,56 @@ pub enum CaptureError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("unknown hook set `{0}`: use one of {sets}", sets = FLOOR_SETS.join(", "))]
+    UnknownFloorSet(String),
 }
 
-/// Every program and the tracepoints it attaches to.
-const PROGRAMS: &[(&str, &[(&str, &str)])] = &[
-    ("sys_enter_read", &[("syscalls", "sys_enter_read")]),
-    ("sys_enter_write", &[("syscalls", "sys_enter_write")]),
-    ("sys_enter_recvfrom", &[("syscalls", "sys_enter_recvfrom")]),
-    ("sys_enter_sendto", &[("syscalls", "sys_enter_sendto")]),
-    ("sys_enter_readv", &[("syscalls", "sys_enter_readv")]),
-    ("sys_enter_writev", &[("syscalls", "sys_enter_writev")]),
-    ("sys_enter_recvmsg", &[("syscalls", "sys_enter_recvmsg")]),
-    ("sys_enter_sendmsg", &[("syscalls", "sys_enter_sendmsg")]),
-    ("sys_enter_sendfile64", &[("syscalls", "sys_enter_sendfile64")]),
-    ("sys_enter_accept", &[("syscalls", "sys_enter_accept")]),
-    ("sys_enter_accept4", &[("syscalls", "sys_enter_accept4")]),
-    ("sys_enter_connect", &[("syscalls", "sys_enter_connect")]),
-    ("sys_enter_close", &[("syscalls", "sys_enter_close")]),
-    ("sock_recv_length", &[("sock", "sock_recv_length")]),
-    ("sock_send_length", &[("sock", "sock_send_length")]),
-    (
-        "sys_exit",
-        &[
-            ("syscalls", "sys_exit_read"),
-            ("syscalls", "sys_exit_write"),
-            ("syscalls", "sys_exit_recvfrom"),
-            ("syscalls", "sys_exit_sendto"),
-            ("syscalls", "sys_exit_readv"),
-            ("syscalls", "sys_exit_writev"),
-            ("syscalls", "sys_exit_recvmsg"),
-            ("syscalls", "sys_exit_sendmsg"),
-            ("syscalls", "sys_exit_sendfile64"),
-            ("syscalls", "sys_exit_accept"),
-            ("syscalls", "sys_exit_accept4"),
-            ("syscalls", "sys_exit_connect"),
-        ],
-    ),
-    ("inet_sock_set_state", &[("sock", "inet_sock_set_state")]),
-    ("sched_process_exit", &[("sched", "sched_process_exit")]),
+/// The socket-layer programs: (raw tracepoint program, its tracepoint, classic fallback
+/// program, its category).
+const SOCK_PROGRAMS: &[(&str, &str, &str, &str)] = &[
+    ("sock_send", "sock_send_length", "tp_sock_send", "sock"),
+    ("sock_recv", "sock_recv_length", "tp_sock_recv", "sock"),
+    ("sock_state", "inet_sock_set_state", "tp_sock_state", "sock"),
 ];
 
 /// Loaded and attached programs. Dropping it detaches everything.
 pub struct Capture {
     ebpf: Ebpf,
-    /// Number of tracepoints attached.
+    /// Number of hooks attached.
     pub attached: usize,
+    /// One line naming the hooks in use.
+    pub hooks: String,
 }
 
 impl Capture {
     /// Checks the host, loads the programs, writes the filters and attaches every probe.
     pub fn start(cfg: &CaptureConfig) -> Result<Self, CaptureError> {
         preflight::check()?;
-        preflight::ensure_tracefs()?;
         preflight::raise_memlock();
-
-        let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ghostwire"));
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries("EVENTS", cfg.ring_bytes)
-            .load(object)
-            .map_err(|source| CaptureError::Load { source })?;
-        match aya_log::EbpfLogger::init(&mut ebpf) {
-            Ok(logger) => drop(logger),
-            Err(e) => log::debug!("aya-log not initialised: {e}"),
-        }
-
-        write_filters(&mut ebpf, cfg)?;
+        let offsets = btf::kernel_offsets(Path::new(btf::VMLINUX))?;
+        let mut ebpf = load(cfg.ring_bytes)?;
+        write_filters(&mut ebpf, cfg, offsets)?;
 
         let mut attached = 0;
-        for (name, points) in PROGRAMS {
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(CaptureError::Missing { name })?
-                .try_into()
-                .map_err(|source| CaptureError::LoadProgram { name, source })?;
-            program.load().map_err(|source| CaptureError::LoadProgram { name, source })?;
-            for (category, tracepoint) in *points {
-                program.attach(category, tracepoint).map_err(|source| CaptureError::Attach {
-                    category,
-                    tracepoint,
-                    source,
-                })?;
+        let raw = cfg.hooks == HookChoice::Auto && attach_raw_sock(&mut ebpf, &mut attached)?;
+        let kind = if raw {
+            "raw tracepoints"
+        } else {
+            // Classic tracepoints need tracefs.
+            preflight::ensure_tracefs()?;
+            for (_, point, program, category) in SOCK_PROGRAMS {
+                attach_tp(&mut ebpf, program, &[(category, point)])?;
                 attached += 1;
             }
-        }
-        Ok(Self { ebpf, attached })
+            "tracepoints"
+        };
+        preflight::ensure_tracefs()?;
+        attach_tp(&mut ebpf, "sched_process_exit", &[("sched", "sched_process_exit")])?;
+        attached += 1;
+        let hooks = format!(
+            "{kind} sock_send_length, sock_recv_length, inet_sock_set_state; tracepoint sched_process_exit; syscall arguments from the task's saved registers"
+        );
+        Ok(Self { ebpf, attached, hooks })
     }
 
     /// The ring buffer; call once.
@@ -155,12 +162,13 @@ impl Capture {
     }
 
     /// Kernel counters summed over CPUs.
-    pub fn counters(&self) -> KernelCounters {
+    pub fn counters(&self) -> Result<KernelCounters, CaptureError> {
         let mut out = KernelCounters::default();
-        let Some(map) = self.ebpf.map("COUNTERS") else { return out };
-        let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else { return out };
+        let map = self.ebpf.map("COUNTERS").ok_or(CaptureError::Missing { name: "COUNTERS" })?;
+        let array = PerCpuArray::<_, u64>::try_from(map)
+            .map_err(|source| CaptureError::Map { name: "COUNTERS", source })?;
         for slot in 0..COUNTER_SLOTS {
-            let Ok(values) = array.get(&slot, 0) else { continue };
+            let values = array.get(&slot, 0).map_err(|source| CaptureError::Map { name: "COUNTERS", source })?;
             let total: u64 = values.iter().sum();
             if total == 0 {
                 continue;
@@ -171,22 +179,94 @@ impl Capture {
                 out.values.push((pn, cn, total));
             }
         }
-        out
+        Ok(out)
     }
 }
 
-fn write_filters(ebpf: &mut Ebpf, cfg: &CaptureConfig) -> Result<(), CaptureError> {
+fn load(ring_bytes: u32) -> Result<Ebpf, CaptureError> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, source)| CaptureError::Cpus { what, source })?;
+    let cpus = u32::try_from(cpus).unwrap_or(u32::MAX);
+    let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ghostwire"));
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries("EVENTS", ring_bytes)
+        .map_max_entries("SCRATCH", cpus)
+        .load(object)
+        .map_err(|source| CaptureError::Load { source })?;
+    match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => drop(logger),
+        Err(e) => log::debug!("aya-log not initialised: {e}"),
+    }
+    Ok(ebpf)
+}
+
+/// Raw tracepoints for the socket-layer programs. `Ok(false)` (and nothing attached)
+/// when this kernel refuses them, so the caller falls back to classic tracepoints.
+fn attach_raw_sock(ebpf: &mut Ebpf, attached: &mut usize) -> Result<bool, CaptureError> {
+    for (i, (name, point, _, _)) in SOCK_PROGRAMS.iter().enumerate() {
+        let program: &mut RawTracePoint = program_mut(ebpf, name)?;
+        let result = program.load().and_then(|()| program.attach(point).map(drop));
+        if let Err(e) = result {
+            log::info!("raw tracepoint {point} unavailable ({e}): using classic tracepoints");
+            for (name, _, _, _) in &SOCK_PROGRAMS[..=i] {
+                let p: &mut RawTracePoint = program_mut(ebpf, name)?;
+                let _ = p.unload();
+            }
+            *attached -= i;
+            return Ok(false);
+        }
+        *attached += 1;
+    }
+    Ok(true)
+}
+
+fn attach_tp(ebpf: &mut Ebpf, name: &'static str, points: &[(&str, &str)]) -> Result<(), CaptureError> {
+    let program: &mut TracePoint = program_mut(ebpf, name)?;
+    program.load().map_err(|source| CaptureError::LoadProgram { name, source })?;
+    for (category, point) in points {
+        program
+            .attach(category, point)
+            .map_err(|source| CaptureError::Attach { hook: format!("tracepoint {category}:{point}"), source })?;
+    }
+    Ok(())
+}
+
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, CaptureError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(CaptureError::Missing { name })?
+        .try_into()
+        .map_err(|source| CaptureError::LoadProgram { name, source })
+}
+
+/// The running architecture's syscall numbers, for the kernel programs.
+fn syscall_numbers() -> SyscallNumbers {
+    let n = |nr: libc::c_long| u32::try_from(nr).unwrap_or(u32::MAX);
+    SyscallNumbers {
+        read: n(libc::SYS_read),
+        write: n(libc::SYS_write),
+        recvfrom: n(libc::SYS_recvfrom),
+        sendto: n(libc::SYS_sendto),
+        readv: n(libc::SYS_readv),
+        writev: n(libc::SYS_writev),
+        recvmsg: n(libc::SYS_recvmsg),
+        sendmsg: n(libc::SYS_sendmsg),
+    }
+}
+
+fn write_filters(ebpf: &mut Ebpf, cfg: &CaptureConfig, offsets: ghostwire_common::KernelOffsets) -> Result<(), CaptureError> {
     let mut kcfg = Config {
         agent_tgid: std::process::id(),
         capture_bytes: cfg.capture_bytes.min(MAX_CAPTURE as u32),
         filter_pids: u8::from(!cfg.pids.is_empty()),
         filter_ports: u8::from(!cfg.ports.is_empty()),
+        offsets,
+        syscalls: syscall_numbers(),
         ..Config::default()
     };
     if cfg.exes.len() > MAX_EXE_FILTERS {
-        return Err(CaptureError::Filter {
-            what: format!("at most {MAX_EXE_FILTERS} --exe names are supported"),
-        });
+        return Err(CaptureError::Filter { what: format!("at most {MAX_EXE_FILTERS} --exe names are supported") });
     }
     for (slot, name) in kcfg.exe_names.iter_mut().zip(&cfg.exes) {
         let bytes = name.as_bytes();
@@ -194,7 +274,7 @@ fn write_filters(ebpf: &mut Ebpf, cfg: &CaptureConfig) -> Result<(), CaptureErro
         let n = bytes.len().min(COMM_LEN - 1);
         slot[..n].copy_from_slice(&bytes[..n]);
     }
-    kcfg.exe_count = cfg.exes.len() as u8;
+    kcfg.exe_count = u8::try_from(cfg.exes.len()).unwrap_or(u8::MAX);
 
     map_mut::<Array<_, Config>>(ebpf, "CONFIG", |m| m.set(0, kcfg, 0))?;
     for &pid in &cfg.pids {
@@ -217,4 +297,86 @@ where
     let map = ebpf.map_mut(name).ok_or(CaptureError::Missing { name })?;
     let mut m = M::try_from(map).map_err(|source| CaptureError::Map { name, source })?;
     f(&mut m).map_err(|source| CaptureError::Map { name, source })
+}
+
+// ---- empty programs, to measure what a hook set costs by itself -------------------
+
+/// The hook sets `ghostwire --empty-probes SET` can attach.
+pub const FLOOR_SETS: &[&str] = &["syscalls", "raw-syscalls", "sock", "raw-sock", "cgroup-skb"];
+
+/// The read/write-family syscalls (what a syscall-tracepoint capture hooks).
+const RW_SYSCALLS: &[&str] = &["read", "write", "recvfrom", "sendto", "readv", "writev", "recvmsg", "sendmsg"];
+
+/// Empty programs attached to one candidate hook set; detached on drop.
+pub struct Floor {
+    _ebpf: Ebpf,
+    pub attached: usize,
+}
+
+impl Floor {
+    pub fn attach(set: &str) -> Result<Self, CaptureError> {
+        preflight::check()?;
+        preflight::raise_memlock();
+        let mut ebpf = load(4096)?;
+        let mut attached = 0;
+        match set {
+            "syscalls" => {
+                preflight::ensure_tracefs()?;
+                let points: Vec<(String, String)> = RW_SYSCALLS
+                    .iter()
+                    .flat_map(|s| [format!("sys_enter_{s}"), format!("sys_exit_{s}")])
+                    .map(|p| ("syscalls".to_owned(), p))
+                    .collect();
+                let points: Vec<(&str, &str)> = points.iter().map(|(c, p)| (c.as_str(), p.as_str())).collect();
+                attach_tp(&mut ebpf, "floor_tp", &points)?;
+                attached = points.len();
+            }
+            "sock" => {
+                preflight::ensure_tracefs()?;
+                attach_tp(&mut ebpf, "floor_tp", &[("sock", "sock_send_length"), ("sock", "sock_recv_length")])?;
+                attached = 2;
+            }
+            "raw-syscalls" | "raw-sock" => {
+                let points: &[&str] =
+                    if set == "raw-sock" { &["sock_send_length", "sock_recv_length"] } else { &["sys_enter", "sys_exit"] };
+                let program: &mut RawTracePoint = program_mut(&mut ebpf, "floor_raw")?;
+                program.load().map_err(|source| CaptureError::LoadProgram { name: "floor_raw", source })?;
+                for point in points {
+                    program
+                        .attach(point)
+                        .map_err(|source| CaptureError::Attach { hook: format!("raw tracepoint {point}"), source })?;
+                    attached += 1;
+                }
+            }
+            "cgroup-skb" => {
+                let root = cgroup2_root()?;
+                let cgroup = std::fs::File::open(&root)
+                    .map_err(|source| CaptureError::Cgroup { path: root.clone(), source })?;
+                let program: &mut CgroupSkb = program_mut(&mut ebpf, "floor_skb")?;
+                program.load().map_err(|source| CaptureError::LoadProgram { name: "floor_skb", source })?;
+                for how in [CgroupSkbAttachType::Ingress, CgroupSkbAttachType::Egress] {
+                    program
+                        .attach(&cgroup, how, CgroupAttachMode::default())
+                        .map_err(|source| CaptureError::Attach { hook: format!("cgroup_skb on {root}"), source })?;
+                    attached += 1;
+                }
+            }
+            other => return Err(CaptureError::UnknownFloorSet(other.to_owned())),
+        }
+        Ok(Self { _ebpf: ebpf, attached })
+    }
+}
+
+/// The first cgroup v2 mount point in /proc/mounts.
+fn cgroup2_root() -> Result<String, CaptureError> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, point, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| point.to_owned())
+        })
+        .next()
+        .ok_or(CaptureError::NoCgroup2)
 }

@@ -1,32 +1,45 @@
-//! Connection table and stream reassembly: kernel events in, paired exchanges out.
+//! Connection table and stream reassembly: capture events in, started requests and
+//! paired exchanges out.
 //!
-//! A connection is keyed by the kernel socket address plus the time it reached
-//! ESTABLISHED (so a recycled `struct sock` is a new connection). Each connection owns a
-//! protocol session that is fed its byte stream in order. Nothing here allocates per
-//! event once a connection exists: payloads are borrowed from the ring buffer and the
-//! output vector is reused by the caller.
+//! A connection is keyed by its [`ConnId`] (kernel socket address + when the kernel
+//! started tracking it). Each connection owns a protocol session that is fed its byte
+//! stream in order. Every data event carries its stream offset, so a lost record is
+//! noticed at the next one of its direction: the session is told
+//! ([`Http1Session::lost`]) and resynchronises on the next message start, and the loss
+//! is counted.
+//!
+//! Connections the kernel first saw mid-stream (opened before the agent started) get
+//! their role from the listening ports of their namespace ([`listen`]), failing that
+//! from the first message seen, and a session that never builds an exchange from a
+//! message whose beginning it missed.
+//!
+//! Nothing here allocates per event once a connection exists: payloads are borrowed
+//! from the ring buffer and the output vector is reused.
+pub mod listen;
+
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
-use ghostwire_common::{ConnEvent, DataEvent, Tuple, DIR_INGRESS, ROLE_CLIENT, ROLE_SERVER};
-
-use crate::capture::Event;
-use crate::protocol::http1::{self, Http1Session};
+use crate::capture::{Conn as ConnEvent, ConnId, Data, Event, Listen, Payload, State, StateChange};
+use crate::protocol::http1::{self, Http1Session, ParseError};
 use crate::protocol::{Direction, Exchange, Request, Role, Timing};
 use crate::stats::{self, Counter};
+
+pub use listen::ListenTable;
 
 /// Who owns a connection and where it goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnMeta {
     pub pid: u32,
-    pub fd: i32,
     pub role: Role,
     pub local: SocketAddr,
     pub peer: SocketAddr,
+    /// Network namespace inode.
+    pub netns: u32,
 }
 
-/// A connection: kernel socket address and the time it reached ESTABLISHED.
-pub type ConnKey = (u64, u64);
+/// A connection's identity.
+pub type ConnKey = ConnId;
 
 /// One request on one connection: the connection and the request's `seq` on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -48,17 +61,22 @@ pub struct ExchangeRecord {
 /// What the connection table reports, in order.
 pub trait ConnSink {
     /// A request's head was parsed (before its response exists). `tid` is the thread
-    /// that read (server) or wrote (client) it.
-    fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, request: &Request, t: Timing);
+    /// that read (server) or wrote (client) it; `tcp_seq` the TCP sequence number of its
+    /// first byte (the same at both ends of the connection).
+    fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, request: &Request, tcp_seq: u32);
     /// A request was answered.
     fn exchange(&mut self, rec: ExchangeRecord);
-    /// A connection ended (closed, or its process exited).
+    /// A connection ended.
     fn connection_closed(&mut self, key: ConnKey, conn: &ConnMeta);
 }
 
+/// How many syscalls of a connection joined mid-stream are searched for a message
+/// start before it is taken as not HTTP.
+const MIDSTREAM_BUDGET: u16 = 64;
+
 enum Proto {
-    /// No payload seen yet.
-    Undecided,
+    /// No message start seen yet. `budget`: syscalls left to find one.
+    Undecided { budget: u16 },
     Http1(Box<Http1Session>),
     /// Not a protocol ghostwire parses: its bytes are ignored.
     Opaque,
@@ -66,31 +84,50 @@ enum Proto {
 
 struct Conn {
     meta: ConnMeta,
+    /// `None` until known (a connection joined mid-stream on a port not listening).
+    role: Option<Role>,
     proto: Proto,
+    /// The beginning of the byte stream was not seen.
+    midstream: bool,
+    /// Next expected stream offset per direction (ingress, egress); `None` until the
+    /// first record of a connection joined mid-stream.
+    expect: [Option<u64>; 2],
     /// The `seq` of the next request not yet reported as started.
     next_started: u64,
+    /// Kernel time of the last event, to pick a victim when the table is full.
+    last_ns: u64,
+    /// TCP sequence number of stream offset 0, per direction.
+    tcp_seq: [u32; 2],
 }
 
-/// Upper bound on tracked connections; beyond it new connections are counted and ignored.
+/// Upper bound on tracked connections; beyond it the least recently active is dropped.
 pub const DEFAULT_MAX_CONNS: usize = 65_536;
 
 pub struct ConnTable {
-    conns: HashMap<(u64, u64), Conn>,
+    conns: HashMap<ConnKey, Conn>,
     max_conns: usize,
+    listening: ListenTable,
     /// Reused output buffer of the parsers.
     scratch: Vec<Exchange>,
 }
 
 impl Default for ConnTable {
     fn default() -> Self {
-        Self::new(DEFAULT_MAX_CONNS)
+        Self::new(DEFAULT_MAX_CONNS, ListenTable::default())
+    }
+}
+
+fn dir_index(dir: Direction) -> usize {
+    match dir {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
     }
 }
 
 impl ConnTable {
     #[must_use]
-    pub fn new(max_conns: usize) -> Self {
-        Self { conns: HashMap::with_capacity(1024.min(max_conns)), max_conns, scratch: Vec::new() }
+    pub fn new(max_conns: usize, listening: ListenTable) -> Self {
+        Self { conns: HashMap::with_capacity(1024.min(max_conns)), max_conns, listening, scratch: Vec::new() }
     }
 
     #[must_use]
@@ -103,110 +140,222 @@ impl ConnTable {
         self.conns.is_empty()
     }
 
-    /// Applies one kernel event, reporting started requests and exchanges to `sink`.
+    /// Applies one capture event, reporting started requests and exchanges to `sink`.
     pub fn on_event(&mut self, event: &Event<'_>, sink: &mut impl ConnSink) {
         match event {
-            Event::Conn(ev) => self.on_conn(ev),
-            Event::Data { header, payload } => self.on_data(header, payload, sink),
-            Event::Close(ev) => {
-                let t = Timing { enter_ns: ev.ts_ns, exit_ns: ev.ts_ns };
-                let key = (ev.sock, ev.conn_gen);
-                if let Some(conn) = self.conns.remove(&key) {
-                    finish(key, conn, t, 0, &mut self.scratch, sink);
-                }
-            }
-            Event::Exit(ev) => {
-                let t = Timing { enter_ns: ev.ts_ns, exit_ns: ev.ts_ns };
-                let keys: Vec<_> = self
-                    .conns
-                    .iter()
-                    .filter(|(_, c)| c.meta.pid == ev.tgid)
-                    .map(|(k, _)| *k)
-                    .collect();
-                for key in keys {
-                    if let Some(conn) = self.conns.remove(&key) {
-                        finish(key, conn, t, 0, &mut self.scratch, sink);
-                    }
-                }
-            }
+            Event::Conn(ev) => self.on_conn(ev, sink),
+            Event::Data(d) => self.on_data(d, sink),
+            Event::State(s) => self.on_state(s, sink),
+            Event::Listen(Listen { netns, port, listening }) => self.listening.set(*netns, *port, *listening),
+            // Its sockets close by themselves (and tell); a socket it shared lives on.
+            Event::Exit { .. } => {}
         }
     }
 
-    fn on_conn(&mut self, ev: &ConnEvent) {
-        let role = match ev.role {
-            ROLE_SERVER => Role::Server,
-            ROLE_CLIENT => Role::Client,
-            _ => return,
-        };
-        let (local, peer) = addrs(&ev.tuple);
-        let meta = ConnMeta { pid: ev.tgid, fd: ev.fd, role, local, peer };
-        let key = (ev.sock, ev.conn_gen);
-        if let Some(conn) = self.conns.get_mut(&key) {
-            // Another process (or fd) now uses the same connection: keep its stream state.
-            conn.meta = meta;
+    fn on_conn(&mut self, ev: &ConnEvent, sink: &mut impl ConnSink) {
+        let role = ev.role.or_else(|| self.listening.is_listening(ev.netns, ev.local.port()).then_some(Role::Server));
+        if let Some(conn) = self.conns.get_mut(&ev.conn) {
+            // Another process now uses the connection (inherited, passed): same stream.
+            conn.meta.pid = ev.pid;
+            conn.last_ns = ev.ts_ns;
             return;
         }
         if self.conns.len() >= self.max_conns {
-            stats::global()
-                .drop_event(Counter::DropConnTableFull, format_args!("{local} -> {peer} pid {}", ev.tgid));
-            return;
+            self.evict_idlest(sink);
         }
-        self.conns.insert(key, Conn { meta, proto: Proto::Undecided, next_started: 0 });
+        if ev.midstream {
+            stats::global().incr(Counter::ConnsMidstream);
+        }
+        let meta = ConnMeta {
+            pid: ev.pid,
+            role: role.unwrap_or(Role::Client),
+            local: ev.local,
+            peer: ev.peer,
+            netns: ev.netns,
+        };
+        let start = if ev.midstream { None } else { Some(0) };
+        self.conns.insert(
+            ev.conn,
+            Conn {
+                meta,
+                role,
+                proto: Proto::Undecided { budget: MIDSTREAM_BUDGET },
+                midstream: ev.midstream,
+                expect: [start; 2],
+                next_started: 0,
+                last_ns: ev.ts_ns,
+                tcp_seq: ev.tcp_seq,
+            },
+        );
     }
 
-    fn on_data(&mut self, h: &DataEvent, payload: &[u8], sink: &mut impl ConnSink) {
-        let key = (h.sock, h.conn_gen);
-        let Some(conn) = self.conns.get_mut(&key) else {
+    /// The table is full: the connection with the oldest activity goes (its close was
+    /// probably lost). A scan, but only when full.
+    fn evict_idlest(&mut self, sink: &mut impl ConnSink) {
+        let Some(key) = self.conns.iter().min_by_key(|(_, c)| c.last_ns).map(|(k, _)| *k) else { return };
+        if let Some(conn) = self.conns.remove(&key) {
+            stats::global().drop_event(
+                Counter::DropConnTableFull,
+                format_args!("{} -> {} pid {}", conn.meta.local, conn.meta.peer, conn.meta.pid),
+            );
+            let t = Timing { enter_ns: conn.last_ns, exit_ns: conn.last_ns };
+            finish(key, conn, t, &mut self.scratch, sink);
+        }
+    }
+
+    fn on_state(&mut self, s: &State, sink: &mut impl ConnSink) {
+        let t = Timing { enter_ns: s.ts_ns, exit_ns: s.ts_ns };
+        match s.change {
+            StateChange::Closed => {
+                if let Some(conn) = self.conns.remove(&s.conn) {
+                    finish(s.conn, conn, t, &mut self.scratch, sink);
+                }
+            }
+            StateChange::SendClosed => {
+                let Some(conn) = self.conns.get_mut(&s.conn) else { return };
+                conn.last_ns = s.ts_ns;
+                if let Proto::Http1(session) = &mut conn.proto {
+                    session.eof(Direction::Egress, t, &mut self.scratch);
+                    report(s.conn, conn, 0, &mut self.scratch, sink);
+                }
+            }
+        }
+    }
+
+    fn on_data(&mut self, d: &Data<'_>, sink: &mut impl ConnSink) {
+        let Some(conn) = self.conns.get_mut(&d.conn) else {
             stats::global().drop_event(
                 Counter::DropUnknownConn,
-                format_args!("pid {} fd {}: data for a connection never announced", h.tgid, h.fd),
+                format_args!("pid {}: data for a connection never announced", d.pid),
             );
             return;
         };
-        let dir = if h.direction == DIR_INGRESS { Direction::Ingress } else { Direction::Egress };
-        let t = Timing { enter_ns: h.ts_enter_ns, exit_ns: h.ts_exit_ns };
-        if matches!(conn.proto, Proto::Undecided) {
-            if h.len == 0 {
-                return;
+        conn.last_ns = d.ts_ns;
+        let t = Timing { enter_ns: d.ts_ns, exit_ns: d.ts_ns };
+        let i = dir_index(d.dir);
+        let lost = conn.expect[i].is_some_and(|e| e != d.offset);
+        conn.expect[i] = Some(d.offset + u64::from(d.len));
+        if lost {
+            stats::global().drop_event(
+                Counter::DropCaptureGap,
+                format_args!(
+                    "pid {} {} -> {}: {:?} bytes missing before offset {}",
+                    conn.meta.pid, conn.meta.local, conn.meta.peer, d.dir, d.offset
+                ),
+            );
+            match &mut conn.proto {
+                Proto::Http1(session) => {
+                    let dropped = session.lost(d.dir, d.unreported_ns);
+                    stats::global().add(Counter::DropLostRequest, dropped as u64);
+                }
+                // Its start was lost: look for a message start as on a connection joined
+                // mid-stream.
+                Proto::Undecided { .. } => conn.midstream = true,
+                Proto::Opaque => {}
             }
-            conn.proto = if dir == conn.meta.role.request_direction()
-                && http1::looks_like_request(payload)
-            {
-                Proto::Http1(Box::new(Http1Session::new(conn.meta.role)))
-            } else {
-                stats::global().incr(Counter::ConnsNotHttp);
-                Proto::Opaque
-            };
+        }
+        if d.is_eof() {
+            if let Proto::Http1(session) = &mut conn.proto {
+                session.eof(d.dir, t, &mut self.scratch);
+                report(d.conn, conn, d.tid, &mut self.scratch, sink);
+            }
+            return;
+        }
+        let (prefix, tail) = match d.payload {
+            Payload::Copied => (d.prefix, d.tail),
+            Payload::NoUserBuffer | Payload::ReadFailed => (&[][..], &[][..]),
+        };
+        let gap = u64::from(d.len) - prefix.len() as u64 - tail.len() as u64;
+        if let Proto::Undecided { budget } = &mut conn.proto {
+            match decide(conn.role, conn.midstream, d.dir, prefix) {
+                Decision::Http1(role) => {
+                    conn.role = Some(role);
+                    conn.meta.role = role;
+                    let session = if conn.midstream { Http1Session::new_midstream(role) } else { Http1Session::new(role) };
+                    conn.proto = Proto::Http1(Box::new(session));
+                }
+                Decision::Wait if *budget > 1 => {
+                    *budget -= 1;
+                    return;
+                }
+                Decision::Wait | Decision::Opaque => {
+                    stats::global().incr(Counter::ConnsNotHttp);
+                    conn.proto = Proto::Opaque;
+                    return;
+                }
+            }
         }
         let Proto::Http1(session) = &mut conn.proto else { return };
-        let done = &mut self.scratch;
-        if h.len == 0 {
-            session.eof(dir, t, done);
-        } else if let Err(e) = session.feed(dir, payload, h.len as usize, t, done) {
+        if let Err(e) = session.feed_at(d.dir, d.offset, prefix, gap, tail, t, &mut self.scratch) {
+            let counter = match e {
+                ParseError::HalfSeen { .. } => Counter::DropHalfSeen,
+                _ => Counter::DropParseError,
+            };
             stats::global().drop_event(
-                Counter::DropParseError,
+                counter,
                 format_args!("pid {} {} -> {}: {e}", conn.meta.pid, conn.meta.local, conn.meta.peer),
             );
         }
         // Requests whose head just completed: report them before any exchange, so the
         // linker knows a request is in progress while the process handles it.
-        if dir == conn.meta.role.request_direction() {
-            for (seq, request, first) in session.started_requests(conn.next_started) {
-                sink.request_started(ReqKey { conn: key, seq }, &conn.meta, h.tid, request, first);
+        if d.dir == conn.meta.role.request_direction() {
+            let base = conn.tcp_seq[dir_index(d.dir)];
+            for (seq, request, _first) in session.started_requests(conn.next_started) {
+                if request.truncated {
+                    stats::global().incr(Counter::HeadTruncated);
+                }
+                // Sequence numbers wrap at 2^32, like TCP's.
+                let tcp_seq = base.wrapping_add(request.stream_offset as u32);
+                sink.request_started(ReqKey { conn: d.conn, seq }, &conn.meta, d.tid, request, tcp_seq);
                 conn.next_started = seq + 1;
             }
             conn.next_started = conn.next_started.max(session.next_seq());
         }
-        for exchange in done.drain(..) {
-            let rec = ExchangeRecord { key: ReqKey { conn: key, seq: exchange.seq }, conn: conn.meta, exchange, tid: h.tid };
-            sink.exchange(rec);
+        report(d.conn, conn, d.tid, &mut self.scratch, sink);
+    }
+}
+
+/// Hands the exchanges a session completed to the sink.
+fn report(key: ConnKey, conn: &Conn, tid: u32, done: &mut Vec<Exchange>, sink: &mut impl ConnSink) {
+    for exchange in done.drain(..) {
+        if exchange.response.truncated {
+            stats::global().incr(Counter::HeadTruncated);
         }
+        let rec = ExchangeRecord { key: ReqKey { conn: key, seq: exchange.seq }, conn: conn.meta, exchange, tid };
+        sink.exchange(rec);
+    }
+}
+
+enum Decision {
+    Http1(Role),
+    /// Mid-stream and no message start yet: keep looking.
+    Wait,
+    Opaque,
+}
+
+/// Which protocol (and, when unknown, which role) a connection's first bytes show.
+fn decide(role: Option<Role>, midstream: bool, dir: Direction, bytes: &[u8]) -> Decision {
+    let request = http1::looks_like_request(bytes);
+    let response = http1::looks_like_response(bytes);
+    // A request read is a server's; a request written is a client's.
+    let shown = match (request, response, dir) {
+        (true, _, Direction::Ingress) | (false, true, Direction::Egress) => Some(Role::Server),
+        (true, _, Direction::Egress) | (false, true, Direction::Ingress) => Some(Role::Client),
+        _ => None,
+    };
+    match (role, shown) {
+        (Some(r), Some(s)) if r == s => Decision::Http1(r),
+        (None, Some(s)) => Decision::Http1(s),
+        // A start line in the direction the role does not expect it, or none at all.
+        _ if midstream => Decision::Wait,
+        (Some(_), _) => Decision::Opaque,
+        (None, None) => Decision::Wait,
     }
 }
 
 /// A connection ends: complete what its end completes, count what stays unanswered.
-fn finish(key: ConnKey, conn: Conn, t: Timing, tid: u32, done: &mut Vec<Exchange>, sink: &mut impl ConnSink) {
-    if let Proto::Http1(mut session) = conn.proto {
+fn finish(key: ConnKey, mut conn: Conn, t: Timing, done: &mut Vec<Exchange>, sink: &mut impl ConnSink) {
+    if let Proto::Http1(session) = &mut conn.proto {
         // The end of the stream delimits a response body sent without a length.
         let response_dir = match conn.meta.role {
             Role::Server => Direction::Egress,
@@ -217,46 +366,207 @@ fn finish(key: ConnKey, conn: Conn, t: Timing, tid: u32, done: &mut Vec<Exchange
         if pending > 0 {
             stats::global().add(Counter::DropUnansweredRequest, pending as u64);
         }
-        for exchange in done.drain(..) {
-            let rec = ExchangeRecord { key: ReqKey { conn: key, seq: exchange.seq }, conn: conn.meta, exchange, tid };
-            sink.exchange(rec);
-        }
+        report(key, &conn, 0, done, sink);
     }
     sink.connection_closed(key, &conn.meta);
 }
 
-/// (local, peer) socket addresses of a kernel tuple. IPv4-mapped IPv6 addresses are
-/// shown as IPv4.
-#[must_use]
-pub fn addrs(t: &Tuple) -> (SocketAddr, SocketAddr) {
-    (SocketAddr::new(ip(t.family, &t.saddr), t.sport), SocketAddr::new(ip(t.family, &t.daddr), t.dport))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::Payload;
 
-fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
-    if family == 2 {
-        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
-    } else {
-        let v6 = Ipv6Addr::from(*raw);
-        match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
+    #[derive(Default)]
+    struct Sink {
+        started: Vec<(ReqKey, ConnMeta, String)>,
+        exchanges: Vec<ExchangeRecord>,
+        closed: Vec<ConnKey>,
+    }
+
+    impl ConnSink for Sink {
+        fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, _tid: u32, request: &Request, _tcp_seq: u32) {
+            self.started.push((key, *conn, request.target.clone()));
+        }
+        fn exchange(&mut self, rec: ExchangeRecord) {
+            self.exchanges.push(rec);
+        }
+        fn connection_closed(&mut self, key: ConnKey, _conn: &ConnMeta) {
+            self.closed.push(key);
         }
     }
-}
 
-/// Established TCP connections listed in `/proc/net/tcp` and `tcp6` (the agent's network
-/// namespace): counted at start-up because they are never traced.
-#[must_use]
-pub fn count_established_tcp(proc_root: &str) -> u64 {
-    const ESTABLISHED: &str = "01";
-    ["net/tcp", "net/tcp6"]
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(format!("{proc_root}/{f}")).ok())
-        .map(|text| {
-            text.lines()
-                .skip(1)
-                .filter(|l| l.split_whitespace().nth(3) == Some(ESTABLISHED))
-                .count() as u64
+    const C: ConnId = ConnId { sock: 0xfeed, gen: 7 };
+
+    fn conn_event(role: Option<Role>, midstream: bool, local_port: u16) -> Event<'static> {
+        Event::Conn(ConnEvent {
+            conn: C,
+            pid: 42,
+            tid: 43,
+            netns: 1,
+            local: SocketAddr::from(([127, 0, 0, 1], local_port)),
+            peer: SocketAddr::from(([127, 0, 0, 1], 50000)),
+            role,
+            midstream,
+            tcp_seq: [1000, 2000],
+            comm: [0; 16],
+            ts_ns: 1,
         })
-        .sum()
+    }
+
+    thread_local! {
+        static CLOCK: std::cell::Cell<u64> = const { std::cell::Cell::new(10) };
+    }
+
+    /// Events in the order of a test happen in that order.
+    fn now() -> u64 {
+        CLOCK.with(|c| {
+            c.set(c.get() + 1);
+            c.get()
+        })
+    }
+
+    fn data(dir: Direction, offset: u64, bytes: &[u8]) -> Event<'_> {
+        Event::Data(Data {
+            conn: C,
+            pid: 42,
+            tid: 43,
+            dir,
+            offset,
+            unreported_ns: 0,
+            len: u32::try_from(bytes.len()).unwrap(),
+            ts_ns: now(),
+            prefix: bytes,
+            tail: &[],
+            payload: Payload::Copied,
+        })
+    }
+
+    const REQ: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    fn run(events: &[Event<'_>], listening: ListenTable) -> Sink {
+        let mut table = ConnTable::new(16, listening);
+        let mut sink = Sink::default();
+        for e in events {
+            table.on_event(e, &mut sink);
+        }
+        sink
+    }
+
+    #[test]
+    fn a_new_connection_pairs_requests_in_order() {
+        let r = REQ.len() as u64;
+        let p = RESP.len() as u64;
+        let sink = run(
+            &[
+                conn_event(Some(Role::Server), false, 8080),
+                data(Direction::Ingress, 0, REQ),
+                data(Direction::Egress, 0, RESP),
+                data(Direction::Ingress, r, REQ),
+                data(Direction::Egress, p, RESP),
+            ],
+            ListenTable::default(),
+        );
+        assert_eq!(sink.started.len(), 2);
+        assert_eq!(sink.exchanges.len(), 2);
+        assert!(sink.exchanges.iter().all(|e| e.exchange.response.status == 200 && e.conn.pid == 42));
+    }
+
+    #[test]
+    fn a_jump_in_offsets_is_a_loss_and_nothing_is_mispaired() {
+        let before = stats::global().get(Counter::DropCaptureGap);
+        let r = REQ.len() as u64;
+        let p = RESP.len() as u64;
+        let sink = run(
+            &[
+                conn_event(Some(Role::Server), false, 8080),
+                data(Direction::Ingress, 0, REQ),
+                // The response to the first request was lost: the next response record
+                // starts further on.
+                data(Direction::Ingress, r, REQ),
+                data(Direction::Egress, p, RESP),
+                data(Direction::Ingress, 2 * r, REQ),
+                data(Direction::Egress, 2 * p, RESP),
+            ],
+            ListenTable::default(),
+        );
+        assert!(stats::global().get(Counter::DropCaptureGap) > before);
+        // Only the request seen after the loss is paired, with its own response.
+        assert_eq!(sink.exchanges.len(), 1, "{:?}", sink.exchanges);
+        assert_eq!(sink.exchanges[0].key.seq, 2);
+    }
+
+    #[test]
+    fn midstream_role_comes_from_listening_ports() {
+        let mut listening = ListenTable::default();
+        listening.set(1, 8080, true);
+        let sink = run(
+            &[
+                conn_event(None, true, 8080),
+                // The rest of a response body in flight when the agent started.
+                data(Direction::Egress, 5000, b"tail of an old body"),
+                data(Direction::Ingress, 9000, REQ),
+                data(Direction::Egress, 5019, RESP),
+            ],
+            listening,
+        );
+        assert_eq!(sink.exchanges.len(), 1);
+        assert_eq!(sink.exchanges[0].conn.role, Role::Server);
+    }
+
+    #[test]
+    fn midstream_role_without_a_listener_comes_from_the_first_message() {
+        let sink = run(
+            &[
+                conn_event(None, true, 40000),
+                data(Direction::Egress, 100, REQ),
+                data(Direction::Ingress, 700, RESP),
+            ],
+            ListenTable::default(),
+        );
+        assert_eq!(sink.exchanges.len(), 1);
+        assert_eq!(sink.exchanges[0].conn.role, Role::Client);
+    }
+
+    #[test]
+    fn close_finishes_and_reports() {
+        let sink = run(
+            &[
+                conn_event(Some(Role::Client), false, 40000),
+                data(Direction::Egress, 0, REQ),
+                data(Direction::Ingress, 0, b"HTTP/1.0 200 OK\r\n\r\nuntil close"),
+                Event::State(State { conn: C, ts_ns: 99, change: StateChange::Closed }),
+            ],
+            ListenTable::default(),
+        );
+        assert_eq!(sink.exchanges.len(), 1);
+        assert_eq!(sink.exchanges[0].exchange.response.body_len, 11);
+        assert_eq!(sink.closed, vec![C]);
+    }
+
+    #[test]
+    fn a_forked_child_takes_the_connection_over() {
+        let mut table = ConnTable::new(16, ListenTable::default());
+        let mut sink = Sink::default();
+        table.on_event(&conn_event(Some(Role::Server), false, 8080), &mut sink);
+        let Event::Conn(mut child) = conn_event(Some(Role::Server), false, 8080) else { unreachable!() };
+        child.pid = 777;
+        table.on_event(&Event::Conn(child), &mut sink);
+        table.on_event(&data(Direction::Ingress, 0, REQ), &mut sink);
+        table.on_event(&data(Direction::Egress, 0, RESP), &mut sink);
+        assert_eq!(sink.exchanges[0].conn.pid, 777);
+    }
+
+    #[test]
+    fn a_full_table_drops_the_idlest_connection() {
+        let mut table = ConnTable::new(1, ListenTable::default());
+        let mut sink = Sink::default();
+        table.on_event(&conn_event(Some(Role::Server), false, 8080), &mut sink);
+        let Event::Conn(mut other) = conn_event(Some(Role::Server), false, 8081) else { unreachable!() };
+        other.conn = ConnId { sock: 1, gen: 1 };
+        other.ts_ns = 5;
+        table.on_event(&Event::Conn(other), &mut sink);
+        assert_eq!(table.len(), 1);
+        assert_eq!(sink.closed, vec![C]);
+    }
 }

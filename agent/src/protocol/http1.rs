@@ -645,15 +645,14 @@ struct DirState {
     tentative: bool,
     /// Timing of the current message's first byte.
     first: Option<Timing>,
+    /// Stream offset of the current message's first byte (when `first` is set).
+    first_pos: u64,
     /// Request direction: sequence number of the request whose body (or the rest of
     /// whose truncated head) is being read.
     body_seq: Option<u64>,
     /// Mid-stream session: this direction has not yet resynchronized, and a skipped
     /// syscall is reported ([`ParseError::HalfSeen`]) once.
     report_half_seen: bool,
-    /// Response direction: the head being received began before bytes were lost, so the
-    /// response pairs with nothing.
-    detached: bool,
     /// The current body follows a truncated head whose end was found after a gap (it may
     /// have been inside the gap): a syscall that starts with a start line also ends it.
     unsure_end: bool,
@@ -666,9 +665,9 @@ impl DirState {
             buf: Vec::new(),
             tentative: false,
             first: None,
+            first_pos: 0,
             body_seq: None,
             report_half_seen: false,
-            detached: false,
             unsure_end: false,
         }
     }
@@ -682,7 +681,6 @@ impl DirState {
         self.tentative = false;
         self.first = None;
         self.body_seq = None;
-        self.detached = false;
         self.unsure_end = false;
     }
 
@@ -701,6 +699,9 @@ impl DirState {
 struct Pending {
     seq: u64,
     method: MethodClass,
+    /// Parsed after a loss of request bytes or on joining mid-stream: pairs only with a
+    /// response that began after it.
+    guarded: bool,
     /// The head was lost: consume its response without reporting it.
     lost: bool,
     request: Request,
@@ -723,6 +724,9 @@ struct Ctx<'o> {
     kind: MessageKind,
     dir: Direction,
     t: Timing,
+    /// Stream offset just past the slice being parsed: the position of `input[0]` is
+    /// `end_pos - input.len()`.
+    end_pos: u64,
     out: &'o mut Vec<Exchange>,
     error: Option<ParseError>,
 }
@@ -760,9 +764,20 @@ pub struct Http1Session {
     /// Joined mid-stream or lost bytes, and no request parsed since: a response without a
     /// pending request is [`ParseError::HalfSeen`].
     resumed: bool,
+    /// Requests parsed from now on are guarded (see [`Http1Session::lost`]).
+    guard: bool,
+    /// Stream offset of the next byte, per direction (ingress, egress).
+    next_pos: [u64; 2],
     /// Bytes handed to `httparse` (tests check that this stays linear).
     #[cfg(test)]
     parse_work: usize,
+}
+
+fn dir_index(dir: Direction) -> usize {
+    match dir {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
 }
 
 impl Http1Session {
@@ -777,6 +792,8 @@ impl Http1Session {
             next_seq: 0,
             opaque: false,
             resumed: false,
+            guard: false,
+            next_pos: [0; 2],
             #[cfg(test)]
             parse_work: 0,
         }
@@ -793,6 +810,7 @@ impl Http1Session {
             st.report_half_seen = true;
         }
         s.resumed = true;
+        s.guard = true;
         s
     }
 
@@ -831,10 +849,31 @@ impl Http1Session {
         t: Timing,
         out: &mut Vec<Exchange>,
     ) -> Result<(), ParseError> {
+        let pos = self.next_pos[dir_index(dir)];
+        self.feed_at(dir, pos, prefix, gap, tail, t, out)
+    }
+
+    /// [`feed_syscall`](Self::feed_syscall) for a syscall whose first byte is at stream
+    /// offset `pos` of its direction (as numbered by the capture): each request records
+    /// where it starts ([`Request::stream_offset`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn feed_at(
+        &mut self,
+        dir: Direction,
+        pos: u64,
+        prefix: &[u8],
+        gap: u64,
+        tail: &[u8],
+        t: Timing,
+        out: &mut Vec<Exchange>,
+    ) -> Result<(), ParseError> {
+        let len = prefix.len() as u64 + gap + tail.len() as u64;
+        self.next_pos[dir_index(dir)] = pos + len;
         let mut cx = Ctx {
             kind: self.kind_of(dir),
             dir,
             t,
+            end_pos: pos + prefix.len() as u64,
             out,
             error: None,
         };
@@ -845,29 +884,52 @@ impl Http1Session {
         }
     }
 
-    /// The capture lost bytes of `dir` (a record was dropped; how many is unknown). `dir`
-    /// waits for a syscall that starts with a start line; every pending request and the
-    /// response in flight are dropped; the other direction keeps its framing, but the
-    /// message it is in pairs with nothing (a request head in progress there still pairs
-    /// once parsed: it is parsed after the loss). Returns how many requests were dropped
-    /// (including ones whose head was lost). Sequence numbers are not reused. Nothing
-    /// happens (0) once the connection is opaque.
-    pub fn lost(&mut self, dir: Direction) -> usize {
+    /// The capture lost bytes of `dir` (a record was dropped; how many is unknown), all of
+    /// them moved at or before `before_ns` (0: unknown). `dir` waits for a syscall that
+    /// starts with a start line.
+    ///
+    /// * Lost response bytes may hold the answers of every request seen before
+    ///   `before_ns`: those requests and the response in flight are dropped; requests
+    ///   seen later cannot be answered by them and keep their place.
+    /// * Lost request bytes hold requests never seen, sent after every pending one: the
+    ///   pending ones keep their place, and the requests parsed from now on are paired
+    ///   only with a response that began after them (a response to an unseen request
+    ///   began earlier, for a client that waits for each answer), until one pairs.
+    ///
+    /// Returns how many requests were dropped (including ones whose head was lost).
+    /// Sequence numbers are not reused. Nothing happens (0) once the connection is opaque.
+    pub fn lost(&mut self, dir: Direction, before_ns: u64) -> usize {
         if self.opaque {
             return 0;
         }
         let kind = self.kind_of(dir);
+        // The request whose body (or rest of head) was being read lost some of it: it
+        // keeps its place, so its answer pairs with it, but it is not reported.
+        let incomplete = (kind == MessageKind::Request).then_some(self.req.body_seq).flatten();
         self.state_mut(kind).reset(Phase::Desync);
-        if kind == MessageKind::Request {
-            // A response head in progress answers a request from before the loss.
-            let resp = &mut self.resp;
-            resp.detached = resp.phase == Phase::Head && resp.first.is_some();
-        }
-        let dropped = self.pending.len();
-        self.pending.clear();
-        self.in_flight = None;
         self.resumed = true;
-        dropped
+        match kind {
+            MessageKind::Request => {
+                self.guard = true;
+                match self.pending.iter_mut().find(|p| Some(p.seq) == incomplete && !p.lost) {
+                    Some(p) => {
+                        p.lost = true;
+                        1
+                    }
+                    None => 0,
+                }
+            }
+            MessageKind::Response => {
+                self.in_flight = None;
+                let before = self.pending.len();
+                if before_ns == 0 {
+                    self.pending.clear();
+                } else {
+                    self.pending.retain(|p| p.first.enter_ns > before_ns);
+                }
+                before - self.pending.len()
+            }
+        }
     }
 
     /// The process saw end of stream in `dir` (read returned 0) or the connection closed:
@@ -881,10 +943,12 @@ impl Http1Session {
             return;
         }
         let kind = self.kind_of(dir);
+        let end_pos = self.next_pos[dir_index(dir)];
         let mut cx = Ctx {
             kind,
             dir,
             t,
+            end_pos,
             out,
             error: None,
         };
@@ -1006,6 +1070,7 @@ impl Http1Session {
         if gap > 0 {
             self.skip_gap(cx, gap);
         }
+        cx.end_pos += gap + tail.len() as u64;
         self.consume(cx, tail);
         if self.opaque {
             return;
@@ -1073,17 +1138,20 @@ impl Http1Session {
             Start::Yes => {
                 let held = std::mem::take(&mut st.buf);
                 let held_first = st.first.take();
+                let held_pos = st.first_pos;
                 self.end_unseen(cx, skip.then);
                 let st = self.state_mut(kind);
                 st.phase = Phase::Head;
                 st.tentative = false;
                 st.first = held_first;
+                st.first_pos = held_pos;
                 st.buf = held;
                 0
             }
             Start::Maybe if can_wait && !data.is_empty() => {
                 if st.buf.is_empty() {
                     st.first = Some(cx.t);
+                    st.first_pos = cx.end_pos - data.len() as u64;
                 }
                 st.buf.extend_from_slice(data);
                 let mut skip = skip;
@@ -1159,6 +1227,7 @@ impl Http1Session {
         }
         if st.first.is_none() {
             st.first = Some(cx.t);
+            st.first_pos = cx.end_pos - input.len() as u64;
         }
         let tentative = st.tentative;
         let mut buf = std::mem::take(&mut st.buf);
@@ -1361,6 +1430,7 @@ impl Http1Session {
             headers: stored_headers(req.headers),
             body_len: 0,
             truncated,
+            stream_offset: self.req.first_pos,
         };
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -1383,6 +1453,7 @@ impl Http1Session {
             Pending {
                 seq,
                 method: MethodClass::of(method.as_bytes()),
+                guarded: self.guard,
                 lost: false,
                 request,
                 first,
@@ -1408,11 +1479,21 @@ impl Http1Session {
             return Ok(());
         }
         let framing = Framing::of(resp.headers, cx.dir, MessageKind::Response)?;
-        let detached = std::mem::take(&mut self.resp.detached);
+        let first = self.resp.first.unwrap_or(cx.t);
+        // A response that began before a guarded request cannot answer it: it answers a
+        // request that was never seen.
         let (answers, method) = match self.pending.front() {
-            Some(p) if !detached => (Some(p.seq), p.method),
+            Some(p) if !(p.guarded && first.enter_ns < p.first.enter_ns) => {
+                if p.guarded {
+                    // In step again.
+                    self.guard = false;
+                }
+                (Some(p.seq), p.method)
+            }
             _ => {
-                cx.report(if self.resumed || detached {
+                // Skipped because of a guard, it answers a request never seen.
+                let guarded = self.pending.front().is_some_and(|p| p.guarded);
+                cx.report(if self.resumed || guarded {
                     ParseError::HalfSeen {
                         dir: cx.dir,
                         kind: MessageKind::Response,
@@ -1703,7 +1784,6 @@ impl Http1Session {
         let kind = cx.kind;
         let st = self.state_mut(kind);
         let in_body = matches!(st.phase, Phase::Body(_) | Phase::SkipHead(_));
-        let detached = st.detached;
         st.reset(Phase::Desync);
         match kind {
             MessageKind::Request => {
@@ -1715,6 +1795,7 @@ impl Http1Session {
                         Pending {
                             seq,
                             method,
+                            guarded: self.guard,
                             lost: true,
                             request: Request::default(),
                             first: cx.t,
@@ -1729,7 +1810,7 @@ impl Http1Session {
                     if answers.is_some() && self.pending.front().map(|p| p.seq) == answers {
                         self.pending.pop_front();
                     }
-                } else if lost.is_some() && !detached {
+                } else if lost.is_some() {
                     self.pending.pop_front();
                 }
             }
@@ -1971,7 +2052,7 @@ mod tests {
                     continue;
                 }
                 Ev::Lost(dir) => {
-                    dropped.push((i, s.lost(*dir)));
+                    dropped.push((i, s.lost(*dir, 0)));
                     continue;
                 }
             };
@@ -3476,49 +3557,79 @@ mod tests {
     }
 
     #[test]
-    fn lost_drops_pending_requests_and_pairs_later_ones() {
+    fn lost_request_bytes_keep_pending_requests_and_guard_later_ones() {
+        // Server: the bytes after /b were lost (say, a request /x). /a and /b were sent
+        // before it, so their answers come first; /x's answer arrives before /c is sent
+        // (a client that waits for each answer) and pairs with nothing.
         let evs = [
             d(IN, &get("/a")),
             d(IN, &get("/b")),
             Ev::Lost(IN),
-            // Answers to the dropped requests.
             d(OUT, &ok(200, "")),
-            d(OUT, &ok(200, "")),
-            d(IN, &get("/c")),
             d(OUT, &ok(201, "")),
+            d(OUT, &ok(299, "")),
+            d(IN, &get("/c")),
+            d(OUT, &ok(202, "")),
         ];
         let r = check(Role::Server, &evs);
+        assert_eq!(r.dropped, [(2, 0)]);
+        let half = ParseError::HalfSeen { dir: OUT, kind: MessageKind::Response };
+        assert_eq!(r.errors, [(5, half)]);
+        assert_eq!(statuses(&r), [("/a".to_owned(), 200), ("/b".to_owned(), 201), ("/c".to_owned(), 202)]);
+
+        // A guarded request pairs only with a response that began after it: an answer to
+        // the unseen request still on its way is skipped, not paired with /c.
+        let mut s = Http1Session::new(Role::Server);
+        let mut out = Vec::new();
+        s.lost(IN, 0);
+        s.feed(IN, &get("/c"), 0, tm(5), &mut out).unwrap();
+        let early = ok(299, "");
+        assert!(matches!(s.feed(OUT, &early, 0, tm(4), &mut out), Err(ParseError::HalfSeen { .. })));
+        s.feed(OUT, &ok(202, ""), 0, tm(6), &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].request.target.as_str(), out[0].response.status), ("/c", 202));
+        assert_eq!(s.pending_requests(), 0);
+    }
+
+    #[test]
+    fn lost_response_bytes_drop_the_requests_they_may_answer() {
+        // /a was seen before the lost response bytes moved: its answer may be among them.
+        // /b was seen after: none of them can answer it.
+        let mut s = Http1Session::new(Role::Server);
+        let mut out = Vec::new();
+        s.feed(IN, &get("/a"), 0, tm(0), &mut out).unwrap();
+        let lost_at = tm(1).enter_ns;
+        s.feed(IN, &get("/b"), 0, tm(2), &mut out).unwrap();
+        assert_eq!(s.lost(OUT, lost_at), 1);
+        s.feed(OUT, &ok(201, ""), 0, tm(3), &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].request.target.as_str(), out[0].response.status), ("/b", 201));
+        // When the time is unknown, every pending request goes.
+        let evs = [d(IN, &get("/a")), d(IN, &get("/b")), Ev::Lost(OUT), d(OUT, &ok(200, ""))];
+        let r = check(Role::Server, &evs);
         assert_eq!(r.dropped, [(2, 2)]);
-        let half = ParseError::HalfSeen {
-            dir: OUT,
-            kind: MessageKind::Response,
-        };
-        assert_eq!(r.errors, [(3, half.clone()), (4, half)]);
-        assert_eq!(statuses(&r), [("/c".to_owned(), 201)]);
+        assert!(r.ex.is_empty());
         // Sequence numbers are not reused.
-        assert_eq!(r.ex[0].seq, 2);
+        let evs = [d(IN, &get("/a")), Ev::Lost(OUT), d(IN, &get("/c")), d(OUT, &ok(201, ""))];
+        assert_eq!(check(Role::Server, &evs).ex[0].seq, 1);
 
         // A lost head's placeholder counts too.
-        let evs = [g(IN, b"GET /lo", 500), Ev::Lost(IN)];
+        let evs = [g(IN, b"GET /lo", 500), Ev::Lost(OUT)];
         assert_eq!(run(Role::Server, &evs).dropped, [(1, 1)]);
         // Nothing to drop on an opaque connection.
         let mut s = Http1Session::new(Role::Server);
         let mut out = Vec::new();
         let upgrade = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n";
         s.feed(IN, upgrade, upgrade.len(), tm(0), &mut out).unwrap();
-        let pipelined = get("/p");
-        s.feed(IN, &pipelined, pipelined.len(), tm(0), &mut out)
-            .unwrap();
         let resp = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
         s.feed(OUT, resp, resp.len(), tm(1), &mut out).unwrap();
         assert!(s.is_opaque());
-        assert_eq!(s.lost(IN), 0);
+        assert_eq!(s.lost(OUT, 0), 0);
     }
 
     #[test]
-    fn response_in_progress_at_a_loss_pairs_with_nothing() {
-        // The response direction keeps its framing: the rest of the body is skipped by
-        // length and does not pair with the request parsed after the loss.
+    fn response_in_progress_at_a_request_side_loss_still_pairs() {
+        // The request bytes lost came after /a: the response in progress answers /a.
         let evs = [
             d(IN, &get("/a")),
             d(OUT, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"),
@@ -3528,62 +3639,21 @@ mod tests {
             d(OUT, &ok(202, "")),
         ];
         let r = check(Role::Server, &evs);
-        assert_eq!(r.dropped, [(2, 1)]);
+        assert_eq!(r.dropped, [(2, 0)]);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(statuses(&r), [("/new".to_owned(), 202)]);
+        assert_eq!(statuses(&r), [("/a".to_owned(), 200), ("/new".to_owned(), 202)]);
 
-        // A response head half received at the loss answers a dropped request, even once
-        // a newer request is pending.
+        // A response lost half-way drops its request; the next one pairs.
         let evs = [
             d(IN, &get("/a")),
-            d(OUT, b"HTTP/1.1 200 OK\r\n"),
-            Ev::Lost(IN),
+            d(OUT, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"),
+            Ev::Lost(OUT),
             d(IN, &get("/new")),
-            d(OUT, b"Content-Length: 0\r\n\r\n"),
             d(OUT, &ok(203, "")),
         ];
         let r = check(Role::Server, &evs);
         assert_eq!(r.dropped, [(2, 1)]);
-        assert_eq!(
-            r.errors,
-            [(
-                4,
-                ParseError::HalfSeen {
-                    dir: OUT,
-                    kind: MessageKind::Response
-                }
-            )]
-        );
         assert_eq!(statuses(&r), [("/new".to_owned(), 203)]);
-
-        // Bytes of the response direction lost mid-body: it waits for a status line.
-        let evs = [
-            d(IN, &get("/a")),
-            d(OUT, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc"),
-            Ev::Lost(OUT),
-            d(OUT, b"rest of the body"),
-            d(IN, &get("/b")),
-            d(OUT, &ok(200, "")),
-        ];
-        let r = check(Role::Server, &evs);
-        assert_eq!(r.dropped, [(2, 1)]);
-        assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(statuses(&r), [("/b".to_owned(), 200)]);
-        assert_eq!(r.ex[0].seq, 1);
-        assert_eq!(r.pending, 0);
-
-        // A request body in progress in the other direction: framing kept, no pairing.
-        let evs = [
-            d(IN, b"POST /p HTTP/1.1\r\nContent-Length: 6\r\n\r\nabc"),
-            Ev::Lost(OUT),
-            d(IN, b"def"),
-            d(IN, &get("/q")),
-            d(OUT, &ok(200, "")),
-        ];
-        let r = check(Role::Server, &evs);
-        assert_eq!(r.dropped, [(1, 1)]);
-        assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(statuses(&r), [("/q".to_owned(), 200)]);
     }
 
     #[test]
@@ -3598,12 +3668,12 @@ mod tests {
             d(OUT, &ok(202, "")),
         ];
         let r = run(Role::Server, &evs);
+        // The truncated request lost part of its head: it keeps its place, so its answer
+        // is consumed, but it is not reported; /b, parsed after the loss, pairs with the
+        // answer that follows.
         assert_eq!(r.dropped, [(1, 1)]);
-        assert_eq!(statuses(&r), [("/b".to_owned(), 200)]);
-        assert!(matches!(
-            r.errors[..],
-            [(5, ParseError::UnexpectedResponse { .. })]
-        ));
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(statuses(&r), [("/b".to_owned(), 202)]);
     }
 
     #[test]
@@ -3763,7 +3833,16 @@ mod tests {
                 }
                 if rng.random_ratio(1, 40) {
                     let before = s.pending_requests();
-                    assert_eq!(s.lost(dir), if s.is_opaque() { 0 } else { before });
+                    // Lost request bytes keep the pending requests (but the one being
+                    // read); lost response bytes (at an unknown time) drop them all.
+                    let dropped = s.lost(dir, 0);
+                    if s.is_opaque() {
+                        assert_eq!(dropped, 0);
+                    } else if dir == role.request_direction() {
+                        assert!(dropped <= 1);
+                    } else {
+                        assert_eq!(dropped, before);
+                    }
                     continue;
                 }
                 let mut data = random_bytes(&mut rng);

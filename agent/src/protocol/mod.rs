@@ -54,6 +54,10 @@ pub struct Request {
     /// The head was larger than what could be seen (longer than the parser's limit, or
     /// partly not captured): the fields come from the part before the cut.
     pub truncated: bool,
+    /// Position of the request's first byte in its direction's byte stream, as counted
+    /// by the capture. Both ends of a connection see the same byte at the same TCP
+    /// sequence number, which is how their two views of one request are matched.
+    pub stream_offset: u64,
 }
 
 impl Request {

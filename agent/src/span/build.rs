@@ -108,6 +108,10 @@ pub fn build(rec: &ExchangeRecord, id: Identity, resource: Arc<Resource>, clock:
     if id.propagation_break.is_some() {
         put("ghostwire.propagation_break", true.into());
     }
+    if req.truncated || resp.truncated {
+        // A head larger than what could be seen: the attributes come from its start.
+        put("ghostwire.truncated", true.into());
+    }
     if req.body_len > 0 {
         put("http.request.body.size", i64::try_from(req.body_len).unwrap_or(i64::MAX).into());
     }
@@ -195,14 +199,14 @@ mod tests {
 
     fn record(role: Role, headers: &[(&str, &str)], status: u16) -> ExchangeRecord {
         ExchangeRecord {
-            key: crate::conn::ReqKey { conn: (1, 1), seq: 0 },
+            key: crate::conn::ReqKey { conn: crate::capture::ConnId { sock: 1, gen: 1 }, seq: 0 },
             tid: 42,
             conn: ConnMeta {
                 pid: 42,
-                fd: 5,
                 role,
                 local: "127.0.0.1:8080".parse().unwrap(),
                 peer: "127.0.0.1:50000".parse().unwrap(),
+                netns: 0,
             },
             exchange: Exchange {
                 seq: 0,
@@ -213,6 +217,7 @@ mod tests {
                     headers: headers.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect(),
                     body_len: 0,
                     truncated: false,
+                    stream_offset: 0,
                 },
                 response: Response { status, version_minor: 1, headers: vec![], body_len: 12, truncated: false },
                 request_first: Timing { enter_ns: 100, exit_ns: 110 },
@@ -272,6 +277,17 @@ mod tests {
         assert_eq!(s.attr("ghostwire.link"), Some(&AttrValue::Str("socket".into())));
         assert_eq!(s.attr("ghostwire.propagation_break"), Some(&AttrValue::Bool(true)));
         assert_eq!(s.attr("http.request.header.x-request-id"), Some(&AttrValue::Str("req-1".into())));
+    }
+
+    #[test]
+    fn truncated_heads_are_marked() {
+        let mut rec = record(Role::Server, &[], 200);
+        assert_eq!(build_(&rec, resource(), clock()).attr("ghostwire.truncated"), None);
+        rec.exchange.request.truncated = true;
+        assert_eq!(build_(&rec, resource(), clock()).attr("ghostwire.truncated"), Some(&AttrValue::Bool(true)));
+        rec.exchange.request.truncated = false;
+        rec.exchange.response.truncated = true;
+        assert_eq!(build_(&rec, resource(), clock()).attr("ghostwire.truncated"), Some(&AttrValue::Bool(true)));
     }
 
     #[test]

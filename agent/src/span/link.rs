@@ -73,6 +73,8 @@ pub struct Identity {
 /// What a server request learns from the client request at the other end of its socket.
 #[derive(Clone, Debug)]
 struct PeerRequest {
+    /// TCP sequence number of the request's first byte.
+    tcp_seq: u32,
     pid: u32,
     trace_id: [u8; 16],
     span_id: [u8; 8],
@@ -99,6 +101,8 @@ struct Pending {
     unresolved: bool,
     /// Server: the thread it was read on.
     tid: u32,
+    /// TCP sequence number of the request's first byte.
+    tcp_seq: u32,
 }
 
 /// Bounds, so no input can grow the linker without limit.
@@ -143,20 +147,21 @@ impl Linker {
         self.instrumented.contains(&pid)
     }
 
-    /// A request's head was parsed.
-    pub fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, req: &Request) {
+    /// A request's head was parsed. `tcp_seq`: the TCP sequence number of its first byte,
+    /// which the other end of the connection sees for the same request.
+    pub fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, req: &Request, tcp_seq: u32) {
         if self.pending.len() >= MAX_PENDING {
             self.evict();
         }
         let headers = || req.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
         let header_ctx = context::extract(headers());
         match conn.role {
-            Role::Server => self.server_started(key, conn, tid, header_ctx),
-            Role::Client => self.client_started(key, conn, tid, header_ctx),
+            Role::Server => self.server_started(key, conn, tid, header_ctx, tcp_seq),
+            Role::Client => self.client_started(key, conn, tid, header_ctx, tcp_seq),
         }
     }
 
-    fn server_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, received: Option<SpanContext>) {
+    fn server_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, received: Option<SpanContext>, tcp_seq: u32) {
         if let Some(ctx) = &received {
             *self.received.entry(conn.pid).or_default().entry(ctx.span_id).or_insert(0) += 1;
         }
@@ -172,6 +177,7 @@ impl Linker {
                 received,
                 unresolved: true,
                 tid,
+                tcp_seq,
             },
         );
         let on_thread = self.threads.entry((conn.pid, tid)).or_default();
@@ -183,7 +189,7 @@ impl Linker {
         self.resolve_server(key, false);
     }
 
-    fn client_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, sent: Option<SpanContext>) {
+    fn client_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, sent: Option<SpanContext>, tcp_seq: u32) {
         let s = stats::global();
         // Thread link: the one inbound request this thread is handling.
         let parent_key = match self.threads.get(&(conn.pid, tid)).map(Vec::as_slice) {
@@ -229,6 +235,7 @@ impl Linker {
             queue.pop_front();
         }
         queue.push_back(PeerRequest {
+            tcp_seq,
             pid: conn.pid,
             trace_id: identity.trace_id,
             span_id: identity.span_id,
@@ -249,6 +256,7 @@ impl Linker {
                 received: None,
                 unresolved: false,
                 tid,
+                tcp_seq,
             },
         );
     }
@@ -261,7 +269,13 @@ impl Linker {
         if !p.unresolved {
             return;
         }
-        let peer = self.peers.get_mut(&(p.peer, p.local)).and_then(VecDeque::pop_front);
+        // The client request that starts at the same byte of the same connection: exact,
+        // whatever either end missed (a request lost at one end shifts nothing).
+        let seq = p.tcp_seq;
+        let peer = self.peers.get_mut(&(p.peer, p.local)).and_then(|q| {
+            let i = q.iter().position(|c| c.tcp_seq == seq)?;
+            q.remove(i)
+        });
         if peer.is_none() && !last_chance {
             return;
         }
@@ -391,7 +405,7 @@ impl Linker {
     /// Drops the oldest half of pending requests (a flood of requests never answered).
     fn evict(&mut self) {
         let mut keys: Vec<ReqKey> = self.pending.keys().copied().collect();
-        keys.sort_by_key(|k| (k.conn.1, k.seq));
+        keys.sort_by_key(|k| (k.conn.gen, k.seq));
         for k in keys.iter().take(keys.len() / 2) {
             self.remove(*k);
         }
@@ -436,7 +450,7 @@ mod tests {
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03";
 
     fn meta(pid: u32, role: Role, local: &str, peer: &str) -> ConnMeta {
-        ConnMeta { pid, fd: 3, role, local: local.parse().unwrap(), peer: peer.parse().unwrap() }
+        ConnMeta { pid, role, local: local.parse().unwrap(), peer: peer.parse().unwrap(), netns: 0 }
     }
 
     fn req(headers: &[(&str, &str)]) -> Request {
@@ -447,11 +461,12 @@ mod tests {
             headers: headers.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect(),
             body_len: 0,
             truncated: false,
+            stream_offset: 0,
         }
     }
 
     fn key(conn: u64, seq: u64) -> ReqKey {
-        ReqKey { conn: (conn, 1), seq }
+        ReqKey { conn: crate::capture::ConnId { sock: conn, gen: 1 }, seq }
     }
 
     fn done(l: &mut Linker, k: ReqKey, conn: ConnMeta) -> Option<Identity> {
@@ -487,9 +502,9 @@ mod tests {
     fn thread_socket_and_break_along_a_chain() {
         let mut l = Linker::default();
         // The proxy receives context, calls out without it, the backend answers.
-        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[("traceparent", TP)]));
-        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[]));
-        l.request_started(key(3, 0), &backend_in(), 21, &req(&[]));
+        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[("traceparent", TP)]), 0);
+        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[]), 0);
+        l.request_started(key(3, 0), &backend_in(), 21, &req(&[]), 0);
         let backend = done(&mut l, key(3, 0), backend_in()).unwrap();
         let call = done(&mut l, key(2, 0), proxy_out()).unwrap();
         let server = done(&mut l, key(1, 0), proxy_in()).unwrap();
@@ -506,12 +521,32 @@ mod tests {
     }
 
     #[test]
+    fn socket_links_match_by_stream_position_not_order() {
+        let mut l = Linker::default();
+        // The proxy sent two requests on one connection; the backend's record of the
+        // first was lost, so it sees only the second (TCP sequence 900).
+        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[]), 100);
+        l.request_started(key(2, 1), &proxy_out(), 11, &req(&[]), 900);
+        l.request_started(key(3, 1), &backend_in(), 21, &req(&[]), 900);
+        let backend = done(&mut l, key(3, 1), backend_in()).unwrap();
+        let first = done(&mut l, key(2, 0), proxy_out()).unwrap();
+        let second = done(&mut l, key(2, 1), proxy_out()).unwrap();
+        assert_eq!(backend.link, LinkKind::Socket);
+        assert_eq!(backend.parent_span_id, second.span_id);
+        assert_ne!(backend.parent_span_id, first.span_id);
+        // A server request with no client request at its position is not guessed.
+        l.request_started(key(2, 2), &proxy_out(), 11, &req(&[]), 1700);
+        l.request_started(key(3, 3), &backend_in(), 21, &req(&[]), 2500);
+        assert_eq!(done(&mut l, key(3, 3), backend_in()).unwrap().link, LinkKind::None);
+    }
+
+    #[test]
     fn socket_link_when_the_server_side_is_seen_first() {
         let mut l = Linker::default();
-        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[]));
+        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[]), 0);
         // The backend's read reaches the agent before the proxy's write.
-        l.request_started(key(3, 0), &backend_in(), 21, &req(&[]));
-        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[]));
+        l.request_started(key(3, 0), &backend_in(), 21, &req(&[]), 0);
+        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[]), 0);
         let backend = done(&mut l, key(3, 0), backend_in()).unwrap();
         let call = done(&mut l, key(2, 0), proxy_out()).unwrap();
         assert_eq!(backend.link, LinkKind::Socket);
@@ -524,16 +559,16 @@ mod tests {
     #[test]
     fn sequential_keep_alive_requests_on_one_thread_link_to_the_current_one() {
         let mut l = Linker::default();
-        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[]));
+        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[]), 0);
         let first = done(&mut l, key(1, 0), proxy_in()).unwrap();
-        l.request_started(key(1, 1), &proxy_in(), 11, &req(&[]));
-        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[]));
+        l.request_started(key(1, 1), &proxy_in(), 11, &req(&[]), 1);
+        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[]), 0);
         let call = done(&mut l, key(2, 0), proxy_out()).unwrap();
         let second = done(&mut l, key(1, 1), proxy_in()).unwrap();
         assert_eq!(call.parent_span_id, second.span_id);
         assert_ne!(call.parent_span_id, first.span_id);
         // A call after the response went out belongs to no request.
-        l.request_started(key(2, 1), &proxy_out(), 11, &req(&[]));
+        l.request_started(key(2, 1), &proxy_out(), 11, &req(&[]), 1);
         assert_eq!(done(&mut l, key(2, 1), proxy_out()).unwrap().link, LinkKind::None);
     }
 
@@ -542,12 +577,12 @@ mod tests {
         let mut l = Linker::default();
         let a = meta(1, Role::Server, "127.0.0.1:80", "127.0.0.1:5001");
         let b = meta(1, Role::Server, "127.0.0.1:80", "127.0.0.1:5002");
-        l.request_started(key(1, 0), &a, 11, &req(&[]));
-        l.request_started(key(4, 0), &b, 12, &req(&[]));
+        l.request_started(key(1, 0), &a, 11, &req(&[]), 0);
+        l.request_started(key(4, 0), &b, 12, &req(&[]), 0);
         let out_b = meta(1, Role::Client, "127.0.0.1:6002", "127.0.0.1:90");
         let out_a = meta(1, Role::Client, "127.0.0.1:6001", "127.0.0.1:90");
-        l.request_started(key(5, 0), &out_b, 12, &req(&[]));
-        l.request_started(key(6, 0), &out_a, 11, &req(&[]));
+        l.request_started(key(5, 0), &out_b, 12, &req(&[]), 0);
+        l.request_started(key(6, 0), &out_a, 11, &req(&[]), 0);
         let call_b = done(&mut l, key(5, 0), out_b).unwrap();
         let call_a = done(&mut l, key(6, 0), out_a).unwrap();
         let srv_a = done(&mut l, key(1, 0), a).unwrap();
@@ -563,9 +598,9 @@ mod tests {
         let before = stats::global().get(Counter::LinkAmbiguousThread);
         let a = meta(1, Role::Server, "127.0.0.1:80", "127.0.0.1:5001");
         let b = meta(1, Role::Server, "127.0.0.1:80", "127.0.0.1:5002");
-        l.request_started(key(1, 0), &a, 11, &req(&[]));
-        l.request_started(key(4, 0), &b, 11, &req(&[]));
-        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[]));
+        l.request_started(key(1, 0), &a, 11, &req(&[]), 0);
+        l.request_started(key(4, 0), &b, 11, &req(&[]), 0);
+        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[]), 0);
         assert_eq!(done(&mut l, key(2, 0), proxy_out()).unwrap().link, LinkKind::None);
         assert!(stats::global().get(Counter::LinkAmbiguousThread) > before);
     }
@@ -573,9 +608,9 @@ mod tests {
     #[test]
     fn a_proxy_passing_the_header_on_is_legacy_and_linked_by_socket() {
         let mut l = Linker::default();
-        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[("traceparent", TP)]));
-        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[("traceparent", TP)]));
-        l.request_started(key(3, 0), &backend_in(), 21, &req(&[("traceparent", TP)]));
+        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[("traceparent", TP)]), 0);
+        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[("traceparent", TP)]), 0);
+        l.request_started(key(3, 0), &backend_in(), 21, &req(&[("traceparent", TP)]), 0);
         assert!(!l.is_instrumented(1));
         let backend = done(&mut l, key(3, 0), backend_in()).unwrap();
         let call = done(&mut l, key(2, 0), proxy_out()).unwrap();
@@ -588,10 +623,10 @@ mod tests {
     fn an_sdk_process_gets_no_spans_and_its_header_links_the_callee() {
         let mut l = Linker::default();
         let sdk_parent = "00-11111111111111111111111111111111-2222222222222222-01";
-        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[]));
-        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[("traceparent", sdk_parent)]));
+        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[]), 0);
+        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[("traceparent", sdk_parent)]), 0);
         assert!(l.is_instrumented(1));
-        l.request_started(key(3, 0), &backend_in(), 21, &req(&[("traceparent", sdk_parent)]));
+        l.request_started(key(3, 0), &backend_in(), 21, &req(&[("traceparent", sdk_parent)]), 0);
         let backend = done(&mut l, key(3, 0), backend_in()).unwrap();
         assert_eq!(backend.link, LinkKind::Header);
         assert_eq!(crate::span::hex(&backend.parent_span_id), "2222222222222222");
@@ -604,7 +639,7 @@ mod tests {
     fn declared_instrumented_processes_get_no_spans() {
         let mut l = Linker::new(vec!["svc-a".into()]);
         l.observe_process(1, &["svc-a", "python3"]);
-        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[]));
+        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[]), 0);
         assert_eq!(done(&mut l, key(1, 0), proxy_in()), None);
     }
 
@@ -615,10 +650,10 @@ mod tests {
         // Two requests in flight on one thread: the call cannot be thread-linked, so
         // its own trace differs from the header it passes on.
         let other = meta(1, Role::Server, "127.0.0.1:80", "127.0.0.1:5009");
-        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[("traceparent", TP)]));
-        l.request_started(key(7, 0), &other, 11, &req(&[]));
-        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[("traceparent", TP)]));
-        l.request_started(key(3, 0), &backend_in(), 21, &req(&[("traceparent", TP)]));
+        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[("traceparent", TP)]), 0);
+        l.request_started(key(7, 0), &other, 11, &req(&[]), 0);
+        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[("traceparent", TP)]), 0);
+        l.request_started(key(3, 0), &backend_in(), 21, &req(&[("traceparent", TP)]), 0);
         let backend = done(&mut l, key(3, 0), backend_in()).unwrap();
         assert_eq!(backend.link, LinkKind::Header);
         assert_eq!(crate::span::hex(&backend.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
@@ -628,10 +663,10 @@ mod tests {
     #[test]
     fn closed_connections_and_exited_processes_leave_nothing_behind() {
         let mut l = Linker::default();
-        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[("traceparent", TP)]));
-        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[]));
-        l.connection_closed((2, 1), &proxy_out());
-        l.connection_closed((1, 1), &proxy_in());
+        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[("traceparent", TP)]), 0);
+        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[]), 0);
+        l.connection_closed(crate::capture::ConnId { sock: 2, gen: 1 }, &proxy_out());
+        l.connection_closed(crate::capture::ConnId { sock: 1, gen: 1 }, &proxy_in());
         l.process_exited(1);
         assert!(l.pending.is_empty() && l.per_conn.is_empty() && l.threads.is_empty());
         assert!(l.peers.is_empty() && l.received.is_empty());

@@ -1,33 +1,88 @@
-//! `cargo xtask bench overhead`: what tracing costs a busy HTTP server.
+//! `cargo xtask bench overhead`: what tracing costs a busy HTTP server;
+//! `cargo xtask bench hooks`: what each candidate hook set costs with empty programs.
 //!
-//! A benchmark, not a test: it prints numbers and fails only when it cannot measure.
-//! nginx serves a 1 KiB file on 127.0.0.1; each round runs wrk without the agent, then
-//! with `ghostwire --port <port>` tracing it, and compares throughput and p99 latency.
-//! It also reports the agent's CPU time per request, the spans it exported and the
-//! events it dropped. Every wait is bounded; nginx and the agent are stopped by `Drop`
+//! Benchmarks, not tests: they print numbers and fail only when they cannot measure
+//! (a load run with errors or non-2xx responses is such a failure: the numbers would
+//! not measure what they claim). nginx serves a 1 KiB file on 127.0.0.1.
+//!
+//! `overhead` alternates, in each round and for each load view (wrk saturating nginx;
+//! hey holding a fixed rate), three configurations: no agent (the baseline), the agent
+//! with `--capture-only` (the kernel side and the ring drain) and the full agent. It
+//! compares throughput and p99 latency with the baseline of the same round, and reports
+//! the agent's CPU time per request, the node's CPU time per request added over the
+//! baseline, the spans exported and the events dropped.
+//!
+//! `hooks` runs wrk without anything attached, then with `ghostwire --empty-probes SET`
+//! for each hook set, then with the real agent tracing a port nothing uses, and reports
+//! each one's throughput against the baseline of the same round.
+//!
+//! Every wait is bounded; nginx, the load generators and the agent are stopped by `Drop`
 //! guards even when a step fails.
 
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
 
 use crate::util::{self, ChildGuard, Step, TempDir};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCmd {
-    /// Throughput, p99 latency and CPU cost of tracing nginx under wrk load.
+    /// Throughput, p99 latency and CPU cost of tracing nginx: no agent, capture-only and
+    /// the full agent, under wrk (saturated) and hey (fixed rate) load.
     Overhead(OverheadArgs),
+    /// Saturated throughput of nginx with empty programs on each candidate hook set.
+    Hooks(HooksArgs),
 }
 
 #[derive(clap::Args, Debug)]
 pub struct OverheadArgs {
-    /// Rounds (each: one run without the agent, one with it).
+    /// Rounds (each: every view, each with a run without the agent, one capture-only,
+    /// one with the full agent).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+    /// Seconds per load run.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration: u64,
+    /// wrk connections.
+    #[arg(long, default_value_t = 32)]
+    pub connections: u32,
+    /// wrk threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: u32,
+    /// Seconds of unrecorded load before the first round (0: none).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Load views, comma-separated: `saturated` (wrk, as fast as nginx answers) and
+    /// `fixed` (hey at a fixed request rate).
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["saturated", "fixed"])]
+    pub views: Vec<View>,
+    /// hey connections for the fixed-rate view.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_connections: u32,
+    /// Requests per second of each hey connection (hey -q) for the fixed-rate view.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_qps_per_connection: u32,
+    /// Only the runs without the agent (to try the harness without root or an agent).
+    #[arg(long, hide = true)]
+    pub no_agent: bool,
+    /// Run this binary as the agent (both agent configurations) instead of building
+    /// target/release/ghostwire (to try the harness with a stand-in).
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub agent_bin: Option<PathBuf>,
+    /// Extra agent arguments (both agent configurations), after `--`.
+    #[arg(last = true)]
+    pub agent_args: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct HooksArgs {
+    /// Rounds (each: one run without anything attached, then one per hook set).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: u32,
     /// Seconds per wrk run.
@@ -42,22 +97,118 @@ pub struct OverheadArgs {
     /// Seconds of unrecorded load before the first round (0: none).
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
-    /// Only the runs without the agent (to try the harness without root or an agent).
-    #[arg(long, hide = true)]
-    pub no_agent: bool,
-    /// Run this binary as the agent instead of building target/release/ghostwire
-    /// (to try the harness with a stand-in).
+    /// Hook sets to measure, comma-separated (default: all).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_values = ["syscalls", "raw-syscalls", "sock", "raw-sock", "cgroup-skb", "ghostwire"]
+    )]
+    pub sets: Vec<HookSet>,
+    /// Run this binary as the agent instead of building target/release/ghostwire.
     #[arg(long, hide = true, value_name = "PATH")]
-    pub agent_bin: Option<std::path::PathBuf>,
-    /// Extra agent arguments, after `--`.
-    #[arg(last = true)]
-    pub agent_args: Vec<String>,
+    pub agent_bin: Option<PathBuf>,
+}
+
+/// A load view of `bench overhead`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// wrk: as many requests as nginx answers.
+    Saturated,
+    /// hey: a fixed request rate.
+    Fixed,
+}
+
+impl View {
+    fn name(self) -> &'static str {
+        match self {
+            View::Saturated => "saturated",
+            View::Fixed => "fixed",
+        }
+    }
+}
+
+/// What `bench overhead` runs nginx with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Config {
+    /// No agent.
+    Baseline,
+    /// `ghostwire --capture-only --port P`.
+    CaptureOnly,
+    /// `ghostwire --port P --output jsonl:...`.
+    Full,
+}
+
+impl Config {
+    fn name(self) -> &'static str {
+        match self {
+            Config::Baseline => "baseline",
+            Config::CaptureOnly => "capture-only",
+            Config::Full => "full agent",
+        }
+    }
+}
+
+/// A hook set of `bench hooks`: one of the agent's `--empty-probes` sets, or the agent.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookSet {
+    /// Tracepoints syscalls:sys_{enter,exit}_* of the read/write-family syscalls.
+    Syscalls,
+    /// Raw tracepoints sys_enter and sys_exit (every syscall).
+    RawSyscalls,
+    /// Tracepoints sock:sock_send_length and sock:sock_recv_length.
+    Sock,
+    /// Raw tracepoints sock_send_length and sock_recv_length.
+    RawSock,
+    /// cgroup_skb ingress and egress programs on the cgroup v2 root.
+    CgroupSkb,
+    /// The real agent tracing a port nothing uses (its probes fire, nothing is captured).
+    Ghostwire,
+}
+
+impl HookSet {
+    /// The name on the command line (the agent's `--empty-probes` name for a set).
+    fn name(self) -> &'static str {
+        match self {
+            HookSet::Syscalls => "syscalls",
+            HookSet::RawSyscalls => "raw-syscalls",
+            HookSet::Sock => "sock",
+            HookSet::RawSock => "raw-sock",
+            HookSet::CgroupSkb => "cgroup-skb",
+            HookSet::Ghostwire => "ghostwire",
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            HookSet::Syscalls => {
+                "tracepoints syscalls:sys_enter/exit_{read,write,recvfrom,sendto,readv,writev,recvmsg,sendmsg}"
+            }
+            HookSet::RawSyscalls => "raw tracepoints sys_enter + sys_exit (every syscall)",
+            HookSet::Sock => "tracepoints sock:sock_send_length + sock:sock_recv_length",
+            HookSet::RawSock => "raw tracepoints sock_send_length + sock_recv_length",
+            HookSet::CgroupSkb => "cgroup_skb ingress + egress on the cgroup v2 root",
+            HookSet::Ghostwire => "ghostwire, probes fire, nothing captured (--port <unused>)",
+        }
+    }
 }
 
 pub fn run(cmd: &BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Overhead(args) => overhead(args),
+        BenchCmd::Hooks(args) => hooks(args),
     }
+}
+
+/// The values in their first-seen order, each once.
+fn dedup<T: PartialEq + Copy>(values: &[T]) -> Vec<T> {
+    let mut out: Vec<T> = Vec::new();
+    for v in values {
+        if !out.contains(v) {
+            out.push(*v);
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -71,7 +222,9 @@ pub struct WrkReport {
     pub p99: f64,
     /// Requests completed.
     pub requests: u64,
+    /// Socket errors of every kind, timeouts included.
     pub socket_errors: u64,
+    pub timeouts: u64,
     pub non_2xx: u64,
 }
 
@@ -120,10 +273,17 @@ pub fn parse_wrk(out: &str) -> Result<WrkReport> {
             requests = n.trim().parse::<u64>().ok();
         } else if let Some(errors) = line.strip_prefix("Socket errors:") {
             // "connect 0, read 0, write 0, timeout 12"
-            report.socket_errors = errors
-                .split(',')
-                .filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum();
+            for part in errors.split(',') {
+                let mut words = part.split_whitespace();
+                if let (Some(kind), Some(Ok(n))) =
+                    (words.next(), words.next().map(str::parse::<u64>))
+                {
+                    report.socket_errors += n;
+                    if kind == "timeout" {
+                        report.timeouts += n;
+                    }
+                }
+            }
         } else if let Some(n) = line.strip_prefix("Non-2xx or 3xx responses:") {
             report.non_2xx = n.trim().parse().unwrap_or(0);
         }
@@ -241,6 +401,227 @@ fn fmt_latency(seconds: f64) -> String {
     }
 }
 
+/// At most this many wrk timeouts are tolerated in a run (a request caught by the end of
+/// the run); any other socket error or any non-2xx response fails the run.
+pub const MAX_WRK_TIMEOUTS: u64 = 5;
+
+/// Fails when a wrk run saw errors: the numbers would not measure nginx serving the file.
+pub fn check_wrk(report: &WrkReport) -> Result<()> {
+    ensure!(
+        report.non_2xx == 0,
+        "{} non-2xx responses out of {} requests",
+        report.non_2xx,
+        report.requests
+    );
+    let others = report.socket_errors.saturating_sub(report.timeouts);
+    ensure!(
+        others == 0,
+        "{others} socket errors (connect, read or write) and {} timeouts",
+        report.timeouts
+    );
+    ensure!(
+        report.timeouts <= MAX_WRK_TIMEOUTS,
+        "{} timeouts (at most {MAX_WRK_TIMEOUTS} are tolerated)",
+        report.timeouts
+    );
+    Ok(())
+}
+
+/// What one hey run reported (its default text output).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeyReport {
+    pub requests_per_sec: f64,
+    /// 99th percentile latency, seconds (`None`: no `99%` line, e.g. too few requests).
+    pub p99: Option<f64>,
+    /// `Status code distribution`: (status, responses).
+    pub statuses: Vec<(u16, u64)>,
+    /// `Error distribution`: (count, message).
+    pub errors: Vec<(u64, String)>,
+}
+
+/// Parses hey's default text output.
+pub fn parse_hey(out: &str) -> Result<HeyReport> {
+    let mut report = HeyReport::default();
+    let mut rps = None;
+    let mut section = "";
+    for raw in out.lines() {
+        let line = raw.trim();
+        if !raw.starts_with(char::is_whitespace) && line.ends_with(':') {
+            // "Summary:", "Latency distribution:", "Status code distribution:", ...
+            section = line;
+            continue;
+        }
+        match section {
+            "Summary:" => {
+                if let Some(v) = line.strip_prefix("Requests/sec:") {
+                    rps = v.trim().parse::<f64>().ok();
+                }
+            }
+            "Latency distribution:" => {
+                // "99% in 0.0012 secs"; hey prints "0% in 0.0000 secs" for a percentile
+                // it has no sample for.
+                let words: Vec<&str> = line.split_whitespace().collect();
+                if let ["99%", "in", value, "secs"] = words[..] {
+                    report.p99 = value.parse::<f64>().ok().filter(|v| v.is_finite());
+                }
+            }
+            "Status code distribution:" => {
+                // "[200]	1000 responses"
+                if let Some((code, rest)) = line.strip_prefix('[').and_then(|l| l.split_once(']')) {
+                    let code = code.trim().parse::<u16>();
+                    let n = rest.split_whitespace().next().map(str::parse::<u64>);
+                    match (code, n) {
+                        (Ok(code), Some(Ok(n))) => report.statuses.push((code, n)),
+                        _ => bail!("unexpected line under `Status code distribution`: `{line}`"),
+                    }
+                }
+            }
+            "Error distribution:" => {
+                // "[20]	Get "http://...": dial tcp ...: connection refused"
+                if let Some((n, message)) = line.strip_prefix('[').and_then(|l| l.split_once(']')) {
+                    let n = n.trim().parse::<u64>().unwrap_or(1);
+                    report.errors.push((n, message.trim().to_owned()));
+                }
+            }
+            _ => {}
+        }
+    }
+    report.requests_per_sec = rps.context("no `Requests/sec:` line in hey's output")?;
+    Ok(report)
+}
+
+/// The requests and p99 of a hey run in which every request was answered 200; an error
+/// otherwise.
+pub fn check_hey(report: &HeyReport) -> Result<(u64, f64)> {
+    if let Some((n, message)) = report.errors.first() {
+        let total: u64 = report.errors.iter().map(|(n, _)| n).sum();
+        bail!("{total} requests failed, e.g. {n} x `{message}`");
+    }
+    let bad: Vec<String> = report
+        .statuses
+        .iter()
+        .filter(|(code, _)| *code != 200)
+        .map(|(code, n)| format!("{n} x {code}"))
+        .collect();
+    ensure!(
+        bad.is_empty(),
+        "responses other than 200: {}",
+        bad.join(", ")
+    );
+    let requests: u64 = report.statuses.iter().map(|(_, n)| n).sum();
+    ensure!(requests > 0, "no responses");
+    let p99 = report
+        .p99
+        .context("no `99% in` line under `Latency distribution`")?;
+    Ok((requests, p99))
+}
+
+/// Jiffies of the aggregate `cpu` line of /proc/stat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTimes {
+    /// user + nice + system + irq + softirq + steal.
+    pub busy: u64,
+    /// busy + idle + iowait.
+    pub total: u64,
+}
+
+/// The `cpu ` line of the text of /proc/stat. Guest time is already counted in user
+/// and nice, so it is not added again.
+pub fn parse_proc_stat_cpu(stat: &str) -> Option<CpuTimes> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice]
+    let &[user, nice, system, idle, iowait, irq, softirq, steal, ..] = fields.as_slice() else {
+        return None;
+    };
+    let busy = user + nice + system + irq + softirq + steal;
+    Some(CpuTimes {
+        busy,
+        total: busy + idle + iowait,
+    })
+}
+
+/// One line saying why the agent stopped before `ready`, from its stderr: its last
+/// `error: ...` line, else its last line, else its exit status.
+pub fn agent_error_line(lines: &[String], status: &str) -> String {
+    let last = |pred: &dyn Fn(&str) -> bool| {
+        lines
+            .iter()
+            .rev()
+            .map(|l| l.trim())
+            .find(|l| pred(l))
+            .map(str::to_owned)
+    };
+    last(&|l| l.starts_with("error:"))
+        .map(|l| l.trim_start_matches("error:").trim().to_owned())
+        .or_else(|| last(&|l| !l.is_empty()))
+        .unwrap_or_else(|| format!("exited with {status} before printing `ready`"))
+}
+
+/// The value of one counter of a `stats:` line.
+pub fn stat_value(stats: &[(String, u64)], key: &str) -> Option<u64> {
+    stats.iter().find(|(k, _)| k == key).map(|&(_, v)| v)
+}
+
+/// A markdown table, columns padded to their widest cell.
+pub fn markdown_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut s = String::from("|");
+        for (cell, width) in cells.zip(&widths) {
+            let pad = width.saturating_sub(cell.chars().count());
+            let _ = write!(s, " {cell}{} |", " ".repeat(pad));
+        }
+        s.push('\n');
+        s
+    };
+    let mut s = line(&mut header.iter().copied());
+    s.push('|');
+    for width in &widths {
+        let _ = write!(s, "{}|", "-".repeat(width + 2));
+    }
+    s.push('\n');
+    for row in rows {
+        let mut cells = row
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::repeat(""))
+            .take(widths.len());
+        s.push_str(&line(&mut cells));
+    }
+    s
+}
+
+/// A ratio to the baseline, e.g. `0.953 (-4.7%)`.
+fn fmt_ratio(ratio: f64) -> String {
+    if ratio.is_finite() {
+        format!("{ratio:.3} ({:+.1}%)", (ratio - 1.0) * 100.0)
+    } else {
+        "-".to_owned()
+    }
+}
+
+/// Seconds per request as microseconds with two decimals (`-` when unknown).
+fn fmt_us(seconds: f64, signed: bool) -> String {
+    match (seconds.is_finite(), signed) {
+        (false, _) => "-".to_owned(),
+        (true, false) => format!("{:.2}", seconds * 1e6),
+        (true, true) => format!("{:+.2}", seconds * 1e6),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // nginx
 
@@ -351,28 +732,56 @@ fn check_served(addr: SocketAddr, len: usize) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
-// wrk
+// Load generators
 
-fn run_wrk(args: &OverheadArgs, port: u16, seconds: u64) -> Result<WrkReport> {
-    let mut cmd = Command::new("wrk");
-    cmd.arg("-t")
-        .arg(args.threads.to_string())
-        .arg("-c")
-        .arg(args.connections.to_string())
-        .arg("-d")
-        .arg(format!("{seconds}s"))
-        .arg("--latency")
-        .arg(format!("http://127.0.0.1:{port}/1k.bin"));
-    let shown = util::display(&cmd);
+/// What one load run measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Load {
+    pub requests_per_sec: f64,
+    /// 99th percentile latency, seconds.
+    pub p99: f64,
+    /// Requests completed.
+    pub requests: u64,
+    /// Busy CPU time of the whole node (every core) over exactly the run, seconds.
+    pub node_cpu_seconds: f64,
+}
+
+impl Load {
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "request counts are far below 2^52"
+    )]
+    fn per_request(&self, seconds: f64) -> f64 {
+        seconds / self.requests.max(1) as f64
+    }
+}
+
+fn node_cpu() -> Result<CpuTimes> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    parse_proc_stat_cpu(&stat).context("no parsable `cpu` line in /proc/stat")
+}
+
+/// What a load generator printed and the node's busy CPU seconds over its run.
+struct ToolRun {
+    shown: String,
+    stdout: String,
+    node_cpu_seconds: f64,
+}
+
+/// Runs a load generator for about `seconds` (killed after `seconds` + 30 s), reading
+/// its pipes on threads so a chatty tool cannot block, and samples /proc/stat just
+/// before it starts and just after it exits.
+fn run_tool(cmd: &mut Command, name: &str, seconds: u64) -> Result<ToolRun> {
+    let shown = util::display(cmd);
+    let before = node_cpu()?;
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("could not start `{shown}`"))?;
-    // Read the pipes on threads so a chatty wrk cannot block; bound the wait.
-    let stdout = child.stdout.take().context("wrk stdout")?;
-    let stderr = child.stderr.take().context("wrk stderr")?;
+    let stdout = child.stdout.take().context("load generator stdout")?;
+    let stderr = child.stderr.take().context("load generator stderr")?;
     let read_all = |mut r: Box<dyn std::io::Read + Send>| {
         std::thread::spawn(move || {
             let mut s = String::new();
@@ -384,12 +793,12 @@ fn run_wrk(args: &OverheadArgs, port: u16, seconds: u64) -> Result<WrkReport> {
     let err_thread = read_all(Box::new(stderr));
     let limit = Duration::from_secs(seconds + 30);
     let started = Instant::now();
-    let mut guard = ChildGuard::new("wrk", child, libc::SIGKILL, Duration::from_secs(5));
+    let mut guard = ChildGuard::new(name, child, libc::SIGKILL, Duration::from_secs(5));
     let status = loop {
         if let Some(status) = guard.try_wait()? {
             break status;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(10));
         if started.elapsed() > limit {
             guard.stop()?;
             bail!(
@@ -398,30 +807,81 @@ fn run_wrk(args: &OverheadArgs, port: u16, seconds: u64) -> Result<WrkReport> {
             );
         }
     };
+    let after = node_cpu()?;
     let out = out_thread.join().unwrap_or_default();
     let err = err_thread.join().unwrap_or_default();
     ensure!(status.success(), "`{shown}` failed ({status}):\n{out}{err}");
-    let report =
-        parse_wrk(&out).with_context(|| format!("parsing the output of `{shown}`:\n{out}"))?;
-    if report.socket_errors > 0 || report.non_2xx > 0 {
-        eprintln!(
-            "warning: wrk saw {} socket errors and {} non-2xx responses",
-            report.socket_errors, report.non_2xx
-        );
+    let ticks = after.busy.saturating_sub(before.busy);
+    #[expect(clippy::cast_precision_loss, reason = "tick counts are far below 2^52")]
+    let node_cpu_seconds = ticks as f64 / clock_ticks_per_second()?;
+    Ok(ToolRun {
+        shown,
+        stdout: out,
+        node_cpu_seconds,
+    })
+}
+
+fn run_wrk(threads: u32, connections: u32, port: u16, seconds: u64) -> Result<Load> {
+    let mut cmd = Command::new("wrk");
+    cmd.arg("-t")
+        .arg(threads.to_string())
+        .arg("-c")
+        .arg(connections.to_string())
+        .arg("-d")
+        .arg(format!("{seconds}s"))
+        .arg("--latency")
+        .arg(format!("http://127.0.0.1:{port}/1k.bin"));
+    let run = run_tool(&mut cmd, "wrk", seconds)?;
+    let shown = &run.shown;
+    let report = parse_wrk(&run.stdout)
+        .with_context(|| format!("parsing the output of `{shown}`:\n{}", run.stdout))?;
+    check_wrk(&report)
+        .with_context(|| format!("`{shown}` did not measure nginx serving the file"))?;
+    Ok(Load {
+        requests_per_sec: report.requests_per_sec,
+        p99: report.p99,
+        requests: report.requests,
+        node_cpu_seconds: run.node_cpu_seconds,
+    })
+}
+
+fn run_hey(connections: u32, qps_per_connection: u32, port: u16, seconds: u64) -> Result<Load> {
+    let mut cmd = Command::new("hey");
+    cmd.arg("-z")
+        .arg(format!("{seconds}s"))
+        .arg("-c")
+        .arg(connections.to_string())
+        .arg("-q")
+        .arg(qps_per_connection.to_string())
+        .arg(format!("http://127.0.0.1:{port}/1k.bin"));
+    let run = run_tool(&mut cmd, "hey", seconds)?;
+    let shown = &run.shown;
+    let report = parse_hey(&run.stdout)
+        .with_context(|| format!("parsing the output of `{shown}`:\n{}", run.stdout))?;
+    let (requests, p99) = check_hey(&report)
+        .with_context(|| format!("`{shown}` did not measure nginx serving the file"))?;
+    Ok(Load {
+        requests_per_sec: report.requests_per_sec,
+        p99,
+        requests,
+        node_cpu_seconds: run.node_cpu_seconds,
+    })
+}
+
+fn run_view(args: &OverheadArgs, view: View, port: u16, seconds: u64) -> Result<Load> {
+    match view {
+        View::Saturated => run_wrk(args.threads, args.connections, port, seconds),
+        View::Fixed => run_hey(
+            args.rate_connections,
+            args.rate_qps_per_connection,
+            port,
+            seconds,
+        ),
     }
-    Ok(report)
 }
 
 // ---------------------------------------------------------------------------------------
 // The agent
-
-struct AgentRun {
-    cpu_seconds: f64,
-    spans: u64,
-    bad_lines: u64,
-    stats_line: Option<String>,
-    dropped: u64,
-}
 
 fn clock_ticks_per_second() -> Result<f64> {
     // SAFETY: sysconf has no preconditions.
@@ -439,24 +899,56 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks as f64 / clock_ticks_per_second()?)
 }
 
-/// Starts the agent tracing `port`, runs `load` once it printed `ready`, then measures
-/// its CPU time, stops it with SIGINT and collects its output.
-fn with_agent<T>(
-    args: &OverheadArgs,
-    port: u16,
-    spans_path: &Path,
-    load: impl FnOnce() -> Result<T>,
-) -> Result<(T, AgentRun)> {
-    let bin = args.agent_bin.clone().unwrap_or_else(util::agent_bin);
-    let mut cmd = Command::new(&bin);
-    cmd.arg("--port")
-        .arg(port.to_string())
-        .arg("--output")
-        .arg(format!("jsonl:{}", spans_path.display()))
-        .arg("--stats-interval")
-        .arg("0")
-        .args(&args.agent_args);
-    let shown = util::display(&cmd);
+fn tail(lines: &[String]) -> String {
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Moves the lines the stderr reader still has into `lines`, waiting at most `timeout`
+/// for it to reach the end of the pipe.
+fn drain_lines(rx: &mpsc::Receiver<String>, lines: &mut Vec<String>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => return,
+        }
+    }
+}
+
+/// An agent process that printed `ready`; stopped with SIGINT when dropped.
+struct Agent {
+    guard: ChildGuard,
+    shown: String,
+    lines: Vec<String>,
+    rx: mpsc::Receiver<String>,
+}
+
+/// The agent exited before printing `ready`.
+struct NotReady {
+    shown: String,
+    status: ExitStatus,
+    lines: Vec<String>,
+}
+
+impl NotReady {
+    fn one_line(&self) -> String {
+        agent_error_line(&self.lines, &self.status.to_string())
+    }
+
+    fn into_error(self) -> anyhow::Error {
+        anyhow!(
+            "the agent exited ({}) before printing `ready`: `{}`\n{}",
+            self.status,
+            self.shown,
+            tail(&self.lines)
+        )
+    }
+}
+
+/// Starts the agent and waits (at most 60 s) for its `ready` line on stderr.
+fn start_agent(cmd: &mut Command) -> Result<std::result::Result<Agent, NotReady>> {
+    let shown = util::display(cmd);
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -468,7 +960,7 @@ fn with_agent<T>(
 
     // A thread drains stderr continuously (so the agent never blocks on a full pipe).
     let (tx, rx) = mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         let mut r = BufReader::new(stderr);
         let mut buf = Vec::new();
         loop {
@@ -486,7 +978,6 @@ fn with_agent<T>(
     });
 
     let mut lines: Vec<String> = Vec::new();
-    let tail = |lines: &[String]| lines[lines.len().saturating_sub(20)..].join("\n");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
@@ -497,24 +988,31 @@ fn with_agent<T>(
                 }
                 lines.push(line);
                 if ready {
-                    break;
+                    return Ok(Ok(Agent {
+                        guard,
+                        shown,
+                        lines,
+                        rx,
+                    }));
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let status = guard.stop()?;
-                bail!(
-                    "the agent exited ({status}) before printing `ready`: `{shown}`\n{}",
-                    tail(&lines)
-                );
+                return Ok(Err(NotReady {
+                    shown,
+                    status,
+                    lines,
+                }));
             }
         }
         if let Some(status) = guard.try_wait()? {
-            lines.extend(rx.try_iter());
-            bail!(
-                "the agent exited ({status}) before printing `ready`: `{shown}`\n{}",
-                tail(&lines)
-            );
+            drain_lines(&rx, &mut lines, Duration::from_secs(2));
+            return Ok(Err(NotReady {
+                shown,
+                status,
+                lines,
+            }));
         }
         ensure!(
             Instant::now() < deadline,
@@ -522,47 +1020,113 @@ fn with_agent<T>(
             tail(&lines)
         );
     }
+}
 
-    let result = load()?;
-    let cpu_seconds = cpu_seconds(guard.pid())?;
-    let status = guard.stop()?;
-    let _ = reader.join();
-    lines.extend(rx.try_iter());
-    if !status.success() {
-        bail!(
+impl Agent {
+    /// The agent's CPU time so far (utime + stime), seconds.
+    fn cpu_seconds(&self) -> Result<f64> {
+        cpu_seconds(self.guard.pid())
+    }
+
+    /// Stops the agent with SIGINT; its stderr lines. An error unless it exits 0.
+    fn finish(self) -> Result<Vec<String>> {
+        let Agent {
+            mut guard,
+            shown,
+            mut lines,
+            rx,
+        } = self;
+        let status = guard.stop()?;
+        drain_lines(&rx, &mut lines, Duration::from_secs(5));
+        ensure!(
+            status.success(),
             "the agent exited with {status} after SIGINT: `{shown}`\n{}",
             tail(&lines)
         );
+        Ok(lines)
     }
+}
+
+/// The agent binary: `--agent-bin`, else target/release/ghostwire.
+fn agent_command(agent_bin: Option<&Path>) -> Command {
+    Command::new(agent_bin.map_or_else(util::agent_bin, Path::to_path_buf))
+}
+
+/// What the agent did during one load run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentRun {
+    /// utime + stime over exactly the load run, seconds.
+    pub cpu_seconds: f64,
+    pub stats_line: Option<String>,
+    /// Events lost ([`events_dropped`] of the `stats:` line).
+    pub dropped: u64,
+    /// `events.discarded` (capture-only).
+    pub discarded: Option<u64>,
+    /// Spans in the JSONL output and lines of it that are not JSON (full agent).
+    pub spans: Option<(u64, u64)>,
+}
+
+/// Starts the agent (which must reach `ready`), runs `load`, measures the agent's CPU
+/// time over exactly the load, stops it with SIGINT and reads its final counters.
+fn with_agent(cmd: &mut Command, load: impl FnOnce() -> Result<Load>) -> Result<(Load, AgentRun)> {
+    let agent = start_agent(cmd)?.map_err(NotReady::into_error)?;
+    let cpu_before = agent.cpu_seconds()?;
+    let result = load()?;
+    let cpu_after = agent.cpu_seconds()?;
+    let lines = agent.finish()?;
     let stats_line = lines
         .iter()
         .rev()
         .find(|l| l.starts_with("stats:"))
         .cloned();
-    let dropped = stats_line
+    let stats = stats_line
         .as_deref()
         .and_then(parse_stats_line)
-        .map_or(0, |s| events_dropped(&s));
-    let jsonl = std::fs::read_to_string(spans_path).unwrap_or_default();
-    let (spans, bad_lines) = count_spans(&jsonl);
+        .unwrap_or_default();
     Ok((
         result,
         AgentRun {
-            cpu_seconds,
-            spans,
-            bad_lines,
+            cpu_seconds: cpu_after - cpu_before,
+            dropped: events_dropped(&stats),
+            discarded: stat_value(&stats, "events.discarded"),
             stats_line,
-            dropped,
+            spans: None,
         },
     ))
 }
 
 // ---------------------------------------------------------------------------------------
-// The benchmark
+// bench overhead
 
-struct Round {
-    without: WrkReport,
-    with: Option<(WrkReport, AgentRun)>,
+/// One load run of one configuration.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Run {
+    pub load: Load,
+    /// `None` for the baseline.
+    pub agent: Option<AgentRun>,
+}
+
+/// One view of one round: each configuration's run, the baseline first.
+#[derive(Debug, Clone)]
+pub struct ViewRound {
+    pub view: View,
+    pub runs: Vec<(Config, Run)>,
+}
+
+fn view_command(args: &OverheadArgs, view: View, port: u16) -> String {
+    match view {
+        View::Saturated => format!(
+            "wrk -t {} -c {} -d {}s --latency http://127.0.0.1:{port}/1k.bin",
+            args.threads, args.connections, args.duration
+        ),
+        View::Fixed => format!(
+            "hey -z {}s -c {} -q {} http://127.0.0.1:{port}/1k.bin (at most {} req/s)",
+            args.duration,
+            args.rate_connections,
+            args.rate_qps_per_connection,
+            u64::from(args.rate_connections) * u64::from(args.rate_qps_per_connection)
+        ),
+    }
 }
 
 fn overhead(args: &OverheadArgs) -> Result<()> {
@@ -570,6 +1134,11 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
     if real_agent && !util::is_root() {
         bail!(crate::NEEDS_ROOT);
     }
+    let views = dedup(&args.views);
+    ensure!(
+        !views.is_empty(),
+        "--views: name at least one of saturated, fixed"
+    );
     crate::setup::setup(true)?;
     if real_agent {
         crate::build_agent()?;
@@ -577,135 +1146,416 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
     let dir = TempDir::new("ghostwire-bench")?;
     let nginx = start_nginx(dir.path())?;
     let port = nginx.port;
+    let configs: &[Config] = if args.no_agent {
+        &[Config::Baseline]
+    } else {
+        &[Config::Baseline, Config::CaptureOnly, Config::Full]
+    };
+    println!("==> nginx on 127.0.0.1:{port}");
+    for &view in &views {
+        println!(
+            "    {} load: {}",
+            view.name(),
+            view_command(args, view, port)
+        );
+    }
+    let names: Vec<&str> = configs.iter().map(|c| c.name()).collect();
+    println!("    each round, for each view: {}", names.join(", then "));
+    if args.warmup > 0 {
+        let step = Step::start(format!("warm-up ({} s of load, not recorded)", args.warmup));
+        run_wrk(args.threads, args.connections, port, args.warmup)?;
+        step.done();
+    }
+
+    let mut rounds: Vec<ViewRound> = Vec::new();
+    for r in 1..=args.rounds {
+        for &view in &views {
+            let mut runs: Vec<(Config, Run)> = Vec::new();
+            for &config in configs {
+                let run = overhead_run(args, view, config, port, dir.path(), r)?;
+                let label = format!(
+                    "round {r}/{} {} {}:",
+                    args.rounds,
+                    view.name(),
+                    config.name()
+                );
+                let baseline = runs.first().map(|(_, b)| b);
+                println!("{label:<32} {}", run_line(&run, baseline));
+                if let Some(agent) = &run.agent {
+                    match &agent.stats_line {
+                        Some(line) => println!("    agent {line}"),
+                        None => println!("    agent printed no `stats:` line"),
+                    }
+                    if let Some((spans, bad_lines)) = agent.spans {
+                        if spans == 0 {
+                            eprintln!(
+                                "warning: the agent exported no spans: is it tracing port {port}?"
+                            );
+                        }
+                        if bad_lines > 0 {
+                            eprintln!("warning: {bad_lines} lines of the spans file are not JSON");
+                        }
+                    }
+                }
+                runs.push((config, run));
+            }
+            rounds.push(ViewRound { view, runs });
+        }
+    }
+    for &view in &views {
+        let of_view: Vec<&ViewRound> = rounds.iter().filter(|r| r.view == view).collect();
+        println!(
+            "\n{} load ({}), medians over {} rounds:\n",
+            view.name(),
+            view_command(args, view, port),
+            of_view.len()
+        );
+        print!("{}", overhead_table(&of_view));
+    }
+    println!(
+        "\nvs baseline and `added`: medians of per-round comparisons with the baseline of the same \
+         round and view. CPU per request: CPU time over exactly the load run / requests \
+         completed (agent: its utime + stime; node: busy time of every core, from /proc/stat)."
+    );
+    Ok(())
+}
+
+fn overhead_run(
+    args: &OverheadArgs,
+    view: View,
+    config: Config,
+    port: u16,
+    dir: &Path,
+    round: u32,
+) -> Result<Run> {
+    let load = || run_view(args, view, port, args.duration);
+    let mut cmd = agent_command(args.agent_bin.as_deref());
+    match config {
+        Config::Baseline => Ok(Run {
+            load: load()?,
+            agent: None,
+        }),
+        Config::CaptureOnly => {
+            cmd.arg("--capture-only")
+                .arg("--port")
+                .arg(port.to_string())
+                .args(["--stats-interval", "0"])
+                .args(&args.agent_args);
+            let (load, agent) = with_agent(&mut cmd, load)?;
+            Ok(Run {
+                load,
+                agent: Some(agent),
+            })
+        }
+        Config::Full => {
+            let spans_path = dir.join(format!("spans-{}-{round}.jsonl", view.name()));
+            cmd.arg("--port")
+                .arg(port.to_string())
+                .arg("--output")
+                .arg(format!("jsonl:{}", spans_path.display()))
+                .args(["--stats-interval", "0"])
+                .args(&args.agent_args);
+            let (load, mut agent) = with_agent(&mut cmd, load)?;
+            let jsonl = std::fs::read_to_string(&spans_path).unwrap_or_default();
+            agent.spans = Some(count_spans(&jsonl));
+            let _ = std::fs::remove_file(&spans_path);
+            Ok(Run {
+                load,
+                agent: Some(agent),
+            })
+        }
+    }
+}
+
+/// The line printed for one run, compared with the baseline of its round when given.
+fn run_line(run: &Run, baseline: Option<&Run>) -> String {
+    let load = &run.load;
+    let node = load.per_request(load.node_cpu_seconds);
+    let mut s = match baseline {
+        None => format!(
+            "{:>9.0} req/s, p99 {:>9}, {} requests, node CPU {} us/request",
+            load.requests_per_sec,
+            fmt_latency(load.p99),
+            load.requests,
+            fmt_us(node, false)
+        ),
+        Some(b) => {
+            let base_node = b.load.per_request(b.load.node_cpu_seconds);
+            format!(
+                "{:>9.0} req/s ({:.3}), p99 {:>9} ({:.3}), {} requests, node CPU {} us/request",
+                load.requests_per_sec,
+                load.requests_per_sec / b.load.requests_per_sec,
+                fmt_latency(load.p99),
+                load.p99 / b.load.p99,
+                load.requests,
+                fmt_us(node - base_node, true)
+            )
+        }
+    };
+    if let Some(agent) = &run.agent {
+        let _ = write!(
+            s,
+            ", agent CPU {:.2} s ({} us/request)",
+            agent.cpu_seconds,
+            fmt_us(load.per_request(agent.cpu_seconds), false)
+        );
+        if let Some(discarded) = agent.discarded {
+            let _ = write!(s, ", {discarded} events discarded");
+        }
+        if let Some((spans, _)) = agent.spans {
+            let _ = write!(s, ", {spans} spans exported");
+        }
+        let _ = write!(s, ", {} events dropped", agent.dropped);
+    }
+    s
+}
+
+/// The summary table of one view: a row per configuration, medians over the rounds.
+#[expect(clippy::cast_precision_loss, reason = "counts are far below 2^52")]
+pub fn overhead_table(rounds: &[&ViewRound]) -> String {
+    let mut configs: Vec<Config> = Vec::new();
+    for round in rounds {
+        for (config, _) in &round.runs {
+            if !configs.contains(config) {
+                configs.push(*config);
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for config in configs {
+        // (this configuration's run, the baseline of the same round)
+        let pairs: Vec<(&Run, Option<&Run>)> = rounds
+            .iter()
+            .filter_map(|round| {
+                let base = round
+                    .runs
+                    .iter()
+                    .find(|(c, _)| *c == Config::Baseline)
+                    .map(|(_, r)| r);
+                let run = round.runs.iter().find(|(c, _)| *c == config)?;
+                Some((&run.1, base))
+            })
+            .collect();
+        let med = |f: &dyn Fn(&Run, Option<&Run>) -> Option<f64>| {
+            median(
+                &pairs
+                    .iter()
+                    .filter_map(|&(r, b)| f(r, b))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let compared = |f: &dyn Fn(&Run, &Run) -> f64| {
+            med(&|r, b| b.filter(|_| config != Config::Baseline).map(|b| f(r, b)))
+        };
+        let node_per_req = |r: &Run| r.load.per_request(r.load.node_cpu_seconds);
+        let rps = med(&|r, _| Some(r.load.requests_per_sec));
+        let rps_ratio = compared(&|r, b| r.load.requests_per_sec / b.load.requests_per_sec);
+        let p99 = med(&|r, _| Some(r.load.p99));
+        let p99_ratio = compared(&|r, b| r.load.p99 / b.load.p99);
+        let agent_cpu = med(&|r, _| r.agent.as_ref().map(|a| r.load.per_request(a.cpu_seconds)));
+        let node = med(&|r, _| Some(node_per_req(r)));
+        let node_added = compared(&|r, b| node_per_req(r) - node_per_req(b));
+        let spans = med(&|r, _| {
+            let (spans, _) = r.agent.as_ref()?.spans?;
+            Some(spans as f64 / r.load.requests.max(1) as f64)
+        });
+        let dropped = pairs
+            .iter()
+            .filter_map(|(r, _)| r.agent.as_ref().map(|a| a.dropped))
+            .reduce(|a, b| a + b);
+        let or_dash = |v: f64, f: &dyn Fn(f64) -> String| {
+            if v.is_finite() {
+                f(v)
+            } else {
+                "-".to_owned()
+            }
+        };
+        rows.push(vec![
+            config.name().to_owned(),
+            or_dash(rps, &|v| format!("{v:.0}")),
+            fmt_ratio(rps_ratio),
+            or_dash(p99, &fmt_latency),
+            fmt_ratio(p99_ratio),
+            fmt_us(agent_cpu, false),
+            fmt_us(node, false),
+            fmt_us(node_added, true),
+            or_dash(spans, &|v| format!("{v:.3}")),
+            dropped.map_or_else(|| "-".to_owned(), |d| d.to_string()),
+        ]);
+    }
+    markdown_table(
+        &[
+            "configuration",
+            "req/s",
+            "vs baseline",
+            "p99",
+            "vs baseline",
+            "agent CPU us/req",
+            "node CPU us/req",
+            "node CPU added us/req",
+            "spans/req",
+            "events dropped",
+        ],
+        &rows,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// bench hooks
+
+/// One hook set's results over the rounds.
+#[derive(Debug, Clone)]
+pub struct SetResult {
+    pub set: HookSet,
+    pub rps: Vec<f64>,
+    /// req/s / the baseline req/s of the same round.
+    pub ratios: Vec<f64>,
+    /// Why it could not be attached (the agent's one-line error).
+    pub unavailable: Option<String>,
+}
+
+fn hook_command(args: &HooksArgs, set: HookSet, unused_port: u16) -> Command {
+    let mut cmd = agent_command(args.agent_bin.as_deref());
+    match set {
+        HookSet::Ghostwire => cmd.arg("--port").arg(unused_port.to_string()).args([
+            "--output",
+            "jsonl:/dev/null",
+            "--stats-interval",
+            "0",
+        ]),
+        set => cmd.arg("--empty-probes").arg(set.name()),
+    };
+    cmd
+}
+
+fn hooks(args: &HooksArgs) -> Result<()> {
+    let real_agent = args.agent_bin.is_none();
+    if real_agent && !util::is_root() {
+        bail!(crate::NEEDS_ROOT);
+    }
+    let sets = dedup(&args.sets);
+    ensure!(!sets.is_empty(), "--sets: name at least one hook set");
+    crate::setup::setup(true)?;
+    if real_agent {
+        crate::build_agent()?;
+    }
+    let dir = TempDir::new("ghostwire-bench")?;
+    let nginx = start_nginx(dir.path())?;
+    let port = nginx.port;
+    let unused_port = free_port()?;
     println!(
         "==> nginx on 127.0.0.1:{port}; wrk -t {} -c {} -d {}s --latency http://127.0.0.1:{port}/1k.bin",
         args.threads, args.connections, args.duration
     );
+    let names: Vec<&str> = sets.iter().map(|s| s.name()).collect();
+    println!(
+        "    each round: nothing attached (baseline), then {} (the order rotates by one each round); \
+         ghostwire traces port {unused_port}, which nothing uses",
+        names.join(", ")
+    );
     if args.warmup > 0 {
         let step = Step::start(format!("warm-up ({} s of load, not recorded)", args.warmup));
-        run_wrk(args, port, args.warmup)?;
+        run_wrk(args.threads, args.connections, port, args.warmup)?;
         step.done();
     }
 
-    let mut rounds = Vec::new();
-    for r in 1..=args.rounds {
-        let n = args.rounds;
-        let without = run_wrk(args, port, args.duration)?;
+    let mut results: Vec<SetResult> = sets
+        .iter()
+        .map(|&set| SetResult {
+            set,
+            rps: Vec::new(),
+            ratios: Vec::new(),
+            unavailable: None,
+        })
+        .collect();
+    let mut baseline = Vec::new();
+    let n = args.rounds;
+    for r in 1..=n {
+        let base = run_wrk(args.threads, args.connections, port, args.duration)?;
         println!(
-            "round {r}/{n} without agent: {:>9.0} req/s, p99 {:>9}, {} requests",
-            without.requests_per_sec,
-            fmt_latency(without.p99),
-            without.requests
+            "{:<26} {:>9.0} req/s, p99 {:>9}",
+            format!("round {r}/{n} baseline:"),
+            base.requests_per_sec,
+            fmt_latency(base.p99)
         );
-        let with = if args.no_agent {
-            None
-        } else {
-            let spans_path = dir.path().join(format!("spans-{r}.jsonl"));
-            let (report, agent) = with_agent(args, port, &spans_path, || {
-                run_wrk(args, port, args.duration)
-            })?;
-            #[expect(
-                clippy::cast_precision_loss,
-                reason = "request counts are far below 2^52"
-            )]
-            let per_request = agent.cpu_seconds / report.requests.max(1) as f64;
+        baseline.push(base.requests_per_sec);
+        let k = results.len();
+        for i in 0..k {
+            let result = &mut results[(i + r as usize - 1) % k];
+            if result.unavailable.is_some() {
+                continue;
+            }
+            let set = result.set;
+            let label = format!("round {r}/{n} {}:", set.name());
+            let mut cmd = hook_command(args, set, unused_port);
+            let agent = match start_agent(&mut cmd)? {
+                Ok(agent) => agent,
+                Err(not_ready) => {
+                    let error = not_ready.one_line();
+                    println!("{label:<26} unavailable: {error}");
+                    result.unavailable = Some(error);
+                    continue;
+                }
+            };
+            let load = run_wrk(args.threads, args.connections, port, args.duration)?;
+            let lines = agent.finish()?;
+            let ratio = load.requests_per_sec / base.requests_per_sec;
             println!(
-                "round {r}/{n} with agent:    {:>9.0} req/s, p99 {:>9}, {} requests, agent CPU {:.2} s \
-                 ({:.1} us/request), {} spans exported, {} events dropped",
-                report.requests_per_sec,
-                fmt_latency(report.p99),
-                report.requests,
-                agent.cpu_seconds,
-                per_request * 1e6,
-                agent.spans,
-                agent.dropped
+                "{label:<26} {:>9.0} req/s ({ratio:.3} x baseline), p99 {:>9}",
+                load.requests_per_sec,
+                fmt_latency(load.p99)
             );
-            match &agent.stats_line {
-                Some(line) => println!("    agent {line}"),
-                None => println!("    agent printed no `stats:` line"),
+            if set == HookSet::Ghostwire {
+                match lines.iter().rev().find(|l| l.starts_with("stats:")) {
+                    Some(line) => println!("    agent {line}"),
+                    None => println!("    agent printed no `stats:` line"),
+                }
             }
-            if agent.spans == 0 {
-                eprintln!("warning: the agent exported no spans: is it tracing port {port}?");
-            }
-            if agent.bad_lines > 0 {
-                eprintln!(
-                    "warning: {} lines of the spans file are not JSON",
-                    agent.bad_lines
-                );
-            }
-            Some((report, agent))
-        };
-        rounds.push(Round { without, with });
+            result.rps.push(load.requests_per_sec);
+            result.ratios.push(ratio);
+        }
     }
-    print!("{}", summary(&rounds));
+    println!(
+        "\nhook sets with empty programs, wrk -t {} -c {} saturating nginx, medians over {n} rounds:\n",
+        args.threads, args.connections
+    );
+    print!("{}", hooks_table(&results, median(&baseline)));
     Ok(())
 }
 
-#[expect(clippy::cast_precision_loss, reason = "counts are far below 2^52")]
-fn summary(rounds: &[Round]) -> String {
-    let mut s = String::new();
-    let n = rounds.len();
-    let base_rps: Vec<f64> = rounds.iter().map(|r| r.without.requests_per_sec).collect();
-    let base_p99: Vec<f64> = rounds.iter().map(|r| r.without.p99).collect();
-    let _ = writeln!(s, "\nsummary over {n} rounds (medians):");
-    let _ = writeln!(
-        s,
-        "  without agent:               {:.0} req/s, p99 {}",
-        median(&base_rps),
-        fmt_latency(median(&base_p99))
-    );
-    let with: Vec<(&WrkReport, &AgentRun, &WrkReport)> = rounds
+/// The summary of `bench hooks`: a row per hook set, then the baseline.
+pub fn hooks_table(results: &[SetResult], baseline_rps: f64) -> String {
+    let rows: Vec<Vec<String>> = results
         .iter()
-        .filter_map(|r| r.with.as_ref().map(|(w, a)| (w, a, &r.without)))
+        .map(|r| {
+            let (rps, ratio) = match &r.unavailable {
+                Some(error) => (format!("unavailable: {error}"), "-".to_owned()),
+                None => (
+                    format!("{:.0}", median(&r.rps)),
+                    fmt_ratio(median(&r.ratios)),
+                ),
+            };
+            vec![
+                r.set.name().to_owned(),
+                r.set.description().to_owned(),
+                rps,
+                ratio,
+            ]
+        })
         .collect();
-    if with.is_empty() {
-        return s;
-    }
-    let rps: Vec<f64> = with.iter().map(|(w, _, _)| w.requests_per_sec).collect();
-    let p99: Vec<f64> = with.iter().map(|(w, _, _)| w.p99).collect();
-    let rps_ratio: Vec<f64> = with
-        .iter()
-        .map(|(w, _, b)| w.requests_per_sec / b.requests_per_sec)
-        .collect();
-    let p99_ratio: Vec<f64> = with.iter().map(|(w, _, b)| w.p99 / b.p99).collect();
-    let cpu_per_req: Vec<f64> = with
-        .iter()
-        .map(|(w, a, _)| a.cpu_seconds / w.requests.max(1) as f64)
-        .collect();
-    let spans_per_req: Vec<f64> = with
-        .iter()
-        .map(|(w, a, _)| a.spans as f64 / w.requests.max(1) as f64)
-        .collect();
-    let spans: u64 = with.iter().map(|(_, a, _)| a.spans).sum();
-    let requests: u64 = with.iter().map(|(w, _, _)| w.requests).sum();
-    let dropped: u64 = with.iter().map(|(_, a, _)| a.dropped).sum();
-    let _ = writeln!(
-        s,
-        "  with agent:                  {:.0} req/s, p99 {}",
-        median(&rps),
-        fmt_latency(median(&p99))
+    let mut s = markdown_table(
+        &[
+            "hook set",
+            "what it is",
+            "req/s (median)",
+            "throughput vs baseline (median of per-round ratios)",
+        ],
+        &rows,
     );
     let _ = writeln!(
         s,
-        "  throughput ratio (with/without): {:.3}",
-        median(&rps_ratio)
+        "\nbaseline (nothing attached): {baseline_rps:.0} req/s (median)"
     );
-    let _ = writeln!(
-        s,
-        "  p99 latency ratio (with/without): {:.3}",
-        median(&p99_ratio)
-    );
-    let _ = writeln!(
-        s,
-        "  agent CPU per request:       {:.2} us",
-        median(&cpu_per_req) * 1e6
-    );
-    let _ = writeln!(
-        s,
-        "  spans exported:              {spans} for {requests} requests ({:.3} per request)",
-        median(&spans_per_req)
-    );
-    let _ = writeln!(s, "  events dropped:              {dropped}");
     s
 }
 
@@ -844,5 +1694,403 @@ not json
         ] {
             assert!(conf.contains(needle), "{needle} missing from\n{conf}");
         }
+    }
+
+    #[test]
+    fn wrk_errors_fail_the_run() {
+        let r = parse_wrk(WRK).expect("parse");
+        assert_eq!(r.timeouts, 12);
+        let err = check_wrk(&r).expect_err("non-2xx");
+        assert!(err.to_string().contains("5 non-2xx"), "{err}");
+        let clean = WrkReport {
+            non_2xx: 0,
+            socket_errors: 3,
+            timeouts: 3,
+            ..r.clone()
+        };
+        check_wrk(&clean).expect("a handful of timeouts is tolerated");
+        let read_errors = WrkReport {
+            socket_errors: 4,
+            ..clean.clone()
+        };
+        let err = check_wrk(&read_errors).expect_err("a read error");
+        assert!(err.to_string().contains("1 socket errors"), "{err}");
+        let timeouts = WrkReport {
+            socket_errors: MAX_WRK_TIMEOUTS + 1,
+            timeouts: MAX_WRK_TIMEOUTS + 1,
+            ..clean
+        };
+        assert!(check_wrk(&timeouts).is_err());
+        let no_errors = WRK
+            .replace(
+                "  Socket errors: connect 0, read 1, write 0, timeout 12\n",
+                "",
+            )
+            .replace("  Non-2xx or 3xx responses: 5\n", "");
+        check_wrk(&parse_wrk(&no_errors).expect("parse")).expect("clean run");
+    }
+
+    const HEY: &str = "
+Summary:
+  Total:\t10.0021 secs
+  Slowest:\t0.0143 secs
+  Fastest:\t0.0001 secs
+  Average:\t0.0004 secs
+  Requests/sec:\t9731.4521
+  
+  Total data:\t99666944 bytes
+  Size/request:\t1024 bytes
+
+Response time histogram:
+  0.000 [1]\t|
+  0.001 [97000]\t|\u{25a0}\u{25a0}\u{25a0}\u{25a0}\u{25a0}\u{25a0}\u{25a0}\u{25a0}
+  0.014 [1]\t|
+
+
+Latency distribution:
+  10% in 0.0002 secs
+  25% in 0.0003 secs
+  50% in 0.0004 secs
+  75% in 0.0005 secs
+  90% in 0.0006 secs
+  95% in 0.0007 secs
+  99% in 0.0012 secs
+
+Details (average, fastest, slowest):
+  DNS+dialup:\t0.0000 secs, 0.0001 secs, 0.0143 secs
+  DNS-lookup:\t0.0000 secs, 0.0000 secs, 0.0000 secs
+  req write:\t0.0000 secs, 0.0000 secs, 0.0003 secs
+  resp wait:\t0.0003 secs, 0.0001 secs, 0.0132 secs
+  resp read:\t0.0000 secs, 0.0000 secs, 0.0023 secs
+
+Status code distribution:
+  [200]\t97331 responses
+
+
+
+";
+
+    #[test]
+    fn parses_hey() {
+        let r = parse_hey(HEY).expect("parse");
+        assert!((r.requests_per_sec - 9731.4521).abs() < 1e-9);
+        assert_eq!(r.p99, Some(0.0012));
+        assert_eq!(r.statuses, vec![(200, 97_331)]);
+        assert!(r.errors.is_empty());
+        assert_eq!(check_hey(&r).expect("all 200"), (97_331, 0.0012));
+        assert!(parse_hey("").is_err());
+    }
+
+    #[test]
+    fn hey_non_200_responses_fail_the_run() {
+        let out = HEY.replace(
+            "  [200]\t97331 responses\n",
+            "  [200]\t97000 responses\n  [404]\t331 responses\n",
+        );
+        let r = parse_hey(&out).expect("parse");
+        assert_eq!(r.statuses, vec![(200, 97_000), (404, 331)]);
+        let err = check_hey(&r).expect_err("404s");
+        assert!(err.to_string().contains("331 x 404"), "{err}");
+        let only_404 = HEY.replace("[200]\t97331", "[404]\t97331");
+        assert!(check_hey(&parse_hey(&only_404).expect("parse")).is_err());
+    }
+
+    #[test]
+    fn hey_errors_and_missing_p99_fail_the_run() {
+        // What hey prints when nothing listens (and, with few requests, its placeholder
+        // "0% in 0.0000 secs" for percentiles it has no sample for).
+        let refused = "
+Summary:
+  Total:\t1.0148 secs
+  Average:\t NaN secs
+  Requests/sec:\t19.7083
+  
+
+Response time histogram:
+
+
+Latency distribution:
+
+Status code distribution:
+
+Error distribution:
+  [20]\tGet \"http://127.0.0.1:18932/\": dial tcp 127.0.0.1:18932: connect: connection refused
+
+";
+        let r = parse_hey(refused).expect("parse");
+        assert_eq!(r.p99, None);
+        assert_eq!(r.errors.len(), 1);
+        assert_eq!(r.errors[0].0, 20);
+        let err = check_hey(&r).expect_err("errors");
+        assert!(err.to_string().contains("connection refused"), "{err}");
+
+        let few = HEY.replace("  99% in 0.0012 secs", "  0% in 0.0000 secs");
+        let r = parse_hey(&few).expect("parse");
+        assert_eq!(r.p99, None);
+        let err = check_hey(&r).expect_err("no p99");
+        assert!(err.to_string().contains("99%"), "{err}");
+    }
+
+    #[test]
+    fn proc_stat_node_cpu() {
+        let stat = "cpu  100 20 30 1000 50 5 7 3 40 0\n\
+                    cpu0 50 10 15 500 25 2 3 1 20 0\n\
+                    intr 12345\n";
+        let cpu = parse_proc_stat_cpu(stat).expect("cpu line");
+        assert_eq!(cpu.busy, 100 + 20 + 30 + 5 + 7 + 3);
+        assert_eq!(cpu.total, cpu.busy + 1000 + 50);
+        assert_eq!(parse_proc_stat_cpu("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(parse_proc_stat_cpu("cpu  1 2 3 4\n"), None);
+        assert_eq!(parse_proc_stat_cpu("cpu  1 2 x 4 5 6 7 8\n"), None);
+    }
+
+    #[test]
+    fn agent_error_lines() {
+        let lines = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            agent_error_line(
+                &lines(&[
+                    "[INFO ] loading",
+                    "error: cannot attach cgroup_skb on /sys/fs/cgroup: Operation not permitted",
+                    "",
+                ]),
+                "exit status: 1"
+            ),
+            "cannot attach cgroup_skb on /sys/fs/cgroup: Operation not permitted"
+        );
+        assert_eq!(
+            agent_error_line(&lines(&["panicked at x", ""]), "exit status: 101"),
+            "panicked at x"
+        );
+        assert_eq!(
+            agent_error_line(&[], "signal: 9 (SIGKILL)"),
+            "exited with signal: 9 (SIGKILL) before printing `ready`"
+        );
+    }
+
+    #[test]
+    fn renders_markdown_tables() {
+        let table = markdown_table(
+            &["a", "long header"],
+            &[
+                vec!["wide cell".to_owned(), "1".to_owned()],
+                vec!["us".to_owned()],
+            ],
+        );
+        assert_eq!(
+            table,
+            "| a         | long header |\n\
+             |-----------|-------------|\n\
+             | wide cell | 1           |\n\
+             | us        |             |\n"
+        );
+        assert_eq!(fmt_ratio(0.9531), "0.953 (-4.7%)");
+        assert_eq!(fmt_ratio(f64::NAN), "-");
+        assert_eq!(fmt_us(2.5e-6, true), "+2.50");
+    }
+
+    #[test]
+    fn hooks_table_rows() {
+        let results = [
+            SetResult {
+                set: HookSet::RawSock,
+                rps: vec![45_000.0, 47_000.0, 46_000.0],
+                ratios: vec![0.95, 0.97, 0.96],
+                unavailable: None,
+            },
+            SetResult {
+                set: HookSet::CgroupSkb,
+                rps: Vec::new(),
+                ratios: Vec::new(),
+                unavailable: Some("no cgroup v2 hierarchy is mounted".to_owned()),
+            },
+        ];
+        let table = hooks_table(&results, 48_000.0);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].starts_with("| hook set   | what it is "),
+            "{table}"
+        );
+        assert!(
+            lines[2].starts_with("| raw-sock   | raw tracepoints sock_send_length"),
+            "{table}"
+        );
+        assert!(lines[2].contains("| 46000 "), "{table}");
+        assert!(lines[2].contains("| 0.960 (-4.0%) "), "{table}");
+        assert!(
+            lines[3].contains("| unavailable: no cgroup v2 hierarchy is mounted | - "),
+            "{table}"
+        );
+        assert_eq!(
+            lines.last().copied(),
+            Some("baseline (nothing attached): 48000 req/s (median)")
+        );
+    }
+
+    fn run(rps: f64, p99: f64, requests: u64, node: f64, agent: Option<AgentRun>) -> Run {
+        Run {
+            load: Load {
+                requests_per_sec: rps,
+                p99,
+                requests,
+                node_cpu_seconds: node,
+            },
+            agent,
+        }
+    }
+
+    #[test]
+    fn overhead_table_compares_with_the_same_round() {
+        let capture = |cpu: f64| AgentRun {
+            cpu_seconds: cpu,
+            discarded: Some(10),
+            ..AgentRun::default()
+        };
+        let full = |cpu: f64, spans: u64, dropped: u64| AgentRun {
+            cpu_seconds: cpu,
+            spans: Some((spans, 0)),
+            dropped,
+            ..AgentRun::default()
+        };
+        let round = |base: f64, scale: f64| ViewRound {
+            view: View::Saturated,
+            runs: vec![
+                (
+                    Config::Baseline,
+                    run(base, 1e-3, 100_000, 2.0 * scale, None),
+                ),
+                (
+                    Config::CaptureOnly,
+                    run(base * 0.9, 1.2e-3, 100_000, 2.2 * scale, Some(capture(0.1))),
+                ),
+                (
+                    Config::Full,
+                    run(
+                        base * 0.5,
+                        2e-3,
+                        50_000,
+                        1.5 * scale,
+                        Some(full(0.5, 50_000, 3)),
+                    ),
+                ),
+            ],
+        };
+        let rounds = [
+            round(40_000.0, 1.0),
+            round(50_000.0, 1.0),
+            round(60_000.0, 1.0),
+        ];
+        let refs: Vec<&ViewRound> = rounds.iter().collect();
+        let table = overhead_table(&refs);
+        let rows: Vec<Vec<&str>> = table
+            .lines()
+            .map(|l| l.split('|').map(str::trim).collect())
+            .collect();
+        assert_eq!(rows.len(), 5, "{table}");
+        assert_eq!(
+            rows[2],
+            ["", "baseline", "50000", "-", "1.00 ms", "-", "-", "20.00", "-", "-", "-", ""]
+        );
+        assert_eq!(
+            rows[3],
+            [
+                "",
+                "capture-only",
+                "45000",
+                "0.900 (-10.0%)",
+                "1.20 ms",
+                "1.200 (+20.0%)",
+                "1.00",
+                "22.00",
+                "+2.00",
+                "-",
+                "0",
+                ""
+            ]
+        );
+        assert_eq!(
+            rows[4],
+            [
+                "",
+                "full agent",
+                "25000",
+                "0.500 (-50.0%)",
+                "2.00 ms",
+                "2.000 (+100.0%)",
+                "10.00",
+                "30.00",
+                "+10.00",
+                "1.000",
+                "9",
+                ""
+            ]
+        );
+    }
+
+    #[test]
+    fn cli_defaults_and_lists() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            cmd: BenchCmd,
+        }
+        let parse = |argv: &[&str]| {
+            <Cli as clap::Parser>::try_parse_from(
+                std::iter::once("bench").chain(argv.iter().copied()),
+            )
+            .map(|c| c.cmd)
+        };
+        let Ok(BenchCmd::Overhead(o)) = parse(&["overhead"]) else {
+            panic!("not overhead")
+        };
+        assert_eq!(o.views, [View::Saturated, View::Fixed]);
+        assert_eq!((o.rate_connections, o.rate_qps_per_connection), (10, 1000));
+        let Ok(BenchCmd::Overhead(o)) =
+            parse(&["overhead", "--views", "fixed", "--", "--pid", "1"])
+        else {
+            panic!("not overhead")
+        };
+        assert_eq!(o.views, [View::Fixed]);
+        assert_eq!(o.agent_args, ["--pid", "1"]);
+        assert!(parse(&["overhead", "--views", "slow"]).is_err());
+
+        let Ok(BenchCmd::Hooks(h)) = parse(&["hooks"]) else {
+            panic!("not hooks")
+        };
+        assert_eq!((h.rounds, h.duration, h.warmup), (3, 10, 2));
+        assert_eq!((h.threads, h.connections), (2, 32));
+        let names: Vec<&str> = h.sets.iter().map(|s| s.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "syscalls",
+                "raw-syscalls",
+                "sock",
+                "raw-sock",
+                "cgroup-skb",
+                "ghostwire"
+            ]
+        );
+        let Ok(BenchCmd::Hooks(h)) = parse(&["hooks", "--sets", "raw-sock,cgroup-skb"]) else {
+            panic!("not hooks")
+        };
+        assert_eq!(h.sets, [HookSet::RawSock, HookSet::CgroupSkb]);
+        assert!(parse(&["hooks", "--sets", "kprobes"]).is_err());
+        // The names clap accepts are the names passed to the agent.
+        for set in &dedup(&[
+            HookSet::Syscalls,
+            HookSet::RawSyscalls,
+            HookSet::Sock,
+            HookSet::RawSock,
+            HookSet::CgroupSkb,
+            HookSet::Ghostwire,
+        ]) {
+            let value = clap::ValueEnum::to_possible_value(set).expect("a value");
+            assert_eq!(value.get_name(), set.name());
+        }
+        assert_eq!(
+            dedup(&[View::Fixed, View::Saturated, View::Fixed]),
+            [View::Fixed, View::Saturated]
+        );
     }
 }

@@ -185,6 +185,8 @@ pub fn agent_binary() -> PathBuf {
 pub struct Agent {
     proc: Proc,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// Copies the agent's stderr into `stderr`; ends when the agent's stderr closes.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// What an agent printed and how it ended.
@@ -194,19 +196,69 @@ pub struct AgentExit {
 }
 
 impl AgentExit {
-    /// The value of `key` in the final `stats:` line.
+    /// The value of `key` in the final `stats:` line (0 when the line does not show it:
+    /// only non-zero counters are printed). Fails the test when `key` is not a counter
+    /// the agent can print, so a typo cannot pass as "zero".
     #[must_use]
     pub fn stat(&self, key: &str) -> u64 {
-        self.stderr
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("stats:"))
-            .and_then(|l| {
-                l.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_owned))
-            })
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        assert!(
+            is_stat_key(key),
+            "`{key}` is not a counter the agent can print (userspace counters are \
+             ghostwire::stats::Counter names; kernel ones kernel.<counter> and \
+             kernel.<probe>.<counter> from ghostwire_common::{{counter, probe}}::NAMES; \
+             per-edge ones break.A->B)"
+        );
+        self.stats().get(key).copied().unwrap_or(0)
     }
+
+    /// Every `key=value` of the final `stats:` line.
+    #[must_use]
+    pub fn stats(&self) -> BTreeMap<String, u64> {
+        self.stderr.lines().rev().find(|l| l.starts_with("stats:")).map(parse_stats_line).unwrap_or_default()
+    }
+
+    /// The final `stats:` line (for messages).
+    #[must_use]
+    pub fn stats_line(&self) -> &str {
+        self.stderr.lines().rev().find(|l| l.starts_with("stats:")).unwrap_or("(no stats: line)")
+    }
+
+    /// What follows `capture: ` in the agent's stderr: the hooks in use.
+    #[must_use]
+    pub fn capture_hooks(&self) -> Option<&str> {
+        self.stderr.lines().find_map(|l| l.split_once("capture: ").map(|(_, rest)| rest))
+    }
+}
+
+/// The `key=value` pairs of one `stats:` line.
+#[must_use]
+pub fn parse_stats_line(line: &str) -> BTreeMap<String, u64> {
+    line.split_whitespace()
+        .skip(1)
+        .filter_map(|kv| {
+            let (k, v) = kv.rsplit_once('=')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Whether the agent can print `key` in its `stats:` line: a userspace counter
+/// (`ghostwire::stats::Counter`), `kernel.<counter>` or `kernel.<probe>.<counter>`
+/// (`ghostwire_common::{counter, probe}::NAMES`), or a per-edge `break.A->B`.
+#[must_use]
+pub fn is_stat_key(key: &str) -> bool {
+    use ghostwire_common::{counter, probe};
+    if ghostwire::stats::Counter::ALL.iter().any(|c| c.name() == key) {
+        return true;
+    }
+    if let Some(rest) = key.strip_prefix("break.") {
+        return rest.contains("->");
+    }
+    let Some(rest) = key.strip_prefix("kernel.") else { return false };
+    if counter::NAMES.contains(&rest) {
+        return true;
+    }
+    rest.split_once('.').is_some_and(|(p, c)| probe::NAMES.contains(&p) && counter::NAMES.contains(&c))
 }
 
 impl Agent {
@@ -224,13 +276,13 @@ impl Agent {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let pipe = proc.child.stderr.take().expect("stderr piped");
         let sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                 eprintln!("[ghostwire] {line}");
                 sink.lock().expect("stderr lock").push(line);
             }
         });
-        let agent = Self { proc, stderr };
+        let agent = Self { proc, stderr, reader: Some(reader) };
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut agent = agent;
         loop {
@@ -251,6 +303,19 @@ impl Agent {
         self.stderr.lock().expect("stderr lock").join("\n")
     }
 
+    /// The `stats:` lines printed so far (`--stats-interval`), parsed; `key` must be a
+    /// counter the agent can print. One value per line, oldest first.
+    #[must_use]
+    pub fn stat_history(&self, key: &str) -> Vec<u64> {
+        assert!(is_stat_key(key), "`{key}` is not a counter the agent can print");
+        let lines = self.stderr.lock().expect("stderr lock");
+        lines
+            .iter()
+            .filter(|l| l.starts_with("stats:"))
+            .map(|l| parse_stats_line(l).get(key).copied().unwrap_or(0))
+            .collect()
+    }
+
     /// SIGINT, then waits (at most 20 s) for a clean exit.
     #[must_use]
     pub fn stop(mut self) -> AgentExit {
@@ -258,38 +323,88 @@ impl Agent {
             .proc
             .signal_and_wait(libc::SIGINT, Duration::from_secs(20))
             .unwrap_or_else(|| panic!("ghostwire did not exit within 20 s of SIGINT:\n{}", self.stderr_text()));
-        // Let the reader thread take the last lines.
-        std::thread::sleep(Duration::from_millis(200));
+        // The agent exited, so its stderr reaches EOF once every line is read: wait for
+        // the reader (bounded, should a child of the agent hold the pipe open).
+        if let Some(reader) = self.reader.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !reader.is_finished() {
+                assert!(
+                    Instant::now() < deadline,
+                    "ghostwire exited ({status}) but its stderr stayed open for 10 s:\n{}",
+                    self.stderr_text()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if let Err(e) = reader.join() {
+                std::panic::resume_unwind(e);
+            }
+        }
         AgentExit { status, stderr: self.stderr_text() }
     }
 }
 
-/// nginx as a reverse proxy: listens on `port`, forwards everything to `upstream_port`.
+/// nginx (master and one worker, in the foreground), killed on drop.
 pub struct Nginx {
     _proc: Proc,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Nginx {
+    /// nginx as a reverse proxy: listens on `port`, forwards everything to `upstream_port`.
     #[must_use]
     pub fn reverse_proxy(port: u16, upstream_port: u16) -> Self {
+        Self::with_config(port, |d| {
+            format!(
+                "{}http {{\n  {}\n  server {{\n    listen 127.0.0.1:{port};\n    \
+                 location / {{ proxy_pass http://127.0.0.1:{upstream_port}; }}\n  }}\n}}\n",
+                Self::main_context(d),
+                Self::http_defaults(d),
+            )
+        })
+    }
+
+    /// nginx with the configuration `conf(dir)` returns (`dir`: a scratch directory
+    /// owned by the guard, for the pid file, temp paths and document roots), waiting
+    /// until it listens on 127.0.0.1:`port`.
+    #[must_use]
+    pub fn with_config(port: u16, conf: impl FnOnce(&Path) -> String) -> Self {
         let dir = TempDir::new("nginx");
-        let conf = format!(
-            "daemon off;\nmaster_process on;\nworker_processes 1;\nerror_log stderr warn;\npid {d}/nginx.pid;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
-             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
-             server {{\n    listen 127.0.0.1:{port};\n    location / {{ proxy_pass http://127.0.0.1:{upstream_port}; }}\n  }}\n}}\n",
-            d = dir.path().display()
-        );
+        let text = conf(dir.path());
         let path = dir.path().join("nginx.conf");
-        std::fs::write(&path, conf).expect("write nginx.conf");
-        let proc = Proc::spawn(
+        std::fs::write(&path, text).expect("write nginx.conf");
+        let mut proc = Proc::spawn(
             "nginx",
             Command::new("nginx").arg("-c").arg(&path).arg("-p").arg(dir.path()).arg("-e").arg("stderr"),
         );
         wait_port(port, "nginx");
-        Self { _proc: proc, _dir: dir }
+        proc.assert_running();
+        Self { _proc: proc, dir }
+    }
+
+    /// The main context for a foreground nginx whose files live in `dir`.
+    #[must_use]
+    pub fn main_context(dir: &Path) -> String {
+        format!(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\nerror_log stderr warn;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 256; }}\n",
+            d = dir.display()
+        )
+    }
+
+    /// `http` directives that keep nginx's files in `dir` and its access log off.
+    #[must_use]
+    pub fn http_defaults(dir: &Path) -> String {
+        format!(
+            "access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;",
+            d = dir.display()
+        )
+    }
+
+    /// The scratch directory (holds nginx.conf).
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 }
 
@@ -307,6 +422,137 @@ pub fn python_backend(port: u16, service_name: &str) -> Proc {
     // Something else answering on the port would hide a backend that failed to bind.
     proc.assert_running();
     proc
+}
+
+/// The HTTP/1.1 keep-alive Python server (`tests/peers/http11_server.py`): Content-Length
+/// bodies, `/slow` (sleeps 1.5 s, `?s=N`), `/missing` 404, `/boom` 500, POST reads its
+/// body. `fork`: `socketserver.ForkingMixIn`, a forked child per connection.
+#[must_use]
+pub fn python_http11_server(port: u16, service_name: &str, fork: bool) -> Proc {
+    let mut cmd = Command::new("python3");
+    cmd.arg(peers_dir().join("http11_server.py")).arg(port.to_string()).env("OTEL_SERVICE_NAME", service_name);
+    if fork {
+        cmd.arg("--fork");
+    }
+    let mut proc = Proc::spawn("http11_server", &mut cmd);
+    wait_port(port, "python HTTP/1.1 server");
+    proc.assert_running();
+    proc
+}
+
+/// One HTTP/1.1 response read off a connection.
+#[derive(Clone, Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header lines, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    #[must_use]
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A client connection that keeps leftover bytes between responses (keep-alive,
+/// pipelining). Responses must carry a Content-Length (or have no body: 1xx, 204, 304).
+pub struct HttpConn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl HttpConn {
+    /// Connects to 127.0.0.1:`port` with 10 s read and write timeouts.
+    #[must_use]
+    pub fn connect(port: u16) -> Self {
+        let stream =
+            TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect 127.0.0.1:{port}: {e}"));
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+        stream.set_write_timeout(Some(Duration::from_secs(10))).expect("write timeout");
+        Self { stream, buf: Vec::new() }
+    }
+
+    /// Writes `bytes` with one `write_all`.
+    pub fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write as _;
+        self.stream.write_all(bytes).expect("send request");
+    }
+
+    /// `GET path` (keep-alive), then its response.
+    pub fn get(&mut self, path: &str) -> HttpResponse {
+        let host = self.stream.peer_addr().expect("peer addr");
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ghostwire-tests\r\n\r\n").as_bytes());
+        self.read_response()
+    }
+
+    /// Whether response bytes are already waiting (non-blocking peek).
+    #[must_use]
+    pub fn has_pending_bytes(&self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        self.stream.set_nonblocking(true).expect("nonblocking");
+        let mut b = [0u8; 1];
+        let got = matches!(self.stream.peek(&mut b), Ok(n) if n > 0);
+        self.stream.set_nonblocking(false).expect("blocking");
+        got
+    }
+
+    /// Reads one response (head and Content-Length body).
+    pub fn read_response(&mut self) -> HttpResponse {
+        use std::io::Read as _;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut chunk = vec![0u8; 64 * 1024];
+        let end = loop {
+            if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no complete response head within 15 s: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+            let n = self.stream.read(&mut chunk).expect("read response");
+            assert!(n > 0, "connection closed before a response head: {:?}", String::from_utf8_lossy(&self.buf));
+            self.buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no status line in {head:?}"));
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .map(|(_, v)| v.parse().expect("Content-Length"))
+            .unwrap_or(0);
+        self.buf.drain(..end + 4);
+        while self.buf.len() < len {
+            assert!(Instant::now() < deadline, "response body incomplete within 15 s");
+            let n = self.stream.read(&mut chunk).expect("read body");
+            assert!(n > 0, "connection closed inside a response body");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        let body: Vec<u8> = self.buf.drain(..len).collect();
+        HttpResponse { status, headers, body }
+    }
+}
+
+/// The service name the agent gives this test process: its executable's file name.
+#[must_use]
+pub fn own_service_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .expect("test executable name")
 }
 
 /// `curl -s http://127.0.0.1:port/path`, returning the status code.
@@ -356,6 +602,41 @@ impl SpanRec {
             Some(Value::Number(n)) => n.as_i64().unwrap_or_default(),
             Some(Value::String(s)) => s.parse().unwrap_or_else(|_| panic!("{key}={s} is not an integer")),
             other => panic!("span {} has no integer attribute {key} ({other:?}): {self:#?}", self.name),
+        }
+    }
+
+    /// The request path: `url.path` (SERVER), the path of `url.full` without its query
+    /// (CLIENT); `None` when the span has neither.
+    #[must_use]
+    pub fn path(&self) -> Option<String> {
+        match (self.attributes.get("url.path"), self.attributes.get("url.full")) {
+            (Some(Value::String(p)), _) => Some(p.clone()),
+            (None, Some(Value::String(full))) => {
+                let rest = full.split_once("://").map_or(full.as_str(), |(_, r)| r);
+                let path = rest.find('/').map_or("/", |i| &rest[i..]);
+                Some(path.split(['?', '#']).next().unwrap_or_default().to_owned())
+            }
+            _ => None,
+        }
+    }
+
+    /// A boolean attribute (`true` or `"true"`); `None` when absent.
+    #[must_use]
+    pub fn attr_bool(&self, key: &str) -> Option<bool> {
+        match self.attributes.get(key)? {
+            Value::Bool(b) => Some(*b),
+            Value::String(s) => s.parse().ok(),
+            other => panic!("span {} attribute {key} is not a boolean: {other:?}", self.name),
+        }
+    }
+
+    /// An integer resource attribute (`process.pid`).
+    #[must_use]
+    pub fn resource_int(&self, key: &str) -> i64 {
+        match self.resource.get(key) {
+            Some(Value::Number(n)) => n.as_i64().unwrap_or_default(),
+            Some(Value::String(s)) => s.parse().unwrap_or_else(|_| panic!("resource {key}={s} is not an integer")),
+            other => panic!("span {} has no integer resource attribute {key} ({other:?})", self.name),
         }
     }
 
@@ -952,5 +1233,52 @@ impl Phoenix {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_keys_are_checked_against_what_the_agent_can_print() {
+        for key in [
+            "drop.parse_error",
+            "conns.midstream",
+            "http.head_truncated",
+            "kernel.ring_full",
+            "kernel.emitted",
+            "kernel.sock_send.ring_full",
+            "kernel.inet_sock_set_state.map_full",
+            "break.svc-b->svc-c",
+        ] {
+            assert!(is_stat_key(key), "{key}");
+        }
+        for key in [
+            "drop.parse_eror",
+            "kernel.untracked_conn",
+            "kernel.sock_send.untracked_conn",
+            "kernel.sys_enter_read.ring_full",
+            "kernel.",
+            "ring_full",
+            "break.nothing",
+            "",
+        ] {
+            assert!(!is_stat_key(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_stat_key_fails_instead_of_reading_zero() {
+        let exit = AgentExit {
+            status: std::os::unix::process::ExitStatusExt::from_raw(0),
+            stderr: "ready: 4 probes\nstats: spans.built=3 kernel.sock_recv.midstream=1 break.a->b=2".to_owned(),
+        };
+        assert_eq!(exit.stat("spans.built"), 3);
+        assert_eq!(exit.stat("kernel.sock_recv.midstream"), 1);
+        assert_eq!(exit.stat("break.a->b"), 2);
+        assert_eq!(exit.stat("drop.parse_error"), 0);
+        let typo = std::panic::catch_unwind(|| exit.stat("drop.parse_eror"));
+        assert!(typo.is_err(), "a misspelt counter must fail the test");
     }
 }

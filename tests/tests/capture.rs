@@ -1,6 +1,5 @@
 //! What the kernel side captures and what it leaves out: filters, connections that were
 //! open before the agent, IPv6.
-use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -12,47 +11,59 @@ fn jsonl_args(path: &std::path::Path, extra: &[String]) -> Vec<String> {
     v
 }
 
-/// One request on an open keep-alive connection; returns the status line.
-fn request(stream: &mut TcpStream, path: &str) -> String {
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n\r\n").expect("send");
-    let mut buf = [0u8; 4096];
-    let n = stream.read(&mut buf).expect("read");
-    String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_owned()
-}
-
 #[test]
-fn connections_open_before_the_agent_are_counted_not_traced() {
+fn connections_open_before_the_agent_are_traced_from_their_next_message() {
     require_root();
     let dir = TempDir::new("preexisting");
     let [proxy_port, backend_port] = free_ports();
     let _backend = python_backend(backend_port, "legacy-backend");
     let _nginx = Nginx::reverse_proxy(proxy_port, backend_port);
     // Opened (and used once) before the agent starts.
-    let mut old = TcpStream::connect(("127.0.0.1", proxy_port)).expect("connect");
-    old.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    assert!(request(&mut old, "/ok").contains("200"));
+    let mut old = HttpConn::connect(proxy_port);
+    assert_eq!(old.get("/before").status, 200);
+    let old_port = i64::from(old.stream.local_addr().expect("local addr").port());
 
     let jsonl = dir.path().join("spans.jsonl");
     let agent = Agent::start(&jsonl_args(&jsonl, &["--port".into(), proxy_port.to_string()]), &[]);
-    // The old connection is used again: it must not produce a span (its stream is
-    // seen mid-way), only a count.
-    assert!(request(&mut old, "/ok").contains("200"));
-    // A new connection is traced.
-    let mut new = TcpStream::connect(("127.0.0.1", proxy_port)).expect("connect");
-    new.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    assert!(request(&mut new, "/missing").contains("404"));
-    let spans = wait_for(Duration::from_secs(10), || {
-        let s = read_jsonl(&jsonl);
-        (s.len() >= 2).then_some(s)
-    });
+    // The old connection is used again: the socket is recognised in the kernel and the
+    // request is traced from both ends, like one on a new connection.
+    assert_eq!(old.get("/again").status, 200);
+    let mut new = HttpConn::connect(proxy_port);
+    assert_eq!(new.get("/missing").status, 404);
+    let new_port = i64::from(new.stream.local_addr().expect("local addr").port());
+    let got = wait_for(Duration::from_secs(10), || (read_jsonl(&jsonl).len() >= 4).then_some(()));
     drop((old, new));
     let exit = agent.stop();
-    let spans = spans.unwrap_or_else(|| read_jsonl(&jsonl));
-    // The new connection: test client (CLIENT) and nginx (SERVER), both for /missing.
-    assert_eq!(spans.len(), 2, "{}", describe(&spans));
-    assert!(spans.iter().all(|s| s.attr_int("http.response.status_code") == 404), "{}", describe(&spans));
-    assert!(exit.stat("kernel.untracked_conn") >= 2, "the old connection's reads and writes are counted:\n{}", exit.stderr);
+    assert!(exit.status.success(), "{}", exit.stderr);
+    let spans = read_jsonl(&jsonl);
+    assert!(got.is_some(), "want 4 spans:\n{}\n{}", describe(&spans), exit.stderr);
+    // Test client (CLIENT) and nginx (SERVER) for each request; none for /before.
+    assert_eq!(spans.len(), 4, "{}", describe(&spans));
+    let me = own_service_name();
+    for (path, status, client_port) in [("/again", 200, old_port), ("/missing", 404, new_port)] {
+        let of = |kind: i64, service: &str| -> &SpanRec {
+            let found: Vec<&SpanRec> = spans
+                .iter()
+                .filter(|s| s.kind == kind && s.service() == service && s.path().as_deref() == Some(path))
+                .collect();
+            assert_eq!(found.len(), 1, "{service} kind {kind} {path}:\n{}", describe(&spans));
+            found[0]
+        };
+        let client = of(KIND_CLIENT, &me);
+        let server = of(KIND_SERVER, "nginx");
+        for s in [client, server] {
+            assert_eq!(s.attr_int("http.response.status_code"), status, "{s:#?}");
+        }
+        assert_eq!(client.attr_int("network.local.port"), client_port);
+        assert_eq!(server.attr_int("network.peer.port"), client_port);
+        assert_eq!(server.trace_id, client.trace_id);
+        assert_eq!(server.parent_span_id, client.span_id);
+        assert_eq!(server.attr_str("ghostwire.link"), "socket");
+    }
     assert!(exit.stat("conns.preexisting") >= 1, "{}", exit.stderr);
+    // Both ends of the old connection were first seen on data.
+    assert!(exit.stat("conns.midstream") >= 2, "{}", exit.stderr);
+    assert_eq!(exit.stat("drop.parse_error"), 0, "{}", exit.stderr);
 }
 
 #[test]

@@ -57,7 +57,7 @@ impl Pipeline {
                 s.incr(Counter::EventsConn);
                 // Read the process's resource now: a short-lived client may be gone by
                 // the time its response arrives.
-                let resource = self.spans.resources.get(ev.pid, &comm(&ev.comm));
+                let resource = self.spans.resources.get_with_parent(ev.pid, &comm(&ev.comm), ev.ppid);
                 self.spans.observe(&resource);
             }
             Event::State(_) => s.incr(Counter::EventsState),

@@ -200,7 +200,10 @@ pub struct ConnEvent {
     pub role: u8,
     /// `CONN_*` flags.
     pub flags: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The process's parent (tgid): a forked child that is gone before the agent reads
+    /// its `/proc` entry is described from its parent's.
+    pub ppid: u32,
 }
 
 /// A tracked connection stopped sending or closed.
@@ -263,11 +266,24 @@ pub struct KernelOffsets {
     /// (next byte it writes), both u32.
     pub tcp_copied_seq: u16,
     pub tcp_write_seq: u16,
-    /// `struct task_struct`: `flags`.
+    /// `struct task_struct`: `flags`, `real_parent` (pointer) and `tgid`.
     pub task_flags: u16,
+    pub task_real_parent: u16,
+    pub task_tgid: u16,
     /// Where, in `struct pt_regs`, the syscall number and its first three arguments are.
     pub regs_nr: u16,
     pub regs_arg: [u16; 3],
+    pub _pad: u16,
+}
+
+/// Where x86_64 saves a syscall's number and arguments (`struct pt_regs`, a stable ABI).
+/// The programs load them at these constant offsets; the agent checks them against the
+/// running kernel's BTF.
+pub mod x86_64 {
+    pub const PT_REGS_ORIG_AX: u16 = 120;
+    pub const PT_REGS_DI: u16 = 112;
+    pub const PT_REGS_SI: u16 = 104;
+    pub const PT_REGS_DX: u16 = 96;
 }
 
 /// The running architecture's numbers of the syscalls whose user buffers the programs
@@ -301,6 +317,8 @@ pub struct Config {
     /// Number of valid entries in `exe_names`.
     pub exe_count: u8,
     pub _pad: u8,
+    /// Bytes one CPU writes to the ring buffer before it wakes the agent.
+    pub wake_bytes: u32,
     pub _pad1: u32,
     /// `--exe` names, matched against the process name (`comm`, at most 15 bytes).
     pub exe_names: [[u8; COMM_LEN]; MAX_EXE_FILTERS],
@@ -317,6 +335,7 @@ impl Default for Config {
             filter_ports: 0,
             exe_count: 0,
             _pad: 0,
+            wake_bytes: 64 * 1024,
             _pad1: 0,
             exe_names: [[0; COMM_LEN]; MAX_EXE_FILTERS],
             offsets: KernelOffsets::default(),

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use ghostwire_common::{
-    Config, DataEvent, Tuple, COMM_LEN, COUNTER_SLOTS, MAX_CAPTURE, MAX_EXE_FILTERS,
+    Config, DataEvent, Tuple, COMM_LEN, COUNTER_SLOTS, MAX_CAPTURE, MAX_EXE_FILTERS, MAX_IOVECS, TAIL_WINDOW,
 };
 
 /// Records to userspace. Size is set by the agent at load time (`--ring-buffer-bytes`).
@@ -64,13 +64,27 @@ pub struct SockState {
 #[map]
 pub static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(65536, 0);
 
-/// Header and payload, contiguous, so one `bpf_ringbuf_output` sends both. The prefix
-/// area is twice the capture bound so the verifier can prove every iovec copy in
-/// bounds; the tail window is written right after the prefix, inside the same area.
+/// Size of the scratch payload area: a power of two at least twice what one record
+/// carries (`MAX_CAPTURE + TAIL_WINDOW`), so that a copy whose offset and length are each
+/// masked below half of it is in bounds however they combine.
+pub const SCRATCH_BYTES: usize = (2 * (MAX_CAPTURE + TAIL_WINDOW)).next_power_of_two();
+
+/// Header and payload, contiguous, so one `bpf_ringbuf_output` sends both. The tail
+/// window is written right after the prefix.
 #[repr(C)]
 pub struct Scratch {
     pub hdr: DataEvent,
-    pub data: [u8; 2 * MAX_CAPTURE],
+    pub data: [u8; SCRATCH_BYTES],
+    /// The iovec array of a vectored transfer, read in one go.
+    pub iov: [Iovec; MAX_IOVECS],
+}
+
+/// `struct iovec`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Iovec {
+    pub base: u64,
+    pub len: u64,
 }
 
 /// One [`Scratch`] per CPU (indexed by CPU id; the agent sizes it to the possible CPUs).
@@ -161,14 +175,30 @@ pub fn port_allowed(cfg: &Config, tuple: &Tuple) -> bool {
     unsafe { PORT_FILTER.get(tuple.sport).is_some() || PORT_FILTER.get(tuple.dport).is_some() }
 }
 
-/// `bpf_ringbuf_query` flag: bytes not yet consumed.
-const BPF_RB_AVAIL_DATA: u64 = 0;
 /// `bpf_ringbuf_output` flags.
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
-/// Backlog that wakes the agent at once. Below it the agent is not woken per record
-/// (that costs a context switch per syscall under load); it drains on its own timer.
-const WAKEUP_BYTES: u64 = 256 * 1024;
+
+/// Bytes this CPU wrote to the ring buffer since it last woke the agent.
+#[map]
+pub static UNWOKEN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether writing `len` more bytes should wake the agent: once this CPU has written
+/// `Config::wake_bytes` since its last wakeup. Below that the agent is not woken per
+/// record (a context switch per transfer under load); it drains on its own timer. Kept
+/// per CPU, so no record reads a cache line that another CPU or the agent writes.
+#[inline(always)]
+fn due(len: u64) -> bool {
+    let (Some(cfg), Some(n)) = (config(), UNWOKEN.get_ptr_mut(0)) else { return true };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    let n = unsafe { &mut *n };
+    *n += len;
+    if *n >= u64::from(cfg.wake_bytes) {
+        *n = 0;
+        return true;
+    }
+    false
+}
 
 /// Writes `len` bytes starting at `data` to the ring buffer; counts a full ring.
 /// `wake`: wake the agent now (rare records it must see promptly).
@@ -176,11 +206,7 @@ const WAKEUP_BYTES: u64 = 256 * 1024;
 pub fn output(probe: u8, data: *const u8, len: u64, wake: bool) -> bool {
     // SAFETY: `data` points to at least `len` readable bytes (checked by the verifier).
     let bytes = unsafe { core::slice::from_raw_parts(data, len as usize) };
-    let flags = if wake || EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
+    let flags = if due(len) || wake { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
     let ret = match EVENTS.output::<[u8]>(bytes, flags) {
         Ok(()) => 0,
         Err(e) => e,

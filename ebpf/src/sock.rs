@@ -29,7 +29,8 @@ use ghostwire_common::{
 };
 
 use crate::maps::{
-    config, count, output, port_allowed, scratch, traced, SockState, SOCKS, SOCK_IGNORED_PORT,
+    config, count, output, port_allowed, scratch, traced, Iovec, Scratch, SockState, SCRATCH_BYTES, SOCKS,
+    SOCK_IGNORED_PORT,
     SOCK_IGNORED_PROC, SOCK_MIDSTREAM,
 };
 
@@ -39,6 +40,12 @@ const IPPROTO_TCP: u16 = 6;
 const SOCK_STREAM: u16 = 1;
 const MSG_PEEK: i64 = 2;
 const PF_KTHREAD: u32 = 0x0020_0000;
+/// `at` and `n` of every copy are masked with this (see `copy_user`).
+const SCRATCH_MASK: u64 = SCRATCH_BYTES as u64 / 2 - 1;
+/// x86_64 `struct pt_regs`: the syscall number and its second and third arguments.
+const REGS_NR: usize = ghostwire_common::x86_64::PT_REGS_ORIG_AX as usize;
+const REGS_ARG1: usize = ghostwire_common::x86_64::PT_REGS_SI as usize;
+const REGS_ARG2: usize = ghostwire_common::x86_64::PT_REGS_DX as usize;
 
 const TCP_ESTABLISHED: i64 = 1;
 const TCP_SYN_SENT: i64 = 2;
@@ -312,13 +319,23 @@ fn announce(cfg: &Config, id: u64, sk: u64, st: &mut SockState, probe: u8) -> bo
         tcp_seq: st.tcp_seq,
         role: st.role,
         flags: if st.flags & SOCK_MIDSTREAM != 0 { CONN_MIDSTREAM } else { 0 },
-        _pad: [0; 6],
+        _pad: [0; 2],
+        ppid: parent_tgid(cfg),
     };
     if !output(probe, core::ptr::addr_of!(ev).cast(), size_of::<ConnEvent>() as u64, true) {
         return false;
     }
     st.owner = tgid;
     true
+}
+
+/// The current process's parent (0 if it cannot be read).
+#[inline(always)]
+fn parent_tgid(cfg: &Config) -> u32 {
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let o = &cfg.offsets;
+    kread::<u64>(task, o.task_real_parent).and_then(|p| kread::<u32>(p, o.task_tgid)).unwrap_or(0)
 }
 
 /// Kernel threads (NFS, iSCSI, ...) use sockets too; they have no user buffer.
@@ -340,12 +357,17 @@ enum Source {
 #[inline(always)]
 fn source(cfg: &Config) -> Source {
     // SAFETY: helpers without preconditions; the task pointer is the current task.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    let o = &cfg.offsets;
-    let (Some(nr), Some(a1), Some(a2)) =
-        (kread::<u64>(regs, o.regs_nr), kread::<u64>(regs, o.regs_arg[1]), kread::<u64>(regs, o.regs_arg[2]))
-    else {
-        return Source::None;
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64;
+    // The verifier knows `regs` as a `struct pt_regs` from BTF: loads at its fields'
+    // constant offsets are plain loads (fault-safe), no helper call each. The agent
+    // checked at start-up that the running kernel's layout has these offsets.
+    // SAFETY: see above; offsets are multiples of 8 inside `struct pt_regs`.
+    let (nr, a1, a2) = unsafe {
+        (
+            core::ptr::read_volatile(regs.add(REGS_NR / 8)),
+            core::ptr::read_volatile(regs.add(REGS_ARG1 / 8)),
+            core::ptr::read_volatile(regs.add(REGS_ARG2 / 8)),
+        )
     };
     let s = &cfg.syscalls;
     let nr = nr as u32;
@@ -388,7 +410,7 @@ fn emit_data(cfg: &Config, id: u64, sk: u64, st: &SockState, dir: u8, offset: u6
                 _ => (0, 0, payload::READ_FAILED),
             }
         }
-        Source::Iov(iov, cnt) => match copy_iov(dst, iov, cnt, prefix, tail_start, len) {
+        Source::Iov(iov, cnt) => match copy_iov(s, iov, cnt, prefix, tail_start, len) {
             Some((p, t)) => (p, t, payload::COPIED),
             None => (0, 0, payload::READ_FAILED),
         },
@@ -424,43 +446,46 @@ fn emit_data(cfg: &Config, id: u64, sk: u64, st: &SockState, dir: u8, offset: u6
     output(probe, core::ptr::addr_of!(*s).cast(), total, false)
 }
 
+/// Copies `n` bytes from user memory at `src` to `dst + at`. Every copy goes through
+/// here. The bounds (`at <= MAX_CAPTURE + TAIL_WINDOW`, `n <= MAX_CAPTURE`) are applied,
+/// then masks the verifier reads as unsigned bounds, right at the call: `at + n` stays
+/// below `SCRATCH_BYTES`. `false` on a fault.
+#[inline(always)]
+fn copy_user(dst: *mut u8, at: u64, src: u64, n: u64) -> bool {
+    const MAX_AT: u64 = (MAX_CAPTURE + TAIL_WINDOW) as u64;
+    // The compiler may prove the bounds below redundant from the callers' arithmetic
+    // (which the verifier cannot follow) and drop them; reading the values back through
+    // the stack keeps them.
+    // SAFETY: reads of initialised locals.
+    let (at, n) = unsafe { (core::ptr::read_volatile(&at), core::ptr::read_volatile(&n)) };
+    let at = if at > MAX_AT { MAX_AT } else { at };
+    let n = if n > MAX_CAPTURE as u64 { MAX_CAPTURE as u64 } else { n };
+    let (at, n) = (at & SCRATCH_MASK, n & SCRATCH_MASK);
+    if n == 0 {
+        return true;
+    }
+    // SAFETY: at, n <= SCRATCH_MASK, so at + n < SCRATCH_BYTES, inside the scratch area;
+    // `src` is a user pointer read through the fault-tolerant helper.
+    unsafe { probe_read_user_raw(dst.add(at as usize).cast(), n as u32, src as *const _) >= 0 }
+}
+
 /// Copies `want` (`<= MAX_CAPTURE`) bytes to the start of `dst`; returns bytes copied
 /// (0 on a fault).
 #[inline(always)]
 fn copy_buf(dst: *mut u8, src: u64, want: u64) -> u64 {
     let n = if want > MAX_CAPTURE as u64 { MAX_CAPTURE as u64 } else { want };
-    if n == 0 {
-        return 0;
-    }
-    // SAFETY: `dst` has room for 2 * MAX_CAPTURE bytes; `src` is a user pointer read
-    // through the fault-tolerant helper.
-    let ret = unsafe { probe_read_user_raw(dst.cast(), n as u32, src as *const _) };
-    if ret < 0 {
-        0
-    } else {
+    if copy_user(dst, 0, src, n) {
         n
+    } else {
+        0
     }
 }
 
 /// Copies the `want` (`<= TAIL_WINDOW`) bytes at `src` right after the `at` prefix bytes.
 #[inline(always)]
 fn copy_tail_buf(dst: *mut u8, at: u64, src: u64, want: u64) -> Option<u64> {
-    let at = if at > MAX_CAPTURE as u64 { MAX_CAPTURE as u64 } else { at };
     let n = if want > TAIL_WINDOW as u64 { TAIL_WINDOW as u64 } else { want };
-    if n == 0 {
-        return Some(0);
-    }
-    // SAFETY: at <= MAX_CAPTURE and n <= TAIL_WINDOW <= MAX_CAPTURE: inside the
-    // 2 * MAX_CAPTURE area; `src` is read through the fault-tolerant helper.
-    let ret = unsafe { probe_read_user_raw(dst.add(at as usize).cast(), n as u32, src as *const _) };
-    (ret >= 0).then_some(n)
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Iovec {
-    base: u64,
-    len: u64,
+    copy_user(dst, at, src, n).then_some(n)
 }
 
 /// Gathers from an iovec array the first `prefix` bytes, then the bytes
@@ -469,26 +494,35 @@ struct Iovec {
 /// tail is copied only when one entry holds all of it (otherwise 0: a record never
 /// claims bytes it does not carry). `None` when a copy faulted.
 ///
-/// Two simple loops rather than one clever one: the verifier walks every path of a
-/// loop body, and a body with several copies and clamps does not fit its budget.
+/// The iovec array is read once, into `s.iov` (each user read costs a helper call and
+/// the kernel's usercopy checks). Two simple loops rather than one clever one: the
+/// verifier walks every path of a loop body, and a body with several copies and clamps
+/// does not fit its budget.
 #[inline(always)]
-fn copy_iov(dst: *mut u8, iov: u64, iovcnt: u64, prefix: u64, tail_start: u64, len: u64) -> Option<(u64, u64)> {
+fn copy_iov(s: &mut Scratch, iov: u64, iovcnt: u64, prefix: u64, tail_start: u64, len: u64) -> Option<(u64, u64)> {
+    let cnt = if iovcnt > MAX_IOVECS as u64 { MAX_IOVECS as u64 } else { iovcnt };
+    if cnt == 0 {
+        return Some((0, 0));
+    }
+    let bytes = cnt * size_of::<Iovec>() as u64;
+    let bytes = if bytes > size_of::<[Iovec; MAX_IOVECS]>() as u64 { size_of::<[Iovec; MAX_IOVECS]>() as u64 } else { bytes };
+    // SAFETY: `s.iov` has room for MAX_IOVECS entries; user pointer read through the
+    // fault-tolerant helper.
+    let ret = unsafe { probe_read_user_raw(s.iov.as_mut_ptr().cast(), bytes as u32, iov as *const _) };
+    if ret < 0 {
+        return None;
+    }
+    let dst = s.data.as_mut_ptr();
     let mut off: u64 = 0;
-    let mut i: u64 = 0;
-    while i < MAX_IOVECS as u64 {
-        if i >= iovcnt || off >= prefix {
+    let mut i: usize = 0;
+    while i < MAX_IOVECS {
+        if i as u64 >= cnt || off >= prefix {
             break;
         }
-        let ptr = (iov + i * size_of::<Iovec>() as u64) as *const Iovec;
-        // SAFETY: user pointer read through the fault-tolerant helper.
-        let v = unsafe { bpf_probe_read_user(ptr) }.ok()?;
+        let v = s.iov[i];
         let room = prefix - off;
         let n = if v.len < room { v.len } else { room };
-        let n = if n > MAX_CAPTURE as u64 { MAX_CAPTURE as u64 } else { n };
-        let o = off & (MAX_CAPTURE as u64 - 1);
-        // SAFETY: o < MAX_CAPTURE and n <= MAX_CAPTURE, inside the 2 * MAX_CAPTURE area.
-        let ret = unsafe { probe_read_user_raw(dst.add(o as usize).cast(), n as u32, v.base as *const _) };
-        if ret < 0 {
+        if !copy_user(dst, off, v.base, n) {
             return None;
         }
         off += n;
@@ -501,14 +535,12 @@ fn copy_iov(dst: *mut u8, iov: u64, iovcnt: u64, prefix: u64, tail_start: u64, l
     // The entry that holds the whole tail, if one does.
     let mut pos: u64 = 0;
     let mut src: u64 = 0;
-    let mut i: u64 = 0;
-    while i < MAX_IOVECS as u64 {
-        if i >= iovcnt {
+    let mut i: usize = 0;
+    while i < MAX_IOVECS {
+        if i as u64 >= cnt {
             break;
         }
-        let ptr = (iov + i * size_of::<Iovec>() as u64) as *const Iovec;
-        // SAFETY: user pointer read through the fault-tolerant helper.
-        let v = unsafe { bpf_probe_read_user(ptr) }.ok()?;
+        let v = s.iov[i];
         if tail_start >= pos && len <= pos + v.len {
             src = v.base + (tail_start - pos);
             break;

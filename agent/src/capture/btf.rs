@@ -50,7 +50,7 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         .map_err(|e| BtfError::Parse { path: shown, reason: format!("{e:?}") })?;
     let f = |field: &'static str, width: usize| offset(&types, field, width);
     let regs = arch::REGS;
-    Ok(KernelOffsets {
+    let offsets = KernelOffsets {
         skc_daddr: f("sock.__sk_common.skc_daddr", 4)?,
         skc_rcv_saddr: f("sock.__sk_common.skc_rcv_saddr", 4)?,
         skc_dport: f("sock.__sk_common.skc_dport", 2)?,
@@ -66,9 +66,22 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         tcp_copied_seq: f("tcp_sock.copied_seq", 4)?,
         tcp_write_seq: f("tcp_sock.write_seq", 4)?,
         task_flags: f("task_struct.flags", 4)?,
+        task_real_parent: f("task_struct.real_parent", 8)?,
+        task_tgid: f("task_struct.tgid", 4)?,
         regs_nr: f(regs[0], 8)?,
         regs_arg: [f(regs[1], 8)?, f(regs[2], 8)?, f(regs[3], 8)?],
-    })
+        _pad: 0,
+    };
+    // The programs load the registers at constant offsets (no helper call per load).
+    let expected = [arch::NR, arch::ARGS[0], arch::ARGS[1], arch::ARGS[2]];
+    let found = [offsets.regs_nr, offsets.regs_arg[0], offsets.regs_arg[1], offsets.regs_arg[2]];
+    if found != expected {
+        return Err(BtfError::Field {
+            field: "pt_regs",
+            reason: format!("syscall registers at offsets {found:?}, {expected:?} expected"),
+        });
+    }
+    Ok(offsets)
 }
 
 /// Byte offset of `type.path.to.field`, which must be `width` bytes wide and fit the
@@ -92,6 +105,14 @@ fn offset(types: &TypeInformation, field: &'static str, width: usize) -> Result<
 mod arch {
     #[cfg(target_arch = "x86_64")]
     pub const REGS: [&str; 4] = ["pt_regs.orig_ax", "pt_regs.di", "pt_regs.si", "pt_regs.dx"];
+    #[cfg(target_arch = "x86_64")]
+    pub use ghostwire_common::x86_64::PT_REGS_ORIG_AX as NR;
+    #[cfg(target_arch = "x86_64")]
+    pub const ARGS: [u16; 3] = [
+        ghostwire_common::x86_64::PT_REGS_DI,
+        ghostwire_common::x86_64::PT_REGS_SI,
+        ghostwire_common::x86_64::PT_REGS_DX,
+    ];
     #[cfg(not(target_arch = "x86_64"))]
     compile_error!("ghostwire reads syscall arguments from x86_64 `struct pt_regs`; other architectures are not supported yet");
 }

@@ -82,6 +82,8 @@ pub struct Conn {
     pub tcp_seq: [u32; 2],
     /// The kernel's name of the thread (NUL-padded).
     pub comm: [u8; COMM_LEN],
+    /// The process's parent (0: unknown).
+    pub ppid: u32,
     pub ts_ns: u64,
 }
 
@@ -223,6 +225,7 @@ fn conn(ev: ConnEvent) -> Result<Conn, DecodeError> {
         midstream: ev.flags & CONN_MIDSTREAM != 0,
         tcp_seq: ev.tcp_seq,
         comm: ev.comm,
+        ppid: ev.ppid,
         ts_ns: ev.ts_ns,
     })
 }
@@ -334,7 +337,8 @@ pub(crate) mod tests {
             tcp_seq: [1, 2],
             role: 0,
             flags: CONN_MIDSTREAM,
-            _pad: [0; 6],
+            _pad: [0; 2],
+            ppid: 1,
         };
         let Ok(Event::Conn(c)) = decode(as_bytes(&ev)) else { panic!("not a conn") };
         assert_eq!(c.local, "127.0.0.1:8080".parse().unwrap());

@@ -131,7 +131,7 @@ impl Capture {
         preflight::raise_memlock();
         let offsets = btf::kernel_offsets(Path::new(btf::VMLINUX))?;
         let mut ebpf = load(cfg.ring_bytes)?;
-        write_filters(&mut ebpf, cfg, offsets)?;
+        write_filters(&mut ebpf, cfg, offsets, wake_bytes(cfg.ring_bytes, possible_cpus()?))?;
 
         let mut attached = 0;
         let raw = cfg.hooks == HookChoice::Auto && attach_raw_sock(&mut ebpf, &mut attached)?;
@@ -183,9 +183,21 @@ impl Capture {
     }
 }
 
-fn load(ring_bytes: u32) -> Result<Ebpf, CaptureError> {
+fn possible_cpus() -> Result<u32, CaptureError> {
     let cpus = aya::util::nr_cpus().map_err(|(what, source)| CaptureError::Cpus { what, source })?;
-    let cpus = u32::try_from(cpus).unwrap_or(u32::MAX);
+    Ok(u32::try_from(cpus).unwrap_or(u32::MAX))
+}
+
+/// How many bytes one CPU writes before it wakes the agent: together the CPUs never
+/// fill more than a quarter of the ring between wakeups, and no CPU waits for more than
+/// 256 KiB (the agent also drains on a timer).
+#[must_use]
+pub fn wake_bytes(ring_bytes: u32, cpus: u32) -> u32 {
+    (ring_bytes / 4 / cpus.max(1)).clamp(4096, 256 * 1024)
+}
+
+fn load(ring_bytes: u32) -> Result<Ebpf, CaptureError> {
+    let cpus = possible_cpus()?;
     let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ghostwire"));
     let mut ebpf = EbpfLoader::new()
         .map_max_entries("EVENTS", ring_bytes)
@@ -255,8 +267,14 @@ fn syscall_numbers() -> SyscallNumbers {
     }
 }
 
-fn write_filters(ebpf: &mut Ebpf, cfg: &CaptureConfig, offsets: ghostwire_common::KernelOffsets) -> Result<(), CaptureError> {
+fn write_filters(
+    ebpf: &mut Ebpf,
+    cfg: &CaptureConfig,
+    offsets: ghostwire_common::KernelOffsets,
+    wake_bytes: u32,
+) -> Result<(), CaptureError> {
     let mut kcfg = Config {
+        wake_bytes,
         agent_tgid: std::process::id(),
         capture_bytes: cfg.capture_bytes.min(MAX_CAPTURE as u32),
         filter_pids: u8::from(!cfg.pids.is_empty()),

@@ -409,6 +409,7 @@ mod tests {
             midstream,
             tcp_seq: [1000, 2000],
             comm: [0; 16],
+            ppid: 1,
             ts_ns: 1,
         })
     }

@@ -59,6 +59,21 @@ pub struct Resource {
     pub attributes: Vec<Attribute>,
 }
 
+impl Resource {
+    /// The same resource for another process (a forked child of this one).
+    #[must_use]
+    pub fn with_pid(&self, pid: u32) -> Resource {
+        let mut r = self.clone();
+        r.pid = pid;
+        for (k, v) in &mut r.attributes {
+            if k == "process.pid" {
+                *v = AttrValue::Int(i64::from(pid));
+            }
+        }
+        r
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Span {
     pub trace_id: [u8; 16],

@@ -32,30 +32,88 @@ impl ResourceCache {
     /// The resource of `pid`, read from `/proc` the first time. `comm` (the kernel's
     /// thread name) names processes that are already gone.
     pub fn get(&mut self, pid: u32, comm: &str) -> Arc<Resource> {
+        self.get_with_parent(pid, comm, 0)
+    }
+
+    /// As [`get`](Self::get); a process already gone whose parent `ppid` has the same
+    /// name (a forked child that did not exec, such as a forking server's handler) is
+    /// described as its parent, with its own pid.
+    pub fn get_with_parent(&mut self, pid: u32, comm: &str, ppid: u32) -> Arc<Resource> {
         if let Some(r) = self.by_pid.get(&pid) {
             return Arc::clone(r);
         }
-        let r = Arc::new(self.read(pid, comm));
+        let r = match self.read(pid, comm) {
+            Some(r) => r,
+            None => self.forked_from(ppid, comm).map_or_else(|| self.gone(pid, comm), |parent| parent.with_pid(pid)),
+        };
+        let r = Arc::new(r);
+        self.insert(pid, Arc::clone(&r));
+        r
+    }
+
+    fn insert(&mut self, pid: u32, r: Arc<Resource>) {
         if self.by_pid.len() >= MAX_PROCESSES {
             self.by_pid.clear();
         }
-        self.by_pid.insert(pid, Arc::clone(&r));
-        r
+        self.by_pid.insert(pid, r);
+    }
+
+    /// The parent's resource, if the parent runs under the name `comm`.
+    fn forked_from(&mut self, ppid: u32, comm: &str) -> Option<Arc<Resource>> {
+        if ppid == 0 || comm.is_empty() {
+            return None;
+        }
+        let parent_comm = std::fs::read_to_string(self.proc_root.join(ppid.to_string()).join("comm")).ok()?;
+        if parent_comm.trim() != comm {
+            return None;
+        }
+        if let Some(r) = self.by_pid.get(&ppid) {
+            return Some(Arc::clone(r));
+        }
+        let r = Arc::new(self.read(ppid, "")?);
+        self.insert(ppid, Arc::clone(&r));
+        Some(r)
+    }
+
+    /// A process whose `/proc` entry is gone: named by its kernel name.
+    fn gone(&self, pid: u32, comm: &str) -> Resource {
+        let service_name = if comm.is_empty() { format!("unknown_service:{pid}") } else { comm.to_owned() };
+        let mut attributes = self.common(&service_name, pid);
+        if !comm.is_empty() {
+            attributes.push(("process.executable.name".into(), AttrValue::Str(comm.to_owned())));
+        }
+        Resource { pid, service_name, attributes }
+    }
+
+    fn common(&self, service_name: &str, pid: u32) -> Vec<Attribute> {
+        vec![
+            ("service.name".into(), AttrValue::Str(service_name.to_owned())),
+            ("process.pid".into(), AttrValue::Int(i64::from(pid))),
+            ("host.name".into(), AttrValue::Str(self.host_name.clone())),
+            ("telemetry.sdk.name".into(), AttrValue::Str("ghostwire".into())),
+            ("telemetry.sdk.version".into(), AttrValue::Str(env!("CARGO_PKG_VERSION").into())),
+        ]
     }
 
     pub fn forget(&mut self, pid: u32) {
         self.by_pid.remove(&pid);
     }
 
-    fn read(&self, pid: u32, comm: &str) -> Resource {
+    /// `None` when the process's `/proc` entry is gone.
+    fn read(&self, pid: u32, comm: &str) -> Option<Resource> {
         let dir = self.proc_root.join(pid.to_string());
         let exe_path = std::fs::read_link(dir.join("exe")).ok();
         let exe_name = exe_path
             .as_deref()
             .and_then(Path::file_name)
             .map(|n| n.to_string_lossy().trim_end_matches(" (deleted)").to_owned())
-            .or_else(|| std::fs::read_to_string(dir.join("comm")).ok().map(|c| c.trim().to_owned()))
-            .unwrap_or_else(|| comm.to_owned());
+            .or_else(|| std::fs::read_to_string(dir.join("comm")).ok().map(|c| c.trim().to_owned()));
+        // Neither the executable nor the name: the process is gone.
+        let exe_name = match exe_name {
+            Some(name) => name,
+            None if dir.exists() => comm.to_owned(),
+            None => return None,
+        };
         let cmdline = std::fs::read(dir.join("cmdline"))
             .map(|raw| {
                 raw.split(|&b| b == 0)
@@ -71,13 +129,7 @@ impl ResourceCache {
             None if !exe_name.is_empty() => exe_name.clone(),
             None => format!("unknown_service:{pid}"),
         };
-        let mut attributes: Vec<Attribute> = vec![
-            ("service.name".into(), AttrValue::Str(service_name.clone())),
-            ("process.pid".into(), AttrValue::Int(i64::from(pid))),
-            ("host.name".into(), AttrValue::Str(self.host_name.clone())),
-            ("telemetry.sdk.name".into(), AttrValue::Str("ghostwire".into())),
-            ("telemetry.sdk.version".into(), AttrValue::Str(env!("CARGO_PKG_VERSION").into())),
-        ];
+        let mut attributes = self.common(&service_name, pid);
         if !exe_name.is_empty() {
             attributes.push(("process.executable.name".into(), AttrValue::Str(exe_name)));
         }
@@ -87,7 +139,7 @@ impl ResourceCache {
         if !cmdline.is_empty() {
             attributes.push(("process.command_line".into(), AttrValue::Str(cmdline)));
         }
-        Resource { pid, service_name, attributes }
+        Some(Resource { pid, service_name, attributes })
     }
 }
 
@@ -150,5 +202,25 @@ mod tests {
         let mut cache = ResourceCache::new("/nonexistent-proc");
         let r = cache.get(7, "curl");
         assert_eq!(r.service_name, "curl");
+        assert_eq!(r.attributes.iter().find(|(k, _)| k == "process.pid").map(|(_, v)| v.clone()), Some(AttrValue::Int(7)));
+    }
+
+    #[test]
+    fn a_forked_child_already_gone_is_described_as_its_parent() {
+        // A fake /proc: the parent (pid 10, "python3", OTEL_SERVICE_NAME=shop) is there;
+        // its child (pid 11) is gone.
+        let root = std::env::temp_dir().join(format!("ghostwire-proc-{}", std::process::id()));
+        let parent = root.join("10");
+        std::fs::create_dir_all(&parent).unwrap();
+        std::fs::write(parent.join("comm"), "python3\n").unwrap();
+        std::fs::write(parent.join("environ"), b"A=1\0OTEL_SERVICE_NAME=shop\0").unwrap();
+        let mut cache = ResourceCache::new(&root);
+        let child = cache.get_with_parent(11, "python3", 10);
+        assert_eq!((child.pid, child.service_name.as_str()), (11, "shop"));
+        let pid = child.attributes.iter().find(|(k, _)| k == "process.pid").map(|(_, v)| v.clone());
+        assert_eq!(pid, Some(AttrValue::Int(11)));
+        // A child that exec'd something else is not its parent.
+        assert_eq!(cache.get_with_parent(12, "curl", 10).service_name, "curl");
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

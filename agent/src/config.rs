@@ -194,10 +194,7 @@ mod tests {
         let o = cli(&["--output", "jsonl:/tmp/x.jsonl"]).outputs(|_| None).unwrap();
         assert_eq!(o.jsonl, Some(PathBuf::from("/tmp/x.jsonl")));
         assert!(!o.console);
-        assert_eq!(
-            cli(&["--output", "zipkin"]).outputs(|_| None),
-            Err(ConfigError::UnknownOutput("zipkin".into()))
-        );
+        assert_eq!(cli(&["--output", "zipkin"]).outputs(|_| None), Err(ConfigError::UnknownOutput("zipkin".into())));
         assert_eq!(
             cli(&["--otlp-endpoint", "collector:4317"]).outputs(|_| None),
             Err(ConfigError::Endpoint("collector:4317".into()))

@@ -5,11 +5,11 @@
 //! `protocol` (pure parsers, request/response pairing) → `span` (span builder, context,
 //! resources) → `export` (bounded queues, OTLP, JSONL, terminal waterfall).
 //! `stats` counts every event and drop.
-pub mod export;
 pub mod capture;
+pub mod config;
+pub mod conn;
+pub mod export;
+pub mod pipeline;
 pub mod protocol;
 pub mod span;
 pub mod stats;
-pub mod conn;
-pub mod config;
-pub mod pipeline;

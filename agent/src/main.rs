@@ -3,13 +3,13 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use aya::maps::{MapData, RingBuf};
 use clap::Parser as _;
 use ghostwire::capture::{Capture, CaptureConfig};
 use ghostwire::config::Cli;
 use ghostwire::export::{ExportConfig, Exporters};
 use ghostwire::pipeline::Pipeline;
 use ghostwire::stats::{self, Counter};
-use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 

@@ -60,18 +60,13 @@ fn parse_capture(bytes: &[u8]) -> Result<Vec<Record>, String> {
     let mut rest = bytes;
     let mut records = Vec::new();
     while !rest.is_empty() {
-        let eol = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or("unterminated line")?;
+        let eol = rest.iter().position(|&b| b == b'\n').ok_or("unterminated line")?;
         let line = std::str::from_utf8(&rest[..eol]).map_err(|e| e.to_string())?;
         rest = &rest[eol + 1..];
         if line.starts_with('#') {
             continue;
         }
-        let (tag, len) = line
-            .split_once(' ')
-            .ok_or(format!("bad record line {line:?}"))?;
+        let (tag, len) = line.split_once(' ').ok_or(format!("bad record line {line:?}"))?;
         let from = match tag {
             ">" => From::Client,
             "<" => From::Server,
@@ -85,10 +80,7 @@ fn parse_capture(bytes: &[u8]) -> Result<Vec<Record>, String> {
         if rest.len() < len + 1 || rest[len] != b'\n' {
             return Err(format!("record {line:?} truncated"));
         }
-        records.push(Record {
-            from,
-            data: Some(rest[..len].to_vec()),
-        });
+        records.push(Record { from, data: Some(rest[..len].to_vec()) });
         rest = &rest[len + 1..];
     }
     Ok(records)
@@ -96,10 +88,7 @@ fn parse_capture(bytes: &[u8]) -> Result<Vec<Record>, String> {
 
 fn timing(record: usize) -> Timing {
     let r = record as u64;
-    Timing {
-        enter_ns: 1_000 * r,
-        exit_ns: 1_000 * r + 7,
-    }
+    Timing { enter_ns: 1_000 * r, exit_ns: 1_000 * r + 7 }
 }
 
 fn record_of(t: Timing) -> u64 {
@@ -164,14 +153,7 @@ fn feed(
             Feeding::Windows(prefix, tail) if data.len() > *prefix + *tail => {
                 let gap = (data.len() - *prefix - *tail) as u64;
                 let tail = &data[data.len() - *tail..];
-                if let Err(e) = session.feed_syscall(
-                    dir,
-                    &data[..*prefix],
-                    gap,
-                    tail,
-                    t,
-                    &mut outcome.exchanges,
-                ) {
+                if let Err(e) = session.feed_syscall(dir, &data[..*prefix], gap, tail, t, &mut outcome.exchanges) {
                     outcome.errors.push((i, e));
                 }
             }
@@ -199,22 +181,11 @@ const REQUEST_HEADERS: &[&str] = &[
     "upgrade",
     "if-modified-since",
 ];
-const RESPONSE_HEADERS: &[&str] = &[
-    "server",
-    "content-length",
-    "transfer-encoding",
-    "content-type",
-    "connection",
-    "upgrade",
-    "trailer",
-];
+const RESPONSE_HEADERS: &[&str] =
+    &["server", "content-length", "transfer-encoding", "content-type", "connection", "upgrade", "trailer"];
 
 fn selected(headers: &[(String, String)], names: &[&str]) -> Vec<String> {
-    headers
-        .iter()
-        .filter(|(n, _)| names.contains(&n.as_str()))
-        .map(|(n, v)| format!("{n}: {v}"))
-        .collect()
+    headers.iter().filter(|(n, _)| names.contains(&n.as_str())).map(|(n, v)| format!("{n}: {v}")).collect()
 }
 
 /// Error summary that depends neither on how the bytes were split nor on which side the
@@ -228,12 +199,9 @@ fn describe(e: &ParseError) -> String {
         ParseError::TooManyHeaders { kind, limit, .. } => {
             format!("{kind} head with over {limit} fields")
         }
-        ParseError::GapInHead {
-            kind,
-            buffered,
-            gap,
-            ..
-        } => format!("gap of {gap} in {kind} head after {buffered} bytes"),
+        ParseError::GapInHead { kind, buffered, gap, .. } => {
+            format!("gap of {gap} in {kind} head after {buffered} bytes")
+        }
         ParseError::InvalidContentLength { kind, value, .. } => {
             format!("invalid Content-Length {value:?} in {kind}")
         }
@@ -314,10 +282,7 @@ fn outcome_json(records: &[Record], session: &Http1Session, o: &Outcome) -> Valu
 
 fn run(records: &[Record], role: Role, mut feeding: Feeding<'_>) -> Value {
     let mut session = Http1Session::new(role);
-    let mut outcome = Outcome {
-        exchanges: Vec::new(),
-        errors: Vec::new(),
-    };
+    let mut outcome = Outcome { exchanges: Vec::new(), errors: Vec::new() };
     feed(&mut session, role, records, 0, &mut feeding, &mut outcome);
     outcome_json(records, &session, &outcome)
 }
@@ -336,11 +301,7 @@ fn assert_same(what: &str, expected: &Value, got: &Value) {
         serde_json::to_string_pretty(got).unwrap_or_default(),
     );
     let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
-    let first = a
-        .iter()
-        .zip(&b)
-        .position(|(x, y)| x != y)
-        .unwrap_or(a.len().min(b.len()));
+    let first = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
     let from = first.saturating_sub(8);
     let mut msg = format!("{what}: differs from the whole-chunk run at line {first}\n");
     for l in &a[from..a.len().min(first + 8)] {
@@ -380,40 +341,24 @@ fn golden(name: &str) {
     for (k, rec) in records.iter().enumerate() {
         let Some(data) = &rec.data else { continue };
         for p in boundary_points(data.len(), &mut rng) {
-            let got = run(
-                &records,
-                Role::Server,
-                Feeding::Cuts(&mut |i, _| if i == k { vec![p] } else { Vec::new() }),
-            );
+            let got = run(&records, Role::Server, Feeding::Cuts(&mut |i, _| if i == k { vec![p] } else { Vec::new() }));
             assert_same(&format!("record {k} cut at {p}"), &expected, &got);
         }
     }
 
     // (b) random cuts everywhere, fixed seed.
-    let mut rng = StdRng::seed_from_u64(
-        name.bytes()
-            .fold(17u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))),
-    );
+    let mut rng = StdRng::seed_from_u64(name.bytes().fold(17u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))));
     for round in 0..32 {
         let one_in = [2, 5, 17, 64, 400][round % 5];
-        let mut cuts = |_: usize, len: usize| -> Vec<usize> {
-            (1..len).filter(|_| rng.random_ratio(1, one_in)).collect()
-        };
-        let role = if round % 2 == 0 {
-            Role::Server
-        } else {
-            Role::Client
-        };
+        let mut cuts =
+            |_: usize, len: usize| -> Vec<usize> { (1..len).filter(|_| rng.random_ratio(1, one_in)).collect() };
+        let role = if round % 2 == 0 { Role::Server } else { Role::Client };
         let got = run(&records, role, Feeding::Cuts(&mut cuts));
         assert_same(&format!("random cuts, round {round}"), &expected, &got);
     }
 
     // (c) byte by byte.
-    let got = run(
-        &records,
-        Role::Server,
-        Feeding::Cuts(&mut |_, len| (1..len).collect()),
-    );
+    let got = run(&records, Role::Server, Feeding::Cuts(&mut |_, len| (1..len).collect()));
     assert_same("byte by byte", &expected, &got);
 
     // (d) the kernel captures a 4 KiB prefix of each syscall.
@@ -477,17 +422,11 @@ fn every_capture_has_a_test() {
 /// resumes with the next valid request on the same session.
 #[test]
 fn garbage_then_recovery() {
-    let garbage: Vec<Record> = load("nginx_garbage")
-        .into_iter()
-        .filter(|r| r.data.is_some())
-        .collect();
+    let garbage: Vec<Record> = load("nginx_garbage").into_iter().filter(|r| r.data.is_some()).collect();
     let valid = load("nginx_keepalive");
     for (label, cut_all) in [("whole", false), ("byte by byte", true)] {
         let mut session = Http1Session::new(Role::Server);
-        let mut outcome = Outcome {
-            exchanges: Vec::new(),
-            errors: Vec::new(),
-        };
+        let mut outcome = Outcome { exchanges: Vec::new(), errors: Vec::new() };
         let mut cuts = |_: usize, len: usize| -> Vec<usize> {
             if cut_all {
                 (1..len).collect()
@@ -496,49 +435,22 @@ fn garbage_then_recovery() {
             }
         };
         let mut feeding = Feeding::Cuts(&mut cuts);
-        feed(
-            &mut session,
-            Role::Server,
-            &garbage,
-            0,
-            &mut feeding,
-            &mut outcome,
-        );
-        let errors: Vec<(usize, String)> = outcome
-            .errors
-            .iter()
-            .map(|(i, e)| (*i, describe(e)))
-            .collect();
+        feed(&mut session, Role::Server, &garbage, 0, &mut feeding, &mut outcome);
+        let errors: Vec<(usize, String)> = outcome.errors.iter().map(|(i, e)| (*i, describe(e))).collect();
         assert_eq!(
             errors,
             [
-                (
-                    0,
-                    "malformed request head: invalid token in start line".to_owned()
-                ),
+                (0, "malformed request head: invalid token in start line".to_owned()),
                 (1, "response 400 with no pending request".to_owned()),
             ],
             "{label}"
         );
-        assert!(matches!(
-            outcome.errors[0].1,
-            ParseError::MalformedHead {
-                dir: Direction::Ingress,
-                ..
-            }
-        ));
+        assert!(matches!(outcome.errors[0].1, ParseError::MalformedHead { dir: Direction::Ingress, .. }));
         assert!(outcome.exchanges.is_empty(), "{label}");
         assert_eq!(session.pending_requests(), 0, "{label}");
         assert_eq!(session.buffered_bytes(), 0, "{label}");
 
-        feed(
-            &mut session,
-            Role::Server,
-            &valid,
-            garbage.len(),
-            &mut feeding,
-            &mut outcome,
-        );
+        feed(&mut session, Role::Server, &valid, garbage.len(), &mut feeding, &mut outcome);
         assert_eq!(outcome.errors.len(), 2, "{label}: no new errors");
         let got: Vec<(String, String, u16, u64, u64)> = outcome
             .exchanges
@@ -582,24 +494,13 @@ fn small_kernel_prefix() {
     assert_eq!(cut["exchanges"].as_array().map(Vec::len), Some(1));
     // Same request and response, pairing and timing...
     for field in ["method", "target", "headers"] {
-        assert_eq!(
-            cut["exchanges"][0]["request"][field],
-            exact["exchanges"][0]["request"][field]
-        );
+        assert_eq!(cut["exchanges"][0]["request"][field], exact["exchanges"][0]["request"][field]);
     }
-    assert_eq!(
-        cut["exchanges"][0]["response"],
-        exact["exchanges"][0]["response"]
-    );
-    assert_eq!(
-        cut["exchanges"][0]["records"],
-        exact["exchanges"][0]["records"]
-    );
+    assert_eq!(cut["exchanges"][0]["response"], exact["exchanges"][0]["response"]);
+    assert_eq!(cut["exchanges"][0]["records"], exact["exchanges"][0]["records"]);
     // ...but the request body length counts the uncaptured bytes wholesale (chunk framing
     // included): within the framing overhead of the exact 3000.
-    let approx = cut["exchanges"][0]["request"]["body_len"]
-        .as_u64()
-        .unwrap_or(0);
+    let approx = cut["exchanges"][0]["request"]["body_len"].as_u64().unwrap_or(0);
     assert!((3000..3000 + 16).contains(&approx), "{approx}");
 }
 
@@ -611,10 +512,7 @@ fn midstream_and_loss_report_only_true_exchanges() {
     for name in ALL {
         let records = load(name);
         let whole_run = whole(&records, Role::Server);
-        let truth = whole_run["exchanges"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let truth = whole_run["exchanges"].as_array().cloned().unwrap_or_default();
         let check = |what: &str, got: &[Exchange]| {
             for e in got {
                 let e = exchange_json(e);
@@ -622,55 +520,24 @@ fn midstream_and_loss_report_only_true_exchanges() {
             }
         };
         for k in 0..records.len() {
-            let mut outcome = Outcome {
-                exchanges: Vec::new(),
-                errors: Vec::new(),
-            };
+            let mut outcome = Outcome { exchanges: Vec::new(), errors: Vec::new() };
             let mut session = Http1Session::new_midstream(Role::Server);
             let mut feeding = Feeding::Cuts(&mut |_, _| Vec::new());
-            feed(
-                &mut session,
-                Role::Server,
-                &records[k..],
-                k,
-                &mut feeding,
-                &mut outcome,
-            );
+            feed(&mut session, Role::Server, &records[k..], k, &mut feeding, &mut outcome);
             check(&format!("joined at record {k}"), &outcome.exchanges);
             if k == 0 {
                 // Joined at the very beginning: every exchange (garbage at the start is
                 // skipped as half seen rather than reported malformed).
                 let got = outcome_json(&records, &session, &outcome);
-                assert_same(
-                    "joined at record 0",
-                    &whole_run["exchanges"],
-                    &got["exchanges"],
-                );
+                assert_same("joined at record 0", &whole_run["exchanges"], &got["exchanges"]);
             }
 
-            let mut outcome = Outcome {
-                exchanges: Vec::new(),
-                errors: Vec::new(),
-            };
+            let mut outcome = Outcome { exchanges: Vec::new(), errors: Vec::new() };
             let mut session = Http1Session::new(Role::Server);
             let mut feeding = Feeding::Cuts(&mut |_, _| Vec::new());
-            feed(
-                &mut session,
-                Role::Server,
-                &records[..k],
-                0,
-                &mut feeding,
-                &mut outcome,
-            );
+            feed(&mut session, Role::Server, &records[..k], 0, &mut feeding, &mut outcome);
             session.lost(direction(Role::Server, records[k].from), 0);
-            feed(
-                &mut session,
-                Role::Server,
-                &records[k + 1..],
-                k + 1,
-                &mut feeding,
-                &mut outcome,
-            );
+            feed(&mut session, Role::Server, &records[k + 1..], k + 1, &mut feeding, &mut outcome);
             check(&format!("record {k} lost"), &outcome.exchanges);
         }
     }

@@ -117,8 +117,7 @@ pub mod counter {
     pub const NO_USER_BUFFER: u32 = 5;
     pub const COUNT: usize = 6;
 
-    pub const NAMES: [&str; COUNT] =
-        ["emitted", "ring_full", "read_failed", "map_full", "midstream", "no_user_buffer"];
+    pub const NAMES: [&str; COUNT] = ["emitted", "ring_full", "read_failed", "map_full", "midstream", "no_user_buffer"];
 }
 
 /// Number of slots in the per-CPU counter array.

@@ -14,8 +14,8 @@
 //! carries its stream offset and a lost record is a visible jump.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{bpf_probe_read_user as probe_read_user_raw, bpf_task_pt_regs},
     },
     macros::{raw_tracepoint, tracepoint},
@@ -23,15 +23,14 @@ use aya_ebpf::{
     EbpfContext,
 };
 use ghostwire_common::{
-    counter, payload, probe, state, Config, ConnEvent, DataEvent, EventKind, ExitEvent,
-    ListenEvent, StateEvent, Tuple, CONN_MIDSTREAM, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE,
-    MAX_IOVECS, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, TAIL_WINDOW,
+    counter, payload, probe, state, Config, ConnEvent, DataEvent, EventKind, ExitEvent, ListenEvent, StateEvent, Tuple,
+    CONN_MIDSTREAM, DIR_EGRESS, DIR_INGRESS, MAX_CAPTURE, MAX_IOVECS, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
+    TAIL_WINDOW,
 };
 
 use crate::maps::{
     config, count, output, port_allowed, scratch, traced, Iovec, Scratch, SockState, SCRATCH_BYTES, SOCKS,
-    SOCK_IGNORED_PORT,
-    SOCK_IGNORED_PROC, SOCK_MIDSTREAM,
+    SOCK_IGNORED_PORT, SOCK_IGNORED_PROC, SOCK_MIDSTREAM,
 };
 
 const AF_INET: u16 = 2;
@@ -243,7 +242,15 @@ fn discover(cfg: &Config, sk: u64, fam: Option<(u16, u16)>, dir: u8, len: u64, p
 /// offset 0 (`moved_*`: bytes already transferred by the transfer being handled) and
 /// the port filter.
 #[inline(always)]
-fn new_sock(cfg: &Config, sk: u64, family: u16, role: u8, flags: u8, moved_in: u32, moved_out: u32) -> Option<SockState> {
+fn new_sock(
+    cfg: &Config,
+    sk: u64,
+    family: u16,
+    role: u8,
+    flags: u8,
+    moved_in: u32,
+    moved_out: u32,
+) -> Option<SockState> {
     let tuple = read_tuple(cfg, sk, family)?;
     let o = &cfg.offsets;
     let copied = kread::<u32>(sk, o.tcp_copied_seq).unwrap_or(0);
@@ -505,7 +512,8 @@ fn copy_iov(s: &mut Scratch, iov: u64, iovcnt: u64, prefix: u64, tail_start: u64
         return Some((0, 0));
     }
     let bytes = cnt * size_of::<Iovec>() as u64;
-    let bytes = if bytes > size_of::<[Iovec; MAX_IOVECS]>() as u64 { size_of::<[Iovec; MAX_IOVECS]>() as u64 } else { bytes };
+    let bytes =
+        if bytes > size_of::<[Iovec; MAX_IOVECS]>() as u64 { size_of::<[Iovec; MAX_IOVECS]>() as u64 } else { bytes };
     // SAFETY: `s.iov` has room for MAX_IOVECS entries; user pointer read through the
     // fault-tolerant helper.
     let ret = unsafe { probe_read_user_raw(s.iov.as_mut_ptr().cast(), bytes as u32, iov as *const _) };

@@ -97,10 +97,7 @@ pub struct Proc {
 impl Proc {
     #[must_use]
     pub fn spawn(name: &str, cmd: &mut Command) -> Self {
-        let child = cmd
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        let child = cmd.stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
         Self { name: name.to_owned(), child }
     }
 
@@ -172,10 +169,8 @@ pub fn wait_port(port: u16, what: &str) {
 /// The ghostwire binary under test (`GHOSTWIRE_BIN`, else target/release/ghostwire).
 #[must_use]
 pub fn agent_binary() -> PathBuf {
-    let bin = std::env::var_os("GHOSTWIRE_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/ghostwire"),
-        PathBuf::from,
-    );
+    let bin = std::env::var_os("GHOSTWIRE_BIN")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/ghostwire"), PathBuf::from);
     assert!(bin.exists(), "ghostwire binary not found at {}: run `cargo xtask test`", bin.display());
     bin
 }
@@ -684,8 +679,8 @@ pub fn read_jsonl(path: &Path) -> Vec<SpanRec> {
         if line.trim().is_empty() {
             continue;
         }
-        let req: Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("{}:{}: not JSON: {e}", path.display(), n + 1));
+        let req: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{}:{}: not JSON: {e}", path.display(), n + 1));
         for rs in req["resourceSpans"].as_array().into_iter().flatten() {
             let resource = attrs(rs.pointer("/resource/attributes"));
             for ss in rs["scopeSpans"].as_array().into_iter().flatten() {

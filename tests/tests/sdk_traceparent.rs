@@ -22,7 +22,8 @@ fn server_span_joins_the_trace_of_an_sdk_client() {
         .expect("run sdk_client.py");
     assert!(out.status.success(), "sdk client failed: {}", String::from_utf8_lossy(&out.stderr));
     let sent: serde_json::Value = serde_json::from_slice(&out.stdout).expect("sdk client prints JSON");
-    let (trace_id, parent) = (sent["trace_id"].as_str().unwrap_or_default(), sent["span_id"].as_str().unwrap_or_default());
+    let (trace_id, parent) =
+        (sent["trace_id"].as_str().unwrap_or_default(), sent["span_id"].as_str().unwrap_or_default());
     assert_eq!(sent["status"], 200);
 
     let spans = wait_for(std::time::Duration::from_secs(10), || {
@@ -64,10 +65,38 @@ fn b3_and_jaeger_contexts_are_joined_and_w3c_wins() {
         &[],
     );
     let cases: [(&str, &[&str], &str, &str, &str); 4] = [
-        ("/b3", &["b3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"], "80f198ee56343ba864fe8b2a57d3eff7", "e457b5a2e4d86bd1", "b3"),
-        ("/b3multi", &["X-B3-TraceId: 463ac35c9f6413ad", "X-B3-SpanId: a2fb4a1d1a96d312", "X-B3-Sampled: 1"], "0000000000000000463ac35c9f6413ad", "a2fb4a1d1a96d312", "b3multi"),
-        ("/jaeger", &["uber-trace-id: 6e0c63257de34c92bf9efcd03927272e:1f2d3c4b5a697887:0:1"], "6e0c63257de34c92bf9efcd03927272e", "1f2d3c4b5a697887", "jaeger"),
-        ("/all", &["b3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1", "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "X-Request-Id: req-42"], "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "w3c"),
+        (
+            "/b3",
+            &["b3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"],
+            "80f198ee56343ba864fe8b2a57d3eff7",
+            "e457b5a2e4d86bd1",
+            "b3",
+        ),
+        (
+            "/b3multi",
+            &["X-B3-TraceId: 463ac35c9f6413ad", "X-B3-SpanId: a2fb4a1d1a96d312", "X-B3-Sampled: 1"],
+            "0000000000000000463ac35c9f6413ad",
+            "a2fb4a1d1a96d312",
+            "b3multi",
+        ),
+        (
+            "/jaeger",
+            &["uber-trace-id: 6e0c63257de34c92bf9efcd03927272e:1f2d3c4b5a697887:0:1"],
+            "6e0c63257de34c92bf9efcd03927272e",
+            "1f2d3c4b5a697887",
+            "jaeger",
+        ),
+        (
+            "/all",
+            &[
+                "b3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1",
+                "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "X-Request-Id: req-42",
+            ],
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "00f067aa0ba902b7",
+            "w3c",
+        ),
     ];
     for (path, headers, ..) in &cases {
         let mut cmd = Command::new("curl");

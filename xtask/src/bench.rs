@@ -275,9 +275,7 @@ pub fn parse_wrk(out: &str) -> Result<WrkReport> {
             // "connect 0, read 0, write 0, timeout 12"
             for part in errors.split(',') {
                 let mut words = part.split_whitespace();
-                if let (Some(kind), Some(Ok(n))) =
-                    (words.next(), words.next().map(str::parse::<u64>))
-                {
+                if let (Some(kind), Some(Ok(n))) = (words.next(), words.next().map(str::parse::<u64>)) {
                     report.socket_errors += n;
                     if kind == "timeout" {
                         report.timeouts += n;
@@ -289,8 +287,7 @@ pub fn parse_wrk(out: &str) -> Result<WrkReport> {
         }
     }
     report.requests_per_sec = rps.context("no `Requests/sec:` line in wrk's output")?;
-    report.p99 =
-        p99.context("no 99% line under `Latency Distribution` (was wrk run with --latency?)")?;
+    report.p99 = p99.context("no 99% line under `Latency Distribution` (was wrk run with --latency?)")?;
     report.requests = requests.context("no `N requests in` line in wrk's output")?;
     Ok(report)
 }
@@ -342,10 +339,7 @@ pub fn events_dropped(stats: &[(String, u64)]) -> u64 {
 /// Returns `(spans, lines that are not JSON)`.
 pub fn count_spans(jsonl: &str) -> (u64, u64) {
     fn array<'a>(v: &'a serde_json::Value, camel: &str, snake: &str) -> &'a [serde_json::Value] {
-        v.get(camel)
-            .or_else(|| v.get(snake))
-            .and_then(serde_json::Value::as_array)
-            .map_or(&[], Vec::as_slice)
+        v.get(camel).or_else(|| v.get(snake)).and_then(serde_json::Value::as_array).map_or(&[], Vec::as_slice)
     }
     let (mut spans, mut bad) = (0u64, 0u64);
     for line in jsonl.lines().filter(|l| !l.trim().is_empty()) {
@@ -407,18 +401,9 @@ pub const MAX_WRK_TIMEOUTS: u64 = 5;
 
 /// Fails when a wrk run saw errors: the numbers would not measure nginx serving the file.
 pub fn check_wrk(report: &WrkReport) -> Result<()> {
-    ensure!(
-        report.non_2xx == 0,
-        "{} non-2xx responses out of {} requests",
-        report.non_2xx,
-        report.requests
-    );
+    ensure!(report.non_2xx == 0, "{} non-2xx responses out of {} requests", report.non_2xx, report.requests);
     let others = report.socket_errors.saturating_sub(report.timeouts);
-    ensure!(
-        others == 0,
-        "{others} socket errors (connect, read or write) and {} timeouts",
-        report.timeouts
-    );
+    ensure!(others == 0, "{others} socket errors (connect, read or write) and {} timeouts", report.timeouts);
     ensure!(
         report.timeouts <= MAX_WRK_TIMEOUTS,
         "{} timeouts (at most {MAX_WRK_TIMEOUTS} are tolerated)",
@@ -497,22 +482,12 @@ pub fn check_hey(report: &HeyReport) -> Result<(u64, f64)> {
         let total: u64 = report.errors.iter().map(|(n, _)| n).sum();
         bail!("{total} requests failed, e.g. {n} x `{message}`");
     }
-    let bad: Vec<String> = report
-        .statuses
-        .iter()
-        .filter(|(code, _)| *code != 200)
-        .map(|(code, n)| format!("{n} x {code}"))
-        .collect();
-    ensure!(
-        bad.is_empty(),
-        "responses other than 200: {}",
-        bad.join(", ")
-    );
+    let bad: Vec<String> =
+        report.statuses.iter().filter(|(code, _)| *code != 200).map(|(code, n)| format!("{n} x {code}")).collect();
+    ensure!(bad.is_empty(), "responses other than 200: {}", bad.join(", "));
     let requests: u64 = report.statuses.iter().map(|(_, n)| n).sum();
     ensure!(requests > 0, "no responses");
-    let p99 = report
-        .p99
-        .context("no `99% in` line under `Latency distribution`")?;
+    let p99 = report.p99.context("no `99% in` line under `Latency distribution`")?;
     Ok((requests, p99))
 }
 
@@ -529,34 +504,19 @@ pub struct CpuTimes {
 /// and nice, so it is not added again.
 pub fn parse_proc_stat_cpu(stat: &str) -> Option<CpuTimes> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let fields: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .ok()?;
+    let fields: Vec<u64> = line.split_whitespace().skip(1).map(str::parse).collect::<Result<_, _>>().ok()?;
     // user nice system idle iowait irq softirq steal [guest guest_nice]
     let &[user, nice, system, idle, iowait, irq, softirq, steal, ..] = fields.as_slice() else {
         return None;
     };
     let busy = user + nice + system + irq + softirq + steal;
-    Some(CpuTimes {
-        busy,
-        total: busy + idle + iowait,
-    })
+    Some(CpuTimes { busy, total: busy + idle + iowait })
 }
 
 /// One line saying why the agent stopped before `ready`, from its stderr: its last
 /// `error: ...` line, else its last line, else its exit status.
 pub fn agent_error_line(lines: &[String], status: &str) -> String {
-    let last = |pred: &dyn Fn(&str) -> bool| {
-        lines
-            .iter()
-            .rev()
-            .map(|l| l.trim())
-            .find(|l| pred(l))
-            .map(str::to_owned)
-    };
+    let last = |pred: &dyn Fn(&str) -> bool| lines.iter().rev().map(|l| l.trim()).find(|l| pred(l)).map(str::to_owned);
     last(&|l| l.starts_with("error:"))
         .map(|l| l.trim_start_matches("error:").trim().to_owned())
         .or_else(|| last(&|l| !l.is_empty()))
@@ -594,11 +554,7 @@ pub fn markdown_table(header: &[&str], rows: &[Vec<String>]) -> String {
     }
     s.push('\n');
     for row in rows {
-        let mut cells = row
-            .iter()
-            .map(String::as_str)
-            .chain(std::iter::repeat(""))
-            .take(widths.len());
+        let mut cells = row.iter().map(String::as_str).chain(std::iter::repeat("")).take(widths.len());
         s.push_str(&line(&mut cells));
     }
     s
@@ -664,9 +620,7 @@ fn nginx_conf(dir: &Path, port: u16) -> String {
 fn start_nginx(dir: &Path) -> Result<Nginx> {
     let www = dir.join("www");
     std::fs::create_dir(&www).with_context(|| format!("creating {}", www.display()))?;
-    let body: Vec<u8> = (0..1024u32)
-        .map(|i| b'a' + u8::try_from(i % 26).unwrap_or(0))
-        .collect();
+    let body: Vec<u8> = (0..1024u32).map(|i| b'a' + u8::try_from(i % 26).unwrap_or(0)).collect();
     std::fs::write(www.join("1k.bin"), &body).context("writing 1k.bin")?;
     let port = free_port()?;
     let conf = dir.join("nginx.conf");
@@ -675,12 +629,7 @@ fn start_nginx(dir: &Path) -> Result<Nginx> {
     let log = std::fs::File::create(&log_path).context("creating nginx.stderr")?;
 
     let mut cmd = Command::new("nginx");
-    cmd.arg("-e")
-        .arg("stderr")
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(&conf);
+    cmd.arg("-e").arg("stderr").arg("-p").arg(dir).arg("-c").arg(&conf);
     let shown = util::display(&cmd);
     let child = cmd
         .stdin(Stdio::null())
@@ -695,25 +644,16 @@ fn start_nginx(dir: &Path) -> Result<Nginx> {
     loop {
         if let Some(status) = guard.try_wait()? {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            bail!(
-                "nginx exited ({status}) at startup: `{shown}`\n{}",
-                log.trim_end()
-            );
+            bail!("nginx exited ({status}) at startup: `{shown}`\n{}", log.trim_end());
         }
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             break;
         }
-        ensure!(
-            Instant::now() < deadline,
-            "nginx did not listen on {addr} within 10 s: `{shown}`"
-        );
+        ensure!(Instant::now() < deadline, "nginx did not listen on {addr} within 10 s: `{shown}`");
         std::thread::sleep(Duration::from_millis(50));
     }
     check_served(addr, body.len()).context("nginx does not serve /1k.bin")?;
-    Ok(Nginx {
-        port,
-        _guard: guard,
-    })
+    Ok(Nginx { port, _guard: guard })
 }
 
 /// One GET of `/1k.bin` must answer 200 with the whole file.
@@ -747,10 +687,7 @@ pub struct Load {
 }
 
 impl Load {
-    #[expect(
-        clippy::cast_precision_loss,
-        reason = "request counts are far below 2^52"
-    )]
+    #[expect(clippy::cast_precision_loss, reason = "request counts are far below 2^52")]
     fn per_request(&self, seconds: f64) -> f64 {
         seconds / self.requests.max(1) as f64
     }
@@ -801,10 +738,7 @@ fn run_tool(cmd: &mut Command, name: &str, seconds: u64) -> Result<ToolRun> {
         std::thread::sleep(Duration::from_millis(10));
         if started.elapsed() > limit {
             guard.stop()?;
-            bail!(
-                "`{shown}` did not finish within {}",
-                util::fmt_duration(limit)
-            );
+            bail!("`{shown}` did not finish within {}", util::fmt_duration(limit));
         }
     };
     let after = node_cpu()?;
@@ -814,11 +748,7 @@ fn run_tool(cmd: &mut Command, name: &str, seconds: u64) -> Result<ToolRun> {
     let ticks = after.busy.saturating_sub(before.busy);
     #[expect(clippy::cast_precision_loss, reason = "tick counts are far below 2^52")]
     let node_cpu_seconds = ticks as f64 / clock_ticks_per_second()?;
-    Ok(ToolRun {
-        shown,
-        stdout: out,
-        node_cpu_seconds,
-    })
+    Ok(ToolRun { shown, stdout: out, node_cpu_seconds })
 }
 
 fn run_wrk(threads: u32, connections: u32, port: u16, seconds: u64) -> Result<Load> {
@@ -833,10 +763,8 @@ fn run_wrk(threads: u32, connections: u32, port: u16, seconds: u64) -> Result<Lo
         .arg(format!("http://127.0.0.1:{port}/1k.bin"));
     let run = run_tool(&mut cmd, "wrk", seconds)?;
     let shown = &run.shown;
-    let report = parse_wrk(&run.stdout)
-        .with_context(|| format!("parsing the output of `{shown}`:\n{}", run.stdout))?;
-    check_wrk(&report)
-        .with_context(|| format!("`{shown}` did not measure nginx serving the file"))?;
+    let report = parse_wrk(&run.stdout).with_context(|| format!("parsing the output of `{shown}`:\n{}", run.stdout))?;
+    check_wrk(&report).with_context(|| format!("`{shown}` did not measure nginx serving the file"))?;
     Ok(Load {
         requests_per_sec: report.requests_per_sec,
         p99: report.p99,
@@ -856,27 +784,16 @@ fn run_hey(connections: u32, qps_per_connection: u32, port: u16, seconds: u64) -
         .arg(format!("http://127.0.0.1:{port}/1k.bin"));
     let run = run_tool(&mut cmd, "hey", seconds)?;
     let shown = &run.shown;
-    let report = parse_hey(&run.stdout)
-        .with_context(|| format!("parsing the output of `{shown}`:\n{}", run.stdout))?;
-    let (requests, p99) = check_hey(&report)
-        .with_context(|| format!("`{shown}` did not measure nginx serving the file"))?;
-    Ok(Load {
-        requests_per_sec: report.requests_per_sec,
-        p99,
-        requests,
-        node_cpu_seconds: run.node_cpu_seconds,
-    })
+    let report = parse_hey(&run.stdout).with_context(|| format!("parsing the output of `{shown}`:\n{}", run.stdout))?;
+    let (requests, p99) =
+        check_hey(&report).with_context(|| format!("`{shown}` did not measure nginx serving the file"))?;
+    Ok(Load { requests_per_sec: report.requests_per_sec, p99, requests, node_cpu_seconds: run.node_cpu_seconds })
 }
 
 fn run_view(args: &OverheadArgs, view: View, port: u16, seconds: u64) -> Result<Load> {
     match view {
         View::Saturated => run_wrk(args.threads, args.connections, port, seconds),
-        View::Fixed => run_hey(
-            args.rate_connections,
-            args.rate_qps_per_connection,
-            port,
-            seconds,
-        ),
+        View::Fixed => run_hey(args.rate_connections, args.rate_qps_per_connection, port, seconds),
     }
 }
 
@@ -937,12 +854,7 @@ impl NotReady {
     }
 
     fn into_error(self) -> anyhow::Error {
-        anyhow!(
-            "the agent exited ({}) before printing `ready`: `{}`\n{}",
-            self.status,
-            self.shown,
-            tail(&self.lines)
-        )
+        anyhow!("the agent exited ({}) before printing `ready`: `{}`\n{}", self.status, self.shown, tail(&self.lines))
     }
 }
 
@@ -988,37 +900,20 @@ fn start_agent(cmd: &mut Command) -> Result<std::result::Result<Agent, NotReady>
                 }
                 lines.push(line);
                 if ready {
-                    return Ok(Ok(Agent {
-                        guard,
-                        shown,
-                        lines,
-                        rx,
-                    }));
+                    return Ok(Ok(Agent { guard, shown, lines, rx }));
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let status = guard.stop()?;
-                return Ok(Err(NotReady {
-                    shown,
-                    status,
-                    lines,
-                }));
+                return Ok(Err(NotReady { shown, status, lines }));
             }
         }
         if let Some(status) = guard.try_wait()? {
             drain_lines(&rx, &mut lines, Duration::from_secs(2));
-            return Ok(Err(NotReady {
-                shown,
-                status,
-                lines,
-            }));
+            return Ok(Err(NotReady { shown, status, lines }));
         }
-        ensure!(
-            Instant::now() < deadline,
-            "the agent did not print `ready` within 60 s: `{shown}`\n{}",
-            tail(&lines)
-        );
+        ensure!(Instant::now() < deadline, "the agent did not print `ready` within 60 s: `{shown}`\n{}", tail(&lines));
     }
 }
 
@@ -1030,19 +925,10 @@ impl Agent {
 
     /// Stops the agent with SIGINT; its stderr lines. An error unless it exits 0.
     fn finish(self) -> Result<Vec<String>> {
-        let Agent {
-            mut guard,
-            shown,
-            mut lines,
-            rx,
-        } = self;
+        let Agent { mut guard, shown, mut lines, rx } = self;
         let status = guard.stop()?;
         drain_lines(&rx, &mut lines, Duration::from_secs(5));
-        ensure!(
-            status.success(),
-            "the agent exited with {status} after SIGINT: `{shown}`\n{}",
-            tail(&lines)
-        );
+        ensure!(status.success(), "the agent exited with {status} after SIGINT: `{shown}`\n{}", tail(&lines));
         Ok(lines)
     }
 }
@@ -1074,15 +960,8 @@ fn with_agent(cmd: &mut Command, load: impl FnOnce() -> Result<Load>) -> Result<
     let result = load()?;
     let cpu_after = agent.cpu_seconds()?;
     let lines = agent.finish()?;
-    let stats_line = lines
-        .iter()
-        .rev()
-        .find(|l| l.starts_with("stats:"))
-        .cloned();
-    let stats = stats_line
-        .as_deref()
-        .and_then(parse_stats_line)
-        .unwrap_or_default();
+    let stats_line = lines.iter().rev().find(|l| l.starts_with("stats:")).cloned();
+    let stats = stats_line.as_deref().and_then(parse_stats_line).unwrap_or_default();
     Ok((
         result,
         AgentRun {
@@ -1135,10 +1014,7 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
         bail!(crate::NEEDS_ROOT);
     }
     let views = dedup(&args.views);
-    ensure!(
-        !views.is_empty(),
-        "--views: name at least one of saturated, fixed"
-    );
+    ensure!(!views.is_empty(), "--views: name at least one of saturated, fixed");
     crate::setup::setup(true)?;
     if real_agent {
         crate::build_agent()?;
@@ -1146,18 +1022,11 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
     let dir = TempDir::new("ghostwire-bench")?;
     let nginx = start_nginx(dir.path())?;
     let port = nginx.port;
-    let configs: &[Config] = if args.no_agent {
-        &[Config::Baseline]
-    } else {
-        &[Config::Baseline, Config::CaptureOnly, Config::Full]
-    };
+    let configs: &[Config] =
+        if args.no_agent { &[Config::Baseline] } else { &[Config::Baseline, Config::CaptureOnly, Config::Full] };
     println!("==> nginx on 127.0.0.1:{port}");
     for &view in &views {
-        println!(
-            "    {} load: {}",
-            view.name(),
-            view_command(args, view, port)
-        );
+        println!("    {} load: {}", view.name(), view_command(args, view, port));
     }
     let names: Vec<&str> = configs.iter().map(|c| c.name()).collect();
     println!("    each round, for each view: {}", names.join(", then "));
@@ -1173,12 +1042,7 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
             let mut runs: Vec<(Config, Run)> = Vec::new();
             for &config in configs {
                 let run = overhead_run(args, view, config, port, dir.path(), r)?;
-                let label = format!(
-                    "round {r}/{} {} {}:",
-                    args.rounds,
-                    view.name(),
-                    config.name()
-                );
+                let label = format!("round {r}/{} {} {}:", args.rounds, view.name(), config.name());
                 let baseline = runs.first().map(|(_, b)| b);
                 println!("{label:<32} {}", run_line(&run, baseline));
                 if let Some(agent) = &run.agent {
@@ -1188,9 +1052,7 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
                     }
                     if let Some((spans, bad_lines)) = agent.spans {
                         if spans == 0 {
-                            eprintln!(
-                                "warning: the agent exported no spans: is it tracing port {port}?"
-                            );
+                            eprintln!("warning: the agent exported no spans: is it tracing port {port}?");
                         }
                         if bad_lines > 0 {
                             eprintln!("warning: {bad_lines} lines of the spans file are not JSON");
@@ -1220,21 +1082,11 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
     Ok(())
 }
 
-fn overhead_run(
-    args: &OverheadArgs,
-    view: View,
-    config: Config,
-    port: u16,
-    dir: &Path,
-    round: u32,
-) -> Result<Run> {
+fn overhead_run(args: &OverheadArgs, view: View, config: Config, port: u16, dir: &Path, round: u32) -> Result<Run> {
     let load = || run_view(args, view, port, args.duration);
     let mut cmd = agent_command(args.agent_bin.as_deref());
     match config {
-        Config::Baseline => Ok(Run {
-            load: load()?,
-            agent: None,
-        }),
+        Config::Baseline => Ok(Run { load: load()?, agent: None }),
         Config::CaptureOnly => {
             cmd.arg("--capture-only")
                 .arg("--port")
@@ -1242,10 +1094,7 @@ fn overhead_run(
                 .args(["--stats-interval", "0"])
                 .args(&args.agent_args);
             let (load, agent) = with_agent(&mut cmd, load)?;
-            Ok(Run {
-                load,
-                agent: Some(agent),
-            })
+            Ok(Run { load, agent: Some(agent) })
         }
         Config::Full => {
             let spans_path = dir.join(format!("spans-{}-{round}.jsonl", view.name()));
@@ -1259,10 +1108,7 @@ fn overhead_run(
             let jsonl = std::fs::read_to_string(&spans_path).unwrap_or_default();
             agent.spans = Some(count_spans(&jsonl));
             let _ = std::fs::remove_file(&spans_path);
-            Ok(Run {
-                load,
-                agent: Some(agent),
-            })
+            Ok(Run { load, agent: Some(agent) })
         }
     }
 }
@@ -1327,26 +1173,16 @@ pub fn overhead_table(rounds: &[&ViewRound]) -> String {
         let pairs: Vec<(&Run, Option<&Run>)> = rounds
             .iter()
             .filter_map(|round| {
-                let base = round
-                    .runs
-                    .iter()
-                    .find(|(c, _)| *c == Config::Baseline)
-                    .map(|(_, r)| r);
+                let base = round.runs.iter().find(|(c, _)| *c == Config::Baseline).map(|(_, r)| r);
                 let run = round.runs.iter().find(|(c, _)| *c == config)?;
                 Some((&run.1, base))
             })
             .collect();
         let med = |f: &dyn Fn(&Run, Option<&Run>) -> Option<f64>| {
-            median(
-                &pairs
-                    .iter()
-                    .filter_map(|&(r, b)| f(r, b))
-                    .collect::<Vec<_>>(),
-            )
+            median(&pairs.iter().filter_map(|&(r, b)| f(r, b)).collect::<Vec<_>>())
         };
-        let compared = |f: &dyn Fn(&Run, &Run) -> f64| {
-            med(&|r, b| b.filter(|_| config != Config::Baseline).map(|b| f(r, b)))
-        };
+        let compared =
+            |f: &dyn Fn(&Run, &Run) -> f64| med(&|r, b| b.filter(|_| config != Config::Baseline).map(|b| f(r, b)));
         let node_per_req = |r: &Run| r.load.per_request(r.load.node_cpu_seconds);
         let rps = med(&|r, _| Some(r.load.requests_per_sec));
         let rps_ratio = compared(&|r, b| r.load.requests_per_sec / b.load.requests_per_sec);
@@ -1359,10 +1195,7 @@ pub fn overhead_table(rounds: &[&ViewRound]) -> String {
             let (spans, _) = r.agent.as_ref()?.spans?;
             Some(spans as f64 / r.load.requests.max(1) as f64)
         });
-        let dropped = pairs
-            .iter()
-            .filter_map(|(r, _)| r.agent.as_ref().map(|a| a.dropped))
-            .reduce(|a, b| a + b);
+        let dropped = pairs.iter().filter_map(|(r, _)| r.agent.as_ref().map(|a| a.dropped)).reduce(|a, b| a + b);
         let or_dash = |v: f64, f: &dyn Fn(f64) -> String| {
             if v.is_finite() {
                 f(v)
@@ -1459,15 +1292,8 @@ fn hooks(args: &HooksArgs) -> Result<()> {
         step.done();
     }
 
-    let mut results: Vec<SetResult> = sets
-        .iter()
-        .map(|&set| SetResult {
-            set,
-            rps: Vec::new(),
-            ratios: Vec::new(),
-            unavailable: None,
-        })
-        .collect();
+    let mut results: Vec<SetResult> =
+        sets.iter().map(|&set| SetResult { set, rps: Vec::new(), ratios: Vec::new(), unavailable: None }).collect();
     let mut baseline = Vec::new();
     let n = args.rounds;
     for r in 1..=n {
@@ -1530,32 +1356,16 @@ pub fn hooks_table(results: &[SetResult], baseline_rps: f64) -> String {
         .map(|r| {
             let (rps, ratio) = match &r.unavailable {
                 Some(error) => (format!("unavailable: {error}"), "-".to_owned()),
-                None => (
-                    format!("{:.0}", median(&r.rps)),
-                    fmt_ratio(median(&r.ratios)),
-                ),
+                None => (format!("{:.0}", median(&r.rps)), fmt_ratio(median(&r.ratios))),
             };
-            vec![
-                r.set.name().to_owned(),
-                r.set.description().to_owned(),
-                rps,
-                ratio,
-            ]
+            vec![r.set.name().to_owned(), r.set.description().to_owned(), rps, ratio]
         })
         .collect();
     let mut s = markdown_table(
-        &[
-            "hook set",
-            "what it is",
-            "req/s (median)",
-            "throughput vs baseline (median of per-round ratios)",
-        ],
+        &["hook set", "what it is", "req/s (median)", "throughput vs baseline (median of per-round ratios)"],
         &rows,
     );
-    let _ = writeln!(
-        s,
-        "\nbaseline (nothing attached): {baseline_rps:.0} req/s (median)"
-    );
+    let _ = writeln!(s, "\nbaseline (nothing attached): {baseline_rps:.0} req/s (median)");
     s
 }
 
@@ -1592,12 +1402,7 @@ Transfer/sec:     59.52MB
 
     #[test]
     fn p99_in_every_unit() {
-        for (value, seconds) in [
-            ("812.00us", 812e-6),
-            ("1.35ms", 1.35e-3),
-            ("2.01s", 2.01),
-            ("1.50m", 90.0),
-        ] {
+        for (value, seconds) in [("812.00us", 812e-6), ("1.35ms", 1.35e-3), ("2.01s", 2.01), ("1.50m", 90.0)] {
             let out = WRK.replace("    1.35ms", &format!("    {value}"));
             let r = parse_wrk(&out).expect("parse");
             assert!((r.p99 - seconds).abs() < 1e-9, "{value}: {}", r.p99);
@@ -1609,11 +1414,8 @@ Transfer/sec:     59.52MB
 
     #[test]
     fn wrk_without_latency_is_an_error() {
-        let out: String = WRK
-            .lines()
-            .filter(|l| !l.contains('%') || l.contains("Latency "))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let out: String =
+            WRK.lines().filter(|l| !l.contains('%') || l.contains("Latency ")).collect::<Vec<_>>().join("\n");
         let err = parse_wrk(&out).expect_err("no p99");
         assert!(err.to_string().contains("99%"), "{err}");
         assert!(parse_wrk("").is_err());
@@ -1643,10 +1445,8 @@ Transfer/sec:     59.52MB
 
     #[test]
     fn per_probe_drops_count_when_there_is_no_total() {
-        let stats = parse_stats_line(
-            "stats: kernel.write.ring_full=4 kernel.read.ring_full=3 kernel.x.emitted=9",
-        )
-        .expect("stats line");
+        let stats = parse_stats_line("stats: kernel.write.ring_full=4 kernel.read.ring_full=3 kernel.x.emitted=9")
+            .expect("stats line");
         assert_eq!(events_dropped(&stats), 7);
     }
 
@@ -1664,8 +1464,7 @@ not json
 
     #[test]
     fn proc_stat_cpu_ticks() {
-        let stat =
-            "4242 (ghost wire) S 1 4242 4242 0 -1 4194560 1234 0 0 0 150 25 0 0 20 0 3 0 100 0 0";
+        let stat = "4242 (ghost wire) S 1 4242 4242 0 -1 4194560 1234 0 0 0 150 25 0 0 20 0 3 0 100 0 0";
         assert_eq!(parse_proc_stat_ticks(stat), Some(175));
         assert_eq!(parse_proc_stat_ticks("garbage"), None);
     }
@@ -1702,30 +1501,15 @@ not json
         assert_eq!(r.timeouts, 12);
         let err = check_wrk(&r).expect_err("non-2xx");
         assert!(err.to_string().contains("5 non-2xx"), "{err}");
-        let clean = WrkReport {
-            non_2xx: 0,
-            socket_errors: 3,
-            timeouts: 3,
-            ..r.clone()
-        };
+        let clean = WrkReport { non_2xx: 0, socket_errors: 3, timeouts: 3, ..r.clone() };
         check_wrk(&clean).expect("a handful of timeouts is tolerated");
-        let read_errors = WrkReport {
-            socket_errors: 4,
-            ..clean.clone()
-        };
+        let read_errors = WrkReport { socket_errors: 4, ..clean.clone() };
         let err = check_wrk(&read_errors).expect_err("a read error");
         assert!(err.to_string().contains("1 socket errors"), "{err}");
-        let timeouts = WrkReport {
-            socket_errors: MAX_WRK_TIMEOUTS + 1,
-            timeouts: MAX_WRK_TIMEOUTS + 1,
-            ..clean
-        };
+        let timeouts = WrkReport { socket_errors: MAX_WRK_TIMEOUTS + 1, timeouts: MAX_WRK_TIMEOUTS + 1, ..clean };
         assert!(check_wrk(&timeouts).is_err());
         let no_errors = WRK
-            .replace(
-                "  Socket errors: connect 0, read 1, write 0, timeout 12\n",
-                "",
-            )
+            .replace("  Socket errors: connect 0, read 1, write 0, timeout 12\n", "")
             .replace("  Non-2xx or 3xx responses: 5\n", "");
         check_wrk(&parse_wrk(&no_errors).expect("parse")).expect("clean run");
     }
@@ -1783,10 +1567,7 @@ Status code distribution:
 
     #[test]
     fn hey_non_200_responses_fail_the_run() {
-        let out = HEY.replace(
-            "  [200]\t97331 responses\n",
-            "  [200]\t97000 responses\n  [404]\t331 responses\n",
-        );
+        let out = HEY.replace("  [200]\t97331 responses\n", "  [200]\t97000 responses\n  [404]\t331 responses\n");
         let r = parse_hey(&out).expect("parse");
         assert_eq!(r.statuses, vec![(200, 97_000), (404, 331)]);
         let err = check_hey(&r).expect_err("404s");
@@ -1858,10 +1639,7 @@ Error distribution:
             ),
             "cannot attach cgroup_skb on /sys/fs/cgroup: Operation not permitted"
         );
-        assert_eq!(
-            agent_error_line(&lines(&["panicked at x", ""]), "exit status: 101"),
-            "panicked at x"
-        );
+        assert_eq!(agent_error_line(&lines(&["panicked at x", ""]), "exit status: 101"), "panicked at x");
         assert_eq!(
             agent_error_line(&[], "signal: 9 (SIGKILL)"),
             "exited with signal: 9 (SIGKILL) before printing `ready`"
@@ -1872,10 +1650,7 @@ Error distribution:
     fn renders_markdown_tables() {
         let table = markdown_table(
             &["a", "long header"],
-            &[
-                vec!["wide cell".to_owned(), "1".to_owned()],
-                vec!["us".to_owned()],
-            ],
+            &[vec!["wide cell".to_owned(), "1".to_owned()], vec!["us".to_owned()]],
         );
         assert_eq!(
             table,
@@ -1907,45 +1682,21 @@ Error distribution:
         ];
         let table = hooks_table(&results, 48_000.0);
         let lines: Vec<&str> = table.lines().collect();
-        assert!(
-            lines[0].starts_with("| hook set   | what it is "),
-            "{table}"
-        );
-        assert!(
-            lines[2].starts_with("| raw-sock   | raw tracepoints sock_send_length"),
-            "{table}"
-        );
+        assert!(lines[0].starts_with("| hook set   | what it is "), "{table}");
+        assert!(lines[2].starts_with("| raw-sock   | raw tracepoints sock_send_length"), "{table}");
         assert!(lines[2].contains("| 46000 "), "{table}");
         assert!(lines[2].contains("| 0.960 (-4.0%) "), "{table}");
-        assert!(
-            lines[3].contains("| unavailable: no cgroup v2 hierarchy is mounted | - "),
-            "{table}"
-        );
-        assert_eq!(
-            lines.last().copied(),
-            Some("baseline (nothing attached): 48000 req/s (median)")
-        );
+        assert!(lines[3].contains("| unavailable: no cgroup v2 hierarchy is mounted | - "), "{table}");
+        assert_eq!(lines.last().copied(), Some("baseline (nothing attached): 48000 req/s (median)"));
     }
 
     fn run(rps: f64, p99: f64, requests: u64, node: f64, agent: Option<AgentRun>) -> Run {
-        Run {
-            load: Load {
-                requests_per_sec: rps,
-                p99,
-                requests,
-                node_cpu_seconds: node,
-            },
-            agent,
-        }
+        Run { load: Load { requests_per_sec: rps, p99, requests, node_cpu_seconds: node }, agent }
     }
 
     #[test]
     fn overhead_table_compares_with_the_same_round() {
-        let capture = |cpu: f64| AgentRun {
-            cpu_seconds: cpu,
-            discarded: Some(10),
-            ..AgentRun::default()
-        };
+        let capture = |cpu: f64| AgentRun { cpu_seconds: cpu, discarded: Some(10), ..AgentRun::default() };
         let full = |cpu: f64, spans: u64, dropped: u64| AgentRun {
             cpu_seconds: cpu,
             spans: Some((spans, 0)),
@@ -1955,42 +1706,17 @@ Error distribution:
         let round = |base: f64, scale: f64| ViewRound {
             view: View::Saturated,
             runs: vec![
-                (
-                    Config::Baseline,
-                    run(base, 1e-3, 100_000, 2.0 * scale, None),
-                ),
-                (
-                    Config::CaptureOnly,
-                    run(base * 0.9, 1.2e-3, 100_000, 2.2 * scale, Some(capture(0.1))),
-                ),
-                (
-                    Config::Full,
-                    run(
-                        base * 0.5,
-                        2e-3,
-                        50_000,
-                        1.5 * scale,
-                        Some(full(0.5, 50_000, 3)),
-                    ),
-                ),
+                (Config::Baseline, run(base, 1e-3, 100_000, 2.0 * scale, None)),
+                (Config::CaptureOnly, run(base * 0.9, 1.2e-3, 100_000, 2.2 * scale, Some(capture(0.1)))),
+                (Config::Full, run(base * 0.5, 2e-3, 50_000, 1.5 * scale, Some(full(0.5, 50_000, 3)))),
             ],
         };
-        let rounds = [
-            round(40_000.0, 1.0),
-            round(50_000.0, 1.0),
-            round(60_000.0, 1.0),
-        ];
+        let rounds = [round(40_000.0, 1.0), round(50_000.0, 1.0), round(60_000.0, 1.0)];
         let refs: Vec<&ViewRound> = rounds.iter().collect();
         let table = overhead_table(&refs);
-        let rows: Vec<Vec<&str>> = table
-            .lines()
-            .map(|l| l.split('|').map(str::trim).collect())
-            .collect();
+        let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split('|').map(str::trim).collect()).collect();
         assert_eq!(rows.len(), 5, "{table}");
-        assert_eq!(
-            rows[2],
-            ["", "baseline", "50000", "-", "1.00 ms", "-", "-", "20.00", "-", "-", "-", ""]
-        );
+        assert_eq!(rows[2], ["", "baseline", "50000", "-", "1.00 ms", "-", "-", "20.00", "-", "-", "-", ""]);
         assert_eq!(
             rows[3],
             [
@@ -2035,45 +1761,24 @@ Error distribution:
             cmd: BenchCmd,
         }
         let parse = |argv: &[&str]| {
-            <Cli as clap::Parser>::try_parse_from(
-                std::iter::once("bench").chain(argv.iter().copied()),
-            )
-            .map(|c| c.cmd)
+            <Cli as clap::Parser>::try_parse_from(std::iter::once("bench").chain(argv.iter().copied())).map(|c| c.cmd)
         };
-        let Ok(BenchCmd::Overhead(o)) = parse(&["overhead"]) else {
-            panic!("not overhead")
-        };
+        let Ok(BenchCmd::Overhead(o)) = parse(&["overhead"]) else { panic!("not overhead") };
         assert_eq!(o.views, [View::Saturated, View::Fixed]);
         assert_eq!((o.rate_connections, o.rate_qps_per_connection), (10, 1000));
-        let Ok(BenchCmd::Overhead(o)) =
-            parse(&["overhead", "--views", "fixed", "--", "--pid", "1"])
-        else {
+        let Ok(BenchCmd::Overhead(o)) = parse(&["overhead", "--views", "fixed", "--", "--pid", "1"]) else {
             panic!("not overhead")
         };
         assert_eq!(o.views, [View::Fixed]);
         assert_eq!(o.agent_args, ["--pid", "1"]);
         assert!(parse(&["overhead", "--views", "slow"]).is_err());
 
-        let Ok(BenchCmd::Hooks(h)) = parse(&["hooks"]) else {
-            panic!("not hooks")
-        };
+        let Ok(BenchCmd::Hooks(h)) = parse(&["hooks"]) else { panic!("not hooks") };
         assert_eq!((h.rounds, h.duration, h.warmup), (3, 10, 2));
         assert_eq!((h.threads, h.connections), (2, 32));
         let names: Vec<&str> = h.sets.iter().map(|s| s.name()).collect();
-        assert_eq!(
-            names,
-            [
-                "syscalls",
-                "raw-syscalls",
-                "sock",
-                "raw-sock",
-                "cgroup-skb",
-                "ghostwire"
-            ]
-        );
-        let Ok(BenchCmd::Hooks(h)) = parse(&["hooks", "--sets", "raw-sock,cgroup-skb"]) else {
-            panic!("not hooks")
-        };
+        assert_eq!(names, ["syscalls", "raw-syscalls", "sock", "raw-sock", "cgroup-skb", "ghostwire"]);
+        let Ok(BenchCmd::Hooks(h)) = parse(&["hooks", "--sets", "raw-sock,cgroup-skb"]) else { panic!("not hooks") };
         assert_eq!(h.sets, [HookSet::RawSock, HookSet::CgroupSkb]);
         assert!(parse(&["hooks", "--sets", "kprobes"]).is_err());
         // The names clap accepts are the names passed to the agent.
@@ -2088,9 +1793,6 @@ Error distribution:
             let value = clap::ValueEnum::to_possible_value(set).expect("a value");
             assert_eq!(value.get_name(), set.name());
         }
-        assert_eq!(
-            dedup(&[View::Fixed, View::Saturated, View::Fixed]),
-            [View::Fixed, View::Saturated]
-        );
+        assert_eq!(dedup(&[View::Fixed, View::Saturated, View::Fixed]), [View::Fixed, View::Saturated]);
     }
 }

@@ -16,16 +16,10 @@ use clap::{Parser, Subcommand};
 
 use crate::util::Step;
 
-pub const NEEDS_ROOT: &str =
-    "ghostwire needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN): run as root or with sudo -E";
+pub const NEEDS_ROOT: &str = "ghostwire needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN): run as root or with sudo -E";
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "cargo xtask",
-    bin_name = "cargo xtask",
-    about = "ghostwire developer tasks",
-    version
-)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "ghostwire developer tasks", version)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -47,11 +41,7 @@ enum Cmd {
     /// Without arguments ghostwire traces the whole machine with the live terminal view.
     /// Agent arguments follow, optionally after `--`: `cargo xtask run -- --port 8080`.
     Run {
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "AGENT ARGS"
-        )]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "AGENT ARGS")]
         args: Vec<OsString>,
     },
     /// Run every test: unit and golden tests, then the privileged end-to-end tests.
@@ -105,11 +95,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             }
         }
         Cmd::Bench { which } => bench::run(&which)?,
-        Cmd::Fuzz {
-            target,
-            seconds,
-            libfuzzer_args,
-        } => return fuzz(target, seconds, &libfuzzer_args),
+        Cmd::Fuzz { target, seconds, libfuzzer_args } => return fuzz(target, seconds, &libfuzzer_args),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -117,12 +103,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
 /// `cargo build --release -p ghostwire` (prerequisites must be installed).
 pub fn build_agent() -> Result<()> {
     let step = Step::start("building ghostwire (release; first build takes 2-4 min)");
-    util::run(Command::new("cargo").current_dir(util::repo_root()).args([
-        "build",
-        "--release",
-        "-p",
-        "ghostwire",
-    ]))?;
+    util::run(Command::new("cargo").current_dir(util::repo_root()).args(["build", "--release", "-p", "ghostwire"]))?;
     let bin = util::agent_bin();
     if !bin.is_file() {
         bail!("cargo built ghostwire but {} does not exist", bin.display());
@@ -150,10 +131,7 @@ fn fuzz(target: Option<String>, seconds: u64, libfuzzer_args: &[String]) -> Resu
     let agent_dir = util::repo_root().join("agent");
     let fuzz_dir = agent_dir.join("fuzz");
     if !fuzz_dir.join("Cargo.toml").is_file() {
-        bail!(
-            "{} does not exist yet: no fuzz targets to run",
-            fuzz_dir.join("Cargo.toml").display()
-        );
+        bail!("{} does not exist yet: no fuzz targets to run", fuzz_dir.join("Cargo.toml").display());
     }
     setup::setup(false)?;
     let cargo_fuzz = || {
@@ -164,13 +142,8 @@ fn fuzz(target: Option<String>, seconds: u64, libfuzzer_args: &[String]) -> Resu
     if util::probe(cargo_fuzz().arg("--version")).is_some_and(|(ok, _)| ok) {
         util::skipped("cargo-fuzz already present");
     } else {
-        let step =
-            Step::start("installing cargo-fuzz (cargo install cargo-fuzz --locked; about 1-2 min)");
-        util::run(
-            Command::new("cargo")
-                .current_dir(std::env::temp_dir())
-                .args(["install", "cargo-fuzz", "--locked"]),
-        )?;
+        let step = Step::start("installing cargo-fuzz (cargo install cargo-fuzz --locked; about 1-2 min)");
+        util::run(Command::new("cargo").current_dir(std::env::temp_dir()).args(["install", "cargo-fuzz", "--locked"]))?;
         step.done();
     }
 
@@ -178,37 +151,24 @@ fn fuzz(target: Option<String>, seconds: u64, libfuzzer_args: &[String]) -> Resu
         target
     } else {
         let list = util::capture(cargo_fuzz().arg("list"))?;
-        let targets: Vec<&str> = list
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
+        let targets: Vec<&str> = list.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
         match targets.as_slice() {
             [one] => (*one).to_owned(),
             [] => bail!("agent/fuzz has no fuzz targets"),
-            many => bail!(
-                "several fuzz targets, pick one: cargo xtask fuzz <{}>",
-                many.join("|")
-            ),
+            many => bail!("several fuzz targets, pick one: cargo xtask fuzz <{}>", many.join("|")),
         }
     };
     let corpus = fuzz_dir.join("corpus").join(&target);
     std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
     let mut cmd = cargo_fuzz();
     // libFuzzer writes new inputs to the first corpus directory and only reads the rest.
-    cmd.args(["run", &target])
-        .arg(&corpus)
-        .args(seed_dirs(&agent_dir, &target));
-    cmd.arg("--")
-        .arg(format!("-max_total_time={seconds}"))
-        .args(libfuzzer_args);
+    cmd.args(["run", &target]).arg(&corpus).args(seed_dirs(&agent_dir, &target));
+    cmd.arg("--").arg(format!("-max_total_time={seconds}")).args(libfuzzer_args);
     let step = Step::start(format!("fuzzing {target} for {seconds} s"));
     let status = util::status(&mut cmd)?;
     if !status.success() {
         eprintln!("error: `{}` failed ({status})", util::display(&cmd));
-        return Ok(ExitCode::from(
-            u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
-        ));
+        return Ok(ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)));
     }
     step.done();
     Ok(ExitCode::SUCCESS)
@@ -241,13 +201,8 @@ mod tests {
 
     #[test]
     fn run_takes_agent_args_with_or_without_dashes() {
-        for argv in [
-            &["xtask", "run", "--", "--port", "8080"][..],
-            &["xtask", "run", "--port", "8080"][..],
-        ] {
-            let Cmd::Run { args } = Cli::try_parse_from(argv).expect("parse").cmd else {
-                panic!("not run")
-            };
+        for argv in [&["xtask", "run", "--", "--port", "8080"][..], &["xtask", "run", "--port", "8080"][..]] {
+            let Cmd::Run { args } = Cli::try_parse_from(argv).expect("parse").cmd else { panic!("not run") };
             assert_eq!(args, ["--port", "8080"]);
         }
     }
@@ -255,9 +210,7 @@ mod tests {
     #[test]
     fn test_flags_and_filters() {
         let Cmd::Test(args) =
-            Cli::try_parse_from(["xtask", "test", "--e2e", "--", "http1", "--nocapture"])
-                .expect("parse")
-                .cmd
+            Cli::try_parse_from(["xtask", "test", "--e2e", "--", "http1", "--nocapture"]).expect("parse").cmd
         else {
             panic!("not test")
         };
@@ -268,18 +221,12 @@ mod tests {
 
     #[test]
     fn bench_defaults() {
-        let Cmd::Bench {
-            which: bench::BenchCmd::Overhead(args),
-        } = Cli::try_parse_from(["xtask", "bench", "overhead"])
-            .expect("parse")
-            .cmd
+        let Cmd::Bench { which: bench::BenchCmd::Overhead(args) } =
+            Cli::try_parse_from(["xtask", "bench", "overhead"]).expect("parse").cmd
         else {
             panic!("not bench")
         };
-        assert_eq!(
-            (args.rounds, args.duration, args.connections, args.threads),
-            (3, 10, 32, 2)
-        );
+        assert_eq!((args.rounds, args.duration, args.connections, args.threads), (3, 10, 32, 2));
         assert!(!args.no_agent);
     }
 }

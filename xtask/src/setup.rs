@@ -18,24 +18,9 @@ pub const LLVM_MAJOR: u32 = 22;
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// Debian packages for building (bpf-linker's LLVM) and running (`ip`, `curl`).
-const BUILD_DEBS: &[&str] = &[
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "libzstd-dev",
-    "zlib1g-dev",
-    "iproute2",
-    "curl",
-];
+const BUILD_DEBS: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "iproute2", "curl"];
 /// Debian packages the end-to-end tests and benchmarks run against.
-const PEER_DEBS: &[&str] = &[
-    "nginx",
-    "wrk",
-    "golang-go",
-    "nghttp2-client",
-    "hey",
-    "apache2-utils",
-    "curl",
-];
+const PEER_DEBS: &[&str] = &["nginx", "wrk", "golang-go", "nghttp2-client", "hey", "apache2-utils", "curl"];
 
 /// Python peers, pinned (unpinned, pip backtracks for ever on the OpenTelemetry set).
 pub const PEER_REQUIREMENTS: &[&str] = &[
@@ -80,11 +65,7 @@ pub fn setup(peers: bool) -> Result<Option<Peers>> {
     if peers {
         let (venv, rotel) = ensure_peers_venv()?;
         let phoenix_venv = ensure_phoenix_venv()?;
-        return Ok(Some(Peers {
-            venv,
-            rotel,
-            phoenix_venv,
-        }));
+        return Ok(Some(Peers { venv, rotel, phoenix_venv }));
     }
     Ok(None)
 }
@@ -109,20 +90,13 @@ pub fn parse_dpkg_installed(output: &str) -> BTreeSet<String> {
 
 fn missing_debs(packages: &[&str]) -> Result<Vec<String>> {
     let mut cmd = Command::new("dpkg-query");
-    cmd.arg("-W")
-        .arg("-f=${Package}\t${Status}\n")
-        .args(packages);
+    cmd.arg("-W").arg("-f=${Package}\t${Status}\n").args(packages);
     // dpkg-query exits 1 when some package is unknown to dpkg; its stdout still lists
     // the known ones, so only a failure to start it is an error.
     let out = cmd
         .stdin(std::process::Stdio::null())
         .output()
-        .with_context(|| {
-            format!(
-                "could not start `{}` (is this Debian?)",
-                util::display(&cmd)
-            )
-        })?;
+        .with_context(|| format!("could not start `{}` (is this Debian?)", util::display(&cmd)))?;
     let installed = parse_dpkg_installed(&String::from_utf8_lossy(&out.stdout));
     let mut missing: Vec<String> = Vec::new();
     for package in packages {
@@ -142,10 +116,7 @@ fn ensure_debs(packages: &[&str]) -> Result<()> {
     }
     let missing = missing_debs(&unique)?;
     if missing.is_empty() {
-        util::skipped(format!(
-            "Debian packages already present ({})",
-            unique.join(" ")
-        ));
+        util::skipped(format!("Debian packages already present ({})", unique.join(" ")));
         return Ok(());
     }
     let list = missing.join(" ");
@@ -166,10 +137,7 @@ fn ensure_debs(packages: &[&str]) -> Result<()> {
     )?;
     let still = missing_debs(&unique)?;
     if !still.is_empty() {
-        bail!(
-            "apt-get reported success but these are still not installed: {}",
-            still.join(" ")
-        );
+        bail!("apt-get reported success but these are still not installed: {}", still.join(" "));
     }
     step.done();
     Ok(())
@@ -183,39 +151,24 @@ fn python_venv_works() -> bool {
 // Rust toolchain
 
 fn ensure_nightly_rust_src() -> Result<()> {
-    let Some((true, installed)) = util::probe(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ])) else {
+    let Some((true, installed)) =
+        util::probe(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+    else {
         bail!(
             "the nightly Rust toolchain (needed to build the eBPF programs) is missing: \
              run `rustup toolchain install nightly --profile minimal --component rust-src` \
              (its LLVM major must be {LLVM_MAJOR}: check `rustc +nightly -vV`)"
         );
     };
-    if installed
-        .lines()
-        .any(|l| l.trim() == "rust-src" || l.trim().starts_with("rust-src-"))
-    {
+    if installed.lines().any(|l| l.trim() == "rust-src" || l.trim().starts_with("rust-src-")) {
         util::skipped("nightly toolchain with rust-src already present");
     } else {
         let step = Step::start("adding rust-src to the nightly toolchain");
-        util::run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+        util::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
         step.done();
     }
     // A nightly on another LLVM major cannot link with this bpf-linker ("Invalid record").
-    if let Some((true, version)) =
-        util::probe(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]))
-    {
+    if let Some((true, version)) = util::probe(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"])) {
         if let Some(major) = parse_rustc_llvm_major(&version) {
             if major != LLVM_MAJOR {
                 eprintln!(
@@ -253,21 +206,14 @@ pub enum LddLlvm {
 }
 
 pub fn parse_ldd_llvm(ldd: &str) -> LddLlvm {
-    let Some(line) = ldd
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("libLLVM"))
-    else {
+    let Some(line) = ldd.lines().map(str::trim).find(|l| l.starts_with("libLLVM")) else {
         return LddLlvm::NotLinked;
     };
     if line.contains("not found") {
         return LddLlvm::Missing;
     }
     let name = line.split_whitespace().next().unwrap_or_default();
-    let rest = name
-        .trim_start_matches("libLLVM")
-        .trim_start_matches(['-', '.'])
-        .trim_start_matches("so.");
+    let rest = name.trim_start_matches("libLLVM").trim_start_matches(['-', '.']).trim_start_matches("so.");
     let major: String = rest.chars().take_while(char::is_ascii_digit).collect();
     major.parse().map_or(LddLlvm::NotLinked, LddLlvm::Major)
 }
@@ -280,11 +226,7 @@ fn bpf_linker_problem() -> Option<String> {
     match util::probe(Command::new(&path).arg("--version")) {
         Some((true, out)) if out.split_whitespace().any(|w| w == BPF_LINKER_VERSION) => {}
         Some((_, out)) => {
-            return Some(format!(
-                "{} is `{}`, not {BPF_LINKER_VERSION}",
-                path.display(),
-                out.trim()
-            ));
+            return Some(format!("{} is `{}`, not {BPF_LINKER_VERSION}", path.display(), out.trim()));
         }
         None => return Some(format!("{} does not start", path.display())),
     }
@@ -302,26 +244,16 @@ fn bpf_linker_problem() -> Option<String> {
 
 fn ensure_bpf_linker() -> Result<()> {
     let Some(problem) = bpf_linker_problem() else {
-        util::skipped(format!(
-            "bpf-linker {BPF_LINKER_VERSION} (LLVM {LLVM_MAJOR}) already present"
-        ));
+        util::skipped(format!("bpf-linker {BPF_LINKER_VERSION} (LLVM {LLVM_MAJOR}) already present"));
         return Ok(());
     };
     util::note(format!("bpf-linker needs installing: {problem}"));
-    let step = Step::start(format!(
-        "building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (about 70 s)"
-    ));
+    let step = Step::start(format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (about 70 s)"));
     let install = |locked: bool| {
         let mut cmd = Command::new("cargo");
         cmd.env("LLVM_PREFIX", LLVM_PREFIX)
             .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
-            .args([
-                "install",
-                "bpf-linker",
-                "--version",
-                BPF_LINKER_VERSION,
-                "--force",
-            ])
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--force"])
             .args(["--no-default-features", "--features", "llvm-22"]);
         if locked {
             cmd.arg("--locked");
@@ -394,8 +326,7 @@ fn create_venv(venv: &Path) -> Result<()> {
         return Ok(());
     }
     if let Some(parent) = venv.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
     util::run(Command::new("python3").arg("-m").arg("venv").arg(venv))
 }
@@ -407,10 +338,7 @@ fn ensure_peers_venv() -> Result<(PathBuf, PathBuf)> {
     let stamped = std::fs::read_to_string(&stamp).is_ok_and(|s| s == stamp_contents());
     if stamped && python.is_file() {
         if let Some(rotel) = find_rotel(&venv) {
-            util::skipped(format!(
-                "Python peers already present in {}",
-                venv.display()
-            ));
+            util::skipped(format!("Python peers already present in {}", venv.display()));
             return Ok((venv, rotel));
         }
     }
@@ -423,13 +351,9 @@ fn ensure_peers_venv() -> Result<(PathBuf, PathBuf)> {
     // installed by hand before the stamp existed.
     pip_install(&python, PEER_REQUIREMENTS)?;
     let rotel = find_rotel(&venv).with_context(|| {
-        format!(
-            "pip installed rotel but {}/lib/python3*/site-packages/rotel/rotel-agent is missing",
-            venv.display()
-        )
+        format!("pip installed rotel but {}/lib/python3*/site-packages/rotel/rotel-agent is missing", venv.display())
     })?;
-    std::fs::write(&stamp, stamp_contents())
-        .with_context(|| format!("writing {}", stamp.display()))?;
+    std::fs::write(&stamp, stamp_contents()).with_context(|| format!("writing {}", stamp.display()))?;
     step.done();
     Ok((venv, rotel))
 }
@@ -449,25 +373,15 @@ fn ensure_phoenix_venv() -> Result<PathBuf> {
     let stamp = venv.join(STAMP_FILE);
     let want = requirements_stamp(PHOENIX_REQUIREMENTS);
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) && phoenix.is_file() {
-        util::skipped(format!(
-            "Arize Phoenix already present in {}",
-            venv.display()
-        ));
+        util::skipped(format!("Arize Phoenix already present in {}", venv.display()));
         return Ok(venv);
     }
-    let step = Step::start(format!(
-        "installing Arize Phoenix into {} (takes ~2 min, ~850 MB)",
-        venv.display()
-    ));
+    let step = Step::start(format!("installing Arize Phoenix into {} (takes ~2 min, ~850 MB)", venv.display()));
     create_venv(&venv)?;
     // Fast when a venv installed by hand already satisfies the pin.
     pip_install(&venv.join("bin/python"), PHOENIX_REQUIREMENTS)?;
     if !phoenix.is_file() {
-        bail!(
-            "pip installed {} but {} is missing",
-            PHOENIX_REQUIREMENTS.join(" "),
-            phoenix.display()
-        );
+        bail!("pip installed {} but {} is missing", PHOENIX_REQUIREMENTS.join(" "), phoenix.display());
     }
     std::fs::write(&stamp, want).with_context(|| format!("writing {}", stamp.display()))?;
     step.done();
@@ -496,18 +410,13 @@ mod tests {
 
     #[test]
     fn ldd_llvm_major() {
-        let ok = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibLLVM.so.22.1 => /usr/lib/llvm-22/lib/libLLVM.so.22.1 (0x00007ff0)\n";
+        let ok =
+            "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibLLVM.so.22.1 => /usr/lib/llvm-22/lib/libLLVM.so.22.1 (0x00007ff0)\n";
         assert_eq!(parse_ldd_llvm(ok), LddLlvm::Major(22));
         let old = "\tlibLLVM-19.so => /usr/lib/llvm-19/lib/libLLVM-19.so (0x1)\n";
         assert_eq!(parse_ldd_llvm(old), LddLlvm::Major(19));
-        assert_eq!(
-            parse_ldd_llvm("\tlibLLVM.so.22.1 => not found\n"),
-            LddLlvm::Missing
-        );
-        assert_eq!(
-            parse_ldd_llvm("\tlibc.so.6 => /lib/libc.so.6\n"),
-            LddLlvm::NotLinked
-        );
+        assert_eq!(parse_ldd_llvm("\tlibLLVM.so.22.1 => not found\n"), LddLlvm::Missing);
+        assert_eq!(parse_ldd_llvm("\tlibc.so.6 => /lib/libc.so.6\n"), LddLlvm::NotLinked);
     }
 
     #[test]
@@ -530,9 +439,7 @@ mod tests {
 
     #[test]
     fn phoenix_is_pinned_and_lives_in_its_own_venv() {
-        assert!(PHOENIX_REQUIREMENTS
-            .iter()
-            .all(|r| r.starts_with("arize-phoenix==")));
+        assert!(PHOENIX_REQUIREMENTS.iter().all(|r| r.starts_with("arize-phoenix==")));
         assert_ne!(phoenix_venv(), peers_venv());
         assert_eq!(phoenix_venv().parent(), peers_venv().parent());
     }

@@ -1,11 +1,13 @@
-//! `cargo xtask test`: every test, in two phases.
+//! `cargo xtask test`: every test, in three phases.
 //!
-//! a. unprivileged: `cargo test --workspace --exclude ghostwire-tests` (unit and golden
+//! 0. format and lints: `cargo fmt --all --check` and `cargo clippy --all-targets --
+//!    -D warnings` (a change that fails them does not land);
+//! 1. unprivileged: `cargo test --workspace --exclude ghostwire-tests` (unit and golden
 //!    tests of the agent, xtask's own tests);
-//! b. privileged end-to-end: `cargo test -p ghostwire-tests --release -- --test-threads=1`
+//! 2. privileged end-to-end: `cargo test -p ghostwire-tests --release -- --test-threads=1`
 //!    against the release agent and the installed peers.
 //!
-//! Both phases always run, each with `--no-fail-fast` so that one failing test binary
+//! Every phase runs, the test phases with `--no-fail-fast` so that one failing test binary
 //! does not hide the others (`CI` is passed through untouched: the tests use it to turn
 //! "cannot load probes" into a failure). cargo's output is streamed live and its
 //! `test result:` lines are summed into one final `N passed, N failed` line.
@@ -19,10 +21,11 @@ use crate::util::{self, Step};
 
 #[derive(clap::Args, Debug)]
 pub struct TestArgs {
-    /// Only phase a: unit, golden and xtask tests (no root, no peers, no release build).
+    /// Only phases 0 and 1: format, lints, unit, golden and xtask tests (no root, no
+    /// peers, no release build).
     #[arg(long, conflicts_with = "e2e")]
     pub unit: bool,
-    /// Only phase b: the privileged end-to-end tests.
+    /// Only phase 2: the privileged end-to-end tests.
     #[arg(long)]
     pub e2e: bool,
     /// Passed to the test binaries: name filters, `--nocapture`, ...
@@ -97,10 +100,7 @@ fn strip_ansi(s: &str) -> String {
 fn run_streaming(cmd: &mut Command) -> Result<(ExitStatus, Counts)> {
     let shown = util::display(cmd);
     println!("+ {shown}");
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("could not start `{shown}`"))?;
+    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("could not start `{shown}`"))?;
     let mut pipe = child.stdout.take().context("child stdout is not piped")?;
     let mut counts = Counts::default();
     let mut line: Vec<u8> = Vec::new();
@@ -127,9 +127,7 @@ fn run_streaming(cmd: &mut Command) -> Result<(ExitStatus, Counts)> {
         }
     }
     counts.add_line(&String::from_utf8_lossy(&line));
-    let status = child
-        .wait()
-        .with_context(|| format!("waiting for `{shown}`"))?;
+    let status = child.wait().with_context(|| format!("waiting for `{shown}`"))?;
     Ok((status, counts))
 }
 
@@ -162,7 +160,30 @@ pub fn test(args: &TestArgs) -> Result<bool> {
 
     let mut phases = Vec::new();
     if unit {
-        let step = Step::start("phase a: unit, golden and xtask tests");
+        let step = Step::start("phase 0: cargo fmt --check, cargo clippy -D warnings");
+        let fmt = util::status(Command::new("cargo").current_dir(&root).args(["fmt", "--all", "--check"]))?;
+        let clippy = util::status(Command::new("cargo").current_dir(&root).args([
+            "clippy",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+        step.done();
+        for (name, status) in [("fmt", fmt), ("clippy", clippy)] {
+            phases.push(Phase {
+                name,
+                status,
+                counts: Counts {
+                    passed: u64::from(status.success()),
+                    failed: u64::from(!status.success()),
+                    binaries: 0,
+                },
+            });
+        }
+    }
+    if unit {
+        let step = Step::start("phase 1: unit, golden and xtask tests");
         let mut cmd = Command::new("cargo");
         cmd.current_dir(&root)
             // The eBPF crate only builds for the BPF target (agent/build.rs builds it).
@@ -180,11 +201,7 @@ pub fn test(args: &TestArgs) -> Result<bool> {
         }
         let (status, counts) = run_streaming(&mut cmd)?;
         step.done();
-        phases.push(Phase {
-            name: "unit",
-            status,
-            counts,
-        });
+        phases.push(Phase { name: "unit", status, counts });
     }
     if let Some(peers) = peers {
         if !util::is_root() {
@@ -193,30 +210,18 @@ pub fn test(args: &TestArgs) -> Result<bool> {
                  (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN): run as root or with sudo -E"
             );
         }
-        let step = Step::start("phase b: privileged end-to-end tests");
+        let step = Step::start("phase 2: privileged end-to-end tests");
         let mut cmd = Command::new("cargo");
         cmd.current_dir(&root)
             .env("GHOSTWIRE_BIN", util::agent_bin())
             .env("GHOSTWIRE_PEERS_VENV", &peers.venv)
             .env("GHOSTWIRE_ROTEL", &peers.rotel)
             .env("GHOSTWIRE_PHOENIX_VENV", &peers.phoenix_venv)
-            .args([
-                "test",
-                "--no-fail-fast",
-                "-p",
-                "ghostwire-tests",
-                "--release",
-                "--",
-                "--test-threads=1",
-            ])
+            .args(["test", "--no-fail-fast", "-p", "ghostwire-tests", "--release", "--", "--test-threads=1"])
             .args(&args.passthrough);
         let (status, counts) = run_streaming(&mut cmd)?;
         step.done();
-        phases.push(Phase {
-            name: "end-to-end",
-            status,
-            counts,
-        });
+        phases.push(Phase { name: "end-to-end", status, counts });
     }
 
     let mut total = Counts::default();
@@ -228,7 +233,7 @@ pub fn test(args: &TestArgs) -> Result<bool> {
         } else if phase.status.success() {
             "FAILED".to_owned()
         } else {
-            format!("FAILED (cargo test: {})", phase.status)
+            format!("FAILED ({})", phase.status)
         };
         println!(
             "==> {}: {} passed, {} failed, {} test binaries: {verdict}",
@@ -281,13 +286,6 @@ mod tests {
                    test result: ok. 5 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s\n";
         let mut counts = Counts::default();
         out.lines().for_each(|l| counts.add_line(l));
-        assert_eq!(
-            counts,
-            Counts {
-                passed: 6,
-                failed: 1,
-                binaries: 3
-            }
-        );
+        assert_eq!(counts, Counts { passed: 6, failed: 1, binaries: 3 });
     }
 }

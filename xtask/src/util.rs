@@ -47,18 +47,11 @@ impl Step {
         let label = label.into();
         println!("==> {label}");
         flush();
-        Self {
-            label,
-            start: Instant::now(),
-        }
+        Self { label, start: Instant::now() }
     }
 
     pub fn done(self) {
-        println!(
-            "    done in {} ({})",
-            fmt_duration(self.start.elapsed()),
-            self.label
-        );
+        println!("    done in {} ({})", fmt_duration(self.start.elapsed()), self.label);
         flush();
     }
 }
@@ -91,9 +84,7 @@ pub fn fmt_duration(d: Duration) -> String {
 /// Quotes one word for a shell, only when needed.
 fn shell_word(word: &OsStr) -> String {
     let s = word.to_string_lossy();
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-./=:,+@%".contains(c));
+    let plain = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "_-./=:,+@%".contains(c));
     if plain {
         s.into_owned()
     } else {
@@ -128,23 +119,14 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs a command with inherited stdio and returns its exit status.
 pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
-    cmd.status()
-        .with_context(|| format!("could not start `{}`", display(cmd)))
+    cmd.status().with_context(|| format!("could not start `{}`", display(cmd)))
 }
 
 /// Runs a command and returns its stdout; fails naming the command, with its stderr.
 pub fn capture(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("could not start `{}`", display(cmd)))?;
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("could not start `{}`", display(cmd)))?;
     if !out.status.success() {
-        bail!(
-            "command failed ({}): {}\n{}",
-            out.status,
-            display(cmd),
-            String::from_utf8_lossy(&out.stderr).trim_end()
-        );
+        bail!("command failed ({}): {}\n{}", out.status, display(cmd), String::from_utf8_lossy(&out.stderr).trim_end());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -161,15 +143,12 @@ pub fn probe(cmd: &mut Command) -> Option<(bool, String)> {
 /// Finds a program on `PATH`.
 pub fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| is_executable(p))
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| is_executable(p))
 }
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt as _;
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Sends a signal to a process.
@@ -206,18 +185,8 @@ pub struct ChildGuard {
 }
 
 impl ChildGuard {
-    pub fn new(
-        name: impl Into<String>,
-        child: Child,
-        stop_signal: libc::c_int,
-        grace: Duration,
-    ) -> Self {
-        Self {
-            name: name.into(),
-            child: Some(child),
-            stop_signal,
-            grace,
-        }
+    pub fn new(name: impl Into<String>, child: Child, stop_signal: libc::c_int, grace: Duration) -> Self {
+        Self { name: name.into(), child: Some(child), stop_signal, grace }
     }
 
     pub fn pid(&self) -> u32 {
@@ -227,9 +196,7 @@ impl ChildGuard {
     /// `Some(status)` if the process has exited already.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         match self.child.as_mut() {
-            Some(child) => child
-                .try_wait()
-                .with_context(|| format!("waitpid({})", self.name)),
+            Some(child) => child.try_wait().with_context(|| format!("waitpid({})", self.name)),
             None => bail!("{} was already stopped", self.name),
         }
     }
@@ -255,9 +222,7 @@ impl ChildGuard {
             self.stop_signal
         );
         let _ = child.kill();
-        child
-            .wait()
-            .with_context(|| format!("waitpid({})", self.name))
+        child.wait().with_context(|| format!("waitpid({})", self.name))
     }
 }
 
@@ -281,9 +246,7 @@ impl TempDir {
     /// processes (nginx's) can read what is served from it.
     pub fn new(prefix: &str) -> Result<Self> {
         use std::os::unix::fs::PermissionsExt as _;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
         std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
@@ -309,14 +272,7 @@ mod tests {
     #[test]
     fn display_quotes_only_when_needed() {
         let mut cmd = Command::new("cargo");
-        cmd.args([
-            "install",
-            "bpf-linker",
-            "--version",
-            "0.13.0",
-            "it's here",
-            "",
-        ]);
+        cmd.args(["install", "bpf-linker", "--version", "0.13.0", "it's here", ""]);
         cmd.env("LLVM_PREFIX", "/usr/lib/llvm-22");
         assert_eq!(
             display(&cmd),
@@ -332,10 +288,7 @@ mod tests {
 
     #[test]
     fn guard_stops_a_sleeping_child() {
-        let child = Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("spawn sleep");
+        let child = Command::new("sleep").arg("30").spawn().expect("spawn sleep");
         let mut guard = ChildGuard::new("sleep", child, libc::SIGTERM, Duration::from_secs(5));
         let status = guard.stop().expect("stop");
         assert!(!status.success());

@@ -29,9 +29,7 @@
 //! request and response directions.
 #![no_main]
 
-use ghostwire::protocol::http1::{
-    Http1Session, MAX_HEAD_BYTES, MAX_PENDING_REQUESTS, MAX_STORED_HEADERS,
-};
+use ghostwire::protocol::http1::{Http1Session, MAX_HEAD_BYTES, MAX_PENDING_REQUESTS, MAX_STORED_HEADERS};
 use ghostwire::protocol::{Direction, Exchange, Role, Timing};
 use libfuzzer_sys::fuzz_target;
 
@@ -47,20 +45,12 @@ struct Harness {
 
 impl Harness {
     fn new(session: Http1Session) -> Self {
-        Harness {
-            session,
-            out: Vec::new(),
-            calls: 0,
-            last_seq: None,
-        }
+        Harness { session, out: Vec::new(), calls: 0, last_seq: None }
     }
 
     fn t(&mut self) -> Timing {
         self.calls += 1;
-        Timing {
-            enter_ns: self.calls * 10,
-            exit_ns: self.calls * 10 + 1,
-        }
+        Timing { enter_ns: self.calls * 10, exit_ns: self.calls * 10 + 1 }
     }
 
     /// The time of the last call so far.
@@ -70,17 +60,13 @@ impl Harness {
 
     fn feed(&mut self, dir: Direction, data: &[u8], gap: usize) {
         let t = self.t();
-        let _ = self
-            .session
-            .feed(dir, data, data.len() + gap, t, &mut self.out);
+        let _ = self.session.feed(dir, data, data.len() + gap, t, &mut self.out);
         self.check();
     }
 
     fn feed_syscall(&mut self, dir: Direction, prefix: &[u8], gap: u64, tail: &[u8]) {
         let t = self.t();
-        let _ = self
-            .session
-            .feed_syscall(dir, prefix, gap, tail, t, &mut self.out);
+        let _ = self.session.feed_syscall(dir, prefix, gap, tail, t, &mut self.out);
         self.check();
     }
 
@@ -130,10 +116,7 @@ fn replay_capture(mut rest: &[u8]) {
             h.eof(dir);
             continue;
         }
-        let Some(len) = std::str::from_utf8(arg)
-            .ok()
-            .and_then(|s| s.parse::<usize>().ok())
-        else {
+        let Some(len) = std::str::from_utf8(arg).ok().and_then(|s| s.parse::<usize>().ok()) else {
             return;
         };
         let take = len.min(rest.len());
@@ -161,22 +144,15 @@ struct Cutter<'a> {
 impl Cutter<'_> {
     /// The next piece of `stream` and its per-piece bits.
     fn next<'s>(&mut self, stream: &mut &'s [u8]) -> (u8, &'s [u8]) {
-        let len = self
-            .lens
-            .get(self.i % self.lens.len().max(1))
-            .map_or(stream.len(), |&l| {
-                // 0 = everything left; small values are common (byte-at-a-time splits).
-                if l == 0 {
-                    stream.len()
-                } else {
-                    usize::from(l) * self.scale
-                }
-            });
-        let b = self
-            .bits
-            .get(self.i % self.bits.len().max(1))
-            .copied()
-            .unwrap_or(0);
+        let len = self.lens.get(self.i % self.lens.len().max(1)).map_or(stream.len(), |&l| {
+            // 0 = everything left; small values are common (byte-at-a-time splits).
+            if l == 0 {
+                stream.len()
+            } else {
+                usize::from(l) * self.scale
+            }
+        });
+        let b = self.bits.get(self.i % self.bits.len().max(1)).copied().unwrap_or(0);
         let (piece, rest) = stream.split_at(len.min(stream.len()));
         *stream = rest;
         self.i += 1;
@@ -188,39 +164,22 @@ fn split_stream(data: &[u8]) {
     let Some((&flags, rest)) = data.split_first() else {
         return;
     };
-    let role = if flags & 1 == 0 {
-        Role::Server
-    } else {
-        Role::Client
-    };
+    let role = if flags & 1 == 0 { Role::Server } else { Role::Client };
     let (req, resp) = match role.request_direction() {
         Direction::Ingress => (Direction::Ingress, Direction::Egress),
         Direction::Egress => (Direction::Egress, Direction::Ingress),
     };
     let (lens, rest) = rest.split_at(rest.len().min(8));
     let (bits, mut stream) = rest.split_at(rest.len().min(4));
-    let mut h = Harness::new(if flags & 16 == 0 {
-        Http1Session::new(role)
-    } else {
-        Http1Session::new_midstream(role)
-    });
-    let mut cut = Cutter {
-        lens,
-        bits,
-        scale: if flags & 2 == 0 { 1 } else { 16 },
-        i: 0,
-    };
+    let mut h = Harness::new(if flags & 16 == 0 { Http1Session::new(role) } else { Http1Session::new_midstream(role) });
+    let mut cut = Cutter { lens, bits, scale: if flags & 2 == 0 { 1 } else { 16 }, i: 0 };
     while !stream.is_empty() {
         let (b, piece) = cut.next(&mut stream);
         let dir = if b & 1 == 0 { req } else { resp };
         // Bits 1-2: a gap after the piece, with a tail window or not (none most of the
         // time); bits 3-6: its size.
         let mode = (b >> 1) & 3;
-        let gap = if mode >= 2 {
-            u64::from((b >> 3) & 15) * 977
-        } else {
-            0
-        };
+        let gap = if mode >= 2 { u64::from((b >> 3) & 15) * 977 } else { 0 };
         if mode == 2 {
             let (_, tail) = cut.next(&mut stream);
             h.feed_syscall(dir, piece, gap, tail);

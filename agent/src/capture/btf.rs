@@ -46,8 +46,8 @@ impl Readable for Bytes {
 pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|source| BtfError::Read { path: shown.clone(), source })?;
-    let types = TypeInformation::new(&Bytes(bytes))
-        .map_err(|e| BtfError::Parse { path: shown, reason: format!("{e:?}") })?;
+    let types =
+        TypeInformation::new(&Bytes(bytes)).map_err(|e| BtfError::Parse { path: shown, reason: format!("{e:?}") })?;
     let f = |field: &'static str, width: usize| offset(&types, field, width);
     let regs = arch::REGS;
     let offsets = KernelOffsets {
@@ -114,7 +114,9 @@ mod arch {
         ghostwire_common::x86_64::PT_REGS_DX,
     ];
     #[cfg(not(target_arch = "x86_64"))]
-    compile_error!("ghostwire reads syscall arguments from x86_64 `struct pt_regs`; other architectures are not supported yet");
+    compile_error!(
+        "ghostwire reads syscall arguments from x86_64 `struct pt_regs`; other architectures are not supported yet"
+    );
 }
 
 #[cfg(test)]

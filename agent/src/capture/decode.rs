@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ghostwire_common::{
-    payload, state, ConnEvent, DataEvent, EventKind, ExitEvent, ListenEvent, StateEvent, Tuple,
-    COMM_LEN, CONN_MIDSTREAM, DIR_EGRESS, DIR_INGRESS, ROLE_CLIENT, ROLE_SERVER,
+    payload, state, ConnEvent, DataEvent, EventKind, ExitEvent, ListenEvent, StateEvent, Tuple, COMM_LEN,
+    CONN_MIDSTREAM, DIR_EGRESS, DIR_INGRESS, ROLE_CLIENT, ROLE_SERVER,
 };
 
 use crate::protocol::{Direction, Role};

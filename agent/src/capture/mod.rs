@@ -17,15 +17,10 @@ use std::path::Path;
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{
-        cgroup_skb::CgroupSkbAttachType, CgroupAttachMode, CgroupSkb, ProgramError, RawTracePoint,
-        TracePoint,
-    },
+    programs::{cgroup_skb::CgroupSkbAttachType, CgroupAttachMode, CgroupSkb, ProgramError, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use ghostwire_common::{
-    counter, probe, Config, SyscallNumbers, COMM_LEN, COUNTER_SLOTS, MAX_CAPTURE, MAX_EXE_FILTERS,
-};
+use ghostwire_common::{counter, probe, Config, SyscallNumbers, COMM_LEN, COUNTER_SLOTS, MAX_CAPTURE, MAX_EXE_FILTERS};
 
 use crate::stats::KernelCounters;
 
@@ -165,8 +160,8 @@ impl Capture {
     pub fn counters(&self) -> Result<KernelCounters, CaptureError> {
         let mut out = KernelCounters::default();
         let map = self.ebpf.map("COUNTERS").ok_or(CaptureError::Missing { name: "COUNTERS" })?;
-        let array = PerCpuArray::<_, u64>::try_from(map)
-            .map_err(|source| CaptureError::Map { name: "COUNTERS", source })?;
+        let array =
+            PerCpuArray::<_, u64>::try_from(map).map_err(|source| CaptureError::Map { name: "COUNTERS", source })?;
         for slot in 0..COUNTER_SLOTS {
             let values = array.get(&slot, 0).map_err(|source| CaptureError::Map { name: "COUNTERS", source })?;
             let total: u64 = values.iter().sum();
@@ -355,8 +350,11 @@ impl Floor {
                 attached = 2;
             }
             "raw-syscalls" | "raw-sock" => {
-                let points: &[&str] =
-                    if set == "raw-sock" { &["sock_send_length", "sock_recv_length"] } else { &["sys_enter", "sys_exit"] };
+                let points: &[&str] = if set == "raw-sock" {
+                    &["sock_send_length", "sock_recv_length"]
+                } else {
+                    &["sys_enter", "sys_exit"]
+                };
                 let program: &mut RawTracePoint = program_mut(&mut ebpf, "floor_raw")?;
                 program.load().map_err(|source| CaptureError::LoadProgram { name: "floor_raw", source })?;
                 for point in points {
@@ -368,8 +366,8 @@ impl Floor {
             }
             "cgroup-skb" => {
                 let root = cgroup2_root()?;
-                let cgroup = std::fs::File::open(&root)
-                    .map_err(|source| CaptureError::Cgroup { path: root.clone(), source })?;
+                let cgroup =
+                    std::fs::File::open(&root).map_err(|source| CaptureError::Cgroup { path: root.clone(), source })?;
                 let program: &mut CgroupSkb = program_mut(&mut ebpf, "floor_skb")?;
                 program.load().map_err(|source| CaptureError::LoadProgram { name: "floor_skb", source })?;
                 for how in [CgroupSkbAttachType::Ingress, CgroupSkbAttachType::Egress] {

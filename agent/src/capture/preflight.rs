@@ -49,18 +49,14 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 /// Mounts tracefs at /sys/kernel/tracing when no tracefs is reachable (aya attaches
 /// tracepoints through it).
 pub fn ensure_tracefs() -> Result<(), PreflightError> {
-    if Path::new("/sys/kernel/tracing/events").is_dir()
-        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
-    {
+    if Path::new("/sys/kernel/tracing/events").is_dir() || Path::new("/sys/kernel/debug/tracing/events").is_dir() {
         return Ok(());
     }
     const SOURCE: &CStr = c"nodev";
     const TARGET: &CStr = c"/sys/kernel/tracing";
     const FSTYPE: &CStr = c"tracefs";
     // SAFETY: valid NUL-terminated strings, no data argument.
-    let ret = unsafe {
-        libc::mount(SOURCE.as_ptr(), TARGET.as_ptr(), FSTYPE.as_ptr(), 0, std::ptr::null())
-    };
+    let ret = unsafe { libc::mount(SOURCE.as_ptr(), TARGET.as_ptr(), FSTYPE.as_ptr(), 0, std::ptr::null()) };
     if ret != 0 {
         return Err(PreflightError::Tracefs { source: std::io::Error::last_os_error() });
     }

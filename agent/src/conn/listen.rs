@@ -91,7 +91,8 @@ pub fn parse_proc_net_tcp(text: &str) -> (Vec<u16>, u64) {
     let mut established = 0;
     for line in text.lines().skip(1) {
         let mut fields = line.split_whitespace();
-        let (Some(_sl), Some(local), Some(_remote), Some(st)) = (fields.next(), fields.next(), fields.next(), fields.next())
+        let (Some(_sl), Some(local), Some(_remote), Some(st)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
         else {
             continue;
         };

@@ -76,7 +76,9 @@ const MIDSTREAM_BUDGET: u16 = 64;
 
 enum Proto {
     /// No message start seen yet. `budget`: syscalls left to find one.
-    Undecided { budget: u16 },
+    Undecided {
+        budget: u16,
+    },
     Http1(Box<Http1Session>),
     /// Not a protocol ghostwire parses: its bytes are ignored.
     Opaque,
@@ -271,7 +273,8 @@ impl ConnTable {
                 Decision::Http1(role) => {
                     conn.role = Some(role);
                     conn.meta.role = role;
-                    let session = if conn.midstream { Http1Session::new_midstream(role) } else { Http1Session::new(role) };
+                    let session =
+                        if conn.midstream { Http1Session::new_midstream(role) } else { Http1Session::new(role) };
                     conn.proto = Proto::Http1(Box::new(session));
                 }
                 Decision::Wait if *budget > 1 => {
@@ -518,11 +521,7 @@ mod tests {
     #[test]
     fn midstream_role_without_a_listener_comes_from_the_first_message() {
         let sink = run(
-            &[
-                conn_event(None, true, 40000),
-                data(Direction::Egress, 100, REQ),
-                data(Direction::Ingress, 700, RESP),
-            ],
+            &[conn_event(None, true, 40000), data(Direction::Egress, 100, REQ), data(Direction::Ingress, 700, RESP)],
             ListenTable::default(),
         );
         assert_eq!(sink.exchanges.len(), 1);

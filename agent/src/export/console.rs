@@ -94,11 +94,7 @@ impl TraceBuffer {
                 t.hidden += 1;
                 stats::global().drop_event(
                     Counter::DropExportQueueFull,
-                    format_args!(
-                        "console: trace {} has over {} spans",
-                        hex(&span.trace_id),
-                        self.max_spans
-                    ),
+                    format_args!("console: trace {} has over {} spans", hex(&span.trace_id), self.max_spans),
                 );
             } else {
                 t.spans.push(span);
@@ -115,8 +111,7 @@ impl TraceBuffer {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.spans += 1;
-        self.traces
-            .insert(span.trace_id, OpenTrace { spans: vec![span], hidden: 0, seq, last_seen: now });
+        self.traces.insert(span.trace_id, OpenTrace { spans: vec![span], hidden: 0, seq, last_seen: now });
         evicted
     }
 
@@ -196,13 +191,7 @@ pub(crate) async fn run_to(
     queue.set_in_flight(0);
 }
 
-async fn print(
-    traces: Vec<Finished>,
-    width: usize,
-    color: bool,
-    sink: &Sink,
-    counters: &OutputCounters,
-) {
+async fn print(traces: Vec<Finished>, width: usize, color: bool, sink: &Sink, counters: &OutputCounters) {
     if traces.is_empty() {
         return;
     }
@@ -244,8 +233,7 @@ fn tty_columns() -> Option<usize> {
     let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCGWINSZ writes one `winsize` through the pointer, which is valid and
     // exclusively borrowed for the call; on a non-terminal the call fails with ENOTTY.
-    let rc =
-        unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, std::ptr::from_mut(&mut ws)) };
+    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, std::ptr::from_mut(&mut ws)) };
     (rc == 0 && ws.ws_col > 0).then_some(usize::from(ws.ws_col))
 }
 
@@ -281,8 +269,7 @@ pub fn fmt_duration(ns: u64) -> String {
 fn fmt_time_of_day(unix_ns: u64) -> String {
     let ms = unix_ns / 1_000_000;
     let day_ms = ms % 86_400_000;
-    let (h, m, s, milli) =
-        (day_ms / 3_600_000, day_ms / 60_000 % 60, day_ms / 1000 % 60, day_ms % 1000);
+    let (h, m, s, milli) = (day_ms / 3_600_000, day_ms / 60_000 % 60, day_ms / 1000 % 60, day_ms % 1000);
     format!("{h:02}:{m:02}:{s:02}.{milli:03} UTC")
 }
 
@@ -348,19 +335,11 @@ fn full_url_path(url: &str) -> Option<&str> {
 /// `indent service  operation status`, exactly `cols` wide; a long operation is cut
 /// before the status code is.
 fn label(span: &Span, depth: usize, cols: usize) -> String {
-    let head = format!(
-        "{}{}  ",
-        "  ".repeat(depth.min(MAX_INDENT_DEPTH)),
-        sanitize(&span.resource.service_name)
-    );
+    let head = format!("{}{}  ", "  ".repeat(depth.min(MAX_INDENT_DEPTH)), sanitize(&span.resource.service_name));
     let (op, code) = operation(span);
     let tail = code.map(|c| format!(" {c}")).unwrap_or_default();
     let room = cols.saturating_sub(head.chars().count() + tail.chars().count());
-    let text = if room >= 6 {
-        format!("{head}{}{tail}", truncate(&op, room))
-    } else {
-        format!("{head}{op}{tail}")
-    };
+    let text = if room >= 6 { format!("{head}{}{tail}", truncate(&op, room)) } else { format!("{head}{op}{tail}") };
     pad(&text, cols)
 }
 
@@ -473,19 +452,14 @@ fn render(spans: &[Arc<Span>], width: usize, hidden: usize, color: bool) -> Stri
         let end = s.end_unix_ns.max(s.start_unix_ns) - t0;
         let scale = |t: u64| (u128::from(t) * bar_w as u128 / u128::from(total)) as usize;
         let from = scale(start).min(bar_w - 1);
-        let to = ((u128::from(end) * bar_w as u128).div_ceil(u128::from(total)) as usize)
-            .clamp(from + 1, bar_w);
+        let to = ((u128::from(end) * bar_w as u128).div_ceil(u128::from(total)) as usize).clamp(from + 1, bar_w);
         let bar_color = match (is_err, s.kind) {
             (true, _) => "31",
             (false, SpanKind::Server) => "32",
             (false, SpanKind::Client) => "36",
         };
-        let bar = format!(
-            "{}{}{}",
-            " ".repeat(from),
-            paint.wrap(bar_color, &"█".repeat(to - from)),
-            " ".repeat(bar_w - to)
-        );
+        let bar =
+            format!("{}{}{}", " ".repeat(from), paint.wrap(bar_color, &"█".repeat(to - from)), " ".repeat(bar_w - to));
         let marker = if is_err { paint.wrap("1;31", "✗") } else { " ".to_owned() };
         let dur = truncate(&fmt_duration(s.duration_ns()), dur_w);
         let dur = paint.wrap("2", &format!("{dur:>dur_w$}"));
@@ -527,43 +501,13 @@ mod tests {
         let t = 0x4b;
         // Deliberately out of order: rendering sorts.
         vec![
-            with(
-                mk_span(&users, t, 4, 3, SpanKind::Server, "GET", 2_100, 30_000),
-                "/users/1",
-                502,
-                true,
-            ),
-            with(
-                mk_span(&nginx, t, 1, 0, SpanKind::Server, "GET", 0, 42_100),
-                "/api/users/1",
-                502,
-                true,
-            ),
-            with(
-                mk_span(&nginx, t, 2, 1, SpanKind::Client, "GET", 300, 1_150),
-                "/auth",
-                200,
-                false,
-            ),
-            with(
-                mk_span(&nginx, t, 3, 1, SpanKind::Client, "GET", 1_800, 38_800),
-                "/users/1",
-                502,
-                true,
-            ),
-            with(
-                mk_span(&users, t, 5, 4, SpanKind::Client, "POST", 2_500, 27_000),
-                "/db/query",
-                500,
-                true,
-            ),
+            with(mk_span(&users, t, 4, 3, SpanKind::Server, "GET", 2_100, 30_000), "/users/1", 502, true),
+            with(mk_span(&nginx, t, 1, 0, SpanKind::Server, "GET", 0, 42_100), "/api/users/1", 502, true),
+            with(mk_span(&nginx, t, 2, 1, SpanKind::Client, "GET", 300, 1_150), "/auth", 200, false),
+            with(mk_span(&nginx, t, 3, 1, SpanKind::Client, "GET", 1_800, 38_800), "/users/1", 502, true),
+            with(mk_span(&users, t, 5, 4, SpanKind::Client, "POST", 2_500, 27_000), "/db/query", 500, true),
             with(mk_span(&auth, t, 6, 2, SpanKind::Server, "GET", 400, 850), "/auth", 200, false),
-            with(
-                mk_span(&auth, t, 7, 9, SpanKind::Server, "GET /health", 41_000, 900),
-                "/health",
-                200,
-                false,
-            ),
+            with(mk_span(&auth, t, 7, 9, SpanKind::Server, "GET /health", 41_000, 900), "/health", 200, false),
         ]
     }
 
@@ -598,8 +542,7 @@ mod tests {
     #[test]
     fn tree_order_puts_children_under_parents() {
         let spans = sample();
-        let order: Vec<(u8, usize)> =
-            tree_order(&spans).into_iter().map(|(i, d)| (spans[i].span_id[0], d)).collect();
+        let order: Vec<(u8, usize)> = tree_order(&spans).into_iter().map(|(i, d)| (spans[i].span_id[0], d)).collect();
         assert_eq!(order, [(1, 0), (2, 1), (6, 2), (3, 1), (4, 2), (5, 3), (7, 0)]);
     }
 
@@ -623,12 +566,7 @@ mod tests {
     #[test]
     fn long_operations_keep_the_status_code() {
         let r = resource(1, "svc");
-        let s = with(
-            mk_span(&r, 1, 1, 0, SpanKind::Server, "GET", 0, 10),
-            &"/segment".repeat(20),
-            503,
-            true,
-        );
+        let s = with(mk_span(&r, 1, 1, 0, SpanKind::Server, "GET", 0, 10), &"/segment".repeat(20), 503, true);
         let row = render_trace(&[s], 80).lines().nth(1).unwrap().to_owned();
         assert!(row.contains("svc  GET /segment") && row.contains("… 503"), "{row}");
     }
@@ -636,12 +574,7 @@ mod tests {
     #[test]
     fn control_characters_are_neutralized() {
         let r = resource(1, "evil\x1b[2J");
-        let s = with(
-            mk_span(&r, 1, 1, 0, SpanKind::Server, "GET", 0, 10),
-            "/\x1b]0;pwned\x07",
-            200,
-            false,
-        );
+        let s = with(mk_span(&r, 1, 1, 0, SpanKind::Server, "GET", 0, 10), "/\x1b]0;pwned\x07", 200, false);
         let out = render_trace(&[s], 80);
         assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
     }
@@ -697,9 +630,7 @@ mod tests {
         let t = Instant::now();
         assert!(b.add(mk_span(&r, 1, 1, 0, SpanKind::Server, "a", 0, 1), t).is_none());
         assert!(b.add(mk_span(&r, 2, 2, 0, SpanKind::Server, "b", 0, 1), t).is_none());
-        assert!(b
-            .add(mk_span(&r, 1, 3, 1, SpanKind::Client, "c", 0, 1), t + Duration::from_secs(1))
-            .is_none());
+        assert!(b.add(mk_span(&r, 1, 3, 1, SpanKind::Client, "c", 0, 1), t + Duration::from_secs(1)).is_none());
         assert_eq!(b.span_count(), 3);
         // Trace 2 is quiet at t+1.5s; trace 1 saw a span at t+1s.
         let done = b.take_finished(t + QUIET, QUIET);
@@ -747,8 +678,7 @@ mod tests {
         let queue = Arc::new(SpanQueue::new("console", 100));
         let counters = Arc::new(OutputCounters::default());
         let (buf, sink) = capture();
-        let task =
-            tokio::spawn(run_to(queue.clone(), counters.clone(), 512, sink, Some(80), false));
+        let task = tokio::spawn(run_to(queue.clone(), counters.clone(), 512, sink, Some(80), false));
         for s in sample() {
             queue.push(s);
         }
@@ -763,8 +693,7 @@ mod tests {
         let queue = Arc::new(SpanQueue::new("console", 100));
         let counters = Arc::new(OutputCounters::default());
         let (buf, sink) = capture();
-        let task =
-            tokio::spawn(run_to(queue.clone(), counters.clone(), 512, sink, Some(80), false));
+        let task = tokio::spawn(run_to(queue.clone(), counters.clone(), 512, sink, Some(80), false));
         let spans = sample();
         queue.push(spans[0].clone());
         tokio::time::sleep(Duration::from_secs(1)).await;

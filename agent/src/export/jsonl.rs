@@ -45,12 +45,7 @@ pub(crate) struct JsonlWriter {
 }
 
 impl JsonlWriter {
-    pub(crate) fn new(
-        file: File,
-        path: PathBuf,
-        queue: Arc<SpanQueue>,
-        counters: Arc<OutputCounters>,
-    ) -> Self {
+    pub(crate) fn new(file: File, path: PathBuf, queue: Arc<SpanQueue>, counters: Arc<OutputCounters>) -> Self {
         Self { file: Some(file), path, queue, counters, failing: false }
     }
 
@@ -99,11 +94,7 @@ impl JsonlWriter {
             }
             Err(e) => {
                 self.counters.error();
-                self.counters.failed(
-                    "jsonl",
-                    n,
-                    format_args!("write to {} failed: {e}", self.path.display()),
-                );
+                self.counters.failed("jsonl", n, format_args!("write to {} failed: {e}", self.path.display()));
                 if !std::mem::replace(&mut self.failing, true) {
                     log::warn!(
                         "JSONL output {}: write failed ({e}); spans are dropped until writing works again \
@@ -134,8 +125,7 @@ mod tests {
     use std::borrow::Cow;
 
     fn temp_path(tag: &str) -> PathBuf {
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         std::env::temp_dir().join(format!("ghostwire-{tag}-{}-{nanos}.jsonl", std::process::id()))
     }
 
@@ -167,10 +157,7 @@ mod tests {
 
         let rs = &v["resourceSpans"][0];
         let res_attrs = rs["resource"]["attributes"].as_array().unwrap();
-        assert_eq!(
-            res_attrs[0],
-            serde_json::json!({"key": "service.name", "value": {"stringValue": "api"}})
-        );
+        assert_eq!(res_attrs[0], serde_json::json!({"key": "service.name", "value": {"stringValue": "api"}}));
         assert_eq!(res_attrs[1]["value"]["intValue"], "4242");
         let ss = &rs["scopeSpans"][0];
         assert_eq!(ss["scope"]["name"], "ghostwire");
@@ -192,18 +179,9 @@ mod tests {
         assert_eq!(child["kind"], 3);
         assert_eq!(child["status"], serde_json::json!({"code": 2, "message": "HTTP 502"}));
         let attrs = child["attributes"].as_array().unwrap();
-        assert_eq!(
-            attrs[0],
-            serde_json::json!({"key": "url.path", "value": {"stringValue": "/users/1"}})
-        );
-        assert_eq!(
-            attrs[1],
-            serde_json::json!({"key": "http.response.status_code", "value": {"intValue": "502"}})
-        );
-        assert_eq!(
-            attrs[2],
-            serde_json::json!({"key": "ghostwire.partial", "value": {"boolValue": false}})
-        );
+        assert_eq!(attrs[0], serde_json::json!({"key": "url.path", "value": {"stringValue": "/users/1"}}));
+        assert_eq!(attrs[1], serde_json::json!({"key": "http.response.status_code", "value": {"intValue": "502"}}));
+        assert_eq!(attrs[2], serde_json::json!({"key": "ghostwire.partial", "value": {"boolValue": false}}));
 
         // And it reads back as the same request.
         let back: ExportTraceServiceRequest = serde_json::from_str(text).unwrap();
@@ -244,11 +222,7 @@ mod tests {
         assert_eq!(lines.len(), 2);
         let n_spans = |l: &str| {
             let r: ExportTraceServiceRequest = serde_json::from_str(l).unwrap();
-            r.resource_spans
-                .iter()
-                .flat_map(|rs| &rs.scope_spans)
-                .map(|ss| ss.spans.len())
-                .sum::<usize>()
+            r.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum::<usize>()
         };
         assert_eq!((n_spans(lines[0]), n_spans(lines[1])), (2, 1));
         let _ = std::fs::remove_file(&path);

@@ -20,8 +20,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource as OtlpResource;
 use opentelemetry_proto::tonic::trace::v1::{
-    span::SpanKind as OtlpSpanKind, status::StatusCode, ResourceSpans, ScopeSpans,
-    Span as OtlpSpan, Status as OtlpStatus,
+    span::SpanKind as OtlpSpanKind, status::StatusCode, ResourceSpans, ScopeSpans, Span as OtlpSpan,
+    Status as OtlpStatus,
 };
 use tokio::task::JoinHandle;
 
@@ -190,8 +190,7 @@ impl Exporters {
         }
         for mut out in self.outputs {
             let name = out.queue.name();
-            let problem = match tokio::time::timeout_at(until + SHUTDOWN_GRACE, &mut out.task).await
-            {
+            let problem = match tokio::time::timeout_at(until + SHUTDOWN_GRACE, &mut out.task).await {
                 Ok(Ok(())) => continue,
                 Ok(Err(e)) => format!("stopped abnormally ({e})"),
                 Err(_) => {
@@ -231,11 +230,7 @@ fn any_value(v: &AttrValue) -> AnyValue {
 fn key_values(attrs: &[Attribute]) -> Vec<KeyValue> {
     attrs
         .iter()
-        .map(|(k, v)| KeyValue {
-            key: k.to_string(),
-            value: Some(any_value(v)),
-            ..Default::default()
-        })
+        .map(|(k, v)| KeyValue { key: k.to_string(), value: Some(any_value(v)), ..Default::default() })
         .collect()
 }
 
@@ -262,9 +257,7 @@ fn otlp_span(s: &Span) -> OtlpSpan {
     // Always present (an empty Status is "unset"): keeps the JSON encoding free of nulls.
     let status = match &s.status {
         Status::Unset => OtlpStatus::default(),
-        Status::Error { message } => {
-            OtlpStatus { message: message.clone(), code: StatusCode::Error as i32 }
-        }
+        Status::Error { message } => OtlpStatus { message: message.clone(), code: StatusCode::Error as i32 },
     };
     OtlpSpan {
         trace_id: s.trace_id.to_vec(),
@@ -292,9 +285,7 @@ pub fn to_otlp(spans: &[Arc<Span>]) -> ExportTraceServiceRequest {
     let mut groups: Vec<(&Arc<Resource>, Vec<OtlpSpan>)> = Vec::new();
     let mut last = 0usize;
     for s in spans {
-        let same = |r: &Arc<Resource>| {
-            Arc::ptr_eq(r, &s.resource) || (r.pid == s.resource.pid && **r == *s.resource)
-        };
+        let same = |r: &Arc<Resource>| Arc::ptr_eq(r, &s.resource) || (r.pid == s.resource.pid && **r == *s.resource);
         let idx = match groups.get(last) {
             Some((r, _)) if same(r) => last,
             _ => match groups.iter().position(|(r, _)| same(r)) {
@@ -318,11 +309,7 @@ pub fn to_otlp(spans: &[Arc<Span>]) -> ExportTraceServiceRequest {
             .into_iter()
             .map(|(r, spans)| ResourceSpans {
                 resource: Some(otlp_resource(r)),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(scope.clone()),
-                    spans,
-                    ..Default::default()
-                }],
+                scope_spans: vec![ScopeSpans { scope: Some(scope.clone()), spans, ..Default::default() }],
                 ..Default::default()
             })
             .collect(),
@@ -412,11 +399,8 @@ pub(crate) mod tests {
         assert_eq!(c.end_time_unix_nano, 1_700_000_000_000_015_000);
         let st = c.status.as_ref().unwrap();
         assert_eq!((st.code, st.message.as_str()), (2, "HTTP 503"));
-        let vals: Vec<_> = c
-            .attributes
-            .iter()
-            .map(|kv| (kv.key.as_str(), kv.value.clone().unwrap().value.unwrap()))
-            .collect();
+        let vals: Vec<_> =
+            c.attributes.iter().map(|kv| (kv.key.as_str(), kv.value.clone().unwrap().value.unwrap())).collect();
         assert_eq!(
             vals,
             [
@@ -481,10 +465,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn unopenable_jsonl_path_is_an_error() {
-        let cfg = ExportConfig {
-            jsonl_path: Some("/nonexistent-dir-ghostwire/x.jsonl".into()),
-            ..Default::default()
-        };
+        let cfg = ExportConfig { jsonl_path: Some("/nonexistent-dir-ghostwire/x.jsonl".into()), ..Default::default() };
         let err = Exporters::start(cfg).err().unwrap();
         assert!(format!("{err:#}").contains("/nonexistent-dir-ghostwire/x.jsonl"), "{err:#}");
     }

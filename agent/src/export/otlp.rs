@@ -48,11 +48,7 @@ pub(crate) struct OtlpSettings {
 impl OtlpSettings {
     /// Validates `endpoint` (`http://host:port`; `http://` is assumed when no scheme is
     /// given; TLS is not supported by this build).
-    pub(crate) fn new(
-        endpoint: &str,
-        batch_size: usize,
-        batch_timeout: Duration,
-    ) -> anyhow::Result<Self> {
+    pub(crate) fn new(endpoint: &str, batch_size: usize, batch_timeout: Duration) -> anyhow::Result<Self> {
         let endpoint = normalize_endpoint(endpoint)?;
         Ok(Self {
             endpoint,
@@ -82,9 +78,8 @@ fn normalize_endpoint(raw: &str) -> anyhow::Result<String> {
         ),
         other => bail!("OTLP endpoint {raw}: unsupported scheme {other:?}; expected http://host:port"),
     }
-    let ep = Endpoint::from_shared(uri.clone()).with_context(|| {
-        format!("OTLP endpoint {raw}: not a valid URI; expected e.g. http://127.0.0.1:4317")
-    })?;
+    let ep = Endpoint::from_shared(uri.clone())
+        .with_context(|| format!("OTLP endpoint {raw}: not a valid URI; expected e.g. http://127.0.0.1:4317"))?;
     if ep.uri().host().is_none_or(str::is_empty) {
         bail!("OTLP endpoint {raw}: no host; expected e.g. http://127.0.0.1:4317");
     }
@@ -176,31 +171,21 @@ impl OtlpExporter {
             };
             let result = match (early, self.queue.deadline()) {
                 (Some(r), _) => r,
-                (None, Some(deadline)) => {
-                    match tokio::time::timeout_at(deadline, &mut call).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            self.counters.failed(
-                                "otlp",
-                                n,
-                                format_args!("export still pending at the shutdown deadline"),
-                            );
-                            return Sent::DeadlinePassed;
-                        }
+                (None, Some(deadline)) => match tokio::time::timeout_at(deadline, &mut call).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.counters.failed("otlp", n, format_args!("export still pending at the shutdown deadline"));
+                        return Sent::DeadlinePassed;
                     }
-                }
+                },
                 (None, None) => call.await, // unreachable: wait_closed implies a deadline
             };
             let status = match result {
                 Ok(resp) => {
                     let partial = resp.into_inner().partial_success;
-                    let rejected = partial
-                        .as_ref()
-                        .map_or(0, |p| p.rejected_spans.clamp(0, n as i64) as usize);
+                    let rejected = partial.as_ref().map_or(0, |p| p.rejected_spans.clamp(0, n as i64) as usize);
                     self.counters.exported(n - rejected);
-                    if let Some(p) =
-                        partial.filter(|p| p.rejected_spans > 0 || !p.error_message.is_empty())
-                    {
+                    if let Some(p) = partial.filter(|p| p.rejected_spans > 0 || !p.error_message.is_empty()) {
                         self.counters.failed(
                             "otlp",
                             rejected,
@@ -226,11 +211,7 @@ impl OtlpExporter {
                 );
                 match self.health.on_permanent(&status, n) {
                     Some(line) => log::warn!("{line}"),
-                    None => log::debug!(
-                        "otlp: dropped {n} spans: {:?}: {}",
-                        status.code(),
-                        status.message()
-                    ),
+                    None => log::debug!("otlp: dropped {n} spans: {:?}: {}", status.code(), status.message()),
                 }
                 return Sent::Done;
             }
@@ -271,11 +252,7 @@ impl OtlpExporter {
 
 /// Splits `spans` into requests of at most `max_bytes` encoded (a single span is sent
 /// whatever its size). Pushes `(span count, request)`.
-fn split_requests(
-    spans: &[Arc<Span>],
-    max_bytes: usize,
-    out: &mut Vec<(usize, ExportTraceServiceRequest)>,
-) {
+fn split_requests(spans: &[Arc<Span>], max_bytes: usize, out: &mut Vec<(usize, ExportTraceServiceRequest)>) {
     if spans.is_empty() {
         return;
     }
@@ -353,18 +330,11 @@ struct Health {
     partial_warned: bool,
 }
 
-const FIX_ENDPOINT: &str =
-    "check --otlp-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT and that the collector is running";
+const FIX_ENDPOINT: &str = "check --otlp-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT and that the collector is running";
 
 impl Health {
     fn new(endpoint: String, capacity: usize) -> Self {
-        Self {
-            endpoint,
-            capacity,
-            outage: None,
-            permanent_warned: Vec::new(),
-            partial_warned: false,
-        }
+        Self { endpoint, capacity, outage: None, permanent_warned: Vec::new(), partial_warned: false }
     }
 
     /// A retryable failure. Returns the warning for the first one of an outage.
@@ -449,12 +419,8 @@ mod tests {
     use crate::export::tests::{mk_span, resource};
     use crate::export::{ExportConfig, Exporters};
     use crate::span::SpanKind;
-    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-        TraceService, TraceServiceServer,
-    };
-    use opentelemetry_proto::tonic::collector::trace::v1::{
-        ExportTracePartialSuccess, ExportTraceServiceResponse,
-    };
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+    use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
     use std::net::SocketAddr;
     use std::sync::Mutex;
     use tokio::task::JoinHandle;
@@ -482,9 +448,7 @@ mod tests {
         ) -> Result<Response<ExportTraceServiceResponse>, Status> {
             self.received.lock().unwrap().push(req.into_inner());
             match self.reply {
-                Reply::Ok => {
-                    Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
-                }
+                Reply::Ok => Ok(Response::new(ExportTraceServiceResponse { partial_success: None })),
                 Reply::Partial(n) => Ok(Response::new(ExportTraceServiceResponse {
                     partial_success: Some(ExportTracePartialSuccess {
                         rejected_spans: n,
@@ -552,9 +516,7 @@ mod tests {
     }
 
     fn fast_settings(addr: SocketAddr, batch_size: usize) -> OtlpSettings {
-        let mut s =
-            OtlpSettings::new(&format!("http://{addr}"), batch_size, Duration::from_millis(20))
-                .unwrap();
+        let mut s = OtlpSettings::new(&format!("http://{addr}"), batch_size, Duration::from_millis(20)).unwrap();
         s.backoff_initial = Duration::from_millis(20);
         s.backoff_max = Duration::from_millis(100);
         s
@@ -584,12 +546,8 @@ mod tests {
         assert_eq!(counters.get(), (3, 0, 0));
 
         let got = server.collector.spans();
-        let ids: Vec<_> =
-            got.iter().map(|s| (s.span_id.clone(), s.parent_span_id.clone(), s.kind)).collect();
-        assert_eq!(
-            ids,
-            [(vec![1; 8], vec![], 2), (vec![2; 8], vec![1; 8], 3), (vec![3; 8], vec![2; 8], 2)]
-        );
+        let ids: Vec<_> = got.iter().map(|s| (s.span_id.clone(), s.parent_span_id.clone(), s.kind)).collect();
+        assert_eq!(ids, [(vec![1; 8], vec![], 2), (vec![2; 8], vec![1; 8], 3), (vec![3; 8], vec![2; 8], 2)]);
         assert!(got.iter().all(|s| s.trace_id == vec![7; 16]));
         let resources = server.collector.received.lock().unwrap()[0].resource_spans.len();
         assert_eq!(resources, 2, "one ResourceSpans per process");
@@ -602,13 +560,11 @@ mod tests {
         let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let queue = Arc::new(SpanQueue::new("otlp", 10));
         let counters = Arc::new(OutputCounters::default());
-        let ex =
-            OtlpExporter::new(fast_settings(addr, 5), queue.clone(), counters.clone()).unwrap();
+        let ex = OtlpExporter::new(fast_settings(addr, 5), queue.clone(), counters.clone()).unwrap();
         let task = tokio::spawn(ex.run());
 
         let r = resource(1, "svc");
-        let span =
-            |i: u8| mk_span(&r, 9, i, 0, SpanKind::Server, &format!("s{i}"), u64::from(i), 1);
+        let span = |i: u8| mk_span(&r, 9, i, 0, SpanKind::Server, &format!("s{i}"), u64::from(i), 1);
         for i in 0..5 {
             queue.push(span(i));
         }
@@ -623,8 +579,7 @@ mod tests {
         assert_eq!(counters.get().0, 0);
 
         let server = serve(addr, Reply::Ok);
-        wait_for("delivery after the collector starts", || server.collector.spans().len() == 15)
-            .await;
+        wait_for("delivery after the collector starts", || server.collector.spans().len() == 15).await;
         let names: Vec<String> = server.collector.spans().into_iter().map(|s| s.name).collect();
         let want: Vec<String> = (0..5).chain(25..35).map(|i| format!("s{i}")).collect();
         assert_eq!(names, want);
@@ -641,8 +596,7 @@ mod tests {
         let server = serve("127.0.0.1:0".parse().unwrap(), Reply::Fail(Code::InvalidArgument));
         let queue = Arc::new(SpanQueue::new("otlp", 100));
         let counters = Arc::new(OutputCounters::default());
-        let ex = OtlpExporter::new(fast_settings(server.addr, 4), queue.clone(), counters.clone())
-            .unwrap();
+        let ex = OtlpExporter::new(fast_settings(server.addr, 4), queue.clone(), counters.clone()).unwrap();
         let task = tokio::spawn(ex.run());
         let r = resource(1, "svc");
         for i in 0..4 {
@@ -661,8 +615,7 @@ mod tests {
         let server = serve("127.0.0.1:0".parse().unwrap(), Reply::Partial(2));
         let queue = Arc::new(SpanQueue::new("otlp", 100));
         let counters = Arc::new(OutputCounters::default());
-        let ex = OtlpExporter::new(fast_settings(server.addr, 5), queue.clone(), counters.clone())
-            .unwrap();
+        let ex = OtlpExporter::new(fast_settings(server.addr, 5), queue.clone(), counters.clone()).unwrap();
         let task = tokio::spawn(ex.run());
         let r = resource(1, "svc");
         for i in 0..5 {
@@ -679,8 +632,7 @@ mod tests {
         let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let queue = Arc::new(SpanQueue::new("otlp", 100));
         let counters = Arc::new(OutputCounters::default());
-        let ex =
-            OtlpExporter::new(fast_settings(addr, 5), queue.clone(), counters.clone()).unwrap();
+        let ex = OtlpExporter::new(fast_settings(addr, 5), queue.clone(), counters.clone()).unwrap();
         let task = tokio::spawn(ex.run());
         let r = resource(1, "svc");
         for i in 0..12 {
@@ -705,10 +657,7 @@ mod tests {
         assert!(h.on_retryable(&down, 5).is_none());
         assert!(h.on_retryable(&tonic::Status::deadline_exceeded("slow"), 5).is_none());
         let back = h.on_success(7).unwrap();
-        assert!(
-            back.contains("accepting spans again") && back.contains("7 spans were dropped"),
-            "{back}"
-        );
+        assert!(back.contains("accepting spans again") && back.contains("7 spans were dropped"), "{back}");
         assert!(h.on_success(7).is_none());
         // A new outage warns again.
         assert!(h.on_retryable(&down, 7).is_some());
@@ -725,10 +674,7 @@ mod tests {
     async fn describes_connection_refused() {
         let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let ep = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
-        let err = TraceServiceClient::new(ep)
-            .export(ExportTraceServiceRequest::default())
-            .await
-            .unwrap_err();
+        let err = TraceServiceClient::new(ep).export(ExportTraceServiceRequest::default()).await.unwrap_err();
         assert_eq!(err.code(), Code::Unavailable);
         assert_eq!(describe(&err), "connection refused");
     }
@@ -762,8 +708,7 @@ mod tests {
     #[test]
     fn splits_large_batches() {
         let r = resource(1, "svc");
-        let spans: Vec<_> =
-            (0..16).map(|i| mk_span(&r, 9, i, 0, SpanKind::Server, "s", 0, 1)).collect();
+        let spans: Vec<_> = (0..16).map(|i| mk_span(&r, 9, i, 0, SpanKind::Server, "s", 0, 1)).collect();
         let one = to_otlp(&spans[..1]).encoded_len();
         let mut out = Vec::new();
         split_requests(&spans, one * 5, &mut out);

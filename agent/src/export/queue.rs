@@ -81,8 +81,7 @@ impl SpanQueue {
     pub fn push(&self, span: Arc<Span>) -> bool {
         let (evicted, wake) = {
             let mut inner = self.lock();
-            let evicted =
-                if inner.buf.len() >= self.capacity { inner.buf.pop_front() } else { None };
+            let evicted = if inner.buf.len() >= self.capacity { inner.buf.pop_front() } else { None };
             inner.buf.push_back(span);
             (evicted, inner.buf.len() >= inner.want)
         };
@@ -167,8 +166,7 @@ impl SpanQueue {
         loop {
             {
                 let mut inner = self.lock();
-                let ready =
-                    inner.buf.len() >= max || inner.closed.is_some() || Instant::now() >= until;
+                let ready = inner.buf.len() >= max || inner.closed.is_some() || Instant::now() >= until;
                 if ready {
                     inner.want = usize::MAX;
                     if inner.buf.is_empty() && inner.closed.is_some() {

@@ -111,10 +111,29 @@ pub const MAX_STORED_HEADERS: usize = 64;
 /// else — `Authorization`, `Cookie`, API keys — is ever copied out of the capture, and
 /// the fields not needed cost no allocation.
 pub const KEPT_HEADERS: &[&str] = &[
-    "host", "user-agent", "traceparent", "tracestate", "baggage", "b3", "x-b3-traceid",
-    "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "uber-trace-id",
-    "x-request-id", "x-forwarded-for", "forwarded", "content-type", "content-length",
-    "transfer-encoding", "trailer", "expect", "connection", "upgrade", "server",
+    "host",
+    "user-agent",
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "uber-trace-id",
+    "x-request-id",
+    "x-forwarded-for",
+    "forwarded",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "trailer",
+    "expect",
+    "connection",
+    "upgrade",
+    "server",
     "traceresponse",
 ];
 /// Requests that may wait for a response at once.
@@ -188,45 +207,24 @@ pub enum ParseError {
     /// No end of the start line within [`MAX_HEAD_BYTES`] (a longer head whose start line
     /// was seen is reported truncated instead).
     #[error("HTTP/1 {kind} head ({dir:?}) longer than {limit} bytes")]
-    HeadTooLarge {
-        dir: Direction,
-        kind: MessageKind,
-        limit: usize,
-    },
+    HeadTooLarge { dir: Direction, kind: MessageKind, limit: usize },
     /// More than [`MAX_PARSED_HEADERS`] header fields.
     #[error("HTTP/1 {kind} head ({dir:?}) has more than {limit} header fields")]
-    TooManyHeaders {
-        dir: Direction,
-        kind: MessageKind,
-        limit: usize,
-    },
+    TooManyHeaders { dir: Direction, kind: MessageKind, limit: usize },
     /// The kernel did not capture part of a head: a message began inside the gap, or the
     /// gap cut the head before the end of its start line (after it, the message is
     /// reported truncated instead).
     #[error("{gap} uncaptured bytes inside an HTTP/1 {kind} head ({dir:?}, {buffered} bytes of it captured)")]
-    GapInHead {
-        dir: Direction,
-        kind: MessageKind,
-        buffered: usize,
-        gap: u64,
-    },
+    GapInHead { dir: Direction, kind: MessageKind, buffered: usize, gap: u64 },
     /// `Content-Length` is not a number, or several disagree.
     #[error("invalid Content-Length {value:?} in HTTP/1 {kind} ({dir:?})")]
-    InvalidContentLength {
-        dir: Direction,
-        kind: MessageKind,
-        value: String,
-    },
+    InvalidContentLength { dir: Direction, kind: MessageKind, value: String },
     /// A request whose final transfer coding is not `chunked`: its length is unknowable.
     #[error("unsupported Transfer-Encoding {value:?} in HTTP/1 request ({dir:?})")]
     UnsupportedTransferEncoding { dir: Direction, value: String },
     /// Broken chunked framing.
     #[error("malformed chunked body in HTTP/1 {kind} ({dir:?}): {reason}")]
-    MalformedChunk {
-        dir: Direction,
-        kind: MessageKind,
-        reason: &'static str,
-    },
+    MalformedChunk { dir: Direction, kind: MessageKind, reason: &'static str },
     /// A final response arrived while no request was waiting for one. Its body is skipped
     /// and it is not reported.
     #[error("HTTP/1 response {status} ({dir:?}) with no pending request")]
@@ -316,11 +314,7 @@ fn classify_request_line_rest(rest: &[u8]) -> Start {
 fn classify_response_start(bytes: &[u8]) -> Start {
     let n = RESPONSE_PREFIX.len();
     if bytes.len() < n {
-        return if RESPONSE_PREFIX.starts_with(bytes) {
-            Start::Maybe
-        } else {
-            Start::No
-        };
+        return if RESPONSE_PREFIX.starts_with(bytes) { Start::Maybe } else { Start::No };
     }
     if !bytes.starts_with(RESPONSE_PREFIX) {
         return Start::No;
@@ -470,11 +464,7 @@ enum Chunk {
 }
 
 impl Chunk {
-    const START: Chunk = Chunk::Size {
-        size: 0,
-        digits: false,
-        line: 0,
-    };
+    const START: Chunk = Chunk::Size { size: 0, digits: false, line: 0 };
 
     fn after_size_line(size: u64) -> Chunk {
         if size == 0 {
@@ -497,13 +487,7 @@ fn advance_chunked(c: &mut Chunk, input: &[u8]) -> Result<(usize, u64, bool), &'
             // n <= avail, which fits in usize.
             i += n as usize;
             payload += n;
-            *c = if n == remaining {
-                Chunk::DataCr
-            } else {
-                Chunk::Data {
-                    remaining: remaining - n,
-                }
-            };
+            *c = if n == remaining { Chunk::DataCr } else { Chunk::Data { remaining: remaining - n } };
             continue;
         }
         let b = input[i];
@@ -517,21 +501,14 @@ fn advance_chunked(c: &mut Chunk, input: &[u8]) -> Result<(usize, u64, bool), &'
                     if size > u64::MAX >> 4 {
                         return Err("chunk size overflows");
                     }
-                    Chunk::Size {
-                        size: (size << 4) | v,
-                        digits: true,
-                        line: line + 1,
-                    }
+                    Chunk::Size { size: (size << 4) | v, digits: true, line: line + 1 }
                 } else if !digits {
                     return Err("missing chunk size");
                 } else {
                     match b {
                         b'\r' => Chunk::SizeLf { size },
                         b'\n' => Chunk::after_size_line(size),
-                        b';' | b' ' | b'\t' => Chunk::Ext {
-                            size,
-                            line: line + 1,
-                        },
+                        b';' | b' ' | b'\t' => Chunk::Ext { size, line: line + 1 },
                         _ => return Err("invalid byte in chunk size"),
                     }
                 }
@@ -540,10 +517,7 @@ fn advance_chunked(c: &mut Chunk, input: &[u8]) -> Result<(usize, u64, bool), &'
                 b'\r' => Chunk::SizeLf { size },
                 b'\n' => Chunk::after_size_line(size),
                 _ if line >= MAX_CHUNK_LINE => return Err("chunk extension too long"),
-                _ => Chunk::Ext {
-                    size,
-                    line: line + 1,
-                },
+                _ => Chunk::Ext { size, line: line + 1 },
             },
             Chunk::SizeLf { size } => {
                 if b != b'\n' {
@@ -869,14 +843,7 @@ impl Http1Session {
     ) -> Result<(), ParseError> {
         let len = prefix.len() as u64 + gap + tail.len() as u64;
         self.next_pos[dir_index(dir)] = pos + len;
-        let mut cx = Ctx {
-            kind: self.kind_of(dir),
-            dir,
-            t,
-            end_pos: pos + prefix.len() as u64,
-            out,
-            error: None,
-        };
+        let mut cx = Ctx { kind: self.kind_of(dir), dir, t, end_pos: pos + prefix.len() as u64, out, error: None };
         self.feed_inner(&mut cx, prefix, gap, tail);
         match cx.error {
             Some(e) => Err(e),
@@ -944,20 +911,9 @@ impl Http1Session {
         }
         let kind = self.kind_of(dir);
         let end_pos = self.next_pos[dir_index(dir)];
-        let mut cx = Ctx {
-            kind,
-            dir,
-            t,
-            end_pos,
-            out,
-            error: None,
-        };
+        let mut cx = Ctx { kind, dir, t, end_pos, out, error: None };
         let body = match self.state(kind).phase {
-            Phase::Body(body)
-            | Phase::SkipHead(Skip {
-                then: AfterHead::Body(body),
-                ..
-            }) => Some(body),
+            Phase::Body(body) | Phase::SkipHead(Skip { then: AfterHead::Body(body), .. }) => Some(body),
             Phase::SkipHead(_) | Phase::Head | Phase::Desync => None,
         };
         match body {
@@ -1106,10 +1062,7 @@ impl Http1Session {
     fn report_half_seen(&mut self, cx: &mut Ctx<'_>) {
         let st = self.state_mut(cx.kind);
         if std::mem::take(&mut st.report_half_seen) {
-            cx.report(ParseError::HalfSeen {
-                dir: cx.dir,
-                kind: cx.kind,
-            });
+            cx.report(ParseError::HalfSeen { dir: cx.dir, kind: cx.kind });
         }
     }
 
@@ -1117,13 +1070,7 @@ impl Http1Session {
     /// with a start line, the skipped message ends here and a new head begins. A start too
     /// short to be sure is held (`can_wait`: nothing follows in this syscall) and decided
     /// with the next syscall's bytes. Returns how many bytes of `data` were used up.
-    fn probe_skipped(
-        &mut self,
-        cx: &mut Ctx<'_>,
-        skip: Skip,
-        data: &[u8],
-        can_wait: bool,
-    ) -> usize {
+    fn probe_skipped(&mut self, cx: &mut Ctx<'_>, skip: Skip, data: &[u8], can_wait: bool) -> usize {
         let kind = cx.kind;
         let st = self.state_mut(kind);
         let start = if st.buf.is_empty() {
@@ -1217,10 +1164,7 @@ impl Http1Session {
         if st.buf.is_empty() {
             // Empty lines between messages are tolerated (RFC 9112 §2.2) and are not part
             // of the next message.
-            let blank = input
-                .iter()
-                .take_while(|&&b| b == b'\r' || b == b'\n')
-                .count();
+            let blank = input.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
             if blank > 0 {
                 return Some(blank);
             }
@@ -1267,15 +1211,7 @@ impl Http1Session {
                     }
                     let lost = lost_message(kind, seen, Start::Yes);
                     self.state_mut(kind).buf = buf;
-                    self.fail(
-                        cx,
-                        ParseError::HeadTooLarge {
-                            dir: cx.dir,
-                            kind,
-                            limit: MAX_HEAD_BYTES,
-                        },
-                        lost,
-                    );
+                    self.fail(cx, ParseError::HeadTooLarge { dir: cx.dir, kind, limit: MAX_HEAD_BYTES }, lost);
                     return None;
                 }
                 if old == 0 {
@@ -1345,13 +1281,7 @@ impl Http1Session {
         true
     }
 
-    fn try_head(
-        &mut self,
-        cx: &mut Ctx<'_>,
-        bytes: &[u8],
-        tentative: bool,
-        truncated: bool,
-    ) -> HeadOutcome {
+    fn try_head(&mut self, cx: &mut Ctx<'_>, bytes: &[u8], tentative: bool, truncated: bool) -> HeadOutcome {
         let kind = cx.kind;
         if tentative {
             match classify_start(kind, bytes) {
@@ -1374,9 +1304,7 @@ impl Http1Session {
             MessageKind::Request => {
                 let mut req = httparse::Request::new(&mut headers);
                 match config.parse_request(&mut req, bytes) {
-                    Ok(Status::Complete(n)) => {
-                        self.on_request_head(cx, &req, truncated).map(|()| Some(n))
-                    }
+                    Ok(Status::Complete(n)) => self.on_request_head(cx, &req, truncated).map(|()| Some(n)),
                     Ok(Status::Partial) => Ok(None),
                     Err(e) => Err(httparse_error(cx, e, bytes.len())),
                 }
@@ -1384,9 +1312,7 @@ impl Http1Session {
             MessageKind::Response => {
                 let mut resp = httparse::Response::new(&mut headers);
                 match config.parse_response(&mut resp, bytes) {
-                    Ok(Status::Complete(n)) => self
-                        .on_response_head(cx, &resp, truncated)
-                        .map(|()| Some(n)),
+                    Ok(Status::Complete(n)) => self.on_response_head(cx, &resp, truncated).map(|()| Some(n)),
                     Ok(Status::Partial) => Ok(None),
                     Err(e) => Err(httparse_error(cx, e, bytes.len())),
                 }
@@ -1410,10 +1336,7 @@ impl Http1Session {
         let framing = Framing::of(req.headers, cx.dir, MessageKind::Request)?;
         let body = if let Some(te) = framing.transfer_encoding {
             if !te.chunked {
-                return Err(ParseError::UnsupportedTransferEncoding {
-                    dir: cx.dir,
-                    value: te.last_value,
-                });
+                return Err(ParseError::UnsupportedTransferEncoding { dir: cx.dir, value: te.last_value });
             }
             Some(Body::Chunked(Chunk::START))
         } else {
@@ -1494,15 +1417,9 @@ impl Http1Session {
                 // Skipped because of a guard, it answers a request never seen.
                 let guarded = self.pending.front().is_some_and(|p| p.guarded);
                 cx.report(if self.resumed || guarded {
-                    ParseError::HalfSeen {
-                        dir: cx.dir,
-                        kind: MessageKind::Response,
-                    }
+                    ParseError::HalfSeen { dir: cx.dir, kind: MessageKind::Response }
                 } else {
-                    ParseError::UnexpectedResponse {
-                        dir: cx.dir,
-                        status,
-                    }
+                    ParseError::UnexpectedResponse { dir: cx.dir, status }
                 });
                 (None, MethodClass::Other)
             }
@@ -1512,11 +1429,7 @@ impl Http1Session {
             response: Response {
                 status,
                 version_minor: resp.version.unwrap_or(1),
-                headers: if answers.is_some() {
-                    stored_headers(resp.headers)
-                } else {
-                    Vec::new()
-                },
+                headers: if answers.is_some() { stored_headers(resp.headers) } else { Vec::new() },
                 body_len: 0,
                 truncated,
             },
@@ -1533,11 +1446,7 @@ impl Http1Session {
         let body = if method == MethodClass::Head || status == 204 || status == 304 {
             None
         } else if let Some(te) = framing.transfer_encoding {
-            Some(if te.chunked {
-                Body::Chunked(Chunk::START)
-            } else {
-                Body::UntilEof
-            })
+            Some(if te.chunked { Body::Chunked(Chunk::START) } else { Body::UntilEof })
         } else {
             match framing.content_length {
                 Some(0) => None,
@@ -1565,9 +1474,7 @@ impl Http1Session {
     fn push_pending(&mut self, cx: &mut Ctx<'_>, p: Pending) {
         if self.pending.len() >= MAX_PENDING_REQUESTS {
             self.pending.pop_front();
-            cx.report(ParseError::TooManyPendingRequests {
-                limit: MAX_PENDING_REQUESTS,
-            });
+            cx.report(ParseError::TooManyPendingRequests { limit: MAX_PENDING_REQUESTS });
         }
         self.pending.push_back(p);
     }
@@ -1583,9 +1490,7 @@ impl Http1Session {
                 if n == remaining {
                     self.finish_message(cx);
                 } else {
-                    self.state_mut(kind).phase = Phase::Body(Body::Length {
-                        remaining: remaining - n,
-                    });
+                    self.state_mut(kind).phase = Phase::Body(Body::Length { remaining: remaining - n });
                 }
                 // n <= input.len().
                 Some(n as usize)
@@ -1611,15 +1516,7 @@ impl Http1Session {
                     Some(consumed)
                 }
                 Err(reason) => {
-                    self.fail(
-                        cx,
-                        ParseError::MalformedChunk {
-                            dir: cx.dir,
-                            kind,
-                            reason,
-                        },
-                        None,
-                    );
+                    self.fail(cx, ParseError::MalformedChunk { dir: cx.dir, kind, reason }, None);
                     None
                 }
             },
@@ -1656,11 +1553,7 @@ impl Http1Session {
             Phase::Desync => {}
             Phase::SkipHead(skip) => {
                 self.account(cx, 0);
-                self.state_mut(kind).phase = Phase::SkipHead(Skip {
-                    eol: Eol::MidLine,
-                    gapped: true,
-                    ..skip
-                });
+                self.state_mut(kind).phase = Phase::SkipHead(Skip { eol: Eol::MidLine, gapped: true, ..skip });
             }
             Phase::Head => {
                 let st = self.state(kind);
@@ -1680,23 +1573,12 @@ impl Http1Session {
                 let st = self.state(kind);
                 let buffered = st.buf.len();
                 let lost = lost_message(kind, &st.buf, Start::Maybe);
-                self.fail(
-                    cx,
-                    ParseError::GapInHead {
-                        dir,
-                        kind,
-                        buffered,
-                        gap,
-                    },
-                    lost,
-                );
+                self.fail(cx, ParseError::GapInHead { dir, kind, buffered, gap }, lost);
             }
             Phase::Body(Body::Length { remaining }) => {
                 if gap < remaining {
                     self.account(cx, gap);
-                    self.state_mut(kind).phase = Phase::Body(Body::Length {
-                        remaining: remaining - gap,
-                    });
+                    self.state_mut(kind).phase = Phase::Body(Body::Length { remaining: remaining - gap });
                 } else {
                     self.account(cx, remaining);
                     self.finish_message(cx);
@@ -1704,12 +1586,7 @@ impl Http1Session {
                         // The next message starts inside the gap: a message surely was lost.
                         self.fail(
                             cx,
-                            ParseError::GapInHead {
-                                dir,
-                                kind,
-                                buffered: 0,
-                                gap: gap - remaining,
-                            },
+                            ParseError::GapInHead { dir, kind, buffered: 0, gap: gap - remaining },
                             Some(MethodClass::Other),
                         );
                     }
@@ -1717,13 +1594,7 @@ impl Http1Session {
             }
             Phase::Body(Body::Chunked(Chunk::Data { remaining })) if gap <= remaining => {
                 self.account(cx, gap);
-                let next = if gap == remaining {
-                    Chunk::DataCr
-                } else {
-                    Chunk::Data {
-                        remaining: remaining - gap,
-                    }
-                };
+                let next = if gap == remaining { Chunk::DataCr } else { Chunk::Data { remaining: remaining - gap } };
                 self.state_mut(kind).phase = Phase::Body(Body::Chunked(next));
             }
             Phase::Body(Body::Chunked(_) | Body::Unframed(_)) => {
@@ -1832,9 +1703,7 @@ fn lost_message(kind: MessageKind, bytes: &[u8], min: Start) -> Option<MethodCla
     match kind {
         MessageKind::Request => Some(MethodClass::of_head_bytes(bytes)),
         // "HTTP/1.1 1xx": an interim response consumes no request.
-        MessageKind::Response => {
-            (bytes.get(RESPONSE_PREFIX.len() + 2) != Some(&b'1')).then_some(MethodClass::Other)
-        }
+        MessageKind::Response => (bytes.get(RESPONSE_PREFIX.len() + 2) != Some(&b'1')).then_some(MethodClass::Other),
     }
 }
 
@@ -1855,13 +1724,7 @@ fn parser_config() -> ParserConfig {
 fn httparse_error(cx: &Ctx<'_>, e: httparse::Error, buffered: usize) -> ParseError {
     let (dir, kind) = (cx.dir, cx.kind);
     let reason = match e {
-        httparse::Error::TooManyHeaders => {
-            return ParseError::TooManyHeaders {
-                dir,
-                kind,
-                limit: MAX_PARSED_HEADERS,
-            }
-        }
+        httparse::Error::TooManyHeaders => return ParseError::TooManyHeaders { dir, kind, limit: MAX_PARSED_HEADERS },
         httparse::Error::HeaderName => "invalid header name",
         httparse::Error::HeaderValue => "invalid header value",
         httparse::Error::NewLine => "invalid line ending",
@@ -1869,12 +1732,7 @@ fn httparse_error(cx: &Ctx<'_>, e: httparse::Error, buffered: usize) -> ParseErr
         httparse::Error::Token => "invalid token in start line",
         httparse::Error::Version => "invalid HTTP version",
     };
-    ParseError::MalformedHead {
-        dir,
-        kind,
-        buffered,
-        reason,
-    }
+    ParseError::MalformedHead { dir, kind, buffered, reason }
 }
 
 fn stored_headers(raw: &[Header<'_>]) -> Vec<(String, String)> {
@@ -1906,45 +1764,30 @@ struct Framing {
 
 impl Framing {
     fn of(headers: &[Header<'_>], dir: Direction, kind: MessageKind) -> Result<Self, ParseError> {
-        let mut framing = Framing {
-            transfer_encoding: None,
-            content_length: None,
-        };
+        let mut framing = Framing { transfer_encoding: None, content_length: None };
         let mut last_te: Option<&[u8]> = None;
         for h in headers {
             if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                if h.value
-                    .iter()
-                    .any(|b| !b.is_ascii_whitespace() && *b != b',')
-                {
+                if h.value.iter().any(|b| !b.is_ascii_whitespace() && *b != b',') {
                     last_te = Some(h.value);
                 }
             } else if h.name.eq_ignore_ascii_case("content-length") {
                 for item in h.value.split(|&b| b == b',') {
-                    let n = parse_decimal(item.trim_ascii()).ok_or_else(|| {
-                        ParseError::InvalidContentLength {
-                            dir,
-                            kind,
-                            value: error_value(h.value),
-                        }
+                    let n = parse_decimal(item.trim_ascii()).ok_or_else(|| ParseError::InvalidContentLength {
+                        dir,
+                        kind,
+                        value: error_value(h.value),
                     })?;
                     if framing.content_length.is_some_and(|m| m != n) {
-                        return Err(ParseError::InvalidContentLength {
-                            dir,
-                            kind,
-                            value: error_value(h.value),
-                        });
+                        return Err(ParseError::InvalidContentLength { dir, kind, value: error_value(h.value) });
                     }
                     framing.content_length = Some(n);
                 }
             }
         }
         if let Some(te) = last_te {
-            let final_coding = te
-                .split(|&b| b == b',')
-                .map(<[u8]>::trim_ascii)
-                .rfind(|c| !c.is_empty())
-                .unwrap_or_default();
+            let final_coding =
+                te.split(|&b| b == b',').map(<[u8]>::trim_ascii).rfind(|c| !c.is_empty()).unwrap_or_default();
             framing.transfer_encoding = Some(TransferEncoding {
                 chunked: final_coding.eq_ignore_ascii_case(b"chunked"),
                 last_value: error_value(te),
@@ -1985,10 +1828,7 @@ mod tests {
 
     fn tm(i: usize) -> Timing {
         let i = i as u64;
-        Timing {
-            enter_ns: i * 10,
-            exit_ns: i * 10 + 5,
-        }
+        Timing { enter_ns: i * 10, exit_ns: i * 10 + 5 }
     }
 
     #[derive(Clone, Debug)]
@@ -2014,12 +1854,7 @@ mod tests {
     fn sys(dir: Direction, syscall: &[u8], prefix: usize, tail: usize) -> Ev {
         assert!(prefix + tail <= syscall.len());
         let gap = syscall.len() - prefix - tail;
-        Ev::Sys(
-            dir,
-            syscall[..prefix].to_vec(),
-            gap as u64,
-            syscall[syscall.len() - tail..].to_vec(),
-        )
+        Ev::Sys(dir, syscall[..prefix].to_vec(), gap as u64, syscall[syscall.len() - tail..].to_vec())
     }
 
     #[derive(Debug, PartialEq)]
@@ -2035,11 +1870,7 @@ mod tests {
     /// Feeds `evs` (event `i` carries `tm(i)`), each data event cut at the positions
     /// `cuts(i, len)` returns (sorted, inside `1..len`); a gap (and a tail window) stays
     /// after the last piece.
-    fn run_on(
-        mut s: Http1Session,
-        evs: &[Ev],
-        mut cuts: impl FnMut(usize, usize) -> Vec<usize>,
-    ) -> Run {
+    fn run_on(mut s: Http1Session, evs: &[Ev], mut cuts: impl FnMut(usize, usize) -> Vec<usize>) -> Run {
         let mut ex = Vec::new();
         let mut errors = Vec::new();
         let mut dropped = Vec::new();
@@ -2073,13 +1904,7 @@ mod tests {
                 assert!(s.pending_requests() <= MAX_PENDING_REQUESTS);
             }
         }
-        Run {
-            ex,
-            errors,
-            pending: s.pending_requests(),
-            opaque: s.is_opaque(),
-            dropped,
-        }
+        Run { ex, errors, pending: s.pending_requests(), opaque: s.is_opaque(), dropped }
     }
 
     fn run_with(role: Role, evs: &[Ev], mut cuts: impl FnMut(usize) -> Vec<usize>) -> Run {
@@ -2124,13 +1949,7 @@ mod tests {
                 continue;
             }
             for p in 1..b.len() {
-                let r = normalized(run_on(session(), evs, |i, _| {
-                    if i == k {
-                        vec![p]
-                    } else {
-                        Vec::new()
-                    }
-                }));
+                let r = normalized(run_on(session(), evs, |i, _| if i == k { vec![p] } else { Vec::new() }));
                 assert_eq!(r, expect, "event {k} cut at {p}");
             }
         }
@@ -2147,25 +1966,18 @@ mod tests {
     }
 
     const GET: &[u8] = b"GET /index.html?x=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t/1\r\nAccept: */*\r\n\r\n";
-    const OK5: &[u8] =
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello";
+    const OK5: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello";
 
     fn get(path: &str) -> Vec<u8> {
         format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").into_bytes()
     }
 
     fn ok(status: u16, body: &str) -> Vec<u8> {
-        format!(
-            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes()
+        format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
     }
 
     fn statuses(r: &Run) -> Vec<(String, u16)> {
-        r.ex.iter()
-            .map(|e| (e.request.target.clone(), e.response.status))
-            .collect()
+        r.ex.iter().map(|e| (e.request.target.clone(), e.response.status)).collect()
     }
 
     #[test]
@@ -2186,15 +1998,7 @@ mod tests {
         assert_eq!(e.response.version_minor, 1);
         assert_eq!(e.response.header("content-type"), Some("text/plain"));
         assert_eq!(e.response.body_len, 5);
-        assert_eq!(
-            (
-                e.request_first,
-                e.request_last,
-                e.response_first,
-                e.response_last
-            ),
-            (tm(0), tm(0), tm(1), tm(1))
-        );
+        assert_eq!((e.request_first, e.request_last, e.response_first, e.response_last), (tm(0), tm(0), tm(1), tm(1)));
     }
 
     #[test]
@@ -2236,15 +2040,7 @@ mod tests {
         let e = &r.ex[0];
         assert_eq!(e.request.body_len, 6);
         assert_eq!(e.response.body_len, 3);
-        assert_eq!(
-            (
-                e.request_first,
-                e.request_last,
-                e.response_first,
-                e.response_last
-            ),
-            (tm(0), tm(3), tm(4), tm(6))
-        );
+        assert_eq!((e.request_first, e.request_last, e.response_first, e.response_last), (tm(0), tm(3), tm(4), tm(6)));
     }
 
     #[test]
@@ -2278,14 +2074,7 @@ mod tests {
         let evs = [d(IN, &reqs), d(OUT, r1), d(OUT, r2), d(OUT, &ok(500, ""))];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty());
-        assert_eq!(
-            statuses(&r),
-            [
-                ("/a".to_owned(), 200),
-                ("/b".to_owned(), 404),
-                ("/c".to_owned(), 500)
-            ]
-        );
+        assert_eq!(statuses(&r), [("/a".to_owned(), 200), ("/b".to_owned(), 404), ("/c".to_owned(), 500)]);
         assert_eq!(r.ex[1].request.body_len, 3);
         assert_eq!(r.ex[1].response_first, tm(1));
         assert_eq!(r.ex[1].response_last, tm(2));
@@ -2310,20 +2099,12 @@ mod tests {
     fn chunked_response_with_extensions_and_trailers() {
         let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n\
 5;name=value\r\nhello\r\n6 ; a=\"b;c\"\r\n world\r\nA\r\n0123456789\r\n0;last\r\nX-Sum: abc\r\nX-More: d\r\n\r\n";
-        let evs = [
-            d(IN, &get("/c")),
-            d(OUT, resp),
-            d(IN, &get("/next")),
-            d(OUT, &ok(200, "n")),
-        ];
+        let evs = [d(IN, &get("/c")), d(OUT, resp), d(IN, &get("/next")), d(OUT, &ok(200, "n"))];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
         assert_eq!(r.ex.len(), 2);
         assert_eq!(r.ex[0].response.body_len, 21);
-        assert_eq!(
-            r.ex[0].response.header("transfer-encoding"),
-            Some("chunked")
-        );
+        assert_eq!(r.ex[0].response.header("transfer-encoding"), Some("chunked"));
         assert_eq!(r.ex[1].response.body_len, 1);
     }
 
@@ -2331,10 +2112,7 @@ mod tests {
     fn chunked_bare_lf_and_split_terminator() {
         let evs = [
             d(IN, &get("/c")),
-            d(
-                OUT,
-                b"HTTP/1.1 200 OK\nTransfer-Encoding: gzip, chunked\n\n3\nabc\n",
-            ),
+            d(OUT, b"HTTP/1.1 200 OK\nTransfer-Encoding: gzip, chunked\n\n3\nabc\n"),
             d(OUT, b"0\r\n"),
             d(OUT, b"\r\n"),
         ];
@@ -2357,15 +2135,7 @@ mod tests {
     #[test]
     fn transfer_encoding_overrides_content_length() {
         let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
-        let r = check(
-            Role::Server,
-            &[
-                d(IN, &get("/")),
-                d(OUT, resp),
-                d(IN, &get("/2")),
-                d(OUT, &ok(200, "")),
-            ],
-        );
+        let r = check(Role::Server, &[d(IN, &get("/")), d(OUT, resp), d(IN, &get("/2")), d(OUT, &ok(200, ""))]);
         assert!(r.errors.is_empty());
         assert_eq!(r.ex.len(), 2);
         assert_eq!(r.ex[0].response.body_len, 2);
@@ -2374,20 +2144,8 @@ mod tests {
     #[test]
     fn malformed_chunk_is_an_error_and_consumes_the_request() {
         let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
-        let r = check(
-            Role::Server,
-            &[
-                d(IN, &get("/")),
-                d(OUT, resp),
-                d(IN, &get("/2")),
-                d(OUT, &ok(200, "")),
-            ],
-        );
-        assert!(
-            matches!(r.errors[..], [(1, ParseError::MalformedChunk { .. })]),
-            "{:?}",
-            r.errors
-        );
+        let r = check(Role::Server, &[d(IN, &get("/")), d(OUT, resp), d(IN, &get("/2")), d(OUT, &ok(200, ""))]);
+        assert!(matches!(r.errors[..], [(1, ParseError::MalformedChunk { .. })]), "{:?}", r.errors);
         assert_eq!(statuses(&r), [("/2".to_owned(), 200)]);
     }
 
@@ -2411,23 +2169,14 @@ mod tests {
         assert_eq!(e.response_last, tm(2));
         assert_eq!(r.pending, 0);
         // A client sees the same as read() returning 0 on ingress.
-        let client = [
-            d(OUT, b"GET /old HTTP/1.0\r\n\r\n"),
-            d(IN, b"HTTP/1.0 200 OK\r\n\r\nabc"),
-            Ev::Eof(IN),
-        ];
+        let client = [d(OUT, b"GET /old HTTP/1.0\r\n\r\n"), d(IN, b"HTTP/1.0 200 OK\r\n\r\nabc"), Ev::Eof(IN)];
         let r = check(Role::Client, &client);
         assert_eq!(r.ex[0].response.body_len, 3);
     }
 
     #[test]
     fn eof_on_request_side_does_not_complete_response() {
-        let evs = [
-            d(IN, &get("/")),
-            Ev::Eof(IN),
-            d(OUT, b"HTTP/1.1 200 OK\r\n\r\nabc"),
-            Ev::Eof(OUT),
-        ];
+        let evs = [d(IN, &get("/")), Ev::Eof(IN), d(OUT, b"HTTP/1.1 200 OK\r\n\r\nabc"), Ev::Eof(OUT)];
         let r = check(Role::Server, &evs);
         assert_eq!(r.ex.len(), 1);
         assert_eq!(r.ex[0].response.body_len, 3);
@@ -2435,11 +2184,7 @@ mod tests {
 
     #[test]
     fn truncated_response_is_dropped_and_request_stays_pending() {
-        let evs = [
-            d(IN, &get("/")),
-            d(OUT, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"),
-            Ev::Eof(OUT),
-        ];
+        let evs = [d(IN, &get("/")), d(OUT, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"), Ev::Eof(OUT)];
         let r = check(Role::Server, &evs);
         assert!(r.ex.is_empty());
         assert_eq!(r.pending, 1);
@@ -2448,10 +2193,7 @@ mod tests {
     #[test]
     fn expect_100_continue() {
         let evs = [
-            d(
-                IN,
-                b"PUT /f HTTP/1.1\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n",
-            ),
+            d(IN, b"PUT /f HTTP/1.1\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n"),
             d(OUT, b"HTTP/1.1 100 Continue\r\n\r\n"),
             d(IN, b"0123456789"),
             d(OUT, b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"),
@@ -2463,15 +2205,7 @@ mod tests {
         assert_eq!(e.request.body_len, 10);
         assert_eq!(e.response.status, 201);
         assert_eq!(e.response.body_len, 2);
-        assert_eq!(
-            (
-                e.request_first,
-                e.request_last,
-                e.response_first,
-                e.response_last
-            ),
-            (tm(0), tm(2), tm(3), tm(3))
-        );
+        assert_eq!((e.request_first, e.request_last, e.response_first, e.response_last), (tm(0), tm(2), tm(3), tm(3)));
     }
 
     #[test]
@@ -2486,9 +2220,9 @@ mod tests {
 
     #[test]
     fn switching_protocols_completes_and_goes_opaque() {
-        let req =
-            b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
-        let resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello";
+        let req = b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        let resp =
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello";
         let evs = [
             d(IN, req),
             d(OUT, resp),
@@ -2509,10 +2243,7 @@ mod tests {
     #[test]
     fn connect_tunnel_goes_opaque() {
         let evs = [
-            d(
-                OUT,
-                b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
-            ),
+            d(OUT, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"),
             d(IN, b"HTTP/1.1 200 Connection established\r\n\r\n"),
             d(OUT, b"\x16\x03\x01\x02\x00\x01"),
             d(IN, b"\x16\x03\x03"),
@@ -2531,19 +2262,13 @@ mod tests {
             d(IN, &get("/nc")),
             d(OUT, b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n"),
             d(IN, &get("/cached")),
-            d(
-                OUT,
-                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 77\r\nETag: \"x\"\r\n\r\n",
-            ),
+            d(OUT, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 77\r\nETag: \"x\"\r\n\r\n"),
             d(IN, &get("/last")),
             d(OUT, &ok(200, "body")),
         ];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        let got: Vec<(u16, u64)> =
-            r.ex.iter()
-                .map(|e| (e.response.status, e.response.body_len))
-                .collect();
+        let got: Vec<(u16, u64)> = r.ex.iter().map(|e| (e.response.status, e.response.body_len)).collect();
         assert_eq!(got, [(200, 0), (204, 0), (304, 0), (200, 4)]);
         assert_eq!(r.ex[0].request.method, "HEAD");
         assert_eq!(r.ex[0].response.header("content-length"), Some("123456"));
@@ -2551,22 +2276,9 @@ mod tests {
 
     #[test]
     fn response_without_request_is_an_error_not_a_panic() {
-        let evs = [
-            d(OUT, &ok(400, "bad request")),
-            d(IN, &get("/x")),
-            d(OUT, &ok(200, "fine")),
-        ];
+        let evs = [d(OUT, &ok(400, "bad request")), d(IN, &get("/x")), d(OUT, &ok(200, "fine"))];
         let r = check(Role::Server, &evs);
-        assert_eq!(
-            r.errors,
-            [(
-                0,
-                ParseError::UnexpectedResponse {
-                    dir: OUT,
-                    status: 400
-                }
-            )]
-        );
+        assert_eq!(r.errors, [(0, ParseError::UnexpectedResponse { dir: OUT, status: 400 })]);
         // Its body was skipped by length: the next response pairs normally.
         assert_eq!(statuses(&r), [("/x".to_owned(), 200)]);
     }
@@ -2581,17 +2293,7 @@ mod tests {
         ];
         let r = check(Role::Server, &evs);
         assert!(
-            matches!(
-                r.errors[..],
-                [(
-                    0,
-                    ParseError::MalformedHead {
-                        dir: IN,
-                        kind: MessageKind::Request,
-                        ..
-                    }
-                )]
-            ),
+            matches!(r.errors[..], [(0, ParseError::MalformedHead { dir: IN, kind: MessageKind::Request, .. })]),
             "{:?}",
             r.errors
         );
@@ -2613,22 +2315,9 @@ mod tests {
 
     #[test]
     fn garbage_in_response_direction() {
-        let evs = [
-            d(IN, &get("/a")),
-            d(OUT, b"SSH-2.0-OpenSSH\r\n"),
-            d(OUT, &ok(200, "late")),
-        ];
+        let evs = [d(IN, &get("/a")), d(OUT, b"SSH-2.0-OpenSSH\r\n"), d(OUT, &ok(200, "late"))];
         let r = check(Role::Server, &evs);
-        assert!(matches!(
-            r.errors[..],
-            [(
-                1,
-                ParseError::MalformedHead {
-                    kind: MessageKind::Response,
-                    ..
-                }
-            )]
-        ));
+        assert!(matches!(r.errors[..], [(1, ParseError::MalformedHead { kind: MessageKind::Response, .. })]));
         // Garbage is not a response: the request is still answered by the next one.
         assert_eq!(statuses(&r), [("/a".to_owned(), 200)]);
     }
@@ -2649,31 +2338,19 @@ mod tests {
         big.extend(b" HTTP/1.1\r\nHost: h\r\n\r\n");
         let evs = [
             d(IN, &big),
-            d(
-                OUT,
-                b"HTTP/1.1 414 URI Too Long\r\nContent-Length: 0\r\n\r\n",
-            ),
+            d(OUT, b"HTTP/1.1 414 URI Too Long\r\nContent-Length: 0\r\n\r\n"),
             d(IN, &get("/after")),
             d(OUT, &ok(200, "")),
         ];
         let r = run(Role::Server, &evs);
         assert_eq!(
             r.errors,
-            [(
-                0,
-                ParseError::HeadTooLarge {
-                    dir: IN,
-                    kind: MessageKind::Request,
-                    limit: MAX_HEAD_BYTES
-                }
-            )]
+            [(0, ParseError::HeadTooLarge { dir: IN, kind: MessageKind::Request, limit: MAX_HEAD_BYTES })]
         );
         // The lost request consumed the 414 silently.
         assert_eq!(statuses(&r), [("/after".to_owned(), 200)]);
         // Same in small pieces (buffered path).
-        let r2 = run_with(Role::Server, &evs, |len| {
-            (1..len).step_by(1000).skip(1).collect()
-        });
+        let r2 = run_with(Role::Server, &evs, |len| (1..len).step_by(1000).skip(1).collect());
         assert_eq!(r2, r);
         let r3 = run_with(Role::Server, &evs, |len| (1..len).collect());
         assert_eq!(r3, r);
@@ -2689,47 +2366,25 @@ mod tests {
         )
         .into_bytes();
         assert!(req.len() < MAX_HEAD_BYTES);
-        let evs = [
-            d(IN, &req),
-            d(OUT, &ok(200, "x")),
-            d(IN, &get("/n")),
-            d(OUT, &ok(200, "")),
-        ];
+        let evs = [d(IN, &req), d(OUT, &ok(200, "x")), d(IN, &get("/n")), d(OUT, &ok(200, ""))];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(
-            statuses(&r),
-            [("/c".to_owned(), 200), ("/n".to_owned(), 200)]
-        );
+        assert_eq!(statuses(&r), [("/c".to_owned(), 200), ("/n".to_owned(), 200)]);
         let e = &r.ex[0];
         assert!(!e.request.truncated);
         assert_eq!(e.request.header("traceparent"), Some(TRACEPARENT));
         assert_eq!(e.request.header("host"), Some("h"));
         // One cut at many single positions (check covers byte by byte and random cuts).
         for p in (1..req.len()).step_by(61).chain(req.len() - 80..req.len()) {
-            let got = run_with(Role::Server, &evs, |len| {
-                if len == req.len() {
-                    vec![p]
-                } else {
-                    Vec::new()
-                }
-            });
+            let got = run_with(Role::Server, &evs, |len| if len == req.len() { vec![p] } else { Vec::new() });
             assert_eq!(got, r, "cut at {p}");
         }
         // Captured as a 4 KiB prefix and a 4 KiB tail: the middle of the cookie is a gap,
         // so the message is truncated, with what was before the gap.
-        let evs = [
-            sys(IN, &req, 4096, 4096),
-            d(OUT, &ok(200, "x")),
-            d(IN, &get("/n")),
-            d(OUT, &ok(200, "")),
-        ];
+        let evs = [sys(IN, &req, 4096, 4096), d(OUT, &ok(200, "x")), d(IN, &get("/n")), d(OUT, &ok(200, ""))];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(
-            statuses(&r),
-            [("/c".to_owned(), 200), ("/n".to_owned(), 200)]
-        );
+        assert_eq!(statuses(&r), [("/c".to_owned(), 200), ("/n".to_owned(), 200)]);
         assert!(r.ex[0].request.truncated);
         assert_eq!(r.ex[0].request.header("host"), Some("h"));
         assert_eq!(r.ex[0].request.header("traceparent"), None);
@@ -2737,10 +2392,8 @@ mod tests {
 
     /// A 40 KB head: start line, Host, traceparent, a huge cookie, one more field.
     fn head_of_40k(method: &str, extra: &str) -> Vec<u8> {
-        let mut big = format!(
-            "{method} /big?q=1 HTTP/1.1\r\nHost: h\r\ntraceparent: {TRACEPARENT}\r\n{extra}Cookie: "
-        )
-        .into_bytes();
+        let mut big = format!("{method} /big?q=1 HTTP/1.1\r\nHost: h\r\ntraceparent: {TRACEPARENT}\r\n{extra}Cookie: ")
+            .into_bytes();
         big.extend(std::iter::repeat_n(b'c', 40_000));
         big.extend(b"\r\nX-Request-Id: after-the-cut\r\n\r\n");
         big
@@ -2750,19 +2403,13 @@ mod tests {
     fn head_over_the_limit_gives_a_truncated_request() {
         let evs = [
             d(IN, &head_of_40k("GET", "")),
-            d(
-                OUT,
-                b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n",
-            ),
+            d(OUT, b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n"),
             d(IN, &get("/after")),
             d(OUT, &ok(200, "")),
         ];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(
-            statuses(&r),
-            [("/big?q=1".to_owned(), 431), ("/after".to_owned(), 200)]
-        );
+        assert_eq!(statuses(&r), [("/big?q=1".to_owned(), 431), ("/after".to_owned(), 200)]);
         let req = &r.ex[0].request;
         assert!(req.truncated);
         assert_eq!(req.method, "GET");
@@ -2777,18 +2424,9 @@ mod tests {
         let mut s = Http1Session::new(Role::Server);
         let mut out = Vec::new();
         let big = head_of_40k("GET", "");
-        s.feed(
-            IN,
-            &big[..MAX_HEAD_BYTES + 10],
-            MAX_HEAD_BYTES + 10,
-            tm(0),
-            &mut out,
-        )
-        .unwrap();
+        s.feed(IN, &big[..MAX_HEAD_BYTES + 10], MAX_HEAD_BYTES + 10, tm(0), &mut out).unwrap();
         let started: Vec<_> = s.started_requests(0).collect();
-        let [(0, started, _)] = &started[..] else {
-            panic!("{started:?}")
-        };
+        let [(0, started, _)] = &started[..] else { panic!("{started:?}") };
         assert!(started.truncated);
         assert_eq!(started.header("traceparent"), Some(TRACEPARENT));
         assert!(s.buffered_bytes() == 0);
@@ -2801,10 +2439,7 @@ mod tests {
         let evs = [d(IN, &syscall), d(OUT, &ok(201, "")), d(OUT, &ok(202, ""))];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(
-            statuses(&r),
-            [("/big?q=1".to_owned(), 201), ("/pipelined".to_owned(), 202)]
-        );
+        assert_eq!(statuses(&r), [("/big?q=1".to_owned(), 201), ("/pipelined".to_owned(), 202)]);
         assert_eq!(r.ex[0].request.body_len, 5);
         assert!(!r.ex[1].request.truncated);
     }
@@ -2814,18 +2449,10 @@ mod tests {
         let mut resp = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nSet-Cookie: ".to_vec();
         resp.extend(std::iter::repeat_n(b'x', 20_000));
         resp.extend(b"\r\nServer: late\r\n\r\n0123456789");
-        let evs = [
-            d(IN, &get("/a")),
-            d(OUT, &resp),
-            d(IN, &get("/b")),
-            d(OUT, &ok(201, "z")),
-        ];
+        let evs = [d(IN, &get("/a")), d(OUT, &resp), d(IN, &get("/b")), d(OUT, &ok(201, "z"))];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(
-            statuses(&r),
-            [("/a".to_owned(), 200), ("/b".to_owned(), 201)]
-        );
+        assert_eq!(statuses(&r), [("/a".to_owned(), 200), ("/b".to_owned(), 201)]);
         let e = &r.ex[0];
         assert!(e.response.truncated);
         assert_eq!(e.response.body_len, 10);
@@ -2844,12 +2471,7 @@ mod tests {
         assert_eq!(r2.ex[0].response.body_len, 10);
 
         // Captured as 4 KiB prefix + tail: the tail holds the end of the head and the body.
-        let evs = [
-            d(IN, &get("/a")),
-            sys(OUT, &resp, 4096, 100),
-            d(IN, &get("/b")),
-            d(OUT, &ok(201, "z")),
-        ];
+        let evs = [d(IN, &get("/a")), sys(OUT, &resp, 4096, 100), d(IN, &get("/b")), d(OUT, &ok(201, "z"))];
         let r3 = check(Role::Server, &evs);
         assert!(r3.errors.is_empty(), "{:?}", r3.errors);
         assert_eq!(statuses(&r3), statuses(&r));
@@ -2905,10 +2527,7 @@ mod tests {
         }
         req.extend(b"\r\n");
         let r = run(Role::Server, &[d(IN, &req)]);
-        assert!(matches!(
-            r.errors[..],
-            [(0, ParseError::TooManyHeaders { .. })]
-        ));
+        assert!(matches!(r.errors[..], [(0, ParseError::TooManyHeaders { .. })]));
     }
 
     #[test]
@@ -2916,19 +2535,12 @@ mod tests {
         for bad in ["abc", "-1", "1 2", "99999999999999999999999", "5, 6"] {
             let req = format!("POST / HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n");
             let r = run(Role::Server, &[d(IN, req.as_bytes())]);
-            assert!(
-                matches!(r.errors[..], [(0, ParseError::InvalidContentLength { .. })]),
-                "{bad}: {:?}",
-                r.errors
-            );
+            assert!(matches!(r.errors[..], [(0, ParseError::InvalidContentLength { .. })]), "{bad}: {:?}", r.errors);
             // A request surely happened: it keeps its place.
             assert_eq!(r.pending, 1);
         }
         let req = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
-        assert!(matches!(
-            run(Role::Server, &[d(IN, req)]).errors[..],
-            [(0, ParseError::InvalidContentLength { .. })]
-        ));
+        assert!(matches!(run(Role::Server, &[d(IN, req)]).errors[..], [(0, ParseError::InvalidContentLength { .. })]));
         // Repeated equal values are fine.
         let req = b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\nabc";
         let r = check(Role::Server, &[d(IN, req), d(OUT, &ok(200, ""))]);
@@ -2944,14 +2556,7 @@ mod tests {
             matches!(&r.errors[..], [(0, ParseError::UnsupportedTransferEncoding { value, .. })] if value == "gzip")
         );
         // Responses with such framing last until the end of the stream.
-        let evs = [
-            d(IN, &get("/")),
-            d(
-                OUT,
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabcdef",
-            ),
-            Ev::Eof(OUT),
-        ];
+        let evs = [d(IN, &get("/")), d(OUT, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabcdef"), Ev::Eof(OUT)];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty());
         assert_eq!(r.ex[0].response.body_len, 6);
@@ -2968,10 +2573,7 @@ mod tests {
         ];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(
-            statuses(&r),
-            [("/a".to_owned(), 200), ("/b".to_owned(), 201)]
-        );
+        assert_eq!(statuses(&r), [("/a".to_owned(), 200), ("/b".to_owned(), 201)]);
         assert_eq!(r.ex[1].request_first, tm(3));
     }
 
@@ -2990,10 +2592,7 @@ mod tests {
         ];
         let r = run(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(
-            statuses(&r),
-            [("/upload".to_owned(), 200), ("/next".to_owned(), 200)]
-        );
+        assert_eq!(statuses(&r), [("/upload".to_owned(), 200), ("/next".to_owned(), 200)]);
         assert_eq!(r.ex[0].request.body_len, 10000);
         assert_eq!(r.ex[1].response.body_len, 10);
         let r2 = check(Role::Server, &evs);
@@ -3004,37 +2603,16 @@ mod tests {
     fn gap_past_the_body_loses_the_next_message() {
         // The syscall moved the rest of the body and the head of a second request.
         let evs = [
-            g(
-                IN,
-                b"POST /a HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123",
-                6 + 30,
-            ),
+            g(IN, b"POST /a HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123", 6 + 30),
             d(OUT, &ok(200, "")),
             d(OUT, &ok(404, "")),
             d(IN, &get("/c")),
             d(OUT, &ok(201, "")),
         ];
         let r = check(Role::Server, &evs);
-        assert!(
-            matches!(
-                r.errors[..],
-                [(
-                    0,
-                    ParseError::GapInHead {
-                        buffered: 0,
-                        gap: 30,
-                        ..
-                    }
-                )]
-            ),
-            "{:?}",
-            r.errors
-        );
+        assert!(matches!(r.errors[..], [(0, ParseError::GapInHead { buffered: 0, gap: 30, .. })]), "{:?}", r.errors);
         // The lost request consumed the 404; /c pairs with its own response.
-        assert_eq!(
-            statuses(&r),
-            [("/a".to_owned(), 200), ("/c".to_owned(), 201)]
-        );
+        assert_eq!(statuses(&r), [("/a".to_owned(), 200), ("/c".to_owned(), 201)]);
     }
 
     #[test]
@@ -3049,10 +2627,7 @@ mod tests {
         ];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(
-            statuses(&r),
-            [("/long".to_owned(), 200), ("/b".to_owned(), 202)]
-        );
+        assert_eq!(statuses(&r), [("/long".to_owned(), 200), ("/b".to_owned(), 202)]);
         let e = &r.ex[0];
         assert!(e.request.truncated);
         assert_eq!(e.request.header("host"), Some("h"));
@@ -3069,19 +2644,12 @@ mod tests {
         ];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(
-            statuses(&r),
-            [("/long".to_owned(), 200), ("/b".to_owned(), 202)]
-        );
+        assert_eq!(statuses(&r), [("/long".to_owned(), 200), ("/b".to_owned(), 202)]);
         assert_eq!(r.ex[1].request_first, tm(2));
 
         // A POST whose Content-Length was seen: its body follows the end of the head.
         let evs = [
-            g(
-                IN,
-                b"POST /p HTTP/1.1\r\nContent-Length: 4\r\nCookie: aaaa",
-                3000,
-            ),
+            g(IN, b"POST /p HTTP/1.1\r\nContent-Length: 4\r\nCookie: aaaa", 3000),
             d(IN, b"Host: late\r\n\r\nbody"),
             d(IN, &get("/b")),
             d(OUT, &ok(200, "")),
@@ -3089,10 +2657,7 @@ mod tests {
         ];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(
-            statuses(&r),
-            [("/p".to_owned(), 200), ("/b".to_owned(), 202)]
-        );
+        assert_eq!(statuses(&r), [("/p".to_owned(), 200), ("/b".to_owned(), 202)]);
         assert_eq!(r.ex[0].request.body_len, 4);
         assert_eq!(r.ex[0].request.header("host"), None);
     }
@@ -3103,11 +2668,7 @@ mod tests {
         // the head, so the Content-Length would run into the next request; a syscall that
         // starts with a request line ends the message instead.
         let evs = [
-            g(
-                IN,
-                b"POST /p HTTP/1.1\r\nContent-Length: 100\r\nCookie: a",
-                5000,
-            ),
+            g(IN, b"POST /p HTTP/1.1\r\nContent-Length: 100\r\nCookie: a", 5000),
             d(IN, b"{\"a\":\n\n1}"),
             d(IN, &get("/b")),
             d(OUT, &ok(200, "")),
@@ -3117,10 +2678,7 @@ mod tests {
         // of a syscall counts (a split is a syscall boundary).
         let r = run(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(
-            statuses(&r),
-            [("/p".to_owned(), 200), ("/b".to_owned(), 202)]
-        );
+        assert_eq!(statuses(&r), [("/p".to_owned(), 200), ("/b".to_owned(), 202)]);
         assert_eq!(r.ex[0].request.body_len, 2);
     }
 
@@ -3129,21 +2687,14 @@ mod tests {
         // Content-Length seen before the gap: the body is counted after the head's end.
         let evs = [
             d(IN, &get("/a")),
-            g(
-                OUT,
-                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nSet-Cookie: ",
-                6000,
-            ),
+            g(OUT, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nSet-Cookie: ", 6000),
             d(OUT, b"rest\r\nServer: s\r\n\r\nabc"),
             d(IN, &get("/b")),
             d(OUT, &ok(202, "")),
         ];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(
-            statuses(&r),
-            [("/a".to_owned(), 200), ("/b".to_owned(), 202)]
-        );
+        assert_eq!(statuses(&r), [("/a".to_owned(), 200), ("/b".to_owned(), 202)]);
         let e = &r.ex[0];
         assert!(e.response.truncated);
         assert_eq!(e.response.body_len, 3);
@@ -3161,10 +2712,7 @@ mod tests {
         ];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(
-            statuses(&r),
-            [("/a".to_owned(), 200), ("/b".to_owned(), 202)]
-        );
+        assert_eq!(statuses(&r), [("/a".to_owned(), 200), ("/b".to_owned(), 202)]);
         assert!(r.ex[0].response.truncated);
         assert_eq!(r.ex[0].response_last, tm(1));
         assert_eq!(r.pending, 0);
@@ -3182,38 +2730,16 @@ mod tests {
         let r = check(Role::Server, &evs);
         assert_eq!(
             r.errors,
-            [(
-                0,
-                ParseError::GapInHead {
-                    dir: IN,
-                    kind: MessageKind::Request,
-                    buffered: 7,
-                    gap: 5000
-                }
-            )]
+            [(0, ParseError::GapInHead { dir: IN, kind: MessageKind::Request, buffered: 7, gap: 5000 })]
         );
         // The lost request consumed the 200 silently.
         assert_eq!(statuses(&r), [("/b".to_owned(), 202)]);
 
         // A response head cut by a gap before its status line ends still answers its
         // request.
-        let evs = [
-            d(IN, &get("/a")),
-            g(OUT, b"HTTP/1.1 2", 6000),
-            d(IN, &get("/b")),
-            d(OUT, &ok(202, "")),
-        ];
+        let evs = [d(IN, &get("/a")), g(OUT, b"HTTP/1.1 2", 6000), d(IN, &get("/b")), d(OUT, &ok(202, ""))];
         let r = check(Role::Server, &evs);
-        assert!(matches!(
-            r.errors[..],
-            [(
-                1,
-                ParseError::GapInHead {
-                    kind: MessageKind::Response,
-                    ..
-                }
-            )]
-        ));
+        assert!(matches!(r.errors[..], [(1, ParseError::GapInHead { kind: MessageKind::Response, .. })]));
         assert_eq!(statuses(&r), [("/b".to_owned(), 202)]);
     }
 
@@ -3222,11 +2748,7 @@ mod tests {
         let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2000\r\n";
         let mut cap = head.to_vec();
         cap.extend([b'z'; 100]);
-        let evs = [
-            d(IN, &get("/")),
-            g(OUT, &cap, 0x2000 - 100),
-            d(OUT, b"\r\n3\r\nabc\r\n0\r\n\r\n"),
-        ];
+        let evs = [d(IN, &get("/")), g(OUT, &cap, 0x2000 - 100), d(OUT, b"\r\n3\r\nabc\r\n0\r\n\r\n")];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty());
         assert_eq!(r.ex[0].response.body_len, 0x2000 + 3);
@@ -3246,37 +2768,20 @@ mod tests {
         ];
         let r = run(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(
-            statuses(&r),
-            [("/".to_owned(), 200), ("/2".to_owned(), 200)]
-        );
+        assert_eq!(statuses(&r), [("/".to_owned(), 200), ("/2".to_owned(), 200)]);
         assert_eq!(r.ex[0].response_last, tm(2));
         // Approximate: payload before the gap, the gap, and the later bytes as they came.
         assert_eq!(r.ex[0].response.body_len, 4 + 500 + 19);
 
         // Ended by the next response's start line.
-        let evs = [
-            d(IN, &get("/")),
-            d(IN, &get("/2")),
-            g(OUT, head, 500),
-            d(OUT, b"more"),
-            d(OUT, &ok(404, "")),
-        ];
+        let evs = [d(IN, &get("/")), d(IN, &get("/2")), g(OUT, head, 500), d(OUT, b"more"), d(OUT, &ok(404, ""))];
         let r = run(Role::Server, &evs);
         assert!(r.errors.is_empty());
-        assert_eq!(
-            statuses(&r),
-            [("/".to_owned(), 200), ("/2".to_owned(), 404)]
-        );
+        assert_eq!(statuses(&r), [("/".to_owned(), 200), ("/2".to_owned(), 404)]);
         assert_eq!(r.ex[0].response_last, tm(3));
 
         // Ended by the end of the stream.
-        let evs = [
-            d(IN, &get("/")),
-            g(OUT, head, 500),
-            d(OUT, b"0\r\n"),
-            Ev::Eof(OUT),
-        ];
+        let evs = [d(IN, &get("/")), g(OUT, head, 500), d(OUT, b"0\r\n"), Ev::Eof(OUT)];
         let r = run(Role::Server, &evs);
         assert_eq!(r.ex.len(), 1);
 
@@ -3290,18 +2795,9 @@ mod tests {
     #[test]
     fn gap_in_desync_or_between_messages() {
         // A gap with nothing captured at a message boundary is a lost head.
-        let evs = [
-            d(IN, &get("/a")),
-            g(OUT, b"", 300),
-            d(OUT, b"tail"),
-            d(IN, &get("/b")),
-            d(OUT, &ok(200, "")),
-        ];
+        let evs = [d(IN, &get("/a")), g(OUT, b"", 300), d(OUT, b"tail"), d(IN, &get("/b")), d(OUT, &ok(200, ""))];
         let r = run(Role::Server, &evs);
-        assert!(matches!(
-            r.errors[..],
-            [(1, ParseError::GapInHead { buffered: 0, .. })]
-        ));
+        assert!(matches!(r.errors[..], [(1, ParseError::GapInHead { buffered: 0, .. })]));
         assert_eq!(statuses(&r), [("/b".to_owned(), 200)]);
     }
 
@@ -3316,17 +2812,10 @@ mod tests {
     #[test]
     fn tail_window_holds_the_end_of_the_body_and_the_next_head() {
         let syscall = post_200k_then(&get("/next"));
-        let evs = [
-            sys(IN, &syscall, 16 * 1024, 4096),
-            d(OUT, &ok(200, "")),
-            d(OUT, &ok(404, "")),
-        ];
+        let evs = [sys(IN, &syscall, 16 * 1024, 4096), d(OUT, &ok(200, "")), d(OUT, &ok(404, ""))];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(
-            statuses(&r),
-            [("/up".to_owned(), 200), ("/next".to_owned(), 404)]
-        );
+        assert_eq!(statuses(&r), [("/up".to_owned(), 200), ("/next".to_owned(), 404)]);
         assert_eq!(r.ex[0].request.body_len, 200_000);
         assert_eq!(r.ex[0].request_last, tm(0));
         assert_eq!(r.ex[1].request_first, tm(0));
@@ -3334,16 +2823,9 @@ mod tests {
 
         // Without the tail the pipelined request starts in the gap and is lost.
         let total = syscall.len();
-        let evs = [
-            g(IN, &syscall[..16 * 1024], total - 16 * 1024),
-            d(OUT, &ok(200, "")),
-            d(OUT, &ok(404, "")),
-        ];
+        let evs = [g(IN, &syscall[..16 * 1024], total - 16 * 1024), d(OUT, &ok(200, "")), d(OUT, &ok(404, ""))];
         let r = check(Role::Server, &evs);
-        assert!(matches!(
-            r.errors[..],
-            [(0, ParseError::GapInHead { buffered: 0, .. })]
-        ));
+        assert!(matches!(r.errors[..], [(0, ParseError::GapInHead { buffered: 0, .. })]));
         assert_eq!(statuses(&r), [("/up".to_owned(), 200)]);
 
         // The same on the response side: a large response and the next one in one write.
@@ -3355,10 +2837,7 @@ mod tests {
         let evs = [d(IN, &reqs), sys(OUT, &resp, 16 * 1024, 4096)];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(
-            statuses(&r),
-            [("/a".to_owned(), 200), ("/b".to_owned(), 201)]
-        );
+        assert_eq!(statuses(&r), [("/a".to_owned(), 200), ("/b".to_owned(), 201)]);
         assert_eq!(r.ex[0].response.body_len, 100_000);
         assert_eq!(r.ex[1].response.body_len, 1);
     }
@@ -3367,17 +2846,10 @@ mod tests {
     fn tail_after_a_body_that_ends_exactly_with_the_gap() {
         let syscall = post_200k_then(&get("/next"));
         let tail = get("/next").len();
-        let evs = [
-            sys(IN, &syscall, 16 * 1024, tail),
-            d(OUT, &ok(200, "")),
-            d(OUT, &ok(404, "")),
-        ];
+        let evs = [sys(IN, &syscall, 16 * 1024, tail), d(OUT, &ok(200, "")), d(OUT, &ok(404, ""))];
         let r = check(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(
-            statuses(&r),
-            [("/up".to_owned(), 200), ("/next".to_owned(), 404)]
-        );
+        assert_eq!(statuses(&r), [("/up".to_owned(), 200), ("/next".to_owned(), 404)]);
     }
 
     #[test]
@@ -3393,25 +2865,12 @@ mod tests {
         ];
         let r = check(Role::Server, &evs);
         assert!(
-            matches!(
-                r.errors[..],
-                [(
-                    0,
-                    ParseError::GapInHead {
-                        kind: MessageKind::Request,
-                        buffered: 0,
-                        ..
-                    }
-                )]
-            ),
+            matches!(r.errors[..], [(0, ParseError::GapInHead { kind: MessageKind::Request, buffered: 0, .. })]),
             "{:?}",
             r.errors
         );
         // The lost request consumed the 404; /c pairs with its own response.
-        assert_eq!(
-            statuses(&r),
-            [("/up".to_owned(), 200), ("/c".to_owned(), 201)]
-        );
+        assert_eq!(statuses(&r), [("/up".to_owned(), 200), ("/c".to_owned(), 201)]);
         assert_eq!(r.ex[0].request.body_len, 200_000);
         assert_eq!(r.pending, 0);
     }
@@ -3425,11 +2884,7 @@ mod tests {
             d(OUT, &ok(200, "y")),
         ];
         let r = check(Role::Server, &evs);
-        assert!(
-            matches!(r.errors[..], [(0, ParseError::MalformedHead { .. })]),
-            "{:?}",
-            r.errors
-        );
+        assert!(matches!(r.errors[..], [(0, ParseError::MalformedHead { .. })]), "{:?}", r.errors);
         assert_eq!(statuses(&r), [("/ok".to_owned(), 200)]);
         assert_eq!(r.pending, 0);
 
@@ -3446,15 +2901,9 @@ mod tests {
         ];
         let r = run(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(
-            statuses(&r),
-            [("/".to_owned(), 200), ("/2".to_owned(), 200)]
-        );
+        assert_eq!(statuses(&r), [("/".to_owned(), 200), ("/2".to_owned(), 200)]);
         assert_eq!(r.ex[0].response_last, tm(3));
-        assert_eq!(
-            r.ex[0].response.body_len,
-            4 + 500 + 2 + 100 + 17 + 2 + 100 + 9
-        );
+        assert_eq!(r.ex[0].response.body_len, 4 + 500 + 2 + 100 + 17 + 2 + 100 + 9);
     }
 
     #[test]
@@ -3476,70 +2925,28 @@ mod tests {
         assert_eq!(
             r.errors,
             [
-                (
-                    0,
-                    ParseError::HalfSeen {
-                        dir: IN,
-                        kind: MessageKind::Request
-                    }
-                ),
-                (
-                    2,
-                    ParseError::HalfSeen {
-                        dir: OUT,
-                        kind: MessageKind::Response
-                    }
-                ),
-                (
-                    5,
-                    ParseError::UnexpectedResponse {
-                        dir: OUT,
-                        status: 500
-                    }
-                ),
+                (0, ParseError::HalfSeen { dir: IN, kind: MessageKind::Request }),
+                (2, ParseError::HalfSeen { dir: OUT, kind: MessageKind::Response }),
+                (5, ParseError::UnexpectedResponse { dir: OUT, status: 500 }),
             ]
         );
-        assert_eq!(
-            statuses(&r),
-            [("/a".to_owned(), 201), ("/b".to_owned(), 202)]
-        );
+        assert_eq!(statuses(&r), [("/a".to_owned(), 201), ("/b".to_owned(), 202)]);
         assert_eq!(r.ex[0].seq, 0);
     }
 
     #[test]
     fn midstream_response_direction_and_clean_start() {
         // A client joined while a response body was arriving.
-        let evs = [
-            d(IN, b"tail of an earlier response body"),
-            d(OUT, &get("/x")),
-            d(IN, &ok(200, "y")),
-        ];
+        let evs = [d(IN, b"tail of an earlier response body"), d(OUT, &get("/x")), d(IN, &ok(200, "y"))];
         let r = check_midstream(Role::Client, &evs);
-        assert_eq!(
-            r.errors,
-            [(
-                0,
-                ParseError::HalfSeen {
-                    dir: IN,
-                    kind: MessageKind::Response
-                }
-            )]
-        );
+        assert_eq!(r.errors, [(0, ParseError::HalfSeen { dir: IN, kind: MessageKind::Response })]);
         assert_eq!(statuses(&r), [("/x".to_owned(), 200)]);
 
         // Joined right at a message boundary: nothing is reported.
-        let evs = [
-            d(IN, &get("/first")),
-            d(OUT, &ok(200, "")),
-            d(IN, &get("/second")),
-            d(OUT, &ok(204, "")),
-        ];
+        let evs = [d(IN, &get("/first")), d(OUT, &ok(200, "")), d(IN, &get("/second")), d(OUT, &ok(204, ""))];
         let r = check_midstream(Role::Server, &evs);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(
-            statuses(&r),
-            [("/first".to_owned(), 200), ("/second".to_owned(), 204)]
-        );
+        assert_eq!(statuses(&r), [("/first".to_owned(), 200), ("/second".to_owned(), 204)]);
 
         // A start line inside a syscall is never taken for a head: only a syscall that
         // starts with one resynchronizes (so no splitting here: a split is a syscall).
@@ -3549,9 +2956,7 @@ mod tests {
             d(IN, &get("/seen")),
             d(OUT, &ok(200, "")),
         ];
-        let r = run_on(Http1Session::new_midstream(Role::Server), &evs, |_, _| {
-            Vec::new()
-        });
+        let r = run_on(Http1Session::new_midstream(Role::Server), &evs, |_, _| Vec::new());
         assert_eq!(r.errors.len(), 2, "{:?}", r.errors);
         assert_eq!(statuses(&r), [("/seen".to_owned(), 200)]);
     }
@@ -3684,10 +3089,7 @@ mod tests {
         }
         let r = run(Role::Server, &[d(IN, &reqs), d(OUT, &ok(200, ""))]);
         assert_eq!(r.pending, MAX_PENDING_REQUESTS - 1);
-        assert!(matches!(
-            r.errors[..],
-            [(0, ParseError::TooManyPendingRequests { .. })]
-        ));
+        assert!(matches!(r.errors[..], [(0, ParseError::TooManyPendingRequests { .. })]));
         assert_eq!(statuses(&r), [("/6".to_owned(), 200)]);
     }
 
@@ -3721,11 +3123,7 @@ mod tests {
             b"\x16\x03\x01\x02\x00",
             b"HTTP/1.1 200 OK\r\n",
         ] {
-            assert!(
-                !looks_like_request(bad),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert!(!looks_like_request(bad), "{:?}", String::from_utf8_lossy(bad));
         }
         assert!(looks_like_response(b"HTTP/1.1 200 OK\r\n"));
         assert!(looks_like_response(b"HTTP/1.0 404"));
@@ -3814,16 +3212,9 @@ mod tests {
         let mut truncated = 0usize;
         let mut half_seen = 0usize;
         for _ in 0..3000 {
-            let role = if rng.random() {
-                Role::Server
-            } else {
-                Role::Client
-            };
-            let mut s = if rng.random_ratio(1, 4) {
-                Http1Session::new_midstream(role)
-            } else {
-                Http1Session::new(role)
-            };
+            let role = if rng.random() { Role::Server } else { Role::Client };
+            let mut s =
+                if rng.random_ratio(1, 4) { Http1Session::new_midstream(role) } else { Http1Session::new(role) };
             let mut out = Vec::new();
             for i in 0..rng.random_range(1..40) {
                 let dir = if rng.random() { IN } else { OUT };
@@ -3858,11 +3249,7 @@ mod tests {
                     data.extend(b"\r\n\r\n");
                 }
                 let (gap, tail) = if rng.random_ratio(1, 8) {
-                    let tail = if rng.random() {
-                        random_bytes(&mut rng)
-                    } else {
-                        Vec::new()
-                    };
+                    let tail = if rng.random() { random_bytes(&mut rng) } else { Vec::new() };
                     (rng.random_range(0..20_000), tail)
                 } else {
                     (0, Vec::new())
@@ -3899,10 +3286,7 @@ mod tests {
         let mut out = Vec::new();
         let mut errs = 0;
         let line = b"GET / HTTP/1.1\r\nX: ";
-        for &b in line
-            .iter()
-            .chain(std::iter::repeat_n(&b'v', 2 * MAX_HEAD_BYTES))
-        {
+        for &b in line.iter().chain(std::iter::repeat_n(&b'v', 2 * MAX_HEAD_BYTES)) {
             if s.feed(IN, &[b], 1, tm(0), &mut out).is_err() {
                 errs += 1;
             }
@@ -3931,17 +3315,12 @@ mod tests {
         let mut s = Http1Session::new(Role::Server);
         let mut out = Vec::new();
         for b in &head {
-            s.feed(IN, std::slice::from_ref(b), 1, tm(0), &mut out)
-                .unwrap();
+            s.feed(IN, std::slice::from_ref(b), 1, tm(0), &mut out).unwrap();
         }
         assert_eq!(s.pending_requests(), 1);
         assert!(s.started_requests(0).all(|(_, r, _)| !r.truncated));
         // One parse of the buffer per line end (plus the first byte).
-        assert!(
-            s.parse_work <= (lines + 2) * n,
-            "{} for {n} bytes",
-            s.parse_work
-        );
+        assert!(s.parse_work <= (lines + 2) * n, "{} for {n} bytes", s.parse_work);
         assert!(s.parse_work < n * n / 50, "{} for {n} bytes", s.parse_work);
 
         // A single long line costs a parse or two.
@@ -3950,8 +3329,7 @@ mod tests {
         head.extend(b"\r\n\r\n");
         let mut s = Http1Session::new(Role::Server);
         for b in &head {
-            s.feed(IN, std::slice::from_ref(b), 1, tm(0), &mut out)
-                .unwrap();
+            s.feed(IN, std::slice::from_ref(b), 1, tm(0), &mut out).unwrap();
         }
         assert_eq!(s.pending_requests(), 1);
         assert!(s.parse_work <= 4 * head.len(), "{}", s.parse_work);

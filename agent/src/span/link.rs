@@ -224,11 +224,14 @@ impl Linker {
             }
         };
         // A context this process did not receive was made by an SDK inside it.
-        let sent_is_pass_through = sent.as_ref().is_some_and(|ctx| {
-            self.received.get(&conn.pid).is_some_and(|ids| ids.contains_key(&ctx.span_id))
-        });
+        let sent_is_pass_through = sent
+            .as_ref()
+            .is_some_and(|ctx| self.received.get(&conn.pid).is_some_and(|ids| ids.contains_key(&ctx.span_id)));
         if sent.is_some() && !sent_is_pass_through && self.instrumented.insert(conn.pid) {
-            log::info!("process {} sends trace context of its own: SDK-instrumented, its spans come from its SDK", conn.pid);
+            log::info!(
+                "process {} sends trace context of its own: SDK-instrumented, its spans come from its SDK",
+                conn.pid
+            );
         }
         let queue = self.peers.entry((conn.local, conn.peer)).or_default();
         if queue.len() >= MAX_PEER_QUEUE {

@@ -7,10 +7,32 @@ const REDACTED: &str = "REDACTED";
 /// Query parameter names (lower-cased) whose values are credentials. Includes the
 /// signed-URL parameters the OpenTelemetry semantic conventions ask to redact.
 const SENSITIVE: &[&str] = &[
-    "access_token", "api_key", "api-key", "apikey", "auth", "authorization", "client_secret",
-    "code", "id_token", "jwt", "key", "password", "passwd", "pwd", "refresh_token", "secret",
-    "session", "sessionid", "sig", "signature", "token", "awsaccesskeyid",
-    "x-amz-signature", "x-amz-credential", "x-amz-security-token", "x-goog-signature",
+    "access_token",
+    "api_key",
+    "api-key",
+    "apikey",
+    "auth",
+    "authorization",
+    "client_secret",
+    "code",
+    "id_token",
+    "jwt",
+    "key",
+    "password",
+    "passwd",
+    "pwd",
+    "refresh_token",
+    "secret",
+    "session",
+    "sessionid",
+    "sig",
+    "signature",
+    "token",
+    "awsaccesskeyid",
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "x-goog-signature",
     "x-goog-credential",
 ];
 
@@ -48,7 +70,11 @@ pub fn url(u: &str) -> String {
         Some((p, q)) => format!("{p}?{}", query(q)),
         None => tail.to_owned(),
     };
-    if scheme.is_empty() { format!("{authority}{tail}") } else { format!("{scheme}://{authority}{tail}") }
+    if scheme.is_empty() {
+        format!("{authority}{tail}")
+    } else {
+        format!("{scheme}://{authority}{tail}")
+    }
 }
 
 #[cfg(test)]

@@ -202,7 +202,10 @@ mod tests {
         let mut cache = ResourceCache::new("/nonexistent-proc");
         let r = cache.get(7, "curl");
         assert_eq!(r.service_name, "curl");
-        assert_eq!(r.attributes.iter().find(|(k, _)| k == "process.pid").map(|(_, v)| v.clone()), Some(AttrValue::Int(7)));
+        assert_eq!(
+            r.attributes.iter().find(|(k, _)| k == "process.pid").map(|(_, v)| v.clone()),
+            Some(AttrValue::Int(7))
+        );
     }
 
     #[test]

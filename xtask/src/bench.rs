@@ -40,10 +40,10 @@ pub enum BenchCmd {
     Hooks(HooksArgs),
 }
 
+/// Rounds and the saturating wrk load, shared by both benchmarks.
 #[derive(clap::Args, Debug)]
-pub struct OverheadArgs {
-    /// Rounds (each: every view, each with a run without the agent, one capture-only,
-    /// one with the full agent).
+pub struct LoadArgs {
+    /// Rounds (each compares every configuration with a baseline run of the same round).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: u32,
     /// Seconds per load run.
@@ -58,6 +58,24 @@ pub struct OverheadArgs {
     /// Seconds of unrecorded load before the first round (0: none).
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
+}
+
+impl LoadArgs {
+    /// Unrecorded load before the first round.
+    fn warm_up(&self, port: u16) -> Result<()> {
+        if self.warmup > 0 {
+            let step = Step::start(format!("warm-up ({} s of load, not recorded)", self.warmup));
+            run_wrk(self.threads, self.connections, port, self.warmup)?;
+            step.done();
+        }
+        Ok(())
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct OverheadArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// Load views, comma-separated: `saturated` (wrk, as fast as nginx answers) and
     /// `fixed` (hey at a fixed request rate).
     #[arg(long, value_enum, value_delimiter = ',', default_values = ["saturated", "fixed"])]
@@ -82,21 +100,8 @@ pub struct OverheadArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct HooksArgs {
-    /// Rounds (each: one run without anything attached, then one per hook set).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    pub rounds: u32,
-    /// Seconds per wrk run.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub duration: u64,
-    /// wrk connections.
-    #[arg(long, default_value_t = 32)]
-    pub connections: u32,
-    /// wrk threads.
-    #[arg(long, default_value_t = 2)]
-    pub threads: u32,
-    /// Seconds of unrecorded load before the first round (0: none).
-    #[arg(long, default_value_t = 2)]
-    pub warmup: u64,
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// Hook sets to measure, comma-separated (default: all).
     #[arg(
         long,
@@ -792,7 +797,7 @@ fn run_hey(connections: u32, qps_per_connection: u32, port: u16, seconds: u64) -
 
 fn run_view(args: &OverheadArgs, view: View, port: u16, seconds: u64) -> Result<Load> {
     match view {
-        View::Saturated => run_wrk(args.threads, args.connections, port, seconds),
+        View::Saturated => run_wrk(args.load.threads, args.load.connections, port, seconds),
         View::Fixed => run_hey(args.rate_connections, args.rate_qps_per_connection, port, seconds),
     }
 }
@@ -996,11 +1001,11 @@ fn view_command(args: &OverheadArgs, view: View, port: u16) -> String {
     match view {
         View::Saturated => format!(
             "wrk -t {} -c {} -d {}s --latency http://127.0.0.1:{port}/1k.bin",
-            args.threads, args.connections, args.duration
+            args.load.threads, args.load.connections, args.load.duration
         ),
         View::Fixed => format!(
             "hey -z {}s -c {} -q {} http://127.0.0.1:{port}/1k.bin (at most {} req/s)",
-            args.duration,
+            args.load.duration,
             args.rate_connections,
             args.rate_qps_per_connection,
             u64::from(args.rate_connections) * u64::from(args.rate_qps_per_connection)
@@ -1030,19 +1035,15 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
     }
     let names: Vec<&str> = configs.iter().map(|c| c.name()).collect();
     println!("    each round, for each view: {}", names.join(", then "));
-    if args.warmup > 0 {
-        let step = Step::start(format!("warm-up ({} s of load, not recorded)", args.warmup));
-        run_wrk(args.threads, args.connections, port, args.warmup)?;
-        step.done();
-    }
+    args.load.warm_up(port)?;
 
     let mut rounds: Vec<ViewRound> = Vec::new();
-    for r in 1..=args.rounds {
+    for r in 1..=args.load.rounds {
         for &view in &views {
             let mut runs: Vec<(Config, Run)> = Vec::new();
             for &config in configs {
                 let run = overhead_run(args, view, config, port, dir.path(), r)?;
-                let label = format!("round {r}/{} {} {}:", args.rounds, view.name(), config.name());
+                let label = format!("round {r}/{} {} {}:", args.load.rounds, view.name(), config.name());
                 let baseline = runs.first().map(|(_, b)| b);
                 println!("{label:<32} {}", run_line(&run, baseline));
                 if let Some(agent) = &run.agent {
@@ -1083,7 +1084,7 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
 }
 
 fn overhead_run(args: &OverheadArgs, view: View, config: Config, port: u16, dir: &Path, round: u32) -> Result<Run> {
-    let load = || run_view(args, view, port, args.duration);
+    let load = || run_view(args, view, port, args.load.duration);
     let mut cmd = agent_command(args.agent_bin.as_deref());
     match config {
         Config::Baseline => Ok(Run { load: load()?, agent: None }),
@@ -1278,7 +1279,7 @@ fn hooks(args: &HooksArgs) -> Result<()> {
     let unused_port = free_port()?;
     println!(
         "==> nginx on 127.0.0.1:{port}; wrk -t {} -c {} -d {}s --latency http://127.0.0.1:{port}/1k.bin",
-        args.threads, args.connections, args.duration
+        args.load.threads, args.load.connections, args.load.duration
     );
     let names: Vec<&str> = sets.iter().map(|s| s.name()).collect();
     println!(
@@ -1286,18 +1287,14 @@ fn hooks(args: &HooksArgs) -> Result<()> {
          ghostwire traces port {unused_port}, which nothing uses",
         names.join(", ")
     );
-    if args.warmup > 0 {
-        let step = Step::start(format!("warm-up ({} s of load, not recorded)", args.warmup));
-        run_wrk(args.threads, args.connections, port, args.warmup)?;
-        step.done();
-    }
+    args.load.warm_up(port)?;
 
     let mut results: Vec<SetResult> =
         sets.iter().map(|&set| SetResult { set, rps: Vec::new(), ratios: Vec::new(), unavailable: None }).collect();
     let mut baseline = Vec::new();
-    let n = args.rounds;
+    let n = args.load.rounds;
     for r in 1..=n {
-        let base = run_wrk(args.threads, args.connections, port, args.duration)?;
+        let base = run_wrk(args.load.threads, args.load.connections, port, args.load.duration)?;
         println!(
             "{:<26} {:>9.0} req/s, p99 {:>9}",
             format!("round {r}/{n} baseline:"),
@@ -1323,7 +1320,7 @@ fn hooks(args: &HooksArgs) -> Result<()> {
                     continue;
                 }
             };
-            let load = run_wrk(args.threads, args.connections, port, args.duration)?;
+            let load = run_wrk(args.load.threads, args.load.connections, port, args.load.duration)?;
             let lines = agent.finish()?;
             let ratio = load.requests_per_sec / base.requests_per_sec;
             println!(
@@ -1343,7 +1340,7 @@ fn hooks(args: &HooksArgs) -> Result<()> {
     }
     println!(
         "\nhook sets with empty programs, wrk -t {} -c {} saturating nginx, medians over {n} rounds:\n",
-        args.threads, args.connections
+        args.load.threads, args.load.connections
     );
     print!("{}", hooks_table(&results, median(&baseline)));
     Ok(())
@@ -1774,8 +1771,8 @@ Error distribution:
         assert!(parse(&["overhead", "--views", "slow"]).is_err());
 
         let Ok(BenchCmd::Hooks(h)) = parse(&["hooks"]) else { panic!("not hooks") };
-        assert_eq!((h.rounds, h.duration, h.warmup), (3, 10, 2));
-        assert_eq!((h.threads, h.connections), (2, 32));
+        assert_eq!((h.load.rounds, h.load.duration, h.load.warmup), (3, 10, 2));
+        assert_eq!((h.load.threads, h.load.connections), (2, 32));
         let names: Vec<&str> = h.sets.iter().map(|s| s.name()).collect();
         assert_eq!(names, ["syscalls", "raw-syscalls", "sock", "raw-sock", "cgroup-skb", "ghostwire"]);
         let Ok(BenchCmd::Hooks(h)) = parse(&["hooks", "--sets", "raw-sock,cgroup-skb"]) else { panic!("not hooks") };

@@ -226,7 +226,8 @@ mod tests {
         else {
             panic!("not bench")
         };
-        assert_eq!((args.rounds, args.duration, args.connections, args.threads), (3, 10, 32, 2));
+        let l = &args.load;
+        assert_eq!((l.rounds, l.duration, l.connections, l.threads), (3, 10, 32, 2));
         assert!(!args.no_agent);
     }
 }

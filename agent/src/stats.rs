@@ -74,10 +74,35 @@ counters! {
     /// TCP connections already established when the agent started (traced from their
     /// next message).
     ConnsPreexisting => "conns.preexisting",
+    /// HTTP/2 connections parsed (prior knowledge, h2c upgrade, or frames mid-stream).
+    H2Connections => "h2.connections",
+    /// Connections joined mid-stream whose bytes were tried as HTTP/2 frames and
+    /// rejected (neither HTTP/1 nor HTTP/2: left alone).
+    H2DetectRejected => "h2.detect_rejected",
+    /// HTTP/2 request streams parsed.
+    H2Streams => "h2.streams",
+    /// Streams whose `:method`, `:path` or `:status` referred to an HPACK entry sent
+    /// before the agent saw the connection (or in bytes it lost): reported as `_OTHER`
+    /// or left out, never guessed.
+    H2UnknownMethod => "h2.unknown_method",
+    H2UnknownPath => "h2.unknown_path",
+    H2UnknownStatus => "h2.unknown_status",
+    /// Header fields of any kind that referred to an HPACK entry never seen.
+    H2UnknownField => "h2.unknown_field",
+    /// Streams ended by RST_STREAM or GOAWAY.
+    H2StreamsReset => "h2.streams_reset",
+    /// Server-pushed streams (PUSH_PROMISE): ignored.
+    H2PushIgnored => "h2.push_ignored",
+    /// Streams not tracked because the connection already had `MAX_STREAMS` open.
+    DropH2StreamLimit => "drop.h2_stream_limit",
+    /// HTTP/2 connection errors (bad frame, bad HPACK, oversized header block): the
+    /// connection's streams were reset and its parser resynchronised.
+    DropH2ConnectionError => "drop.h2_connection_error",
     /// Spans by how they were linked (`ghostwire.link`).
     LinkHeader => "link.header",
     LinkThread => "link.thread",
     LinkSocket => "link.socket",
+    LinkProcess => "link.process",
     LinkNone => "link.none",
     /// Outbound calls made while the thread handled no inbound request.
     LinkUnlinkedClient => "link.unlinked_client",

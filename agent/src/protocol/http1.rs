@@ -1644,6 +1644,7 @@ impl Http1Session {
             request_last: p.last,
             response_first: f.first,
             response_last: f.last,
+            h2: None,
         });
     }
 

@@ -1,7 +1,9 @@
 //! Protocol parsers: pure, incremental functions over bytes. Nothing here knows BPF,
 //! tokio or OTLP. A parser is fed the bytes one connection's process read or wrote, in
 //! order, and emits paired request/response records ([`Exchange`]).
+pub mod hpack;
 pub mod http1;
+pub mod http2;
 
 /// Direction of bytes, seen from the traced process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -90,8 +92,9 @@ impl Response {
 /// the first and last byte of each.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exchange {
-    /// Position of the request on its connection (0, 1, 2, ...), as reported by the
-    /// session's `started_requests` when its head was parsed.
+    /// The request's stream on its connection. HTTP/1: its position (0, 1, 2, ...), as
+    /// reported by the session's `started_requests` when its head was parsed. HTTP/2: the
+    /// stream id.
     pub seq: u64,
     pub request: Request,
     pub response: Response,
@@ -99,4 +102,74 @@ pub struct Exchange {
     pub request_last: Timing,
     pub response_first: Timing,
     pub response_last: Timing,
+    /// What only HTTP/2 has (`None` for HTTP/1).
+    pub h2: Option<Box<H2Exchange>>,
+}
+
+/// The HTTP/2 side of an [`Exchange`]. Its request and response heads are in
+/// [`Exchange::request`] and [`Exchange::response`]: `:method` as `method`, `:path` as
+/// `target`, `:authority` as a `host` header, `:status` as `status`, regular headers and
+/// trailers (`grpc-status`, ...) as headers. A pseudo-header that could not be decoded
+/// (it refers to an HPACK entry the agent never saw) is empty (`status` 0) and marked in
+/// [`H2Exchange::unknown`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct H2Exchange {
+    /// The stream did not end normally: RST_STREAM or GOAWAY, with its error code.
+    pub reset: Option<Reset>,
+    /// gRPC details when the stream is a gRPC call (`content-type: application/grpc*`, or
+    /// a `grpc-status` in the response).
+    pub grpc: Option<Grpc>,
+    pub unknown: Unknown,
+}
+
+/// How a stream was ended early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reset {
+    /// HTTP/2 error code (RFC 9113 section 7), e.g. 0x8 CANCEL.
+    pub code: u32,
+    /// By GOAWAY (the connection went away) rather than RST_STREAM.
+    pub goaway: bool,
+    /// Who sent the frame, seen from the traced process.
+    pub dir: Direction,
+}
+
+/// gRPC details of one call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grpc {
+    /// `grpc-status` from the trailers (or a Trailers-Only response); `None` if not seen.
+    pub status: Option<u32>,
+    /// Length-prefixed messages in each direction, and the sum of their lengths (the
+    /// 5-byte prefixes excluded; as on the wire, compressed or not).
+    pub request_messages: u64,
+    pub request_bytes: u64,
+    pub response_messages: u64,
+    pub response_bytes: u64,
+}
+
+/// Pseudo-headers that could not be decoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unknown {
+    pub method: bool,
+    pub path: bool,
+    pub status: bool,
+}
+
+/// A request whose head a session just parsed (before its response exists).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Started {
+    /// As [`Exchange::seq`].
+    pub stream: u64,
+    /// Stream offset (as numbered by the capture) of the first byte of its head in its
+    /// direction: the first byte of the HTTP/1 start line, or of the HTTP/2 HEADERS frame.
+    pub offset: u64,
+    /// Timing of the syscall that carried that first byte.
+    pub first: Timing,
+}
+
+/// What a session reports as it parses: requests started, and exchanges completed.
+/// The caller drains both after each call.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub started: Vec<Started>,
+    pub done: Vec<Exchange>,
 }

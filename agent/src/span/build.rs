@@ -224,6 +224,7 @@ mod tests {
                 request_last: Timing { enter_ns: 100, exit_ns: 110 },
                 response_first: Timing { enter_ns: 200, exit_ns: 210 },
                 response_last: Timing { enter_ns: 300, exit_ns: 310 },
+                h2: None,
             },
         }
     }

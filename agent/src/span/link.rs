@@ -484,6 +484,7 @@ mod tests {
                 request_last: Timing::default(),
                 response_first: Timing::default(),
                 response_last: Timing::default(),
+                h2: None,
             },
             tid: 0,
         };

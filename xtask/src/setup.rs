@@ -31,6 +31,9 @@ pub const PEER_REQUIREMENTS: &[&str] = &[
     "opentelemetry-exporter-otlp-proto-http==1.45.1",
     "opentelemetry-instrumentation-requests==0.66b1",
     "opentelemetry-instrumentation-flask==0.66b1",
+    "opentelemetry-instrumentation-grpc==0.66b1",
+    // The legacy gRPC peers (tests/peers/grpc_*.py); the version the OTLP exporter pulls in.
+    "grpcio==1.85.3",
     "flask",
     "requests",
 ];

@@ -95,8 +95,8 @@ impl Spans {
 }
 
 impl ConnSink for Spans {
-    fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, request: &Request, tcp_seq: u32) {
-        self.linker.request_started(key, conn, tid, request, tcp_seq);
+    fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, request: &Request, wire_key: u64) {
+        self.linker.request_started(key, conn, tid, request, wire_key);
     }
 
     fn exchange(&mut self, rec: ExchangeRecord) {
@@ -106,6 +106,7 @@ impl ConnSink for Spans {
         s.incr(match identity.link {
             LinkKind::Header => Counter::LinkHeader,
             LinkKind::Thread => Counter::LinkThread,
+            LinkKind::Process => Counter::LinkProcess,
             LinkKind::Socket => Counter::LinkSocket,
             LinkKind::None => Counter::LinkNone,
         });

@@ -184,6 +184,9 @@ impl KernelCounters {
     }
 }
 
+/// Figures the report derives from counters (besides the counters themselves).
+pub const DERIVED: &[&str] = &["h2.unknown_pct"];
+
 /// One human-readable report of all non-zero counters.
 #[must_use]
 pub fn report(kernel: &KernelCounters) -> String {
@@ -194,6 +197,17 @@ pub fn report(kernel: &KernelCounters) -> String {
         if v != 0 {
             let _ = write!(out, " {}={v}", c.name());
         }
+    }
+    // How often an HTTP/2 stream's method, path or status could not be decoded (HPACK
+    // state from before the agent saw its connection), in percent of streams.
+    let streams = s.get(Counter::H2Streams);
+    if streams > 0 {
+        let unknown = [Counter::H2UnknownMethod, Counter::H2UnknownPath, Counter::H2UnknownStatus]
+            .iter()
+            .map(|&c| s.get(c))
+            .max()
+            .unwrap_or(0);
+        let _ = write!(out, " h2.unknown_pct={}", (unknown * 100).div_ceil(streams));
     }
     for name in ghostwire_common::counter::NAMES {
         let total = kernel.total(name);

@@ -243,7 +243,7 @@ pub fn parse_stats_line(line: &str) -> BTreeMap<String, u64> {
 #[must_use]
 pub fn is_stat_key(key: &str) -> bool {
     use ghostwire_common::{counter, probe};
-    if ghostwire::stats::Counter::ALL.iter().any(|c| c.name() == key) {
+    if ghostwire::stats::Counter::ALL.iter().any(|c| c.name() == key) || ghostwire::stats::DERIVED.contains(&key) {
         return true;
     }
     if let Some(rest) = key.strip_prefix("break.") {

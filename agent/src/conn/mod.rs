@@ -2,11 +2,11 @@
 //! paired exchanges out.
 //!
 //! A connection is keyed by its [`ConnId`] (kernel socket address + when the kernel
-//! started tracking it). Each connection owns a protocol session that is fed its byte
-//! stream in order. Every data event carries its stream offset, so a lost record is
-//! noticed at the next one of its direction: the session is told
-//! ([`Http1Session::lost`]) and resynchronises on the next message start, and the loss
-//! is counted.
+//! started tracking it). Each connection owns a protocol [`Session`] (HTTP/1, HTTP/2;
+//! detected from its first bytes) that is fed its byte stream in order; nothing here
+//! knows what is inside. Every data event carries its stream offset, so a lost record
+//! is noticed at the next one of its direction: the session is told
+//! ([`Session::lost`]) and resynchronises, and the loss is counted.
 //!
 //! Connections the kernel first saw mid-stream (opened before the agent started) get
 //! their role from the listening ports of their namespace ([`listen`]), failing that
@@ -21,8 +21,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use crate::capture::{Conn as ConnEvent, ConnId, Data, Event, Listen, Payload, State, StateChange};
-use crate::protocol::http1::{self, Http1Session, ParseError};
-use crate::protocol::{Direction, Exchange, Request, Role, Timing};
+use crate::protocol::session::{self, Detected, Session};
+use crate::protocol::{Direction, Exchange, Output, Request, Role, Timing};
 use crate::stats::{self, Counter};
 
 pub use listen::ListenTable;
@@ -41,11 +41,12 @@ pub struct ConnMeta {
 /// A connection's identity.
 pub type ConnKey = ConnId;
 
-/// One request on one connection: the connection and the request's `seq` on it.
+/// One request on one connection: the connection and the request's stream on it
+/// (HTTP/1: its position on the connection; HTTP/2: its stream id).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ReqKey {
     pub conn: ConnKey,
-    pub seq: u64,
+    pub stream: u64,
 }
 
 /// One request/response pair and the connection it travelled on.
@@ -61,9 +62,9 @@ pub struct ExchangeRecord {
 /// What the connection table reports, in order.
 pub trait ConnSink {
     /// A request's head was parsed (before its response exists). `tid` is the thread
-    /// that read (server) or wrote (client) it; `tcp_seq` the TCP sequence number of its
-    /// first byte (the same at both ends of the connection).
-    fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, request: &Request, tcp_seq: u32);
+    /// that read (server) or wrote (client) it; `wire_key` names the request the same way
+    /// at both ends of the connection ([`Session::wire_key`]).
+    fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, request: &Request, wire_key: u64);
     /// A request was answered.
     fn exchange(&mut self, rec: ExchangeRecord);
     /// A connection ended.
@@ -79,7 +80,7 @@ enum Proto {
     Undecided {
         budget: u16,
     },
-    Http1(Box<Http1Session>),
+    Known(Session),
     /// Not a protocol ghostwire parses: its bytes are ignored.
     Opaque,
 }
@@ -94,8 +95,6 @@ struct Conn {
     /// Next expected stream offset per direction (ingress, egress); `None` until the
     /// first record of a connection joined mid-stream.
     expect: [Option<u64>; 2],
-    /// The `seq` of the next request not yet reported as started.
-    next_started: u64,
     /// Kernel time of the last event, to pick a victim when the table is full.
     last_ns: u64,
     /// TCP sequence number of stream offset 0, per direction.
@@ -110,7 +109,7 @@ pub struct ConnTable {
     max_conns: usize,
     listening: ListenTable,
     /// Reused output buffer of the parsers.
-    scratch: Vec<Exchange>,
+    scratch: Output,
 }
 
 impl Default for ConnTable {
@@ -129,7 +128,7 @@ fn dir_index(dir: Direction) -> usize {
 impl ConnTable {
     #[must_use]
     pub fn new(max_conns: usize, listening: ListenTable) -> Self {
-        Self { conns: HashMap::with_capacity(1024.min(max_conns)), max_conns, listening, scratch: Vec::new() }
+        Self { conns: HashMap::with_capacity(1024.min(max_conns)), max_conns, listening, scratch: Output::default() }
     }
 
     #[must_use]
@@ -184,7 +183,6 @@ impl ConnTable {
                 proto: Proto::Undecided { budget: MIDSTREAM_BUDGET },
                 midstream: ev.midstream,
                 expect: [start; 2],
-                next_started: 0,
                 last_ns: ev.ts_ns,
                 tcp_seq: ev.tcp_seq,
             },
@@ -216,7 +214,7 @@ impl ConnTable {
             StateChange::SendClosed => {
                 let Some(conn) = self.conns.get_mut(&s.conn) else { return };
                 conn.last_ns = s.ts_ns;
-                if let Proto::Http1(session) = &mut conn.proto {
+                if let Proto::Known(session) = &mut conn.proto {
                     session.eof(Direction::Egress, t, &mut self.scratch);
                     report(s.conn, conn, 0, &mut self.scratch, sink);
                 }
@@ -246,7 +244,7 @@ impl ConnTable {
                 ),
             );
             match &mut conn.proto {
-                Proto::Http1(session) => {
+                Proto::Known(session) => {
                     let dropped = session.lost(d.dir, d.unreported_ns);
                     stats::global().add(Counter::DropLostRequest, dropped as u64);
                 }
@@ -257,7 +255,7 @@ impl ConnTable {
             }
         }
         if d.is_eof() {
-            if let Proto::Http1(session) = &mut conn.proto {
+            if let Proto::Known(session) = &mut conn.proto {
                 session.eof(d.dir, t, &mut self.scratch);
                 report(d.conn, conn, d.tid, &mut self.scratch, sink);
             }
@@ -269,107 +267,87 @@ impl ConnTable {
         };
         let gap = u64::from(d.len) - prefix.len() as u64 - tail.len() as u64;
         if let Proto::Undecided { budget } = &mut conn.proto {
-            match decide(conn.role, conn.midstream, d.dir, prefix) {
-                Decision::Http1(role) => {
+            let detected = session::detect(conn.role, conn.midstream, d.dir, prefix);
+            match Session::new(detected, conn.midstream) {
+                Some(session) => {
+                    let (Detected::Http1(role) | Detected::Http2(role)) = detected else { unreachable!() };
                     conn.role = Some(role);
                     conn.meta.role = role;
-                    let session =
-                        if conn.midstream { Http1Session::new_midstream(role) } else { Http1Session::new(role) };
-                    conn.proto = Proto::Http1(Box::new(session));
+                    log::debug!(
+                        "pid {} {} -> {}: {} as {role:?}",
+                        conn.meta.pid,
+                        conn.meta.local,
+                        conn.meta.peer,
+                        session.name()
+                    );
+                    conn.proto = Proto::Known(session);
                 }
-                Decision::Wait if *budget > 1 => {
+                None if detected == Detected::Wait && *budget > 1 => {
                     *budget -= 1;
                     return;
                 }
-                Decision::Wait | Decision::Opaque => {
+                None => {
                     stats::global().incr(Counter::ConnsNotHttp);
+                    // Every kind of "no" tried the bytes as HTTP/2 frames too, except a
+                    // start line on the wrong side.
+                    if detected != Detected::Opaque {
+                        stats::global().incr(Counter::H2DetectRejected);
+                    }
                     conn.proto = Proto::Opaque;
                     return;
                 }
             }
         }
-        let Proto::Http1(session) = &mut conn.proto else { return };
-        if let Err(e) = session.feed_at(d.dir, d.offset, prefix, gap, tail, t, &mut self.scratch) {
-            let counter = match e {
-                ParseError::HalfSeen { .. } => Counter::DropHalfSeen,
-                _ => Counter::DropParseError,
-            };
-            stats::global().drop_event(
-                counter,
-                format_args!("pid {} {} -> {}: {e}", conn.meta.pid, conn.meta.local, conn.meta.peer),
-            );
+        let Proto::Known(session) = &mut conn.proto else { return };
+        let role = conn.meta.role;
+        if let Err(e) = session.feed_at(role, d.dir, d.offset, prefix, gap, tail, t, &mut self.scratch) {
+            match e {
+                session::Error::Http1(_) => stats::global().drop_event(
+                    if e.is_half_seen() { Counter::DropHalfSeen } else { Counter::DropParseError },
+                    format_args!("pid {} {} -> {}: {e}", conn.meta.pid, conn.meta.local, conn.meta.peer),
+                ),
+                // Counted by the session, which knows what it reset.
+                session::Error::Http2(_) => {
+                    log::debug!("pid {} {} -> {}: {e}", conn.meta.pid, conn.meta.local, conn.meta.peer);
+                }
+            }
         }
         // Requests whose head just completed: report them before any exchange, so the
         // linker knows a request is in progress while the process handles it.
-        if d.dir == conn.meta.role.request_direction() {
-            let base = conn.tcp_seq[dir_index(d.dir)];
-            for (seq, request, _first) in session.started_requests(conn.next_started) {
-                if request.truncated {
-                    stats::global().incr(Counter::HeadTruncated);
-                }
-                // Sequence numbers wrap at 2^32, like TCP's.
-                let tcp_seq = base.wrapping_add(request.stream_offset as u32);
-                sink.request_started(ReqKey { conn: d.conn, seq }, &conn.meta, d.tid, request, tcp_seq);
-                conn.next_started = seq + 1;
+        let base = conn.tcp_seq[dir_index(role.request_direction())];
+        for started in self.scratch.started.drain(..) {
+            let Some(request) = session.request(started.stream) else { continue };
+            if request.truncated {
+                stats::global().incr(Counter::HeadTruncated);
             }
-            conn.next_started = conn.next_started.max(session.next_seq());
+            let wire_key = session.wire_key(&started, base);
+            sink.request_started(ReqKey { conn: d.conn, stream: started.stream }, &conn.meta, d.tid, request, wire_key);
         }
         report(d.conn, conn, d.tid, &mut self.scratch, sink);
     }
 }
 
-/// Hands the exchanges a session completed to the sink.
-fn report(key: ConnKey, conn: &Conn, tid: u32, done: &mut Vec<Exchange>, sink: &mut impl ConnSink) {
-    for exchange in done.drain(..) {
+/// Hands the exchanges a session completed to the sink (requests started without their
+/// head at hand, after an eof or a close, are dropped: they have no span yet).
+fn report(key: ConnKey, conn: &Conn, tid: u32, out: &mut Output, sink: &mut impl ConnSink) {
+    out.started.clear();
+    for exchange in out.done.drain(..) {
         if exchange.response.truncated {
             stats::global().incr(Counter::HeadTruncated);
         }
-        let rec = ExchangeRecord { key: ReqKey { conn: key, seq: exchange.seq }, conn: conn.meta, exchange, tid };
+        let rec = ExchangeRecord { key: ReqKey { conn: key, stream: exchange.seq }, conn: conn.meta, exchange, tid };
         sink.exchange(rec);
     }
 }
 
-enum Decision {
-    Http1(Role),
-    /// Mid-stream and no message start yet: keep looking.
-    Wait,
-    Opaque,
-}
-
-/// Which protocol (and, when unknown, which role) a connection's first bytes show.
-fn decide(role: Option<Role>, midstream: bool, dir: Direction, bytes: &[u8]) -> Decision {
-    let request = http1::looks_like_request(bytes);
-    let response = http1::looks_like_response(bytes);
-    // A request read is a server's; a request written is a client's.
-    let shown = match (request, response, dir) {
-        (true, _, Direction::Ingress) | (false, true, Direction::Egress) => Some(Role::Server),
-        (true, _, Direction::Egress) | (false, true, Direction::Ingress) => Some(Role::Client),
-        _ => None,
-    };
-    match (role, shown) {
-        (Some(r), Some(s)) if r == s => Decision::Http1(r),
-        (None, Some(s)) => Decision::Http1(s),
-        // A start line in the direction the role does not expect it, or none at all.
-        _ if midstream => Decision::Wait,
-        (Some(_), _) => Decision::Opaque,
-        (None, None) => Decision::Wait,
-    }
-}
-
 /// A connection ends: complete what its end completes, count what stays unanswered.
-fn finish(key: ConnKey, mut conn: Conn, t: Timing, done: &mut Vec<Exchange>, sink: &mut impl ConnSink) {
-    if let Proto::Http1(session) = &mut conn.proto {
-        // The end of the stream delimits a response body sent without a length.
-        let response_dir = match conn.meta.role {
-            Role::Server => Direction::Egress,
-            Role::Client => Direction::Ingress,
-        };
-        session.eof(response_dir, t, done);
-        let pending = session.pending_requests();
+fn finish(key: ConnKey, mut conn: Conn, t: Timing, out: &mut Output, sink: &mut impl ConnSink) {
+    if let Proto::Known(session) = &mut conn.proto {
+        let pending = session.close(conn.meta.role, t, out);
         if pending > 0 {
             stats::global().add(Counter::DropUnansweredRequest, pending as u64);
         }
-        report(key, &conn, 0, done, sink);
+        report(key, &conn, 0, out, sink);
     }
     sink.connection_closed(key, &conn.meta);
 }
@@ -387,7 +365,7 @@ mod tests {
     }
 
     impl ConnSink for Sink {
-        fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, _tid: u32, request: &Request, _tcp_seq: u32) {
+        fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, _tid: u32, request: &Request, _wire_key: u64) {
             self.started.push((key, *conn, request.target.clone()));
         }
         fn exchange(&mut self, rec: ExchangeRecord) {
@@ -497,7 +475,7 @@ mod tests {
         assert!(stats::global().get(Counter::DropCaptureGap) > before);
         // Only the request seen after the loss is paired, with its own response.
         assert_eq!(sink.exchanges.len(), 1, "{:?}", sink.exchanges);
-        assert_eq!(sink.exchanges[0].key.seq, 2);
+        assert_eq!(sink.exchanges[0].key.stream, 2);
     }
 
     #[test]

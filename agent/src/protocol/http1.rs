@@ -735,6 +735,9 @@ pub struct Http1Session {
     next_seq: u64,
     /// After `101 Switching Protocols` or a tunnel: nothing is HTTP/1 any more.
     opaque: bool,
+    /// Stream offset (in the response direction) of the first byte after the head that
+    /// made the connection opaque.
+    opaque_at: Option<u64>,
     /// Joined mid-stream or lost bytes, and no request parsed since: a response without a
     /// pending request is [`ParseError::HalfSeen`].
     resumed: bool,
@@ -765,6 +768,7 @@ impl Http1Session {
             in_flight: None,
             next_seq: 0,
             opaque: false,
+            opaque_at: None,
             resumed: false,
             guard: false,
             next_pos: [0; 2],
@@ -959,6 +963,20 @@ impl Http1Session {
         self.opaque
     }
 
+    /// Where the other protocol begins after a switch ([`is_opaque`](Self::is_opaque)):
+    /// the stream offset, in the response direction, of the first byte after the
+    /// `101 Switching Protocols` (or tunnel-establishing) head.
+    #[must_use]
+    pub fn opaque_from(&self) -> Option<u64> {
+        self.opaque_at
+    }
+
+    /// The head of request `seq` while it waits for its response.
+    #[must_use]
+    pub fn request(&self, seq: u64) -> Option<&Request> {
+        self.pending.iter().find(|p| p.seq == seq && !p.lost).map(|p| &p.request)
+    }
+
     fn kind_of(&self, dir: Direction) -> MessageKind {
         if dir == self.role.request_direction() {
             MessageKind::Request
@@ -1052,7 +1070,12 @@ impl Http1Session {
                 Phase::Body(body) => self.body_step(cx, body, input),
             };
             match step {
-                Some(n) => input = input.get(n..).unwrap_or_default(),
+                Some(n) => {
+                    input = input.get(n..).unwrap_or_default();
+                    if self.opaque {
+                        self.opaque_at = Some(cx.end_pos - input.len() as u64);
+                    }
+                }
                 None => return,
             }
         }

@@ -4,6 +4,7 @@
 pub mod hpack;
 pub mod http1;
 pub mod http2;
+pub mod session;
 
 /// Direction of bytes, seen from the traced process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,6 +1,6 @@
-//! Exchanges → spans, named and attributed per the OpenTelemetry HTTP semantic
-//! conventions (stable HTTP conventions, `http.request.method`, `url.*`, `server.*`,
-//! `client.*`, `network.*`).
+//! Exchanges → spans, named and attributed per the OpenTelemetry semantic conventions:
+//! the stable HTTP conventions (`http.request.method`, `url.*`, `server.*`, `client.*`,
+//! `network.*`) for HTTP/1 and HTTP/2, and the stable RPC conventions (`rpc.*`) for gRPC.
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use super::link::Identity;
 use super::model::{AttrValue, Attribute, Resource, Span, SpanKind, Status};
 use super::redact;
 use crate::conn::ExchangeRecord;
-use crate::protocol::Role;
+use crate::protocol::{Grpc, H2Exchange, Reset, Role};
 
 /// Converts kernel monotonic timestamps (`bpf_ktime_get_ns`) to Unix time.
 #[derive(Clone, Copy, Debug)]
@@ -42,65 +42,23 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 
 const KNOWN_METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
 
-/// Builds one span from one exchange, with the identity the linker gave it.
+/// Builds one span from one exchange, with the identity the linker gave it: an HTTP
+/// span (HTTP/1 or HTTP/2), or an RPC span for a gRPC call.
 #[must_use]
 pub fn build(rec: &ExchangeRecord, id: Identity, resource: Arc<Resource>, clock: Clock) -> Span {
-    let req = &rec.exchange.request;
-    let resp = &rec.exchange.response;
     let conn = &rec.conn;
-
     let (kind, start, end) = match conn.role {
         // A server's request starts when its first bytes are read.
         Role::Server => (SpanKind::Server, rec.exchange.request_first.exit_ns, rec.exchange.response_last.exit_ns),
         // A client's request starts when it begins writing it.
         Role::Client => (SpanKind::Client, rec.exchange.request_first.enter_ns, rec.exchange.response_last.exit_ns),
     };
-
-    let method_known = KNOWN_METHODS.contains(&req.method.as_str());
-    let method = if method_known { req.method.as_str() } else { "_OTHER" };
-    let (path, query) = split_target(&req.target);
-    let name = if method_known { req.method.clone() } else { "HTTP".to_owned() };
-
-    let mut attrs: Vec<Attribute> = Vec::with_capacity(20);
+    let mut attrs: Vec<Attribute> = Vec::with_capacity(24);
+    let (name, is_error) = match rec.exchange.h2.as_deref() {
+        Some(h2) if h2.grpc.is_some() => grpc_attributes(rec, h2, kind, &mut attrs),
+        h2 => http_attributes(rec, h2, kind, &mut attrs),
+    };
     let mut put = |k: &'static str, v: AttrValue| attrs.push((Cow::Borrowed(k), v));
-    put("http.request.method", method.into());
-    if !method_known {
-        put("http.request.method_original", req.method.as_str().into());
-    }
-    put("http.response.status_code", i64::from(resp.status).into());
-    put("network.protocol.version", if req.version_minor == 0 { "1.0" } else { "1.1" }.into());
-    put("network.peer.address", conn.peer.ip().to_string().into());
-    put("network.peer.port", i64::from(conn.peer.port()).into());
-    put("network.local.address", conn.local.ip().to_string().into());
-    put("network.local.port", i64::from(conn.local.port()).into());
-    let host = req.header("host").map(split_host);
-    match kind {
-        SpanKind::Server => {
-            put("url.scheme", "http".into());
-            put("url.path", path.into());
-            if let Some(q) = query {
-                put("url.query", redact::query(q).into());
-            }
-            let (addr, port) = host.unwrap_or_else(|| (conn.local.ip().to_string(), Some(conn.local.port())));
-            put("server.address", addr.into());
-            put("server.port", i64::from(port.unwrap_or(conn.local.port())).into());
-            put("client.address", conn.peer.ip().to_string().into());
-            put("client.port", i64::from(conn.peer.port()).into());
-        }
-        SpanKind::Client => {
-            let (addr, port) = host.unwrap_or_else(|| (conn.peer.ip().to_string(), Some(conn.peer.port())));
-            let port = port.unwrap_or(conn.peer.port());
-            put("url.full", full_url(&req.target, &addr, port, &conn.peer).into());
-            put("server.address", addr.into());
-            put("server.port", i64::from(port).into());
-        }
-    }
-    if let Some(ua) = req.header("user-agent") {
-        put("user_agent.original", ua.into());
-    }
-    if let Some(rid) = context::request_id(req.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))) {
-        put("http.request.header.x-request-id", rid.into());
-    }
     put("ghostwire.link", id.link.name().into());
     if let Some(format) = id.format {
         put("ghostwire.context.format", format.name().into());
@@ -108,27 +66,11 @@ pub fn build(rec: &ExchangeRecord, id: Identity, resource: Arc<Resource>, clock:
     if id.propagation_break.is_some() {
         put("ghostwire.propagation_break", true.into());
     }
-    if req.truncated || resp.truncated {
+    if rec.exchange.request.truncated || rec.exchange.response.truncated {
         // A head larger than what could be seen: the attributes come from its start.
         put("ghostwire.truncated", true.into());
     }
-    if req.body_len > 0 {
-        put("http.request.body.size", i64::try_from(req.body_len).unwrap_or(i64::MAX).into());
-    }
-    if resp.body_len > 0 {
-        put("http.response.body.size", i64::try_from(resp.body_len).unwrap_or(i64::MAX).into());
-    }
-    let is_error = match kind {
-        SpanKind::Server => resp.status >= 500,
-        SpanKind::Client => resp.status >= 400,
-    };
-    let status = if is_error {
-        put("error.type", resp.status.to_string().into());
-        Status::Error { message: String::new() }
-    } else {
-        Status::Unset
-    };
-
+    let status = if is_error { Status::Error { message: String::new() } } else { Status::Unset };
     Span {
         trace_id: id.trace_id,
         span_id: id.span_id,
@@ -143,6 +85,237 @@ pub fn build(rec: &ExchangeRecord, id: Identity, resource: Arc<Resource>, clock:
         attributes: attrs,
         resource,
     }
+}
+
+/// The connection's addresses, and (server side) the client's.
+fn network_attributes(rec: &ExchangeRecord, kind: SpanKind, put: &mut impl FnMut(&'static str, AttrValue)) {
+    let conn = &rec.conn;
+    put("network.peer.address", conn.peer.ip().to_string().into());
+    put("network.peer.port", i64::from(conn.peer.port()).into());
+    put("network.local.address", conn.local.ip().to_string().into());
+    put("network.local.port", i64::from(conn.local.port()).into());
+    if kind == SpanKind::Server {
+        put("client.address", conn.peer.ip().to_string().into());
+        put("client.port", i64::from(conn.peer.port()).into());
+    }
+}
+
+/// `server.address` and `server.port`: from the `Host` header (HTTP/2's `:authority`),
+/// else the connection's server end.
+fn server_address(rec: &ExchangeRecord, kind: SpanKind) -> (String, u16) {
+    let conn = &rec.conn;
+    let server = if kind == SpanKind::Server { conn.local } else { conn.peer };
+    let host = rec.exchange.request.header("host").map(split_host);
+    match host {
+        Some((addr, port)) => (addr, port.unwrap_or(server.port())),
+        None => (server.ip().to_string(), server.port()),
+    }
+}
+
+/// HTTP semantic conventions (HTTP/1.x and HTTP/2). Returns the span name and whether
+/// the span is an error.
+fn http_attributes(
+    rec: &ExchangeRecord,
+    h2: Option<&H2Exchange>,
+    kind: SpanKind,
+    attrs: &mut Vec<Attribute>,
+) -> (String, bool) {
+    let req = &rec.exchange.request;
+    let resp = &rec.exchange.response;
+    let conn = &rec.conn;
+    let mut put = |k: &'static str, v: AttrValue| attrs.push((Cow::Borrowed(k), v));
+
+    let method_known = KNOWN_METHODS.contains(&req.method.as_str());
+    let method = if method_known { req.method.as_str() } else { "_OTHER" };
+    // An HTTP/2 path the agent could not decode is unknown, not empty.
+    let unknown = h2.map(|h| h.unknown).unwrap_or_default();
+    let (path, query) = if unknown.path { ("_OTHER", None) } else { split_target(&req.target) };
+    let name = if method_known { req.method.clone() } else { "HTTP".to_owned() };
+
+    put("http.request.method", method.into());
+    if !method_known && !unknown.method {
+        put("http.request.method_original", req.method.as_str().into());
+    }
+    if resp.status != 0 {
+        put("http.response.status_code", i64::from(resp.status).into());
+    }
+    put("network.protocol.name", "http".into());
+    let version = match h2 {
+        Some(_) => "2",
+        None if req.version_minor == 0 => "1.0",
+        None => "1.1",
+    };
+    put("network.protocol.version", version.into());
+    network_attributes(rec, kind, &mut put);
+    let (addr, port) = server_address(rec, kind);
+    match kind {
+        SpanKind::Server => {
+            put("url.scheme", "http".into());
+            put("url.path", path.into());
+            if let Some(q) = query {
+                put("url.query", redact::query(q).into());
+            }
+            put("server.address", addr.into());
+            put("server.port", i64::from(port).into());
+        }
+        SpanKind::Client => {
+            let url = if unknown.path { "_OTHER".to_owned() } else { full_url(&req.target, &addr, port, &conn.peer) };
+            put("url.full", url.into());
+            put("server.address", addr.into());
+            put("server.port", i64::from(port).into());
+        }
+    }
+    if let Some(ua) = req.header("user-agent") {
+        put("user_agent.original", ua.into());
+    }
+    if let Some(rid) = context::request_id(req.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))) {
+        put("http.request.header.x-request-id", rid.into());
+    }
+    if req.body_len > 0 {
+        put("http.request.body.size", i64::try_from(req.body_len).unwrap_or(i64::MAX).into());
+    }
+    if resp.body_len > 0 {
+        put("http.response.body.size", i64::try_from(resp.body_len).unwrap_or(i64::MAX).into());
+    }
+    if unknown.method || unknown.path || unknown.status {
+        put("ghostwire.hpack.unknown", true.into());
+    }
+    let reset = h2.and_then(|h| h.reset);
+    let status_error = match kind {
+        SpanKind::Server => resp.status >= 500,
+        SpanKind::Client => resp.status >= 400,
+    };
+    if let Some(reset) = reset {
+        // The stream ended before its response did.
+        put("error.type", h2_error_name(reset.code).into());
+        return (name, true);
+    }
+    if status_error {
+        put("error.type", resp.status.to_string().into());
+    }
+    (name, status_error)
+}
+
+/// RPC semantic conventions for gRPC (stable, semconv 1.45). Returns the span name and
+/// whether the span is an error.
+fn grpc_attributes(rec: &ExchangeRecord, h2: &H2Exchange, kind: SpanKind, attrs: &mut Vec<Attribute>) -> (String, bool) {
+    let req = &rec.exchange.request;
+    let resp = &rec.exchange.response;
+    let grpc = h2.grpc.clone().unwrap_or_default();
+    let mut put = |k: &'static str, v: AttrValue| attrs.push((Cow::Borrowed(k), v));
+
+    // `:path` is `/package.Service/Method`.
+    let method = req.target.strip_prefix('/').filter(|m| !h2.unknown.path && is_rpc_method(m));
+    put("rpc.system.name", "grpc".into());
+    put("rpc.method", method.unwrap_or("_OTHER").into());
+    let code = grpc_code(&grpc, h2.reset, resp.status);
+    let code_name = code.map_or("UNKNOWN", grpc_code_name);
+    put("rpc.response.status_code", code_name.into());
+    put("network.protocol.name", "http".into());
+    put("network.protocol.version", "2".into());
+    put("network.transport", "tcp".into());
+    network_attributes(rec, kind, &mut put);
+    let (addr, port) = server_address(rec, kind);
+    put("server.address", addr.into());
+    put("server.port", i64::from(port).into());
+    let count = |n: u64| AttrValue::Int(i64::try_from(n).unwrap_or(i64::MAX));
+    put("ghostwire.grpc.request.messages", count(grpc.request_messages));
+    put("ghostwire.grpc.response.messages", count(grpc.response_messages));
+    put("ghostwire.grpc.request.bytes", count(grpc.request_bytes));
+    put("ghostwire.grpc.response.bytes", count(grpc.response_bytes));
+    if h2.unknown.method || h2.unknown.path || h2.unknown.status {
+        put("ghostwire.hpack.unknown", true.into());
+    }
+    let is_error = match (kind, code) {
+        // A server is at fault only for these (RPC conventions, gRPC status codes).
+        (SpanKind::Server, c) => matches!(c, None | Some(2 | 4 | 12 | 13 | 14 | 15)),
+        (SpanKind::Client, c) => c != Some(0),
+    };
+    if is_error {
+        put("error.type", code_name.into());
+    }
+    // The span name is the method; `{rpc.system.name}` when it is not known.
+    (method.map_or_else(|| "grpc".to_owned(), str::to_owned), is_error)
+}
+
+/// `package.Service/Method`: one slash between two non-empty parts.
+fn is_rpc_method(m: &str) -> bool {
+    m.split_once('/').is_some_and(|(svc, method)| !svc.is_empty() && !method.is_empty() && !method.contains('/'))
+}
+
+/// The call's gRPC status: from `grpc-status`; else from how the stream was reset
+/// (RST_STREAM codes as gRPC maps them); else from the HTTP status (gRPC's
+/// HTTP-to-status mapping). `None` when nothing says.
+fn grpc_code(grpc: &Grpc, reset: Option<Reset>, http_status: u16) -> Option<u32> {
+    if let Some(code) = grpc.status {
+        return Some(code);
+    }
+    if let Some(reset) = reset {
+        return Some(match reset.code {
+            // NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR,
+            // SETTINGS_TIMEOUT, FRAME_SIZE_ERROR, COMPRESSION_ERROR, CONNECT_ERROR
+            0x0 | 0x1 | 0x2 | 0x3 | 0x4 | 0x6 | 0x9 | 0xa => 13,
+            0x7 => 14,  // REFUSED_STREAM → UNAVAILABLE
+            0x8 => 1,   // CANCEL → CANCELLED
+            0xb => 8,   // ENHANCE_YOUR_CALM → RESOURCE_EXHAUSTED
+            0xc => 7,   // INADEQUATE_SECURITY → PERMISSION_DENIED
+            _ => 2,     // UNKNOWN
+        });
+    }
+    match http_status {
+        0 | 200 => None,
+        400 => Some(13),
+        401 => Some(16),
+        403 => Some(7),
+        404 => Some(12),
+        429 | 502..=504 => Some(14),
+        _ => Some(2),
+    }
+}
+
+/// gRPC status code names (grpc/doc/statuscodes.md).
+fn grpc_code_name(code: u32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    usize::try_from(code).ok().and_then(|i| NAMES.get(i)).copied().unwrap_or("UNKNOWN")
+}
+
+/// HTTP/2 error code names (RFC 9113 section 7), for `error.type`.
+fn h2_error_name(code: u32) -> &'static str {
+    const NAMES: [&str; 14] = [
+        "NO_ERROR",
+        "PROTOCOL_ERROR",
+        "INTERNAL_ERROR",
+        "FLOW_CONTROL_ERROR",
+        "SETTINGS_TIMEOUT",
+        "STREAM_CLOSED",
+        "FRAME_SIZE_ERROR",
+        "REFUSED_STREAM",
+        "CANCEL",
+        "COMPRESSION_ERROR",
+        "CONNECT_ERROR",
+        "ENHANCE_YOUR_CALM",
+        "INADEQUATE_SECURITY",
+        "HTTP_1_1_REQUIRED",
+    ];
+    usize::try_from(code).ok().and_then(|i| NAMES.get(i)).copied().unwrap_or("_OTHER")
 }
 
 /// `/path?query` → (path, query). Absolute-form targets (`http://host/path?q`) give
@@ -199,7 +372,7 @@ mod tests {
 
     fn record(role: Role, headers: &[(&str, &str)], status: u16) -> ExchangeRecord {
         ExchangeRecord {
-            key: crate::conn::ReqKey { conn: crate::capture::ConnId { sock: 1, gen: 1 }, seq: 0 },
+            key: crate::conn::ReqKey { conn: crate::capture::ConnId { sock: 1, gen: 1 }, stream: 0 },
             tid: 42,
             conn: ConnMeta {
                 pid: 42,

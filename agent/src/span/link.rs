@@ -9,9 +9,16 @@
 //!   for thread-per-request and thread-pool servers (the thread that read the request
 //!   calls out and answers); an event loop with several requests in flight on one thread
 //!   is ambiguous and left unlinked (counted).
+//! * **process** — a CLIENT request written by a thread handling no inbound request, in
+//!   a process that is handling exactly one: the client span is a child of that one.
+//!   This is what links servers that read on one thread and run the handler on another
+//!   (grpcio: a completion-queue thread reads, a pool thread handles) when they are not
+//!   busy; with two or more requests in flight the call is left unlinked.
 //! * **socket** — the agent saw both ends of a TCP connection: the SERVER span of the
 //!   accepting process is a child of the CLIENT span of the connecting one (its socket
-//!   has the reverse 4-tuple), header or not.
+//!   has the reverse 4-tuple), header or not. Both ends name the request the same way
+//!   (the "wire key"): HTTP/1 by the TCP sequence number of its first byte, HTTP/2 by
+//!   its stream id.
 //!
 //! A request's ids are decided when its head is parsed, before its response exists,
 //! because the calls it makes meanwhile need their parent. The socket link is resolved
@@ -36,6 +43,7 @@ use crate::stats::{self, Counter};
 pub enum LinkKind {
     Header,
     Thread,
+    Process,
     Socket,
     /// A root span.
     None,
@@ -47,6 +55,7 @@ impl LinkKind {
         match self {
             LinkKind::Header => "header",
             LinkKind::Thread => "thread",
+            LinkKind::Process => "process",
             LinkKind::Socket => "socket",
             LinkKind::None => "none",
         }
@@ -74,7 +83,7 @@ pub struct Identity {
 #[derive(Clone, Debug)]
 struct PeerRequest {
     /// TCP sequence number of the request's first byte.
-    tcp_seq: u32,
+    wire_key: u64,
     pid: u32,
     trace_id: [u8; 16],
     span_id: [u8; 8],
@@ -102,13 +111,14 @@ struct Pending {
     /// Server: the thread it was read on.
     tid: u32,
     /// TCP sequence number of the request's first byte.
-    tcp_seq: u32,
+    wire_key: u64,
 }
 
 /// Bounds, so no input can grow the linker without limit.
 const MAX_PENDING: usize = 65_536;
 const MAX_PEER_QUEUE: usize = 64;
 const MAX_PER_THREAD: usize = 16;
+const MAX_PER_PROCESS: usize = 64;
 
 #[derive(Default)]
 pub struct Linker {
@@ -117,6 +127,8 @@ pub struct Linker {
     per_conn: HashMap<ConnKey, Vec<u64>>,
     /// In-flight server requests per (pid, tid).
     threads: HashMap<(u32, u32), Vec<ReqKey>>,
+    /// In-flight server requests per process.
+    processes: HashMap<u32, Vec<ReqKey>>,
     /// Client requests not yet matched to a server request, per connection
     /// (client's local address, client's peer address).
     peers: HashMap<(SocketAddr, SocketAddr), VecDeque<PeerRequest>>,
@@ -147,21 +159,21 @@ impl Linker {
         self.instrumented.contains(&pid)
     }
 
-    /// A request's head was parsed. `tcp_seq`: the TCP sequence number of its first byte,
+    /// A request's head was parsed. `wire_key`: the TCP sequence number of its first byte,
     /// which the other end of the connection sees for the same request.
-    pub fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, req: &Request, tcp_seq: u32) {
+    pub fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, req: &Request, wire_key: u64) {
         if self.pending.len() >= MAX_PENDING {
             self.evict();
         }
         let headers = || req.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
         let header_ctx = context::extract(headers());
         match conn.role {
-            Role::Server => self.server_started(key, conn, tid, header_ctx, tcp_seq),
-            Role::Client => self.client_started(key, conn, tid, header_ctx, tcp_seq),
+            Role::Server => self.server_started(key, conn, tid, header_ctx, wire_key),
+            Role::Client => self.client_started(key, conn, tid, header_ctx, wire_key),
         }
     }
 
-    fn server_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, received: Option<SpanContext>, tcp_seq: u32) {
+    fn server_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, received: Option<SpanContext>, wire_key: u64) {
         if let Some(ctx) = &received {
             *self.received.entry(conn.pid).or_default().entry(ctx.span_id).or_insert(0) += 1;
         }
@@ -177,7 +189,7 @@ impl Linker {
                 received,
                 unresolved: true,
                 tid,
-                tcp_seq,
+                wire_key,
             },
         );
         let on_thread = self.threads.entry((conn.pid, tid)).or_default();
@@ -185,34 +197,43 @@ impl Linker {
             on_thread.remove(0);
         }
         on_thread.push(key);
+        let in_process = self.processes.entry(conn.pid).or_default();
+        if in_process.len() >= MAX_PER_PROCESS {
+            in_process.remove(0);
+        }
+        in_process.push(key);
         // The peer's request is usually known already; if not, this is retried.
         self.resolve_server(key, false);
     }
 
-    fn client_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, sent: Option<SpanContext>, tcp_seq: u32) {
+    fn client_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, sent: Option<SpanContext>, wire_key: u64) {
         let s = stats::global();
-        // Thread link: the one inbound request this thread is handling.
+        // Thread link: the one inbound request this thread is handling. Failing that,
+        // process link: the one inbound request the whole process is handling.
         let parent_key = match self.threads.get(&(conn.pid, tid)).map(Vec::as_slice) {
-            Some([only]) => Some(*only),
+            Some([only]) => Some((*only, LinkKind::Thread)),
             Some([_, _, ..]) => {
                 s.incr(Counter::LinkAmbiguousThread);
                 None
             }
-            _ => None,
+            _ => match self.processes.get(&conn.pid).map(Vec::as_slice) {
+                Some([only]) => Some((*only, LinkKind::Process)),
+                _ => None,
+            },
         };
-        let parent = parent_key.and_then(|k| {
+        let parent = parent_key.and_then(|(k, how)| {
             self.resolve_server(k, true);
-            self.pending.get(&k)
+            self.pending.get(&k).map(|p| (p, how))
         });
         let (identity, handling_received_context) = match parent {
-            Some(p) => (
+            Some((p, how)) => (
                 Identity {
                     trace_id: p.identity.trace_id,
                     span_id: random_span_id(),
                     parent_span_id: p.identity.span_id,
                     flags: p.identity.flags,
                     trace_state: p.identity.trace_state.clone(),
-                    link: LinkKind::Thread,
+                    link: how,
                     format: None,
                     propagation_break: None,
                 },
@@ -238,7 +259,7 @@ impl Linker {
             queue.pop_front();
         }
         queue.push_back(PeerRequest {
-            tcp_seq,
+            wire_key,
             pid: conn.pid,
             trace_id: identity.trace_id,
             span_id: identity.span_id,
@@ -259,7 +280,7 @@ impl Linker {
                 received: None,
                 unresolved: false,
                 tid,
-                tcp_seq,
+                wire_key,
             },
         );
     }
@@ -274,9 +295,9 @@ impl Linker {
         }
         // The client request that starts at the same byte of the same connection: exact,
         // whatever either end missed (a request lost at one end shifts nothing).
-        let seq = p.tcp_seq;
+        let seq = p.wire_key;
         let peer = self.peers.get_mut(&(p.peer, p.local)).and_then(|q| {
-            let i = q.iter().position(|c| c.tcp_seq == seq)?;
+            let i = q.iter().position(|c| c.wire_key == seq)?;
             q.remove(i)
         });
         if peer.is_none() && !last_chance {
@@ -347,7 +368,7 @@ impl Linker {
     }
 
     fn insert(&mut self, key: ReqKey, p: Pending) {
-        self.per_conn.entry(key.conn).or_default().push(key.seq);
+        self.per_conn.entry(key.conn).or_default().push(key.stream);
         self.pending.insert(key, p);
     }
 
@@ -355,7 +376,7 @@ impl Linker {
     fn remove(&mut self, key: ReqKey) -> Option<Pending> {
         let p = self.pending.remove(&key)?;
         if let Some(seqs) = self.per_conn.get_mut(&key.conn) {
-            seqs.retain(|s| *s != key.seq);
+            seqs.retain(|s| *s != key.stream);
             if seqs.is_empty() {
                 self.per_conn.remove(&key.conn);
             }
@@ -371,6 +392,12 @@ impl Linker {
             on_thread.retain(|k| *k != key);
             if on_thread.is_empty() {
                 self.threads.remove(&(pid, tid));
+            }
+        }
+        if let Some(in_process) = self.processes.get_mut(&pid) {
+            in_process.retain(|k| *k != key);
+            if in_process.is_empty() {
+                self.processes.remove(&pid);
             }
         }
         if let Some(ctx) = received {
@@ -393,8 +420,8 @@ impl Linker {
         if conn.role == Role::Client {
             self.peers.remove(&(conn.local, conn.peer));
         }
-        for seq in self.per_conn.remove(&key).unwrap_or_default() {
-            self.remove(ReqKey { conn: key, seq });
+        for stream in self.per_conn.remove(&key).unwrap_or_default() {
+            self.remove(ReqKey { conn: key, stream });
         }
     }
 
@@ -403,12 +430,13 @@ impl Linker {
         self.instrumented.remove(&pid);
         self.received.remove(&pid);
         self.threads.retain(|(p, _), _| *p != pid);
+        self.processes.remove(&pid);
     }
 
     /// Drops the oldest half of pending requests (a flood of requests never answered).
     fn evict(&mut self) {
         let mut keys: Vec<ReqKey> = self.pending.keys().copied().collect();
-        keys.sort_by_key(|k| (k.conn.gen, k.seq));
+        keys.sort_by_key(|k| (k.conn.gen, k.stream));
         for k in keys.iter().take(keys.len() / 2) {
             self.remove(*k);
         }
@@ -469,7 +497,7 @@ mod tests {
     }
 
     fn key(conn: u64, seq: u64) -> ReqKey {
-        ReqKey { conn: crate::capture::ConnId { sock: conn, gen: 1 }, seq }
+        ReqKey { conn: crate::capture::ConnId { sock: conn, gen: 1 }, stream: seq }
     }
 
     fn done(l: &mut Linker, k: ReqKey, conn: ConnMeta) -> Option<Identity> {
@@ -477,7 +505,7 @@ mod tests {
             key: k,
             conn,
             exchange: Exchange {
-                seq: k.seq,
+                seq: k.stream,
                 request: req(&[]),
                 response: Response { status: 200, ..Response::default() },
                 request_first: Timing::default(),
@@ -610,6 +638,24 @@ mod tests {
     }
 
     #[test]
+    fn a_handler_on_another_thread_links_to_the_only_request_of_its_process() {
+        let mut l = Linker::default();
+        // Read on thread 11, handled on thread 31 (grpcio's completion queue and pool).
+        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[]), 0);
+        l.request_started(key(2, 0), &proxy_out(), 31, &req(&[]), 0);
+        let call = done(&mut l, key(2, 0), proxy_out()).unwrap();
+        let server = done(&mut l, key(1, 0), proxy_in()).unwrap();
+        assert_eq!(call.link, LinkKind::Process);
+        assert_eq!((call.trace_id, call.parent_span_id), (server.trace_id, server.span_id));
+        // Two requests in flight in the process: no parent is guessed.
+        let other = meta(1, Role::Server, "127.0.0.1:80", "127.0.0.1:5009");
+        l.request_started(key(1, 1), &proxy_in(), 11, &req(&[]), 1);
+        l.request_started(key(7, 0), &other, 12, &req(&[]), 0);
+        l.request_started(key(2, 1), &proxy_out(), 31, &req(&[]), 1);
+        assert_eq!(done(&mut l, key(2, 1), proxy_out()).unwrap().link, LinkKind::None);
+    }
+
+    #[test]
     fn a_proxy_passing_the_header_on_is_legacy_and_linked_by_socket() {
         let mut l = Linker::default();
         l.request_started(key(1, 0), &proxy_in(), 11, &req(&[("traceparent", TP)]), 0);
@@ -672,7 +718,7 @@ mod tests {
         l.connection_closed(crate::capture::ConnId { sock: 2, gen: 1 }, &proxy_out());
         l.connection_closed(crate::capture::ConnId { sock: 1, gen: 1 }, &proxy_in());
         l.process_exited(1);
-        assert!(l.pending.is_empty() && l.per_conn.is_empty() && l.threads.is_empty());
+        assert!(l.pending.is_empty() && l.per_conn.is_empty() && l.threads.is_empty() && l.processes.is_empty());
         assert!(l.peers.is_empty() && l.received.is_empty());
     }
 }

@@ -5,6 +5,13 @@
 //! (a load run with errors or non-2xx responses is such a failure: the numbers would
 //! not measure what they claim). nginx serves a 1 KiB file on 127.0.0.1.
 //!
+//! `overhead --proto grpc` measures the same three configurations on HTTP/2: the legacy
+//! grpcio server `tests/peers/grpc_server.py` answers unary `/demo.Echo/Unary` calls that
+//! h2load posts (one framed gRPC message per request), saturated (`-D`) or at a fixed
+//! rate (`--rps` per client). A gRPC run in which some request was not answered 2xx, or
+//! not echoed, is reported as invalid and left out of the medians instead of failing
+//! the benchmark.
+//!
 //! `overhead` alternates, in each round and for each load view (wrk saturating nginx;
 //! hey holding a fixed rate), three configurations: no agent (the baseline), the agent
 //! with `--capture-only` (the kernel side and the ring drain) and the full agent. It
@@ -40,7 +47,7 @@ pub enum BenchCmd {
     Hooks(HooksArgs),
 }
 
-/// Rounds and the saturating wrk load, shared by both benchmarks.
+/// Rounds and the saturating load (wrk, or h2load for gRPC), shared by both benchmarks.
 #[derive(clap::Args, Debug)]
 pub struct LoadArgs {
     /// Rounds (each compares every configuration with a baseline run of the same round).
@@ -49,10 +56,10 @@ pub struct LoadArgs {
     /// Seconds per load run.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub duration: u64,
-    /// wrk connections.
+    /// wrk connections (h2load clients for gRPC).
     #[arg(long, default_value_t = 32)]
     pub connections: u32,
-    /// wrk threads.
+    /// wrk threads (h2load threads for gRPC).
     #[arg(long, default_value_t = 2)]
     pub threads: u32,
     /// Seconds of unrecorded load before the first round (0: none).
@@ -61,11 +68,11 @@ pub struct LoadArgs {
 }
 
 impl LoadArgs {
-    /// Unrecorded load before the first round.
-    fn warm_up(&self, port: u16) -> Result<()> {
+    /// Unrecorded load before the first round: `load(seconds)`.
+    fn warm_up(&self, load: impl FnOnce(u64) -> Result<Load>) -> Result<()> {
         if self.warmup > 0 {
             let step = Step::start(format!("warm-up ({} s of load, not recorded)", self.warmup));
-            run_wrk(self.threads, self.connections, port, self.warmup)?;
+            load(self.warmup)?;
             step.done();
         }
         Ok(())
@@ -76,16 +83,27 @@ impl LoadArgs {
 pub struct OverheadArgs {
     #[command(flatten)]
     pub load: LoadArgs,
-    /// Load views, comma-separated: `saturated` (wrk, as fast as nginx answers) and
-    /// `fixed` (hey at a fixed request rate).
+    /// What is served and loaded: `http1` (nginx under wrk and hey) or `grpc` (the
+    /// grpcio server tests/peers/grpc_server.py under h2load).
+    #[arg(long, value_enum, default_value = "http1")]
+    pub proto: Proto,
+    /// Load views, comma-separated: `saturated` (wrk or h2load, as fast as the server
+    /// answers) and `fixed` (hey, or h2load --rps, at a fixed request rate).
     #[arg(long, value_enum, value_delimiter = ',', default_values = ["saturated", "fixed"])]
     pub views: Vec<View>,
-    /// hey connections for the fixed-rate view.
+    /// Connections (hey -c, h2load -c) for the fixed-rate view.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_connections: u32,
-    /// Requests per second of each hey connection (hey -q) for the fixed-rate view.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
-    pub rate_qps_per_connection: u32,
+    /// Requests per second of each connection (hey -q, h2load --rps) for the fixed-rate
+    /// view [default: 1000 for http1, 150 for grpc].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_qps_per_connection: Option<u32>,
+    /// gRPC: concurrent streams per h2load client (h2load -m).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub streams: u32,
+    /// gRPC: bytes of the request message's one protobuf field (the server echoes it).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub message_bytes: u32,
     /// Only the runs without the agent (to try the harness without root or an agent).
     #[arg(long, hide = true)]
     pub no_agent: bool,
@@ -113,6 +131,25 @@ pub struct HooksArgs {
     /// Run this binary as the agent instead of building target/release/ghostwire.
     #[arg(long, hide = true, value_name = "PATH")]
     pub agent_bin: Option<PathBuf>,
+}
+
+/// What `bench overhead` serves and loads.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// nginx serving a 1 KiB file over HTTP/1.1 keep-alive.
+    Http1,
+    /// The grpcio server answering unary `/demo.Echo/Unary` calls over h2c.
+    Grpc,
+}
+
+impl OverheadArgs {
+    /// `--rate-qps-per-connection`, or the default of `--proto`.
+    fn rate_qps(&self) -> u32 {
+        self.rate_qps_per_connection.unwrap_or(match self.proto {
+            Proto::Http1 => 1000,
+            Proto::Grpc => 150,
+        })
+    }
 }
 
 /// A load view of `bench overhead`.
@@ -496,6 +533,198 @@ pub fn check_hey(report: &HeyReport) -> Result<(u64, f64)> {
     Ok((requests, p99))
 }
 
+/// What one h2load run reported (its text output).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct H2loadReport {
+    /// Requests done / the measured duration (`finished in 3.00s, 5297.00 req/s, ...`).
+    pub requests_per_sec: f64,
+    /// `requests:` line: total, started, done, succeeded, failed, errored, timeout.
+    pub total: u64,
+    pub started: u64,
+    pub done: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub errored: u64,
+    pub timeout: u64,
+    /// `status codes:` line: responses by class, 2xx to 5xx.
+    pub status: [u64; 4],
+    /// Bytes of DATA payload received (`traffic: ... (N) data`).
+    pub data_bytes: u64,
+}
+
+/// `N word, N word, ...` (an h2load counter line after its label) as (word, N) pairs.
+fn counted_words(list: &str) -> Result<Vec<(&str, u64)>> {
+    list.split(',')
+        .map(|part| {
+            let mut words = part.split_whitespace();
+            match (words.next().map(str::parse::<u64>), words.next(), words.next()) {
+                (Some(Ok(n)), Some(word), None) => Ok((word, n)),
+                _ => Err(anyhow!("`{}` is not `<count> <name>`", part.trim())),
+            }
+        })
+        .collect()
+}
+
+/// Parses h2load's text output.
+pub fn parse_h2load(out: &str) -> Result<H2loadReport> {
+    let mut report = H2loadReport::default();
+    let (mut rps, mut requests, mut status, mut data) = (None, false, false, None);
+    for line in out.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("finished in ") {
+            // "finished in 3.00s, 5297.00 req/s, 996.13KB/s"
+            rps = rest.split(", ").find_map(|p| p.strip_suffix(" req/s")).and_then(|v| v.parse::<f64>().ok());
+        } else if let Some(rest) = line.strip_prefix("requests:") {
+            // "15891 total, 15923 started, 15891 done, 15891 succeeded, 0 failed, 0 errored, 0 timeout"
+            for (word, n) in counted_words(rest).with_context(|| format!("in `{line}`"))? {
+                let field = match word {
+                    "total" => &mut report.total,
+                    "started" => &mut report.started,
+                    "done" => &mut report.done,
+                    "succeeded" => &mut report.succeeded,
+                    "failed" => &mut report.failed,
+                    "errored" => &mut report.errored,
+                    "timeout" => &mut report.timeout,
+                    _ => continue,
+                };
+                *field = n;
+            }
+            requests = true;
+        } else if let Some(rest) = line.strip_prefix("status codes:") {
+            // "15891 2xx, 0 3xx, 0 4xx, 0 5xx"
+            for (word, n) in counted_words(rest).with_context(|| format!("in `{line}`"))? {
+                if let Some(i) = ["2xx", "3xx", "4xx", "5xx"].iter().position(|c| *c == word) {
+                    report.status[i] = n;
+                }
+            }
+            status = true;
+        } else if let Some(rest) = line.strip_prefix("traffic:") {
+            // "2.92MB (3060117) total, 48.90KB (50073) headers (space savings 96.11%), 2.02MB (2113503) data"
+            data = rest.split(", ").find_map(|p| {
+                let (_, exact) = p.strip_suffix(" data")?.split_once('(')?;
+                exact.strip_suffix(')')?.parse::<u64>().ok()
+            });
+        }
+    }
+    report.requests_per_sec = rps.context("no `finished in ..., N req/s` line in h2load's output")?;
+    ensure!(requests, "no `requests:` line in h2load's output");
+    ensure!(status, "no `status codes:` line in h2load's output");
+    report.data_bytes = data.context("no `traffic: ... (N) data` in h2load's output")?;
+    Ok(report)
+}
+
+/// A run whose numbers do not measure what they claim (some request failed or was not
+/// answered as expected): reported and left out of the medians.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidRun(pub String);
+
+impl std::fmt::Display for InvalidRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidRun {}
+
+/// The requests of an h2load run of unary gRPC echo calls in which every request done
+/// was answered 2xx and echoed: DATA bytes received are `frame_len` per answered
+/// request, plus at most `in_flight` responses cut by the end of a timed run (a gRPC
+/// error answers 200 with no DATA, so an error shows as missing bytes).
+pub fn check_h2load(report: &H2loadReport, frame_len: u64, in_flight: u64) -> std::result::Result<u64, InvalidRun> {
+    let [ok, s3, s4, s5] = report.status;
+    if report.done == 0 {
+        return Err(InvalidRun(format!("no requests done ({} failed, {} errored)", report.failed, report.errored)));
+    }
+    if ok != report.done {
+        return Err(InvalidRun(format!(
+            "{ok} 2xx responses for {} requests done ({s3} 3xx, {s4} 4xx, {s5} 5xx; {} failed, {} errored, {} timeout)",
+            report.done, report.failed, report.errored, report.timeout
+        )));
+    }
+    let least = ok.saturating_mul(frame_len);
+    let most = ok.saturating_add(in_flight).saturating_mul(frame_len);
+    if !(least..=most).contains(&report.data_bytes) {
+        return Err(InvalidRun(format!(
+            "{} bytes of DATA received for {ok} echoed messages of {frame_len} bytes (expected {least}..={most}): \
+             some calls were not echoed (a gRPC error status?)",
+            report.data_bytes
+        )));
+    }
+    Ok(ok)
+}
+
+/// Seconds per request of the 2xx lines of an h2load `--log-file` (tab-separated: start
+/// time in microseconds, HTTP status or -1, microseconds to the end of the response).
+pub fn parse_h2load_log(log: &str) -> Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let [_, status, micros] = fields[..] else {
+            bail!("h2load log line `{line}` has not 3 tab-separated fields");
+        };
+        let status: i32 = status.trim().parse().with_context(|| format!("status in h2load log line `{line}`"))?;
+        let micros: u64 = micros.trim().parse().with_context(|| format!("duration in h2load log line `{line}`"))?;
+        if (200..300).contains(&status) {
+            #[expect(clippy::cast_precision_loss, reason = "microsecond durations are far below 2^52")]
+            out.push(micros as f64 * 1e-6);
+        }
+    }
+    Ok(out)
+}
+
+/// The nearest-rank `q` quantile (0 < q <= 1); NaN for no values.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "a rank between 1 and the number of values"
+    )]
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// A protobuf message with one length-delimited field 1 (`bytes`/`string`) of `len`
+/// bytes of lowercase letters: what a small request message of a real service looks like.
+pub fn grpc_message(len: usize) -> Vec<u8> {
+    let mut msg = vec![0x0a]; // field 1, wire type 2 (length-delimited)
+    let mut n = len;
+    loop {
+        let low = u8::try_from(n & 0x7f).unwrap_or(0);
+        n >>= 7;
+        if n == 0 {
+            msg.push(low);
+            break;
+        }
+        msg.push(low | 0x80);
+    }
+    msg.extend((0..len).map(|i| b'a' + u8::try_from(i % 26).unwrap_or(0)));
+    msg
+}
+
+/// A gRPC length-prefixed message: compressed flag 0, the length as 4 bytes big-endian,
+/// the message.
+pub fn grpc_frame(message: &[u8]) -> Result<Vec<u8>> {
+    let len = u32::try_from(message.len()).context("a gRPC message is at most 4 GiB - 1")?;
+    let mut frame = Vec::with_capacity(5 + message.len());
+    frame.push(0);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(message);
+    Ok(frame)
+}
+
+/// Writes the request body h2load posts (`-d`): one gRPC frame holding a message of
+/// [`grpc_message`]`(message_len)`. Returns the frame's length.
+pub fn write_grpc_body(path: &Path, message_len: usize) -> Result<u64> {
+    let frame = grpc_frame(&grpc_message(message_len))?;
+    std::fs::write(path, &frame).with_context(|| format!("writing {}", path.display()))?;
+    Ok(frame.len() as u64)
+}
+
 /// Jiffies of the aggregate `cpu` line of /proc/stat.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CpuTimes {
@@ -584,9 +813,10 @@ fn fmt_us(seconds: f64, signed: bool) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
-// nginx
+// Servers
 
-struct Nginx {
+/// A server the benchmark started; stopped when dropped.
+struct Server {
     port: u16,
     _guard: ChildGuard,
 }
@@ -622,7 +852,7 @@ fn nginx_conf(dir: &Path, port: u16) -> String {
     )
 }
 
-fn start_nginx(dir: &Path) -> Result<Nginx> {
+fn start_nginx(dir: &Path) -> Result<Server> {
     let www = dir.join("www");
     std::fs::create_dir(&www).with_context(|| format!("creating {}", www.display()))?;
     let body: Vec<u8> = (0..1024u32).map(|i| b'a' + u8::try_from(i % 26).unwrap_or(0)).collect();
@@ -658,7 +888,7 @@ fn start_nginx(dir: &Path) -> Result<Nginx> {
         std::thread::sleep(Duration::from_millis(50));
     }
     check_served(addr, body.len()).context("nginx does not serve /1k.bin")?;
-    Ok(Nginx { port, _guard: guard })
+    Ok(Server { port, _guard: guard })
 }
 
 /// One GET of `/1k.bin` must answer 200 with the whole file.
@@ -674,6 +904,65 @@ fn check_served(addr: SocketAddr, len: usize) -> Result<()> {
     let body_len = text.split_once("\r\n\r\n").map_or(0, |(_, b)| b.len());
     ensure!(body_len == len, "body is {body_len} bytes, expected {len}");
     Ok(())
+}
+
+/// The Python of the peers venv: `$GHOSTWIRE_PEERS_VENV/bin/python`, else the venv
+/// `setup --peers` installed.
+fn peers_python(peers: Option<&crate::setup::Peers>) -> PathBuf {
+    let venv = std::env::var_os("GHOSTWIRE_PEERS_VENV")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| peers.map(|p| p.venv.clone()))
+        .unwrap_or_else(crate::setup::peers_venv);
+    venv.join("bin/python")
+}
+
+/// Starts `tests/peers/grpc_server.py` on a free port and waits (at most 60 s) for its
+/// `ready` line; then one echo call through h2load must succeed.
+fn start_grpc_server(dir: &Path, python: &Path, body: &Path, frame_len: u64) -> Result<Server> {
+    let script = util::repo_root().join("tests/peers/grpc_server.py");
+    ensure!(script.is_file(), "{} does not exist: the gRPC benchmark needs it", script.display());
+    let port = free_port()?;
+    let log_path = dir.join("grpc_server.stderr");
+    let log = std::fs::File::create(&log_path).context("creating grpc_server.stderr")?;
+    let mut cmd = Command::new(python);
+    cmd.arg(&script).arg("--port").arg(port.to_string()).env("PYTHONUNBUFFERED", "1");
+    let shown = util::display(&cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    let stdout = child.stdout.take().context("grpc server stdout")?;
+    let mut guard = ChildGuard::new("grpc_server.py", child, libc::SIGTERM, Duration::from_secs(5));
+    // Drained for as long as the server runs, so it never blocks on a full pipe.
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) if line.starts_with("ready") => break,
+            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // stdout closed: the server is exiting (try_wait below sees it).
+            Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(Duration::from_millis(50)),
+        }
+        if let Some(status) = guard.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("the gRPC server exited ({status}) at startup: `{shown}`\n{}", log.trim_end());
+        }
+        ensure!(Instant::now() < deadline, "the gRPC server did not print `ready` within 60 s: `{shown}`");
+    }
+    let check = H2load { port, threads: 1, clients: 1, streams: 1, rps: None, body, frame_len, log: None };
+    check.run(Bound::Requests(4)).context("the gRPC server does not echo /demo.Echo/Unary")?;
+    Ok(Server { port, _guard: guard })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -795,10 +1084,124 @@ fn run_hey(connections: u32, qps_per_connection: u32, port: u16, seconds: u64) -
     Ok(Load { requests_per_sec: report.requests_per_sec, p99, requests, node_cpu_seconds: run.node_cpu_seconds })
 }
 
-fn run_view(args: &OverheadArgs, view: View, port: u16, seconds: u64) -> Result<Load> {
+/// How long an h2load run lasts.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    /// `-D`: timed; requests in flight at the end are not counted.
+    Seconds(u64),
+    /// `-n`: a number of requests.
+    Requests(u64),
+}
+
+/// An h2load load of unary gRPC calls: POST /demo.Echo/Unary with one framed message.
+struct H2load<'a> {
+    port: u16,
+    threads: u32,
+    clients: u32,
+    streams: u32,
+    /// Requests per second of each client (`--rps`); `None`: as fast as answered.
+    rps: Option<u32>,
+    /// The request body, one gRPC frame ([`write_grpc_body`]) of `frame_len` bytes.
+    body: &'a Path,
+    frame_len: u64,
+    /// `--log-file` (per-request durations, for the p99).
+    log: Option<&'a Path>,
+}
+
+impl H2load<'_> {
+    fn command(&self, bound: Bound) -> Command {
+        let mut cmd = Command::new("h2load");
+        // h2load refuses more threads than clients.
+        cmd.arg("-t").arg(self.threads.min(self.clients).max(1).to_string());
+        cmd.arg("-c").arg(self.clients.to_string()).arg("-m").arg(self.streams.to_string());
+        match bound {
+            Bound::Seconds(s) => cmd.arg("-D").arg(s.to_string()),
+            Bound::Requests(n) => cmd.arg("-n").arg(n.to_string()),
+        };
+        if let Some(rps) = self.rps {
+            cmd.arg("--rps").arg(rps.to_string());
+        }
+        cmd.arg("-d").arg(self.body);
+        cmd.args(["-H", "content-type: application/grpc", "-H", "te: trailers"]);
+        if let Some(log) = self.log {
+            cmd.arg(format!("--log-file={}", log.display()));
+        }
+        cmd.arg(format!("http://127.0.0.1:{}/demo.Echo/Unary", self.port));
+        cmd
+    }
+
+    /// Runs h2load. An [`InvalidRun`] error when some request failed or was not echoed.
+    fn run(&self, bound: Bound) -> Result<Load> {
+        let mut cmd = self.command(bound);
+        let seconds = match bound {
+            Bound::Seconds(s) => s,
+            Bound::Requests(_) => 10,
+        };
+        if let Some(log) = self.log {
+            let _ = std::fs::remove_file(log);
+        }
+        let run = run_tool(&mut cmd, "h2load", seconds)?;
+        let shown = &run.shown;
+        let report =
+            parse_h2load(&run.stdout).with_context(|| format!("parsing the output of `{shown}`:\n{}", run.stdout))?;
+        let in_flight = u64::from(self.clients) * u64::from(self.streams);
+        let requests = check_h2load(&report, self.frame_len, in_flight)
+            .map_err(|e| anyhow::Error::new(e).context(format!("invalid run: `{shown}`")))?;
+        let p99 = match self.log {
+            Some(log) => {
+                let text = std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+                quantile(&parse_h2load_log(&text)?, 0.99)
+            }
+            None => f64::NAN,
+        };
+        Ok(Load { requests_per_sec: report.requests_per_sec, p99, requests, node_cpu_seconds: run.node_cpu_seconds })
+    }
+}
+
+/// What the load runs against.
+enum Target {
+    /// nginx serving /1k.bin.
+    Http1 { port: u16 },
+    /// The gRPC server; h2load posts `body`, one frame of `frame_len` bytes, and logs
+    /// per-request times to `log`.
+    Grpc { port: u16, body: PathBuf, frame_len: u64, log: PathBuf },
+}
+
+impl Target {
+    fn port(&self) -> u16 {
+        match self {
+            Target::Http1 { port } | Target::Grpc { port, .. } => *port,
+        }
+    }
+
+    /// The h2load load of a view (gRPC only).
+    fn h2load<'a>(&'a self, args: &OverheadArgs, view: View) -> Option<H2load<'a>> {
+        let Target::Grpc { port, body, frame_len, log } = self else { return None };
+        let (clients, rps) = match view {
+            View::Saturated => (args.load.connections, None),
+            View::Fixed => (args.rate_connections, Some(args.rate_qps())),
+        };
+        Some(H2load {
+            port: *port,
+            threads: args.load.threads,
+            clients,
+            streams: args.streams,
+            rps,
+            body,
+            frame_len: *frame_len,
+            log: Some(log),
+        })
+    }
+}
+
+fn run_view(args: &OverheadArgs, view: View, target: &Target, seconds: u64) -> Result<Load> {
+    if let Some(h2load) = target.h2load(args, view) {
+        return h2load.run(Bound::Seconds(seconds));
+    }
+    let port = target.port();
     match view {
         View::Saturated => run_wrk(args.load.threads, args.load.connections, port, seconds),
-        View::Fixed => run_hey(args.rate_connections, args.rate_qps_per_connection, port, seconds),
+        View::Fixed => run_hey(args.rate_connections, args.rate_qps(), port, seconds),
     }
 }
 
@@ -955,6 +1358,8 @@ pub struct AgentRun {
     pub discarded: Option<u64>,
     /// Spans in the JSONL output and lines of it that are not JSON (full agent).
     pub spans: Option<(u64, u64)>,
+    /// `spans.built` of the `stats:` line.
+    pub spans_built: Option<u64>,
 }
 
 /// Starts the agent (which must reach `ready`), runs `load`, measures the agent's CPU
@@ -973,6 +1378,7 @@ fn with_agent(cmd: &mut Command, load: impl FnOnce() -> Result<Load>) -> Result<
             cpu_seconds: cpu_after - cpu_before,
             dropped: events_dropped(&stats),
             discarded: stat_value(&stats, "events.discarded"),
+            spans_built: stat_value(&stats, "spans.built"),
             stats_line,
             spans: None,
         },
@@ -997,19 +1403,52 @@ pub struct ViewRound {
     pub runs: Vec<(Config, Run)>,
 }
 
-fn view_command(args: &OverheadArgs, view: View, port: u16) -> String {
+fn view_command(args: &OverheadArgs, view: View, target: &Target) -> String {
+    let qps = args.rate_qps();
+    let at_most = u64::from(args.rate_connections) * u64::from(qps);
+    if let Some(h2load) = target.h2load(args, view) {
+        let shown = util::display(&h2load.command(Bound::Seconds(args.load.duration)));
+        return match view {
+            View::Saturated => shown,
+            View::Fixed => format!("{shown} (at most {at_most} req/s)"),
+        };
+    }
+    let port = target.port();
     match view {
         View::Saturated => format!(
             "wrk -t {} -c {} -d {}s --latency http://127.0.0.1:{port}/1k.bin",
             args.load.threads, args.load.connections, args.load.duration
         ),
         View::Fixed => format!(
-            "hey -z {}s -c {} -q {} http://127.0.0.1:{port}/1k.bin (at most {} req/s)",
-            args.load.duration,
-            args.rate_connections,
-            args.rate_qps_per_connection,
-            u64::from(args.rate_connections) * u64::from(args.rate_qps_per_connection)
+            "hey -z {}s -c {} -q {qps} http://127.0.0.1:{port}/1k.bin (at most {at_most} req/s)",
+            args.load.duration, args.rate_connections,
         ),
+    }
+}
+
+/// Starts what `--proto` serves; the server (stopped when dropped) and how to load it.
+fn start_target(args: &OverheadArgs, dir: &Path, peers: Option<&crate::setup::Peers>) -> Result<(Server, Target)> {
+    match args.proto {
+        Proto::Http1 => {
+            let server = start_nginx(dir)?;
+            let port = server.port;
+            println!("==> nginx on 127.0.0.1:{port}");
+            Ok((server, Target::Http1 { port }))
+        }
+        Proto::Grpc => {
+            let body = dir.join("grpc-request.bin");
+            let message_len = usize::try_from(args.message_bytes).context("--message-bytes")?;
+            let frame_len = write_grpc_body(&body, message_len)?;
+            let python = peers_python(peers);
+            let server = start_grpc_server(dir, &python, &body, frame_len)?;
+            let port = server.port;
+            println!(
+                "==> gRPC server tests/peers/grpc_server.py ({}) on 127.0.0.1:{port}, unary /demo.Echo/Unary, \
+                 request: one {frame_len}-byte gRPC frame",
+                python.display()
+            );
+            Ok((server, Target::Grpc { port, body, frame_len, log: dir.join("h2load.log") }))
+        }
     }
 }
 
@@ -1020,32 +1459,42 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
     }
     let views = dedup(&args.views);
     ensure!(!views.is_empty(), "--views: name at least one of saturated, fixed");
-    crate::setup::setup(true)?;
+    let peers = crate::setup::setup(true)?;
     if real_agent {
         crate::build_agent()?;
     }
     let dir = TempDir::new("ghostwire-bench")?;
-    let nginx = start_nginx(dir.path())?;
-    let port = nginx.port;
+    let (_server, target) = start_target(args, dir.path(), peers.as_ref())?;
+    let port = target.port();
     let configs: &[Config] =
         if args.no_agent { &[Config::Baseline] } else { &[Config::Baseline, Config::CaptureOnly, Config::Full] };
-    println!("==> nginx on 127.0.0.1:{port}");
     for &view in &views {
-        println!("    {} load: {}", view.name(), view_command(args, view, port));
+        println!("    {} load: {}", view.name(), view_command(args, view, &target));
     }
     let names: Vec<&str> = configs.iter().map(|c| c.name()).collect();
     println!("    each round, for each view: {}", names.join(", then "));
-    args.load.warm_up(port)?;
+    args.load.warm_up(|seconds| run_view(args, View::Saturated, &target, seconds))?;
 
     let mut rounds: Vec<ViewRound> = Vec::new();
+    // Runs left out of the medians (gRPC: a request not answered 2xx or not echoed).
+    let mut invalid: Vec<String> = Vec::new();
     for r in 1..=args.load.rounds {
         for &view in &views {
             let mut runs: Vec<(Config, Run)> = Vec::new();
             for &config in configs {
-                let run = overhead_run(args, view, config, port, dir.path(), r)?;
                 let label = format!("round {r}/{} {} {}:", args.load.rounds, view.name(), config.name());
-                let baseline = runs.first().map(|(_, b)| b);
-                println!("{label:<32} {}", run_line(&run, baseline));
+                let run = match overhead_run(args, view, config, &target, dir.path(), r) {
+                    Ok(run) => run,
+                    Err(e) if e.downcast_ref::<InvalidRun>().is_some() => {
+                        let why = e.downcast_ref::<InvalidRun>().map(ToString::to_string).unwrap_or_default();
+                        println!("{label:<32} INVALID, not in the medians: {e:#}");
+                        invalid.push(format!("{label} {why}"));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let baseline = runs.iter().find(|(c, _)| *c == Config::Baseline).map(|(_, b)| b);
+                println!("{label:<32} {}", run_line(&run, baseline, args.proto));
                 if let Some(agent) = &run.agent {
                     match &agent.stats_line {
                         Some(line) => println!("    agent {line}"),
@@ -1070,21 +1519,43 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
         println!(
             "\n{} load ({}), medians over {} rounds:\n",
             view.name(),
-            view_command(args, view, port),
+            view_command(args, view, &target),
             of_view.len()
         );
-        print!("{}", overhead_table(&of_view));
+        print!("{}", overhead_table(&of_view, args.proto));
     }
     println!(
         "\nvs baseline and `added`: medians of per-round comparisons with the baseline of the same \
          round and view. CPU per request: CPU time over exactly the load run / requests \
          completed (agent: its utime + stime; node: busy time of every core, from /proc/stat)."
     );
+    if args.proto == Proto::Grpc {
+        println!(
+            "gRPC: p99 from h2load's per-request log. spans/req: spans exported (JSONL) per request; \
+             spans.built/req: the agent's `spans.built` per request. The agent traces port {port}, which \
+             both h2load's and the server's sockets use, like the HTTP/1 run (2 spans per request there); \
+             0 means the agent built no span from HTTP/2."
+        );
+    }
+    if !invalid.is_empty() {
+        println!("\n{} invalid runs, left out of the medians:", invalid.len());
+        for line in &invalid {
+            println!("    {line}");
+        }
+    }
     Ok(())
 }
 
-fn overhead_run(args: &OverheadArgs, view: View, config: Config, port: u16, dir: &Path, round: u32) -> Result<Run> {
-    let load = || run_view(args, view, port, args.load.duration);
+fn overhead_run(
+    args: &OverheadArgs,
+    view: View,
+    config: Config,
+    target: &Target,
+    dir: &Path,
+    round: u32,
+) -> Result<Run> {
+    let port = target.port();
+    let load = || run_view(args, view, target, args.load.duration);
     let mut cmd = agent_command(args.agent_bin.as_deref());
     match config {
         Config::Baseline => Ok(Run { load: load()?, agent: None }),
@@ -1115,7 +1586,7 @@ fn overhead_run(args: &OverheadArgs, view: View, config: Config, port: u16, dir:
 }
 
 /// The line printed for one run, compared with the baseline of its round when given.
-fn run_line(run: &Run, baseline: Option<&Run>) -> String {
+fn run_line(run: &Run, baseline: Option<&Run>, proto: Proto) -> String {
     let load = &run.load;
     let node = load.per_request(load.node_cpu_seconds);
     let mut s = match baseline {
@@ -1152,14 +1623,18 @@ fn run_line(run: &Run, baseline: Option<&Run>) -> String {
         if let Some((spans, _)) = agent.spans {
             let _ = write!(s, ", {spans} spans exported");
         }
+        if let (Proto::Grpc, Some(built)) = (proto, agent.spans_built) {
+            let _ = write!(s, ", spans.built {built}");
+        }
         let _ = write!(s, ", {} events dropped", agent.dropped);
     }
     s
 }
 
-/// The summary table of one view: a row per configuration, medians over the rounds.
+/// The summary table of one view: a row per configuration, medians over the rounds
+/// (gRPC adds the agent's `spans.built` per request).
 #[expect(clippy::cast_precision_loss, reason = "counts are far below 2^52")]
-pub fn overhead_table(rounds: &[&ViewRound]) -> String {
+pub fn overhead_table(rounds: &[&ViewRound], proto: Proto) -> String {
     let mut configs: Vec<Config> = Vec::new();
     for round in rounds {
         for (config, _) in &round.runs {
@@ -1196,6 +1671,7 @@ pub fn overhead_table(rounds: &[&ViewRound]) -> String {
             let (spans, _) = r.agent.as_ref()?.spans?;
             Some(spans as f64 / r.load.requests.max(1) as f64)
         });
+        let built = med(&|r, _| Some(r.agent.as_ref()?.spans_built? as f64 / r.load.requests.max(1) as f64));
         let dropped = pairs.iter().filter_map(|(r, _)| r.agent.as_ref().map(|a| a.dropped)).reduce(|a, b| a + b);
         let or_dash = |v: f64, f: &dyn Fn(f64) -> String| {
             if v.is_finite() {
@@ -1204,7 +1680,7 @@ pub fn overhead_table(rounds: &[&ViewRound]) -> String {
                 "-".to_owned()
             }
         };
-        rows.push(vec![
+        let mut row = vec![
             config.name().to_owned(),
             or_dash(rps, &|v| format!("{v:.0}")),
             fmt_ratio(rps_ratio),
@@ -1215,23 +1691,28 @@ pub fn overhead_table(rounds: &[&ViewRound]) -> String {
             fmt_us(node_added, true),
             or_dash(spans, &|v| format!("{v:.3}")),
             dropped.map_or_else(|| "-".to_owned(), |d| d.to_string()),
-        ]);
+        ];
+        if proto == Proto::Grpc {
+            row.push(or_dash(built, &|v| format!("{v:.3}")));
+        }
+        rows.push(row);
     }
-    markdown_table(
-        &[
-            "configuration",
-            "req/s",
-            "vs baseline",
-            "p99",
-            "vs baseline",
-            "agent CPU us/req",
-            "node CPU us/req",
-            "node CPU added us/req",
-            "spans/req",
-            "events dropped",
-        ],
-        &rows,
-    )
+    let mut header = vec![
+        "configuration",
+        "req/s",
+        "vs baseline",
+        "p99",
+        "vs baseline",
+        "agent CPU us/req",
+        "node CPU us/req",
+        "node CPU added us/req",
+        "spans/req",
+        "events dropped",
+    ];
+    if proto == Proto::Grpc {
+        header.push("spans.built/req");
+    }
+    markdown_table(&header, &rows)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1287,7 +1768,7 @@ fn hooks(args: &HooksArgs) -> Result<()> {
          ghostwire traces port {unused_port}, which nothing uses",
         names.join(", ")
     );
-    args.load.warm_up(port)?;
+    args.load.warm_up(|seconds| run_wrk(args.load.threads, args.load.connections, port, seconds))?;
 
     let mut results: Vec<SetResult> =
         sets.iter().map(|&set| SetResult { set, rps: Vec::new(), ratios: Vec::new(), unavailable: None }).collect();
@@ -1710,7 +2191,7 @@ Error distribution:
         };
         let rounds = [round(40_000.0, 1.0), round(50_000.0, 1.0), round(60_000.0, 1.0)];
         let refs: Vec<&ViewRound> = rounds.iter().collect();
-        let table = overhead_table(&refs);
+        let table = overhead_table(&refs, Proto::Http1);
         let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split('|').map(str::trim).collect()).collect();
         assert_eq!(rows.len(), 5, "{table}");
         assert_eq!(rows[2], ["", "baseline", "50000", "-", "1.00 ms", "-", "-", "20.00", "-", "-", "-", ""]);
@@ -1762,7 +2243,16 @@ Error distribution:
         };
         let Ok(BenchCmd::Overhead(o)) = parse(&["overhead"]) else { panic!("not overhead") };
         assert_eq!(o.views, [View::Saturated, View::Fixed]);
-        assert_eq!((o.rate_connections, o.rate_qps_per_connection), (10, 1000));
+        assert_eq!((o.rate_connections, o.rate_qps()), (10, 1000));
+        assert_eq!((o.proto, o.streams, o.message_bytes), (Proto::Http1, 1, 128));
+        let Ok(BenchCmd::Overhead(o)) = parse(&["overhead", "--proto", "grpc"]) else { panic!("not overhead") };
+        assert_eq!((o.proto, o.rate_qps()), (Proto::Grpc, 150));
+        let Ok(BenchCmd::Overhead(o)) = parse(&["overhead", "--proto", "grpc", "--rate-qps-per-connection", "7"])
+        else {
+            panic!("not overhead")
+        };
+        assert_eq!(o.rate_qps(), 7);
+        assert!(parse(&["overhead", "--proto", "http3"]).is_err());
         let Ok(BenchCmd::Overhead(o)) = parse(&["overhead", "--views", "fixed", "--", "--pid", "1"]) else {
             panic!("not overhead")
         };

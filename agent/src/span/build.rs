@@ -480,6 +480,78 @@ mod tests {
         assert_eq!(s.attr("server.address"), Some(&AttrValue::Str("api".into())));
     }
 
+    fn grpc_record(role: Role, grpc_status: Option<u32>, reset: Option<Reset>) -> ExchangeRecord {
+        let mut rec = record(role, &[("host", "127.0.0.1:50051"), ("content-type", "application/grpc")], 200);
+        rec.exchange.request.method = "POST".into();
+        rec.exchange.request.target = "/demo.Echo/Unary".into();
+        rec.exchange.h2 = Some(Box::new(H2Exchange {
+            reset,
+            grpc: Some(Grpc { status: grpc_status, request_messages: 1, request_bytes: 5, response_messages: 1, response_bytes: 5 }),
+            unknown: crate::protocol::Unknown::default(),
+        }));
+        rec
+    }
+
+    #[test]
+    fn grpc_spans_follow_the_rpc_conventions() {
+        let s = build_(&grpc_record(Role::Server, Some(0), None), resource(), clock());
+        assert_eq!(s.name, "demo.Echo/Unary");
+        assert_eq!(s.attr("rpc.system.name"), Some(&AttrValue::Str("grpc".into())));
+        assert_eq!(s.attr("rpc.method"), Some(&AttrValue::Str("demo.Echo/Unary".into())));
+        assert_eq!(s.attr("rpc.response.status_code"), Some(&AttrValue::Str("OK".into())));
+        assert_eq!(s.attr("network.protocol.version"), Some(&AttrValue::Str("2".into())));
+        assert_eq!(s.attr("server.port"), Some(&AttrValue::Int(50051)));
+        assert_eq!(s.attr("ghostwire.grpc.response.messages"), Some(&AttrValue::Int(1)));
+        assert_eq!(s.attr("http.request.method"), None, "an RPC span, not an HTTP one");
+        assert_eq!(s.status, Status::Unset);
+    }
+
+    #[test]
+    fn grpc_error_status_differs_by_side() {
+        // NOT_FOUND: the client's error, not the server's.
+        let server = build_(&grpc_record(Role::Server, Some(5), None), resource(), clock());
+        assert_eq!(server.status, Status::Unset);
+        assert_eq!(server.attr("error.type"), None);
+        let client = build_(&grpc_record(Role::Client, Some(5), None), resource(), clock());
+        assert!(matches!(client.status, Status::Error { .. }));
+        assert_eq!(client.attr("error.type"), Some(&AttrValue::Str("NOT_FOUND".into())));
+        // INTERNAL: both.
+        for role in [Role::Server, Role::Client] {
+            let s = build_(&grpc_record(role, Some(13), None), resource(), clock());
+            assert!(matches!(s.status, Status::Error { .. }));
+            assert_eq!(s.attr("rpc.response.status_code"), Some(&AttrValue::Str("INTERNAL".into())));
+        }
+        // A stream cancelled with RST_STREAM(CANCEL) and no status: CANCELLED.
+        let reset = Reset { code: 8, goaway: false, dir: crate::protocol::Direction::Egress };
+        let s = build_(&grpc_record(Role::Client, None, Some(reset)), resource(), clock());
+        assert_eq!(s.attr("rpc.response.status_code"), Some(&AttrValue::Str("CANCELLED".into())));
+        assert!(matches!(s.status, Status::Error { .. }));
+    }
+
+    #[test]
+    fn http2_spans_with_unknown_fields_say_so() {
+        let mut rec = record(Role::Server, &[], 200);
+        rec.exchange.request.method = String::new();
+        rec.exchange.request.target = String::new();
+        rec.exchange.h2 = Some(Box::new(H2Exchange {
+            unknown: crate::protocol::Unknown { method: true, path: true, status: false },
+            ..H2Exchange::default()
+        }));
+        let s = build_(&rec, resource(), clock());
+        assert_eq!(s.name, "HTTP");
+        assert_eq!(s.attr("http.request.method"), Some(&AttrValue::Str("_OTHER".into())));
+        assert_eq!(s.attr("http.request.method_original"), None, "nothing was seen to report");
+        assert_eq!(s.attr("url.path"), Some(&AttrValue::Str("_OTHER".into())));
+        assert_eq!(s.attr("network.protocol.version"), Some(&AttrValue::Str("2".into())));
+        assert_eq!(s.attr("ghostwire.hpack.unknown"), Some(&AttrValue::Bool(true)));
+        // A reset stream is an error, whatever its status.
+        rec.exchange.h2.as_mut().unwrap().reset =
+            Some(Reset { code: 2, goaway: true, dir: crate::protocol::Direction::Ingress });
+        let s = build_(&rec, resource(), clock());
+        assert!(matches!(s.status, Status::Error { .. }));
+        assert_eq!(s.attr("error.type"), Some(&AttrValue::Str("INTERNAL_ERROR".into())));
+    }
+
     #[test]
     fn host_and_target_splitting() {
         assert_eq!(split_host("[::1]:9000"), ("::1".to_owned(), Some(9000)));

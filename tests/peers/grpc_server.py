@@ -14,7 +14,8 @@ messages are raw bytes (no serializer), over h2c on 127.0.0.1 only. No OpenTelem
                            to sleep before echoing it (for deadlines and resets)
 
 Prints "ready PORT" on stdout once serving. SIGTERM stops it (with a short grace).
-Usage: grpc_server.py --port P [--upstream-port U] [--service-name N]
+Usage: grpc_server.py --port P [--upstream-port U] [--service-name N] [--max-metadata-size B]
+                      [--max-frame-size B]
   --service-name sets OTEL_SERVICE_NAME (re-executing itself, so that the process
   environment, which is what ghostwire reads, carries it).
 """
@@ -40,6 +41,8 @@ def parse_args():
     ap.add_argument("--upstream-port", type=int, default=0)
     ap.add_argument("--service-name", default="")
     ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--max-metadata-size", type=int, default=0, help="bytes of request metadata allowed")
+    ap.add_argument("--max-frame-size", type=int, default=0, help="SETTINGS_MAX_FRAME_SIZE to advertise")
     return ap.parse_args()
 
 
@@ -103,7 +106,10 @@ def main():
     if args.service_name and os.environ.get("OTEL_SERVICE_NAME") != args.service_name:
         env = dict(os.environ, OTEL_SERVICE_NAME=args.service_name)
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.workers))
+    options = [("grpc.max_metadata_size", args.max_metadata_size)] if args.max_metadata_size else []
+    if args.max_frame_size:
+        options.append(("grpc.http2.max_frame_size", args.max_frame_size))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.workers), options=options)
     server.add_generic_rpc_handlers((make_handler(args.upstream_port),))
     bound = server.add_insecure_port(f"127.0.0.1:{args.port}")
     if bound != args.port:

@@ -1138,6 +1138,7 @@ impl H2load<'_> {
             Bound::Requests(_) => 10,
         };
         if let Some(log) = self.log {
+            // h2load appends to its log file.
             let _ = std::fs::remove_file(log);
         }
         let run = run_tool(&mut cmd, "h2load", seconds)?;
@@ -2168,6 +2169,225 @@ Error distribution:
         assert_eq!(lines.last().copied(), Some("baseline (nothing attached): 48000 req/s (median)"));
     }
 
+    /// `h2load -c 32 -m 1 -t 2 -D 3 -d <frame> -H 'content-type: application/grpc' -H 'te: trailers'
+    /// --log-file=... http://127.0.0.1:P/demo.Echo/Unary` against tests/peers/grpc_server.py,
+    /// posting the file `write_grpc_body(path, 128)` writes (136 bytes).
+    const H2LOAD: &str = r#"starting benchmark...
+spawning thread #0: 16 total client(s). Timing-based test with 0s of warm-up time and 3s of main duration for measurements.
+spawning thread #1: 16 total client(s). Timing-based test with 0s of warm-up time and 3s of main duration for measurements.
+Warm-up started for thread #1.
+Warm-up started for thread #0.
+progress: 6% of clients started
+progress: 12% of clients started
+progress: 18% of clients started
+progress: 25% of clients started
+progress: 31% of clients started
+progress: 37% of clients started
+progress: 43% of clients started
+progress: 50% of clients started
+progress: 56% of clients started
+progress: 62% of clients started
+progress: 68% of clients started
+progress: 75% of clients started
+progress: 81% of clients started
+progress: 87% of clients started
+progress: 93% of clients started
+progress: 100% of clients started
+Warm-up phase is over for thread #0.
+Main benchmark duration is started for thread #0.
+Application protocol: h2c
+Warm-up phase is over for thread #1.
+Main benchmark duration is started for thread #1.
+Main benchmark duration is over for thread #0. Stopping all clients.
+Stopped all clients for thread #0
+Main benchmark duration is over for thread #1. Stopping all clients.
+Stopped all clients for thread #1
+
+finished in 3.00s, 2679.67 req/s, 513.22KB/s
+requests: 8039 total, 8071 started, 8039 done, 8039 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 8039 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 1.50MB (1576599) total, 25.90KB (26517) headers (space savings 95.93%), 1.04MB (1093304) data
+                     min         max         mean         sd        +/- sd
+time for request:     1.67ms     22.51ms     11.91ms      2.98ms    78.08%
+time for connect:       56us       409us       228us        98us    62.50%
+time to 1st byte:     7.07ms     13.91ms     10.10ms      2.15ms    53.13%
+req/s           :      83.27       84.00       83.71        0.26    46.88%
+"#;
+
+    /// The same at `-c 10 --rps 150 -D 2` (the fixed-rate view), from `finished` on.
+    const H2LOAD_RPS: &str = r#"finished in 2.00s, 1500.00 req/s, 286.91KB/s
+requests: 3000 total, 3000 started, 3000 done, 3000 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 3000 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 573.82KB (587596) total, 9.52KB (9750) headers (space savings 95.99%), 398.44KB (408000) data
+                     min         max         mean         sd        +/- sd
+time for request:      372us     17.16ms      2.97ms      2.33ms    91.43%
+time for connect:       39us       163us       100us        40us    60.00%
+time to 1st byte:     1.27ms      2.90ms      2.35ms       570us    80.00%
+req/s           :     149.90      149.97      149.94        0.03    70.00%
+"#;
+
+    /// `-c 2 -n 10` posting the message `notfound`: the server answers 200 with
+    /// grpc-status NOT_FOUND and no DATA.
+    const H2LOAD_GRPC_ERROR: &str = r#"starting benchmark...
+spawning thread #0: 2 total client(s). 10 total requests
+Application protocol: h2c
+progress: 10% done
+progress: 20% done
+progress: 30% done
+progress: 40% done
+progress: 50% done
+progress: 60% done
+progress: 70% done
+progress: 80% done
+progress: 90% done
+progress: 100% done
+
+finished in 7.18ms, 1392.18 req/s, 103.60KB/s
+requests: 10 total, 10 started, 10 done, 10 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 10 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 762B (762) total, 398B (398) headers (space savings 46.93%), 0B (0) data
+                     min         max         mean         sd        +/- sd
+time for request:      616us      2.42ms      1.24ms       638us    80.00%
+time for connect:      159us       363us       261us       144us   100.00%
+time to 1st byte:     2.44ms      2.86ms      2.65ms       303us   100.00%
+req/s           :     728.07      772.47      750.27       31.40   100.00%
+"#;
+
+    /// `-c 2 -n 10` against a port nothing listens on (h2load still exits 0).
+    const H2LOAD_REFUSED: &str = r#"starting benchmark...
+spawning thread #0: 2 total client(s). 10 total requests
+
+finished in 263us, 0.00 req/s, 0B/s
+requests: 10 total, 0 started, 0 done, 0 succeeded, 10 failed, 10 errored, 0 timeout
+status codes: 0 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 0B (0) total, 0B (0) headers (space savings 0.00%), 0B (0) data
+                     min         max         mean         sd        +/- sd
+time for request:        0us         0us         0us         0us     0.00%
+time for connect:        0us         0us         0us         0us     0.00%
+time to 1st byte:        0us         0us         0us         0us     0.00%
+req/s           :       0.00        0.00        0.00        0.00   100.00%
+"#;
+
+    #[test]
+    fn parses_h2load() {
+        let r = parse_h2load(H2LOAD).expect("parse");
+        assert!((r.requests_per_sec - 2679.67).abs() < 1e-9);
+        assert_eq!((r.total, r.started, r.done, r.succeeded), (8039, 8071, 8039, 8039));
+        assert_eq!((r.failed, r.errored, r.timeout), (0, 0, 0));
+        assert_eq!(r.status, [8039, 0, 0, 0]);
+        // Every call echoed its 136 bytes; the 32 (clients x streams) in flight when the
+        // timed run ended are neither done nor counted.
+        assert_eq!(r.data_bytes, 8039 * 136);
+        assert_eq!(check_h2load(&r, 136, 32), Ok(8039));
+
+        let r = parse_h2load(H2LOAD_RPS).expect("parse");
+        assert!((r.requests_per_sec - 1500.0).abs() < 1e-9);
+        assert_eq!(check_h2load(&r, 136, 10), Ok(3000));
+    }
+
+    #[test]
+    fn h2load_without_its_summary_is_an_error() {
+        assert!(parse_h2load("").is_err());
+        let no_traffic: String = H2LOAD.lines().filter(|l| !l.starts_with("traffic:")).collect::<Vec<_>>().join("\n");
+        assert!(parse_h2load(&no_traffic).expect_err("no data").to_string().contains("data"));
+        let no_status = H2LOAD.replace("status codes:", "status:");
+        assert!(parse_h2load(&no_status).expect_err("no status").to_string().contains("status codes"));
+        let garbled = H2LOAD.replace("8071 started", "many started");
+        assert!(parse_h2load(&garbled).is_err());
+    }
+
+    #[test]
+    fn h2load_failures_make_the_run_invalid() {
+        // Nothing listening: nothing done.
+        let r = parse_h2load(H2LOAD_REFUSED).expect("parse");
+        assert_eq!((r.done, r.failed, r.errored), (0, 10, 10));
+        let err = check_h2load(&r, 136, 2).expect_err("refused");
+        assert!(err.0.contains("no requests done"), "{err}");
+        // gRPC errors are HTTP 200: only the missing echo shows them.
+        let r = parse_h2load(H2LOAD_GRPC_ERROR).expect("parse");
+        assert_eq!((r.done, r.status[0], r.data_bytes), (10, 10, 0));
+        let err = check_h2load(&r, 13, 2).expect_err("not echoed");
+        assert!(err.0.contains("not echoed"), "{err}");
+        // Fewer 2xx than done.
+        let some_5xx = H2LOAD.replace("8039 2xx, 0 3xx, 0 4xx, 0 5xx", "8038 2xx, 0 3xx, 0 4xx, 1 5xx");
+        let err = check_h2load(&parse_h2load(&some_5xx).expect("parse"), 136, 32).expect_err("a 5xx");
+        assert!(err.0.starts_with("8038 2xx responses for 8039 requests done (0 3xx, 0 4xx, 1 5xx"), "{err}");
+        // More DATA than answered calls plus those in flight could carry, or less than
+        // the answered calls.
+        let r = parse_h2load(H2LOAD).expect("parse");
+        assert!(check_h2load(&r, 136, 0).is_ok());
+        assert!(check_h2load(&H2loadReport { data_bytes: 136 * (8039 + 32), ..r.clone() }, 136, 32).is_ok());
+        assert!(check_h2load(&H2loadReport { data_bytes: 136 * (8039 + 33), ..r.clone() }, 136, 32).is_err());
+        assert!(check_h2load(&H2loadReport { data_bytes: 136 * 8038, ..r }, 136, 32).is_err());
+    }
+
+    #[test]
+    fn invalid_runs_are_found_through_context() {
+        let e = anyhow::Error::new(InvalidRun("1 5xx".to_owned())).context("invalid run: `h2load ...`");
+        let e = Err::<(), _>(e).context("round 1").expect_err("an error");
+        assert_eq!(e.downcast_ref::<InvalidRun>(), Some(&InvalidRun("1 5xx".to_owned())));
+        assert!(format!("{e:#}").ends_with("invalid run: `h2load ...`: 1 5xx"), "{e:#}");
+        assert!(anyhow!("wrk failed").downcast_ref::<InvalidRun>().is_none());
+    }
+
+    #[test]
+    fn h2load_log_p99() {
+        // Lines of real logs: three 2xx, and two requests h2load gave up on (status -1).
+        let log = "1796146509147622\t200\t7424\n1796146509150283\t200\t6190\n1796146509147605\t200\t9123\n\
+                   1796146486622063\t-1\t173\n1796146486623265\t-1\t106\n";
+        let times = parse_h2load_log(log).expect("parse");
+        assert_eq!(times.len(), 3);
+        assert!((times[0] - 7.424e-3).abs() < 1e-12);
+        assert!((quantile(&times, 0.99) - 9.123e-3).abs() < 1e-12);
+        assert!(parse_h2load_log("1\t200\n").is_err());
+        assert!(parse_h2load_log("1\tok\t5\n").is_err());
+        assert_eq!(parse_h2load_log("").expect("empty").len(), 0);
+    }
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=200).map(f64::from).collect();
+        assert!((quantile(&v, 0.99) - 198.0).abs() < 1e-12);
+        assert!((quantile(&v, 0.5) - 100.0).abs() < 1e-12);
+        assert!((quantile(&v, 1.0) - 200.0).abs() < 1e-12);
+        assert!((quantile(&[5.0], 0.99) - 5.0).abs() < 1e-12);
+        assert!(quantile(&[], 0.99).is_nan());
+    }
+
+    #[test]
+    fn grpc_frames() {
+        assert_eq!(grpc_frame(b"hi").expect("frame"), [0, 0, 0, 0, 2, b'h', b'i']);
+        assert_eq!(grpc_frame(b"").expect("frame"), [0, 0, 0, 0, 0]);
+        let big = vec![7u8; 0x0001_0203];
+        let frame = grpc_frame(&big).expect("frame");
+        assert_eq!(frame[..5], [0, 0, 1, 2, 3]);
+        assert_eq!(frame.len(), 5 + big.len());
+
+        // Protobuf field 1 (tag 0x0a), varint length, then the letters.
+        assert_eq!(grpc_message(3), b"\x0a\x03abc");
+        assert_eq!(grpc_message(0), [0x0a, 0]);
+        let m = grpc_message(300);
+        assert_eq!(m[..3], [0x0a, 0xac, 0x02]);
+        assert_eq!(m.len(), 303);
+        assert_eq!(m[3 + 26], b'a');
+    }
+
+    #[test]
+    fn grpc_body_file() {
+        let dir = TempDir::new("ghostwire-bench-test").expect("temp dir");
+        let path = dir.path().join("body.bin");
+        // The file the captured runs above posted: a 128-byte field, 136 bytes in all.
+        assert_eq!(write_grpc_body(&path, 128).expect("write"), 136);
+        let bytes = std::fs::read(&path).expect("read");
+        assert_eq!(bytes.len(), 136);
+        assert_eq!(bytes[..8], [0, 0, 0, 0, 131, 0x0a, 0x80, 0x01]);
+        assert_eq!(&bytes[8..11], b"abc");
+        // Written again, it is replaced, not appended to.
+        assert_eq!(write_grpc_body(&path, 1).expect("write"), 8);
+        assert_eq!(std::fs::read(&path).expect("read"), [0, 0, 0, 0, 3, 0x0a, 1, b'a']);
+        assert!(write_grpc_body(&dir.path().join("no/such/dir"), 1).is_err());
+    }
+
     fn run(rps: f64, p99: f64, requests: u64, node: f64, agent: Option<AgentRun>) -> Run {
         Run { load: Load { requests_per_sec: rps, p99, requests, node_cpu_seconds: node }, agent }
     }
@@ -2229,6 +2449,73 @@ Error distribution:
                 ""
             ]
         );
+    }
+
+    #[test]
+    fn grpc_table_adds_spans_built_and_leaves_out_invalid_runs() {
+        let agent =
+            |spans_built: u64| AgentRun { spans: Some((0, 0)), spans_built: Some(spans_built), ..AgentRun::default() };
+        let round = |runs: Vec<(Config, Run)>| ViewRound { view: View::Saturated, runs };
+        let rounds = [
+            round(vec![
+                (Config::Baseline, run(2000.0, 10e-3, 20_000, 2.0, None)),
+                (Config::Full, run(1000.0, 20e-3, 10_000, 2.0, Some(agent(10_000)))),
+            ]),
+            // The baseline of this round was invalid: no ratio from it.
+            round(vec![(Config::Full, run(9000.0, 1e-3, 90_000, 2.0, Some(agent(0))))]),
+        ];
+        let refs: Vec<&ViewRound> = rounds.iter().collect();
+        let table = overhead_table(&refs, Proto::Grpc);
+        let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split('|').map(str::trim).collect()).collect();
+        assert_eq!(rows[0].get(11).copied(), Some("spans.built/req"), "{table}");
+        assert_eq!(rows[2][1..4], ["baseline", "2000", "-"], "{table}");
+        // req/s: median of 1000 and 9000; vs baseline: only the first round's 0.5.
+        assert_eq!(rows[3][1..4], ["full agent", "5000", "0.500 (-50.0%)"], "{table}");
+        // spans.built/req: median of 1.0 and 0.0.
+        assert_eq!(rows[3][11], "0.500", "{table}");
+        assert!(!overhead_table(&refs, Proto::Http1).contains("spans.built"));
+    }
+
+    #[test]
+    fn h2load_command_line() {
+        let h2 = H2load {
+            port: 50051,
+            threads: 2,
+            clients: 1,
+            streams: 4,
+            rps: Some(150),
+            body: Path::new("/tmp/body.bin"),
+            frame_len: 136,
+            log: Some(Path::new("/tmp/h2load.log")),
+        };
+        let args = |cmd: &Command| cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            args(&h2.command(Bound::Seconds(10))),
+            [
+                "-t",
+                "1",
+                "-c",
+                "1",
+                "-m",
+                "4",
+                "-D",
+                "10",
+                "--rps",
+                "150",
+                "-d",
+                "/tmp/body.bin",
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+                "--log-file=/tmp/h2load.log",
+                "http://127.0.0.1:50051/demo.Echo/Unary"
+            ]
+        );
+        let h2 = H2load { clients: 32, rps: None, log: None, ..h2 };
+        let a = args(&h2.command(Bound::Requests(4)));
+        assert_eq!(a[..8], ["-t", "2", "-c", "32", "-m", "4", "-n", "4"]);
+        assert!(!a.iter().any(|x| x == "--rps" || x.starts_with("--log-file")), "{a:?}");
     }
 
     #[test]

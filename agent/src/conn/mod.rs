@@ -535,6 +535,83 @@ mod tests {
         assert_eq!(sink.exchanges[0].conn.pid, 777);
     }
 
+    /// One HTTP/2 frame.
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// HEADERS with END_STREAM and END_HEADERS: `GET /` (static table only, `:authority`
+    /// literal) or `:status 200`.
+    fn h2_request(stream: u32) -> Vec<u8> {
+        frame(1, 0x5, stream, b"\x82\x84\x86\x01\x01x")
+    }
+    fn h2_response(stream: u32) -> Vec<u8> {
+        frame(1, 0x5, stream, b"\x88")
+    }
+
+    #[test]
+    fn http2_requests_are_keyed_by_stream_id() {
+        let mut client = crate::protocol::http2::PREFACE.to_vec();
+        client.extend(frame(4, 0, 0, &[]));
+        client.extend(h2_request(1));
+        client.extend(h2_request(3));
+        let mut server = frame(4, 0, 0, &[]);
+        // Answered out of order: the stream id pairs them, not the order.
+        server.extend(h2_response(3));
+        server.extend(h2_response(1));
+        let sink = run(
+            &[
+                conn_event(Some(Role::Server), false, 8080),
+                data(Direction::Ingress, 0, &client),
+                data(Direction::Egress, 0, &server),
+            ],
+            ListenTable::default(),
+        );
+        let started: Vec<u64> = sink.started.iter().map(|(k, _, _)| k.stream).collect();
+        assert_eq!(started, vec![1, 3]);
+        let done: Vec<u64> = sink.exchanges.iter().map(|e| e.key.stream).collect();
+        assert_eq!(done, vec![3, 1]);
+        assert!(sink.exchanges.iter().all(|e| e.exchange.response.status == 200 && e.exchange.h2.is_some()));
+    }
+
+    #[test]
+    fn an_h2c_upgrade_continues_as_http2_on_the_same_connection() {
+        let upgrade = b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n";
+        let mut switched = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".to_vec();
+        // The server's SETTINGS and the response to the upgrade request (stream 1) come
+        // in the same read as the 101.
+        switched.extend(frame(4, 0, 0, &[]));
+        switched.extend(h2_response(1));
+        let mut preface = crate::protocol::http2::PREFACE.to_vec();
+        preface.extend(frame(4, 0, 0, &[]));
+        let len = switched.len() as u64;
+        let next = h2_request(3);
+        let sink = run(
+            &[
+                conn_event(Some(Role::Client), false, 40000),
+                data(Direction::Egress, 0, upgrade),
+                data(Direction::Ingress, 0, &switched),
+                data(Direction::Egress, upgrade.len() as u64, &preface),
+                data(Direction::Egress, (upgrade.len() + preface.len()) as u64, &next),
+                data(Direction::Ingress, len, &h2_response(3)),
+            ],
+            ListenTable::default(),
+        );
+        assert_eq!(sink.exchanges.len(), 2, "{:?}", sink.exchanges);
+        let first = &sink.exchanges[0];
+        // The upgrade request keeps the key it was started under.
+        assert_eq!(first.key.stream, sink.started[0].0.stream);
+        assert_eq!(first.exchange.request.target, "/up");
+        assert_eq!(first.exchange.response.status, 200);
+        assert!(first.exchange.h2.is_some());
+        assert_eq!(sink.exchanges[1].key.stream, 3);
+        assert_eq!(sink.exchanges[1].exchange.request.target, "/");
+    }
+
     #[test]
     fn a_full_table_drops_the_idlest_connection() {
         let mut table = ConnTable::new(1, ListenTable::default());

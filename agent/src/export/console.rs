@@ -300,7 +300,8 @@ fn pad(s: &str, cols: usize) -> String {
 }
 
 /// Span name plus the URL path (`url.path`, or the path of a client's `url.full`)
-/// unless the name already has it, and the response status code when known.
+/// unless the name already has it, and the response status code (HTTP, or gRPC's status
+/// name) when known.
 fn operation(span: &Span) -> (String, Option<String>) {
     // A call out reads "→ GET /x", so a proxy's two rows can be told apart.
     let mut op = match span.kind {
@@ -318,7 +319,8 @@ fn operation(span: &Span) -> (String, Option<String>) {
             op.push_str(path);
         }
     }
-    let code = match span.attr("http.response.status_code") {
+    // gRPC's status is a name (`OK`, `NOT_FOUND`).
+    let code = match span.attr("http.response.status_code").or_else(|| span.attr("rpc.response.status_code")) {
         Some(AttrValue::Int(code)) => Some(code.to_string()),
         Some(AttrValue::Str(code)) => Some(sanitize(code)),
         _ => None,

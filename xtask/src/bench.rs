@@ -1225,8 +1225,15 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks as f64 / clock_ticks_per_second()?)
 }
 
+/// The last 20 of the agent's stderr lines, after its panic message when it panicked
+/// earlier (a backtrace pushes the message out of the last lines).
 fn tail(lines: &[String]) -> String {
-    lines[lines.len().saturating_sub(20)..].join("\n")
+    let from = lines.len().saturating_sub(20);
+    let last = lines[from..].join("\n");
+    match lines[..from].iter().position(|l| l.contains("panicked at")) {
+        Some(i) => format!("{}\n...\n{last}", lines[i..from.min(i + 2)].join("\n")),
+        None => last,
+    }
 }
 
 /// Moves the lines the stderr reader still has into `lines`, waiting at most `timeout`
@@ -2123,6 +2130,20 @@ Error distribution:
             agent_error_line(&[], "signal: 9 (SIGKILL)"),
             "exited with signal: 9 (SIGKILL) before printing `ready`"
         );
+    }
+
+    #[test]
+    fn agent_tail_keeps_the_panic_message() {
+        let mut lines: Vec<String> = vec!["[INFO ] ready".to_owned()];
+        lines.push("thread 'main' (19438) panicked at agent/src/protocol/http2.rs:77:9:".to_owned());
+        lines.push("not yet implemented".to_owned());
+        lines.extend((0..30).map(|i| format!("  {i}: frame")));
+        let t = tail(&lines);
+        assert!(t.starts_with("thread 'main' (19438) panicked at agent/src/protocol/http2.rs:77:9:\nnot yet implemented\n...\n  10: frame\n"), "{t}");
+        assert!(t.ends_with("  29: frame"), "{t}");
+        // Short output, or a panic within the last lines: just the last lines.
+        assert_eq!(tail(&lines[..3]), lines[..3].join("\n"));
+        assert_eq!(tail(&lines[12..]).lines().count(), 20);
     }
 
     #[test]

@@ -1231,6 +1231,241 @@ impl Phoenix {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// HTTP/2 and gRPC peers
+
+/// The legacy grpcio server (`tests/peers/grpc_server.py`, service `demo.Echo`, no SDK) on
+/// 127.0.0.1:`port`, run by the peers venv's Python with `OTEL_SERVICE_NAME=service_name`.
+/// `upstream_port`: where `/demo.Echo/Chain` sends its plain HTTP/1 GET.
+#[must_use]
+pub fn grpc_server(port: u16, upstream_port: Option<u16>, service_name: &str) -> Proc {
+    let mut cmd = Command::new(python());
+    cmd.arg(peers_dir().join("grpc_server.py"))
+        .args(["--port", &port.to_string()])
+        .env("OTEL_SERVICE_NAME", service_name)
+        // Its "ready" line; errors still go to stderr.
+        .stdout(Stdio::null());
+    if let Some(u) = upstream_port {
+        cmd.args(["--upstream-port", &u.to_string()]);
+    }
+    let mut proc = Proc::spawn("grpc_server", &mut cmd);
+    wait_port(port, "grpc server");
+    proc.assert_running();
+    proc
+}
+
+/// The legacy grpcio client (`tests/peers/grpc_client.py`): ONE channel to
+/// 127.0.0.1:`port`, driven line by line (`unary PAYLOAD`, `stream N`, `many N`,
+/// `meta TRACEPARENT`, ...). Killed and reaped on drop.
+pub struct GrpcClient {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl GrpcClient {
+    /// Starts the client with `OTEL_SERVICE_NAME=service_name`. The channel connects on
+    /// the first call.
+    #[must_use]
+    pub fn start(port: u16, service_name: &str) -> Self {
+        let mut child = Command::new(python())
+            .arg(peers_dir().join("grpc_client.py"))
+            .args(["--port", &port.to_string()])
+            .env("OTEL_SERVICE_NAME", service_name)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start grpc_client.py: {e}"));
+        let out = child.stdout.take().expect("stdout piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends one command and returns its answer line (`ok STATUS ...`); fails the test on
+    /// `err ...`, on an exited client or after 60 s without an answer.
+    pub fn cmd(&mut self, command: &str) -> String {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().expect("stdin piped");
+        writeln!(stdin, "{command}").and_then(|()| stdin.flush()).unwrap_or_else(|e| {
+            panic!("grpc_client: cannot send {command:?}: {e} (exited: {:?})", self.child.try_wait())
+        });
+        let line = self.lines.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|e| {
+            panic!("grpc_client: no answer to {command:?} ({e}; exited: {:?})", self.child.try_wait())
+        });
+        assert!(line.starts_with("ok "), "grpc_client: {command:?} answered {line:?}");
+        line
+    }
+
+    /// Sends `command` and checks that the call ended with gRPC status `status` (the
+    /// second word of the answer).
+    pub fn expect(&mut self, command: &str, status: &str) -> String {
+        let line = self.cmd(command);
+        assert_eq!(line.split_whitespace().nth(1), Some(status), "grpc_client: {command:?} answered {line:?}");
+        line
+    }
+
+    /// `quit`: closes the channel (the connection ends) and waits (10 s) for the exit.
+    pub fn quit(mut self) {
+        let _ = self.cmd("quit");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("grpc_client did not exit within 10 s of quit");
+    }
+}
+
+impl Drop for GrpcClient {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Nginx {
+    /// nginx serving static files over h2c (`listen 127.0.0.1:port http2`, prior
+    /// knowledge): `/index.html`, `/style.css`, `/data.json` and `/f/1.txt` ..
+    /// `/f/50.txt` (each a short line naming itself); anything else is 404.
+    #[must_use]
+    pub fn h2c_static(port: u16) -> Self {
+        Self::with_config(port, |d| {
+            let www = d.join("www");
+            let files = www.join("f");
+            std::fs::create_dir_all(&files).expect("create www");
+            let write =
+                |p: PathBuf, body: &[u8]| std::fs::write(&p, body).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            write(www.join("index.html"), b"<!DOCTYPE html><html><body><h1>ghostwire h2c</h1></body></html>\n");
+            write(www.join("style.css"), b"body { margin: 2em; }\n");
+            write(www.join("data.json"), b"{\"protocol\": \"h2c\"}\n");
+            for i in 1..=50 {
+                write(files.join(format!("{i}.txt")), format!("file {i}\n").as_bytes());
+            }
+            // Workers run as nobody: the document root must be readable by others.
+            for p in [d, &www, &files] {
+                std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                    .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
+            }
+            format!(
+                "{}http {{\n  {}\n  types {{ text/html html; text/css css; application/json json; text/plain txt; }}\n  \
+                 server {{\n    listen 127.0.0.1:{port} http2;\n    root {};\n  }}\n}}\n",
+                Self::main_context(d),
+                Self::http_defaults(d),
+                www.display()
+            )
+        })
+    }
+}
+
+/// What `h2load` reported.
+#[derive(Clone, Debug, Default)]
+pub struct H2loadReport {
+    /// `requests: T total, S started, D done, OK succeeded, F failed, E errored, ...`
+    pub total: u64,
+    pub done: u64,
+    pub errored: u64,
+    /// `status codes: A 2xx, B 3xx, C 4xx, D 5xx`
+    pub status_2xx: u64,
+    pub status_4xx: u64,
+    pub output: String,
+}
+
+/// `h2load -c 1 -m 1` (one client, so one connection; one request at a time) over h2c
+/// prior knowledge to 127.0.0.1:`port`, each of `paths` once, in order.
+#[must_use]
+pub fn h2load(port: u16, paths: &[&str]) -> H2loadReport {
+    let out = Command::new("h2load")
+        .args(["-c", "1", "-m", "1", "-T", "20", "-n", &paths.len().to_string()])
+        .args(paths.iter().map(|p| format!("http://127.0.0.1:{port}{p}")))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run h2load: {e}"));
+    let output = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "h2load failed ({}): {output}{}", out.status, String::from_utf8_lossy(&out.stderr));
+    // "N word," pairs of the line that starts with `prefix`.
+    let field = |prefix: &str, word: &str| -> u64 {
+        output
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|rest| {
+                rest.split(',').find_map(|part| {
+                    let mut it = part.split_whitespace();
+                    let n = it.next()?.parse().ok()?;
+                    (it.next()? == word).then_some(n)
+                })
+            })
+            .unwrap_or_else(|| panic!("h2load output has no `{prefix} ... {word}`:\n{output}"))
+    };
+    H2loadReport {
+        total: field("requests:", "total"),
+        done: field("requests:", "done"),
+        errored: field("requests:", "errored"),
+        status_2xx: field("status codes:", "2xx"),
+        status_4xx: field("status codes:", "4xx"),
+        output: output.clone(),
+    }
+}
+
+/// A string attribute, `None` when absent or not a string.
+#[must_use]
+pub fn attr_opt<'a>(s: &'a SpanRec, key: &str) -> Option<&'a str> {
+    s.attributes.get(key).and_then(Value::as_str)
+}
+
+/// Like [`describe`], with the RPC and HTTP/2 attributes these tests look at.
+#[must_use]
+pub fn describe_rpc(spans: &[SpanRec]) -> String {
+    spans
+        .iter()
+        .map(|s| {
+            let a = |k: &str| s.attributes.get(k).map_or_else(|| "-".to_owned(), ToString::to_string);
+            format!(
+                "{kind} {svc} {name:?} rpc.method={m} grpc={st} http={method} {path} status={hs} v={v} err={err} \
+                 msgs={rq}/{rs} trace={t} span={sp} parent={p:?} link={link} local={lp} peer={pp} hpack_unknown={u}",
+                kind = match s.kind {
+                    KIND_SERVER => "SERVER",
+                    KIND_CLIENT => "CLIENT",
+                    _ => "?",
+                },
+                svc = s.resource.get("service.name").and_then(Value::as_str).unwrap_or("?"),
+                name = s.name,
+                m = a("rpc.method"),
+                st = a("rpc.response.status_code"),
+                method = a("http.request.method"),
+                path = s.path().unwrap_or_default(),
+                hs = a("http.response.status_code"),
+                v = a("network.protocol.version"),
+                err = if s.status_code == STATUS_ERROR { a("error.type") } else { "no".to_owned() },
+                rq = a("ghostwire.grpc.request.messages"),
+                rs = a("ghostwire.grpc.response.messages"),
+                t = s.trace_id,
+                sp = s.span_id,
+                p = s.parent_span_id,
+                link = a("ghostwire.link"),
+                lp = a("network.local.port"),
+                pp = a("network.peer.port"),
+                u = a("ghostwire.hpack.unknown"),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

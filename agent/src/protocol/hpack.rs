@@ -710,6 +710,24 @@ mod tests {
         assert_eq!(decode(&mut d, &hex("82")), Ok(vec![field(":method", "GET")]));
     }
 
+    #[test]
+    fn static_table_indices_outside_the_examples() {
+        // RFC 7541 Appendix A: 9, 13, 14, 16, 58 and 61; 31 as the name of a literal.
+        let mut block = vec![0x89, 0x8d, 0x8e, 0x90, 0xba, 0xbd, 0x0f, 0x10, 0x10];
+        block.extend_from_slice(b"application/grpc");
+        let expected = vec![
+            field(":status", "204"),
+            field(":status", "404"),
+            field(":status", "500"),
+            field("accept-encoding", "gzip, deflate"),
+            field("user-agent", ""),
+            field("www-authenticate", ""),
+            field("content-type", "application/grpc"),
+        ];
+        assert_eq!(decode(&mut Decoder::new(), &block), Ok(expected));
+        assert_eq!(decode(&mut Decoder::new(), &[0x80 | 62]), Err(Error::BadIndex(62)));
+    }
+
     const C3: [&str; 3] = [
         "8286 8441 0f77 7777 2e65 7861 6d70 6c65 2e63 6f6d",
         "8286 84be 5808 6e6f 2d63 6163 6865",

@@ -16,7 +16,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use ghostwire_tests::*;
@@ -429,11 +429,50 @@ fn report(t: &Tally, want_traces: usize) {
     );
 }
 
+/// The one Phoenix of this test binary: started by the first test that needs it (about
+/// 18 s), shared by the rest (each looks only at its own trace ids), stopped at exit.
+static PHOENIX: Mutex<Option<Phoenix>> = Mutex::new(None);
+
+/// Exclusive use of the shared Phoenix while held (tests that use it run one at a time).
+struct SharedPhoenix(MutexGuard<'static, Option<Phoenix>>);
+
+impl SharedPhoenix {
+    fn get() -> Self {
+        let mut guard = PHOENIX.lock().unwrap_or_else(PoisonError::into_inner);
+        if guard.is_none() {
+            *guard = Some(Phoenix::start());
+            // Statics are never dropped: stop Phoenix (and remove its namespace) at exit.
+            // SAFETY: registers a plain `extern "C" fn()` that takes no arguments.
+            let rc = unsafe { libc::atexit(stop_shared_phoenix) };
+            assert_eq!(rc, 0, "atexit");
+        }
+        Self(guard)
+    }
+}
+
+extern "C" fn stop_shared_phoenix() {
+    let phoenix = PHOENIX.lock().unwrap_or_else(PoisonError::into_inner).take();
+    drop(phoenix);
+}
+
+impl std::ops::Deref for SharedPhoenix {
+    type Target = Phoenix;
+    fn deref(&self) -> &Phoenix {
+        self.0.as_ref().unwrap_or_else(|| panic!("shared Phoenix not started"))
+    }
+}
+
+impl std::ops::DerefMut for SharedPhoenix {
+    fn deref_mut(&mut self) -> &mut Phoenix {
+        self.0.as_mut().unwrap_or_else(|| panic!("shared Phoenix not started"))
+    }
+}
+
 /// Phoenix up, the chain up, the agent running.
 struct Rig {
     chain: Chain,
     agent: Option<Agent>,
-    phoenix: Phoenix,
+    phoenix: SharedPhoenix,
     jsonl: std::path::PathBuf,
     _dir: TempDir,
     t0: Instant,
@@ -444,7 +483,7 @@ impl Rig {
         require_root();
         let t0 = Instant::now();
         let dir = TempDir::new("linking");
-        let phoenix = Phoenix::start();
+        let phoenix = SharedPhoenix::get();
         let otlp = phoenix.otlp_grpc_endpoint();
         let chain = Chain::start(topology, &otlp);
         let jsonl = dir.path().join("spans.jsonl");
@@ -574,4 +613,143 @@ fn concurrent_requests_each_form_their_own_complete_trace() {
     let distinct: BTreeSet<&str> = reqs.iter().map(|r| r.trace_id.as_str()).collect();
     assert_eq!(distinct.len(), reqs.len(), "A answered the same trace id for two requests");
     rig.finish(&reqs);
+}
+
+/// One line of `sdk_grpc_client.py`: the trace and CLIENT span its SDK made for a call.
+struct SdkCall {
+    trace_id: String,
+    span_id: String,
+}
+
+/// An SDK-instrumented gRPC client (OTLP to Phoenix) → the legacy grpcio server
+/// (`/demo.Echo/Chain`) → the legacy HTTP/1 backend is one trace in Phoenix: the SDK's
+/// CLIENT span → ghostwire's SERVER span of the gRPC server (link header, from the
+/// `traceparent` metadata) → ghostwire's CLIENT span of its HTTP call (link thread or
+/// process: the handler thread of grpcio's pool makes the call) → ghostwire's SERVER
+/// span of the backend (link socket; the gRPC server dropped the context).
+#[test]
+fn sdk_grpc_client_then_legacy_grpc_server_then_legacy_http_server_form_one_trace() {
+    const PATH: &str = "work/grpc";
+    require_root();
+    let t0 = Instant::now();
+    let dir = TempDir::new("linking-grpc");
+    let mut phoenix = SharedPhoenix::get();
+    let otlp = phoenix.otlp_grpc_endpoint();
+    let [grpc_port, backend_port] = free_ports();
+    let _backend = python_backend(backend_port, "grpc-chain-backend");
+    let _server = grpc_server(grpc_port, Some(backend_port), "grpc-chain-server");
+    let jsonl = dir.path().join("spans.jsonl");
+    let mut args = Vec::new();
+    for p in [grpc_port, backend_port] {
+        args.extend(["--port".to_owned(), p.to_string()]);
+    }
+    args.extend(["--otlp-endpoint".to_owned(), otlp.clone()]);
+    args.extend(["--output".to_owned(), format!("jsonl:{}", jsonl.display())]);
+    let agent = Agent::start(&args, &[]);
+
+    let out = Command::new(python())
+        .arg(peers_dir().join("sdk_grpc_client.py"))
+        .args(["--port", &grpc_port.to_string(), "--endpoint", &otlp, "--service-name", "sdk-grpc-client"])
+        .args(["--path", PATH])
+        .env("OTEL_SERVICE_NAME", "sdk-grpc-client")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run sdk_grpc_client.py: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "sdk_grpc_client.py: {}\n{text}{}", out.status, String::from_utf8_lossy(&out.stderr));
+    let calls: Vec<SdkCall> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| SdkCall { trace_id: value_text(v.get("trace_id")), span_id: value_text(v.get("span_id")) })
+        .collect();
+    assert_eq!(calls.len(), 1, "one call, one JSON line: {text}");
+    let call = &calls[0];
+    assert!(call.trace_id.len() == 32 && call.span_id.len() == 16, "{text}");
+    eprintln!("SDK trace: {} (client span {})", call.trace_id, call.span_id);
+
+    let backend_path = format!("/{PATH}");
+    let find = |spans: &[SpanRec], service: &str, kind: i64| -> Option<SpanRec> {
+        let found: Vec<&SpanRec> = spans
+            .iter()
+            .filter(|s| is(s, service, kind))
+            .filter(|s| match (service, kind) {
+                ("grpc-chain-server", KIND_SERVER) => s.name == "demo.Echo/Chain",
+                _ => s.path().as_deref() == Some(backend_path.as_str()),
+            })
+            .collect();
+        (found.len() == 1).then(|| found[0].clone())
+    };
+    let all_three = |spans: &[SpanRec]| {
+        Some((
+            find(spans, "grpc-chain-server", KIND_SERVER)?,
+            find(spans, "grpc-chain-server", KIND_CLIENT)?,
+            find(spans, "grpc-chain-backend", KIND_SERVER)?,
+        ))
+    };
+    let found = wait_for(Duration::from_secs(20), || all_three(&read_jsonl(&jsonl)));
+    let exit = agent.stop();
+    assert!(exit.status.success(), "agent exit: {}\n{}", exit.status, exit.stderr);
+    let spans = read_jsonl(&jsonl);
+    let Some((grpc_server_span, grpc_client_span, backend_span)) = found else {
+        panic!(
+            "want the gRPC server's SERVER and CLIENT spans and the backend's SERVER span, the agent wrote:\n{}\n{}",
+            describe_rpc(&spans),
+            exit.stats_line()
+        );
+    };
+    let sdk_spans: Vec<&SpanRec> = spans.iter().filter(|s| is(s, "sdk-grpc-client", s.kind)).collect();
+    assert!(sdk_spans.is_empty(), "no ghostwire span for the SDK-instrumented client:\n{}", describe_refs(&sdk_spans));
+    assert_eq!(grpc_server_span.attr_str("rpc.method"), "demo.Echo/Chain");
+    assert_eq!(grpc_server_span.attr_str("rpc.response.status_code"), "OK");
+    phoenix.assert_running();
+
+    // Phoenix: the SDK span and the three ghostwire spans, in the SDK's trace.
+    let stored = phoenix.wait_spans(&call.trace_id, 4, Duration::from_secs(30));
+    let shown = stored.iter().map(short).collect::<Vec<_>>().join("\n  ");
+    let by_id: BTreeMap<&str, &PhoenixSpan> = stored.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let sdk = by_id.get(call.span_id.as_str()).unwrap_or_else(|| panic!("SDK span not in Phoenix:\n  {shown}"));
+    assert_eq!(sdk.parent_id, None, "the SDK client span is the root:\n  {shown}");
+    let expected = [
+        ("gRPC server SERVER", &grpc_server_span, call.span_id.as_str(), &["header"][..]),
+        ("gRPC server CLIENT", &grpc_client_span, grpc_server_span.span_id.as_str(), &["thread", "process"][..]),
+        ("backend SERVER", &backend_span, grpc_client_span.span_id.as_str(), &["socket"][..]),
+    ];
+    let mut failures = Vec::new();
+    for (what, g, parent, links) in expected {
+        if g.trace_id != call.trace_id {
+            failures.push(format!("{what} {} has trace {} in the JSONL", g.span_id, g.trace_id));
+        }
+        let Some(s) = by_id.get(g.span_id.as_str()) else {
+            failures.push(format!("{what} {} not in the SDK's trace in Phoenix", g.span_id));
+            continue;
+        };
+        if s.parent_id.as_deref() != Some(parent) {
+            failures.push(format!("{what} {}: parent {:?}, want {parent}", g.span_id, s.parent_id));
+        }
+        if !s.attr_str("ghostwire.link").is_some_and(|l| links.contains(&l)) {
+            failures.push(format!(
+                "{what} {}: ghostwire.link={:?}, want one of {links:?}",
+                g.span_id,
+                s.attr("ghostwire.link")
+            ));
+        }
+    }
+    // The gRPC server received a context and did not pass it on.
+    if backend_span.attr_bool("ghostwire.propagation_break") != Some(true) {
+        failures.push(format!(
+            "backend SERVER: ghostwire.propagation_break={:?}, want true",
+            backend_span.attributes.get("ghostwire.propagation_break")
+        ));
+    }
+    if stored.len() != 4 {
+        failures.push(format!("Phoenix holds {} spans in the trace, want 4", stored.len()));
+    }
+    eprintln!("grpc linking test took {:.1} s", t0.elapsed().as_secs_f64());
+    assert!(
+        failures.is_empty(),
+        "trace {}:\n  {}\nPhoenix:\n  {shown}\nagent:\n{}",
+        call.trace_id,
+        failures.join("\n  "),
+        describe_rpc(&spans)
+    );
 }

@@ -67,8 +67,10 @@
 //! (`drop.lost_request`), and the direction hunts as above.
 //!
 //! # gRPC
-//! A stream whose request `content-type` starts with `application/grpc`, or whose
-//! response carries `grpc-status`, is a gRPC call. Its DATA in each direction is read as
+//! A stream whose `content-type` starts with `application/grpc`, or that carries any
+//! `grpc-*` field (`grpc-status`, `grpc-message`, `grpc-timeout`, ...), is a gRPC call:
+//! on a connection joined late, grpcio's content type and status are often references
+//! to unseen HPACK entries while `grpc-message` is still a literal. Its DATA in each direction is read as
 //! 5-octet length-prefixed messages (across frames, several per frame); a message counts
 //! once its prefix is seen, by its declared length, so one whose body falls in a gap still
 //! counts. A prefix that falls into a gap leaves that direction's counts as lower bounds.
@@ -517,7 +519,8 @@ struct Stream {
     request_ended: bool,
     /// The final response HEADERS was seen (later ones are trailers).
     final_seen: bool,
-    grpc_content_type: bool,
+    /// `content-type: application/grpc*` or a `grpc-*` field was seen.
+    grpc: bool,
     grpc_status: Option<u32>,
     unknown: Unknown,
     /// gRPC messages: request, response.
@@ -526,7 +529,8 @@ struct Stream {
 
 impl Stream {
     fn new(request: Request, first: Timing) -> Self {
-        let grpc_content_type = request.header("content-type").is_some_and(|v| v.starts_with("application/grpc"));
+        let grpc = request.header("content-type").is_some_and(|v| v.starts_with("application/grpc"))
+            || request.headers.iter().any(|(n, _)| n.starts_with("grpc-"));
         Stream {
             request,
             response: Response::default(),
@@ -535,7 +539,7 @@ impl Stream {
             response_first: None,
             request_ended: false,
             final_seen: false,
-            grpc_content_type,
+            grpc,
             grpc_status: None,
             unknown: Unknown::default(),
             messages: [Messages::default(), Messages::default()],
@@ -639,12 +643,20 @@ impl RequestHead {
     }
 }
 
-/// Adds the kept regular fields of a response (or trailer) block to `headers`; returns
-/// `:status` as found (`Some(None)`: present, value unknown or not a number) and
-/// `grpc-status`.
-fn response_fields(fields: Vec<Field>, headers: &mut Vec<(String, String)>) -> (Option<Option<u16>>, Option<u32>) {
+/// What a response (or trailer) block says besides its kept fields.
+struct ResponseHead {
+    /// `:status` as found (`Some(None)`: present, value unknown or not a number).
+    status: Option<Option<u16>>,
+    grpc_status: Option<u32>,
+    /// A `grpc-*` field or a gRPC content type: the stream is a gRPC call.
+    grpc: bool,
+}
+
+/// Adds the kept regular fields of a response (or trailer) block to `headers`.
+fn response_fields(fields: Vec<Field>, headers: &mut Vec<(String, String)>) -> ResponseHead {
     let mut status = None;
     let mut grpc_status = None;
+    let mut grpc = false;
     for f in fields {
         let Some(name) = f.name else { continue };
         if name == ":status" {
@@ -658,13 +670,15 @@ fn response_fields(fields: Vec<Field>, headers: &mut Vec<(String, String)>) -> (
         if name.eq_ignore_ascii_case("grpc-status") {
             grpc_status = value.trim().parse::<u32>().ok();
         }
+        grpc |= name.starts_with("grpc-")
+            || (name.eq_ignore_ascii_case("content-type") && value.starts_with("application/grpc"));
         if let Some(k) = kept(&name) {
             if headers.len() < MAX_STORED_HEADERS {
                 headers.push((k.to_owned(), value));
             }
         }
     }
-    (status, grpc_status)
+    ResponseHead { status, grpc_status, grpc }
 }
 
 /// Parser and stream pairing for one HTTP/2 connection (both directions).
@@ -1259,8 +1273,9 @@ impl Http2Session {
         let Some(s) = self.streams.get_mut(&id) else { return };
         if s.final_seen {
             // Trailers.
-            let (_, grpc_status) = response_fields(fields, &mut s.response.headers);
-            s.grpc_status = grpc_status.or(s.grpc_status);
+            let head = response_fields(fields, &mut s.response.headers);
+            s.grpc_status = head.grpc_status.or(s.grpc_status);
+            s.grpc |= head.grpc;
             s.response.truncated |= block.lost;
         } else {
             if block.lost {
@@ -1270,8 +1285,8 @@ impl Http2Session {
                 return;
             }
             let mut headers = Vec::new();
-            let (status, grpc_status) = response_fields(fields, &mut headers);
-            let status = status.flatten();
+            let head = response_fields(fields, &mut headers);
+            let status = head.status.flatten();
             if status.is_some_and(|c| (100..200).contains(&c)) {
                 // Interim response.
                 return;
@@ -1280,7 +1295,8 @@ impl Http2Session {
             s.response.status = status.unwrap_or(0);
             s.response.headers = headers;
             s.response_first = Some(block.first);
-            s.grpc_status = grpc_status;
+            s.grpc_status = head.grpc_status;
+            s.grpc |= head.grpc;
             if status.is_none() {
                 s.unknown.status = true;
                 self.count(Counter::H2UnknownStatus);
@@ -1315,7 +1331,7 @@ impl Http2Session {
         if reset.is_some() {
             self.count(Counter::H2StreamsReset);
         }
-        let grpc = (s.grpc_content_type || s.grpc_status.is_some()).then(|| Grpc {
+        let grpc = s.grpc.then(|| Grpc {
             status: s.grpc_status,
             request_messages: s.messages[0].count,
             request_bytes: s.messages[0].bytes,

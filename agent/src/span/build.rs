@@ -208,9 +208,13 @@ fn grpc_attributes(rec: &ExchangeRecord, h2: &H2Exchange, kind: SpanKind, attrs:
     let method = req.target.strip_prefix('/').filter(|m| !h2.unknown.path && is_rpc_method(m));
     put("rpc.system.name", "grpc".into());
     put("rpc.method", method.unwrap_or("_OTHER").into());
+    // `None`: the status could not be seen (trailers that refer to HPACK entries sent
+    // before the agent attached): reported as unknown, not as an error.
     let code = grpc_code(&grpc, h2.reset, resp.status);
-    let code_name = code.map_or("UNKNOWN", grpc_code_name);
-    put("rpc.response.status_code", code_name.into());
+    let code_name = code.map(grpc_code_name);
+    if let Some(name) = code_name {
+        put("rpc.response.status_code", name.into());
+    }
     put("network.protocol.name", "http".into());
     put("network.protocol.version", "2".into());
     put("network.transport", "tcp".into());
@@ -223,16 +227,17 @@ fn grpc_attributes(rec: &ExchangeRecord, h2: &H2Exchange, kind: SpanKind, attrs:
     put("ghostwire.grpc.response.messages", count(grpc.response_messages));
     put("ghostwire.grpc.request.bytes", count(grpc.request_bytes));
     put("ghostwire.grpc.response.bytes", count(grpc.response_bytes));
-    if h2.unknown.method || h2.unknown.path || h2.unknown.status {
+    if h2.unknown.method || h2.unknown.path || h2.unknown.status || code.is_none() {
         put("ghostwire.hpack.unknown", true.into());
     }
     let is_error = match (kind, code) {
+        (_, None) => false,
         // A server is at fault only for these (RPC conventions, gRPC status codes).
-        (SpanKind::Server, c) => matches!(c, None | Some(2 | 4 | 12 | 13 | 14 | 15)),
-        (SpanKind::Client, c) => c != Some(0),
+        (SpanKind::Server, Some(c)) => matches!(c, 2 | 4 | 12 | 13 | 14 | 15),
+        (SpanKind::Client, Some(c)) => c != 0,
     };
-    if is_error {
-        put("error.type", code_name.into());
+    if let (true, Some(name)) = (is_error, code_name) {
+        put("error.type", name.into());
     }
     // The span name is the method; `{rpc.system.name}` when it is not known.
     (method.map_or_else(|| "grpc".to_owned(), str::to_owned), is_error)
@@ -526,6 +531,16 @@ mod tests {
         let s = build_(&grpc_record(Role::Client, None, Some(reset)), resource(), clock());
         assert_eq!(s.attr("rpc.response.status_code"), Some(&AttrValue::Str("CANCELLED".into())));
         assert!(matches!(s.status, Status::Error { .. }));
+    }
+
+    #[test]
+    fn an_undecodable_grpc_status_is_unknown_not_an_error() {
+        for role in [Role::Server, Role::Client] {
+            let s = build_(&grpc_record(role, None, None), resource(), clock());
+            assert_eq!(s.attr("rpc.response.status_code"), None);
+            assert_eq!(s.attr("ghostwire.hpack.unknown"), Some(&AttrValue::Bool(true)));
+            assert_eq!(s.status, Status::Unset);
+        }
     }
 
     #[test]

@@ -315,8 +315,14 @@ impl ConnTable {
         // Requests whose head just completed: report them before any exchange, so the
         // linker knows a request is in progress while the process handles it.
         let base = conn.tcp_seq[dir_index(role.request_direction())];
-        for started in self.scratch.started.drain(..) {
-            let Some(request) = session.request(started.stream) else { continue };
+        let Output { started, done } = &mut self.scratch;
+        for started in started.drain(..) {
+            // A stream that ended in the very call that started it (reset at once) is
+            // already among the exchanges done.
+            let request = session
+                .request(started.stream)
+                .or_else(|| done.iter().find(|e| e.seq == started.stream).map(|e| &e.request));
+            let Some(request) = request else { continue };
             if request.truncated {
                 stats::global().incr(Counter::HeadTruncated);
             }

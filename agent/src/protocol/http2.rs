@@ -751,7 +751,9 @@ impl Http2Session {
     ///
     /// Records go to `out` (also when an error is returned; the first error of the call
     /// is returned, after the session reset the connection's streams and set `dir` to
-    /// resynchronise).
+    /// resynchronise). Every stream this call adds to `out.started` is either still open
+    /// ([`Http2Session::request`] gives its head) or done in `out.done` of this call; one
+    /// dropped in the same call is not reported.
     #[allow(clippy::too_many_arguments)]
     pub fn feed_at(
         &mut self,
@@ -764,6 +766,7 @@ impl Http2Session {
         out: &mut Output,
     ) -> Result<(), Error> {
         let d = dir_index(dir);
+        let (started_before, done_before) = (out.started.len(), out.done.len());
         let mut cx = Cx { dir, t, out, error: None };
         self.syscall_start(d, prefix);
         self.consume(d, pos, Chunk::Bytes(prefix), &mut cx);
@@ -773,6 +776,16 @@ impl Http2Session {
         if !tail.is_empty() {
             self.consume(d, pos + prefix.len() as u64 + gap, Chunk::Bytes(tail), &mut cx);
         }
+        // A stream started and then dropped (by a connection error or a framing loss) in
+        // this same call is not reported at all.
+        let Output { started, done } = &mut *cx.out;
+        let mut seen = 0usize;
+        started.retain(|st| {
+            seen += 1;
+            seen <= started_before
+                || u32::try_from(st.stream).is_ok_and(|id| self.streams.contains_key(&id))
+                || done[done_before..].iter().any(|e| e.seq == st.stream)
+        });
         match cx.error {
             Some(e) => Err(e),
             None => Ok(()),
@@ -2063,6 +2076,27 @@ mod tests {
             let r = run(Role::Server, &[Ev::D(IN, [client_start(), f.clone()].concat())]);
             assert!(matches!(r.errors[..], [(0, Error::BadFrame(_))]), "{f:?}: {:?}", r.errors);
         }
+    }
+
+    #[test]
+    fn a_stream_dropped_in_the_call_that_started_it_is_not_reported() {
+        let mut s = Http2Session::new(Role::Server);
+        // Entries the caller has not drained yet stay.
+        let earlier = Started { stream: 99, offset: 0, first: tm(0) };
+        let mut out = Output { started: vec![earlier], done: Vec::new() };
+        let bytes = [client_start(), headers(1, false, &get("/a")), frame(ft::PING, 0, 0, &[0; 3])].concat();
+        assert!(matches!(s.feed_at(IN, 0, &bytes, 0, &[], tm(1), &mut out), Err(Error::BadFrame(_))));
+        assert_eq!(out.started, [earlier]);
+        assert_eq!(s.pending_requests(), 0);
+        // Started and done in one call: reported, the exchange holds the head.
+        let mut s = Http2Session::new(Role::Server);
+        let mut out = Output::default();
+        let bytes =
+            [client_start(), headers(1, false, &get("/b")), frame(ft::RST_STREAM, 0, 1, &[0, 0, 0, 8])].concat();
+        assert_eq!(s.feed_at(IN, 0, &bytes, 0, &[], tm(1), &mut out), Ok(()));
+        assert_eq!(out.started.len(), 1);
+        assert_eq!(s.request(1), None);
+        assert_eq!(out.done.first().map(|e| e.request.target.as_str()), Some("/b"));
     }
 
     #[test]

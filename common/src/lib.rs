@@ -18,8 +18,10 @@ pub const DEFAULT_CAPTURE: u32 = MAX_CAPTURE as u32;
 /// read or write (a request pipelined behind a large body) is still found. At most
 /// `MAX_CAPTURE / 2` (the scratch layout relies on it); a power of two.
 pub const TAIL_WINDOW: usize = 4 * 1024;
-/// How many iovec entries of a `readv`/`writev`/`recvmsg`/`sendmsg` are copied.
-pub const MAX_IOVECS: usize = 8;
+/// How many iovec entries of a `readv`/`writev`/`recvmsg`/`sendmsg` are copied. gRPC's
+/// core writes each frame header, header block and message as its own slice (a unary
+/// call is a dozen of them); 8 lost the start of grpcio's streams.
+pub const MAX_IOVECS: usize = 64;
 /// Longest process name (`comm`) the kernel compares for `--exe`.
 pub const COMM_LEN: usize = 16;
 /// Maximum number of `--exe` names.

@@ -77,6 +77,13 @@ pub struct Scratch {
     pub data: [u8; SCRATCH_BYTES],
     /// The iovec array of a vectored transfer, read in one go.
     pub iov: [Iovec; MAX_IOVECS],
+    /// Where the iovec copy has got to, and the bounds of the tail it looks for, kept in
+    /// map memory (see `copy_iov`).
+    pub cursor: u64,
+    pub tail_at: u64,
+    pub end: u64,
+    /// Entries in `iov`.
+    pub count: u64,
 }
 
 /// `struct iovec`.

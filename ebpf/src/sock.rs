@@ -521,10 +521,16 @@ fn copy_iov(s: &mut Scratch, iov: u64, iovcnt: u64, prefix: u64, tail_start: u64
         return None;
     }
     let dst = s.data.as_mut_ptr();
+    // The entry count, too, is read from map memory at each test: compared with the
+    // constant `i`, a register would leave each loop with a different known count, and
+    // each of those would walk the next loop again.
+    // SAFETY: a field of the scratch map value, which this CPU alone uses.
+    unsafe { core::ptr::write_volatile(&raw mut s.count, cnt) };
     let mut off: u64 = 0;
     let mut i: usize = 0;
     while i < MAX_IOVECS {
-        if i as u64 >= cnt || off >= prefix {
+        // SAFETY: as above.
+        if i as u64 >= unsafe { core::ptr::read_volatile(&raw const s.count) } || off >= prefix {
             break;
         }
         let v = s.iov[i];
@@ -533,27 +539,54 @@ fn copy_iov(s: &mut Scratch, iov: u64, iovcnt: u64, prefix: u64, tail_start: u64
         if !copy_user(dst, off, v.base, n) {
             return None;
         }
-        off += n;
+        // Through map memory, whose contents the verifier does not track: it forgets
+        // `off`'s exact value, so the two ways through this iteration (whole entry, or
+        // cut at `prefix`) meet at the loop head and are checked once. Otherwise the
+        // paths double with every entry and a few dozen entries exceed its budget.
+        // SAFETY: a field of the scratch map value, which this CPU alone uses.
+        off = unsafe {
+            core::ptr::write_volatile(&raw mut s.cursor, off + n);
+            core::ptr::read_volatile(&raw const s.cursor)
+        };
         i += 1;
     }
+    let off = if off > prefix { prefix } else { off };
     let tail = len - tail_start;
     if off < prefix || tail == 0 {
         return Some((off, 0));
     }
-    // The entry that holds the whole tail, if one does.
-    let mut pos: u64 = 0;
+    // The entry that holds the whole tail, if one does. As above, the values compared
+    // live in map memory and are read afresh in each iteration: what a comparison
+    // teaches the verifier about them dies with the iteration, so iterations do not
+    // multiply its paths.
+    // SAFETY: fields of the scratch map value, which this CPU alone uses.
+    unsafe {
+        core::ptr::write_volatile(&raw mut s.cursor, 0);
+        core::ptr::write_volatile(&raw mut s.tail_at, tail_start);
+        core::ptr::write_volatile(&raw mut s.end, len);
+    }
     let mut src: u64 = 0;
     let mut i: usize = 0;
     while i < MAX_IOVECS {
-        if i as u64 >= cnt {
+        // SAFETY: as above.
+        if i as u64 >= unsafe { core::ptr::read_volatile(&raw const s.count) } {
             break;
         }
         let v = s.iov[i];
-        if tail_start >= pos && len <= pos + v.len {
-            src = v.base + (tail_start - pos);
+        // SAFETY: as above.
+        let (pos, tail_at, end) = unsafe {
+            (
+                core::ptr::read_volatile(&raw const s.cursor),
+                core::ptr::read_volatile(&raw const s.tail_at),
+                core::ptr::read_volatile(&raw const s.end),
+            )
+        };
+        if tail_at >= pos && end <= pos + v.len {
+            src = v.base + (tail_at - pos);
             break;
         }
-        pos += v.len;
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(&raw mut s.cursor, pos + v.len) };
         i += 1;
     }
     if src == 0 {

@@ -193,7 +193,9 @@ impl Session {
                 }
                 result.map_err(Error::from)
             }
-            Session::Http2(h) => h.with(out, |s, out| s.feed_at(dir, pos, prefix, gap, tail, t, out)).map_err(Error::from),
+            Session::Http2(h) => {
+                h.with(out, |s, out| s.feed_at(dir, pos, prefix, gap, tail, t, out)).map_err(Error::from)
+            }
         }
     }
 
@@ -215,7 +217,9 @@ impl Session {
         let Session::Http1(h) = self else { return None };
         let i = out.done.iter().position(|e| {
             e.response.status == 101
-                && e.request.header("upgrade").is_some_and(|u| u.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c")))
+                && e.request
+                    .header("upgrade")
+                    .is_some_and(|u| u.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c")))
         })?;
         let from = h.session.opaque_from();
         let upgrade = out.done.remove(i);
@@ -317,7 +321,11 @@ mod tests {
         // A preface split by the reader: its first bytes are enough.
         assert_eq!(detect(Some(Role::Server), false, Direction::Ingress, b"PRI * HT"), Detected::Http2(Role::Server));
         // TLS, PostgreSQL and RESP are neither.
-        for other in [&b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..], b"\x00\x00\x00\x08\x04\xd2\x16\x2f", b"*1\r\n$4\r\nPING\r\n"] {
+        for other in [
+            &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+            b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
+            b"*1\r\n$4\r\nPING\r\n",
+        ] {
             assert_eq!(detect(Some(Role::Client), false, Direction::Egress, other), Detected::Rejected);
             assert_eq!(detect(None, true, Direction::Egress, other), Detected::Wait);
         }

@@ -198,7 +198,12 @@ fn http_attributes(
 
 /// RPC semantic conventions for gRPC (stable, semconv 1.45). Returns the span name and
 /// whether the span is an error.
-fn grpc_attributes(rec: &ExchangeRecord, h2: &H2Exchange, kind: SpanKind, attrs: &mut Vec<Attribute>) -> (String, bool) {
+fn grpc_attributes(
+    rec: &ExchangeRecord,
+    h2: &H2Exchange,
+    kind: SpanKind,
+    attrs: &mut Vec<Attribute>,
+) -> (String, bool) {
     let req = &rec.exchange.request;
     let resp = &rec.exchange.response;
     let grpc = h2.grpc.clone().unwrap_or_default();
@@ -260,11 +265,11 @@ fn grpc_code(grpc: &Grpc, reset: Option<Reset>, http_status: u16) -> Option<u32>
             // NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR,
             // SETTINGS_TIMEOUT, FRAME_SIZE_ERROR, COMPRESSION_ERROR, CONNECT_ERROR
             0x0 | 0x1 | 0x2 | 0x3 | 0x4 | 0x6 | 0x9 | 0xa => 13,
-            0x7 => 14,  // REFUSED_STREAM → UNAVAILABLE
-            0x8 => 1,   // CANCEL → CANCELLED
-            0xb => 8,   // ENHANCE_YOUR_CALM → RESOURCE_EXHAUSTED
-            0xc => 7,   // INADEQUATE_SECURITY → PERMISSION_DENIED
-            _ => 2,     // UNKNOWN
+            0x7 => 14, // REFUSED_STREAM → UNAVAILABLE
+            0x8 => 1,  // CANCEL → CANCELLED
+            0xb => 8,  // ENHANCE_YOUR_CALM → RESOURCE_EXHAUSTED
+            0xc => 7,  // INADEQUATE_SECURITY → PERMISSION_DENIED
+            _ => 2,    // UNKNOWN
         });
     }
     match http_status {
@@ -491,7 +496,13 @@ mod tests {
         rec.exchange.request.target = "/demo.Echo/Unary".into();
         rec.exchange.h2 = Some(Box::new(H2Exchange {
             reset,
-            grpc: Some(Grpc { status: grpc_status, request_messages: 1, request_bytes: 5, response_messages: 1, response_bytes: 5 }),
+            grpc: Some(Grpc {
+                status: grpc_status,
+                request_messages: 1,
+                request_bytes: 5,
+                response_messages: 1,
+                response_bytes: 5,
+            }),
             unknown: crate::protocol::Unknown::default(),
         }));
         rec

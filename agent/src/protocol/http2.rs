@@ -346,8 +346,28 @@ fn headers_direction(h: &FrameHeader, payload: &[u8]) -> Option<bool> {
         2..=7 => Some(true),
         1 if !indexed => Some(true),
         8..=14 => Some(false),
-        _ => None,
+        _ => decoded_direction(h, payload, i),
     }
+}
+
+/// A block that starts with a reference to an entry never seen (a long-lived connection
+/// joined late: grpcio indexes `:path` and `:authority`) may still hold a static-table
+/// pseudo-header further on (`:method POST`, `:scheme http`, `:status 200`): decoded with
+/// a throwaway decoder, it says which side the block came from.
+fn decoded_direction(h: &FrameHeader, payload: &[u8], start: usize) -> Option<bool> {
+    let pad = if h.has(flag::PADDED) { usize::from(*payload.first()?) } else { 0 };
+    // Only a whole block, wholly captured, decodes.
+    if !h.has(flag::END_HEADERS) || payload.len() != h.len as usize {
+        return None;
+    }
+    let fragment = payload.get(start..payload.len().checked_sub(pad)?)?;
+    let mut fields = Vec::new();
+    let _ = Decoder::new_unsynced().decode(fragment, &mut fields);
+    fields.iter().find_map(|f| match f.name.as_deref() {
+        Some(":status") => Some(false),
+        Some(":method" | ":path" | ":scheme" | ":authority") => Some(true),
+        _ => None,
+    })
 }
 
 /// How a direction is being read.
@@ -2235,6 +2255,18 @@ mod tests {
         assert_eq!(guess_frames(&b[..21]), Guess::Frames { requests: None });
         assert_eq!(guess_frames(&[]), Guess::No);
         assert_eq!(guess_frames(&b[..5]), Guess::No);
+    }
+
+    #[test]
+    fn guess_finds_the_side_of_a_block_that_starts_with_an_unseen_entry() {
+        // grpcio after its first call: `:path` and `:authority` are dynamic entries (62,
+        // 63) the agent never saw, `:method POST` and `:scheme http` static ones.
+        let request = headers(5, false, &[0xbf, 0xbe, 0x83, 0x86]);
+        assert_eq!(guess_frames(&request), Guess::Frames { requests: Some(true) });
+        let response = headers(5, false, &[0xbe, 0x88]);
+        assert_eq!(guess_frames(&response), Guess::Frames { requests: Some(false) });
+        // Nothing decodable: the bytes do not say.
+        assert_eq!(guess_frames(&headers(5, false, &[0xbf, 0xbe])), Guess::Frames { requests: None });
     }
 
     #[test]

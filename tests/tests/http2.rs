@@ -372,3 +372,51 @@ fn nginx_h2c_twenty_requests_on_one_connection_give_twenty_server_spans() {
     }
     assert_eq!(exit.stat("drop.h2_connection_error"), 0, "{}", exit.stats_line());
 }
+
+/// One HTTP/2 frame header and payload.
+fn raw_frame(kind: u8, flags: u8, stream: u32, len: u32, payload: &[u8]) -> Vec<u8> {
+    let l = len.to_be_bytes();
+    let mut f = vec![l[1], l[2], l[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn hostile_http2_input_is_counted_and_reset_and_the_agent_goes_on() {
+    use std::io::Write as _;
+    let rig = GrpcRig::new("grpc-hostile");
+    let agent = rig.agent();
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let settings = raw_frame(4, 0, 0, 0, &[]);
+    let hostile: [(&str, Vec<u8>); 3] = [
+        ("garbage after the preface", [&preface[..], &[0xde, 0xad, 0xbe, 0xef].repeat(64)].concat()),
+        // A HEADERS frame that says 100 bytes and brings 10, then the end of the stream.
+        ("a truncated frame", [&preface[..], &settings, &raw_frame(1, 0x4, 1, 100, &[0x82; 10])].concat()),
+        // A HEADERS frame of 1 MiB: more than any SETTINGS_MAX_FRAME_SIZE allowed.
+        (
+            "an oversized HEADERS length",
+            [&preface[..], &settings, &raw_frame(1, 0x4, 1, 1 << 20, &[0x82; 64])].concat(),
+        ),
+    ];
+    for (what, bytes) in &hostile {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", rig.port)).expect("connect to the grpc server");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.write_all(bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        // grpcio answers with its SETTINGS and a GOAWAY, or closes.
+        let _ = std::io::Read::read_to_end(&mut s, &mut Vec::new());
+    }
+    // The agent still traces a well-behaved call afterwards.
+    let mut client = GrpcClient::start(rig.port, CLIENT_SVC);
+    client.expect("unary after-the-garbage", "OK");
+    let (spans, exit) = rig.collect(agent, 1, 1);
+    client.quit();
+    let servers = of(&spans, KIND_SERVER, SERVER_SVC);
+    assert_eq!(servers.len(), 1, "only the real call is a span:\n{}", describe_rpc(&spans));
+    assert_grpc_span(servers[0], "demo.Echo/Unary", rig.port, &spans);
+    // Each hostile connection is a connection error at both of its ends: the grpc
+    // server's socket and this test's own, which the port filter also traces.
+    assert!(exit.stat("drop.h2_connection_error") >= 6, "{}", exit.stats_line());
+    assert!(!exit.stderr.contains("panicked"), "{}", exit.stderr);
+}

@@ -1363,7 +1363,7 @@ impl Nginx {
             }
             format!(
                 "{}http {{\n  {}\n  types {{ text/html html; text/css css; application/json json; text/plain txt; }}\n  \
-                 server {{\n    listen 127.0.0.1:{port} http2;\n    root {};\n  }}\n}}\n",
+                 server {{\n    listen 127.0.0.1:{port} http2;\n    root {};\n    log_not_found off;\n  }}\n}}\n",
                 Self::main_context(d),
                 Self::http_defaults(d),
                 www.display()

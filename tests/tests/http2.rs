@@ -420,3 +420,65 @@ fn hostile_http2_input_is_counted_and_reset_and_the_agent_goes_on() {
     assert!(exit.stat("drop.h2_connection_error") >= 6, "{}", exit.stats_line());
     assert!(!exit.stderr.contains("panicked"), "{}", exit.stderr);
 }
+
+#[test]
+fn an_h2c_upgrade_continues_as_http2_on_the_same_connection() {
+    require_root();
+    let dir = TempDir::new("h2c-upgrade");
+    let port = free_port();
+    let mut server = Proc::spawn(
+        "h2c_upgrade_server",
+        std::process::Command::new(python())
+            .arg(peers_dir().join("h2c_upgrade_server.py"))
+            .args(["--port", &port.to_string()])
+            .env("OTEL_SERVICE_NAME", "h2c-upgrade-server")
+            .stdout(std::process::Stdio::null()),
+    );
+    wait_port(port, "h2c upgrade server");
+    server.assert_running();
+    let jsonl = dir.path().join("spans.jsonl");
+    let agent = Agent::start(
+        &["--port".into(), port.to_string(), "--output".into(), format!("jsonl:{}", jsonl.display())],
+        &[],
+    );
+    // curl asks for the upgrade on its first request (`Upgrade: h2c`), and sends the
+    // second as stream 3 of the same connection.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version} %{num_connects}\\n",
+            "--http2",
+        ])
+        .arg(format!("http://127.0.0.1:{port}/upgraded"))
+        .arg(format!("http://127.0.0.1:{port}/missing"))
+        .output()
+        .expect("run curl");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(report, "200 2 1\n404 2 0\n", "curl: two HTTP/2 answers on one connection");
+    let servers = |s: &[SpanRec]| s.iter().filter(|s| s.kind == KIND_SERVER).count();
+    let _ = wait_for(Duration::from_secs(15), || (servers(&read_jsonl(&jsonl)) >= 2).then_some(()));
+    let exit = agent.stop();
+    let spans = read_jsonl(&jsonl);
+    let mut paths: Vec<(String, i64)> = spans
+        .iter()
+        .filter(|s| s.kind == KIND_SERVER)
+        .map(|s| (s.attr_str("url.path"), s.attr_int("http.response.status_code")))
+        .collect();
+    paths.sort();
+    assert_eq!(paths, [("/missing".to_owned(), 404), ("/upgraded".to_owned(), 200)], "{}", describe(&spans));
+    for s in &spans {
+        // Both the upgraded request and the next one are HTTP/2 at both ends.
+        assert_eq!(s.attr_str("network.protocol.version"), "2", "{}", describe(&spans));
+        if s.kind == KIND_SERVER {
+            let client = spans.iter().find(|c| c.kind == KIND_CLIENT && c.span_id == s.parent_span_id);
+            assert!(client.is_some(), "each server span is the child of curl's: {}", describe(&spans));
+            assert_eq!(s.attr_str("ghostwire.link"), "socket");
+        }
+    }
+    assert_eq!(spans.len(), 4, "{}\n{}", describe(&spans), exit.stats_line());
+}

@@ -34,6 +34,8 @@ pub const PEER_REQUIREMENTS: &[&str] = &[
     "opentelemetry-instrumentation-grpc==0.66b1",
     // The legacy gRPC peers (tests/peers/grpc_*.py); the version the OTLP exporter pulls in.
     "grpcio==1.85.3",
+    // python-hyper's HTTP/2 stack: the h2c-upgrade peer (tests/peers/h2c_upgrade_server.py).
+    "h2==4.4.1",
     "flask",
     "requests",
 ];

@@ -123,7 +123,14 @@ impl ResourceCache {
                     .join(" ")
             })
             .unwrap_or_default();
-        let env_name = std::fs::read(dir.join("environ")).ok().and_then(|env| service_name_from_environ(&env));
+        let environ = std::fs::read(dir.join("environ")).unwrap_or_default();
+        // A process that exited (a zombie, or one tearing down its memory) keeps its
+        // `/proc` entry and name but has no executable, command line or environment
+        // any more: what it ran as is known only from its parent, so it counts as gone.
+        if exe_path.is_none() && cmdline.is_empty() && environ.is_empty() {
+            return None;
+        }
+        let env_name = service_name_from_environ(&environ);
         let service_name = match env_name {
             Some(name) => name,
             None if !exe_name.is_empty() => exe_name.clone(),
@@ -224,6 +231,13 @@ mod tests {
         assert_eq!(pid, Some(AttrValue::Int(11)));
         // A child that exec'd something else is not its parent.
         assert_eq!(cache.get_with_parent(12, "curl", 10).service_name, "curl");
+        // A child that exited but is not reaped yet (a zombie): its entry has a name and
+        // nothing else.
+        let zombie = root.join("13");
+        std::fs::create_dir_all(&zombie).unwrap();
+        std::fs::write(zombie.join("comm"), "python3\n").unwrap();
+        std::fs::write(zombie.join("environ"), b"").unwrap();
+        assert_eq!(cache.get_with_parent(13, "python3", 10).service_name, "shop");
         let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -20,10 +20,10 @@
 //! Timings are reported as the index of the record that carried the byte, so the
 //! snapshots show which chunk started and ended each message. Snapshot changes: run with
 //! `INSTA_UPDATE=always`, then read the diff.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ghostwire::protocol::http2::{Error, Http2Session, MAX_STREAMS};
-use ghostwire::protocol::{Direction, Exchange, Output, Role, Started, Timing};
+use ghostwire::protocol::{Direction, Exchange, Output, Role, Started};
 use ghostwire::stats::{self, Counter};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -31,71 +31,16 @@ use serde_json::{json, Value};
 
 const MAGIC: &[u8] = b"# ghostwire-http2-capture v1\n";
 
-/// Who sent a record's bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum From {
-    Client,
-    Server,
-}
+mod common;
 
-#[derive(Clone, Debug)]
-struct Record {
-    from: From,
-    /// `None`: that peer closed (EOF).
-    data: Option<Vec<u8>>,
-}
+use common::{record_of, timing, From, Record};
 
 fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/http2")
+    common::data_dir("http2")
 }
 
 fn load(name: &str) -> Vec<Record> {
-    let path = data_dir().join(format!("{name}.cap"));
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    parse_capture(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn parse_capture(bytes: &[u8]) -> Result<Vec<Record>, String> {
-    if !bytes.starts_with(MAGIC) {
-        return Err("missing magic line".into());
-    }
-    let mut rest = bytes;
-    let mut records = Vec::new();
-    while !rest.is_empty() {
-        let eol = rest.iter().position(|&b| b == b'\n').ok_or("unterminated line")?;
-        let line = std::str::from_utf8(&rest[..eol]).map_err(|e| e.to_string())?;
-        rest = &rest[eol + 1..];
-        if line.starts_with('#') {
-            continue;
-        }
-        let (tag, len) = line.split_once(' ').ok_or(format!("bad record line {line:?}"))?;
-        let from = match tag {
-            ">" => From::Client,
-            "<" => From::Server,
-            _ => return Err(format!("bad tag in {line:?}")),
-        };
-        if len == "EOF" {
-            records.push(Record { from, data: None });
-            continue;
-        }
-        let len: usize = len.parse().map_err(|e| format!("{line:?}: {e}"))?;
-        if rest.len() < len + 1 || rest[len] != b'\n' {
-            return Err(format!("record {line:?} truncated"));
-        }
-        records.push(Record { from, data: Some(rest[..len].to_vec()) });
-        rest = &rest[len + 1..];
-    }
-    Ok(records)
-}
-
-fn timing(record: usize) -> Timing {
-    let r = record as u64;
-    Timing { enter_ns: 1_000 * r, exit_ns: 1_000 * r + 7 }
-}
-
-fn record_of(t: Timing) -> u64 {
-    assert_eq!(t.exit_ns, t.enter_ns + 7, "not a timing we fed: {t:?}");
-    t.enter_ns / 1_000
+    common::load(&data_dir(), MAGIC, name)
 }
 
 fn other(dir: Direction) -> Direction {

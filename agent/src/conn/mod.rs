@@ -269,8 +269,7 @@ impl ConnTable {
         if let Proto::Undecided { budget } = &mut conn.proto {
             let detected = session::detect(conn.role, conn.midstream, d.dir, prefix);
             match Session::new(detected, conn.midstream) {
-                Some(session) => {
-                    let (Detected::Http1(role) | Detected::Http2(role)) = detected else { unreachable!() };
+                Some((session, role)) => {
                     conn.role = Some(role);
                     conn.meta.role = role;
                     log::debug!(

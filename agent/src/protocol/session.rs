@@ -135,18 +135,19 @@ pub enum Session {
 }
 
 impl Session {
-    /// A session for the protocol `detected` found. `midstream`: the connection's
-    /// beginning was not seen (opened before the agent, or its first bytes were lost).
+    /// A session for the protocol `detected` found, and the role it shows. `midstream`:
+    /// the connection's beginning was not seen (opened before the agent, or its first
+    /// bytes were lost).
     #[must_use]
-    pub fn new(detected: Detected, midstream: bool) -> Option<Self> {
+    pub fn new(detected: Detected, midstream: bool) -> Option<(Self, Role)> {
         match detected {
             Detected::Http1(role) => {
                 let session = if midstream { Http1Session::new_midstream(role) } else { Http1Session::new(role) };
-                Some(Session::Http1(Box::new(Http1 { session, next_started: 0 })))
+                Some((Session::Http1(Box::new(Http1 { session, next_started: 0 })), role))
             }
             Detected::Http2(role) => {
                 let session = if midstream { Http2Session::new_midstream(role) } else { Http2Session::new(role) };
-                Some(Session::Http2(Http2::new(session)))
+                Some((Session::Http2(Http2::new(session)), role))
             }
             Detected::Wait | Detected::Opaque | Detected::Rejected => None,
         }

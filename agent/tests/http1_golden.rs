@@ -31,7 +31,7 @@ const MAGIC: &[u8] = b"# ghostwire-http1-capture v1\n";
 
 mod common;
 
-use common::{record_of, timing, From, Record};
+use common::{assert_same, boundary_points, record_of, timing, From, Record};
 
 fn data_dir() -> PathBuf {
     common::data_dir("http1")
@@ -236,42 +236,6 @@ fn whole(records: &[Record], role: Role) -> Value {
     run(records, role, Feeding::Cuts(&mut |_, _| Vec::new()))
 }
 
-/// Panics with a readable line diff if `got` differs from `expected`.
-fn assert_same(what: &str, expected: &Value, got: &Value) {
-    if expected == got {
-        return;
-    }
-    let (a, b) = (
-        serde_json::to_string_pretty(expected).unwrap_or_default(),
-        serde_json::to_string_pretty(got).unwrap_or_default(),
-    );
-    let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
-    let first = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
-    let from = first.saturating_sub(8);
-    let mut msg = format!("{what}: differs from the whole-chunk run at line {first}\n");
-    for l in &a[from..a.len().min(first + 8)] {
-        msg += &format!("- {l}\n");
-    }
-    msg += "  ---\n";
-    for l in &b[from..b.len().min(first + 8)] {
-        msg += &format!("+ {l}\n");
-    }
-    panic!("{msg}");
-}
-
-/// Cut points for "every byte boundary" runs: all of them, except in large records,
-/// where the head region, the end and a random sample are used.
-fn boundary_points(len: usize, rng: &mut StdRng) -> Vec<usize> {
-    if len <= 4096 {
-        return (1..len).collect();
-    }
-    let mut v: Vec<usize> = (1..1024).chain(len - 256..len).collect();
-    v.extend((0..64).map(|_| rng.random_range(1..len)));
-    v.sort_unstable();
-    v.dedup();
-    v
-}
-
 fn golden(name: &str) {
     let records = load(name);
     assert!(!records.is_empty());
@@ -285,7 +249,7 @@ fn golden(name: &str) {
     let mut rng = StdRng::seed_from_u64(0x0060_1de4);
     for (k, rec) in records.iter().enumerate() {
         let Some(data) = &rec.data else { continue };
-        for p in boundary_points(data.len(), &mut rng) {
+        for p in boundary_points(data.len(), 1024, &mut rng) {
             let got = run(&records, Role::Server, Feeding::Cuts(&mut |i, _| if i == k { vec![p] } else { Vec::new() }));
             assert_same(&format!("record {k} cut at {p}"), &expected, &got);
         }

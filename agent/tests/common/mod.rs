@@ -7,6 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use ghostwire::protocol::Timing;
+use rand::rngs::StdRng;
+use rand::Rng as _;
+use serde_json::Value;
 
 /// Who sent a record's bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,4 +80,40 @@ pub fn timing(record: usize) -> Timing {
 pub fn record_of(t: Timing) -> u64 {
     assert_eq!(t.exit_ns, t.enter_ns + 7, "not a timing we fed: {t:?}");
     t.enter_ns / 1_000
+}
+
+/// Panics with a readable line diff if `got` differs from `expected`.
+pub fn assert_same(what: &str, expected: &Value, got: &Value) {
+    if expected == got {
+        return;
+    }
+    let (a, b) = (
+        serde_json::to_string_pretty(expected).unwrap_or_default(),
+        serde_json::to_string_pretty(got).unwrap_or_default(),
+    );
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    let first = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+    let from = first.saturating_sub(8);
+    let mut msg = format!("{what}: differs from the whole-chunk run at line {first}\n");
+    for l in &a[from..a.len().min(first + 8)] {
+        msg += &format!("- {l}\n");
+    }
+    msg += "  ---\n";
+    for l in &b[from..b.len().min(first + 8)] {
+        msg += &format!("+ {l}\n");
+    }
+    panic!("{msg}");
+}
+
+/// Cut points for "every byte boundary" runs: all of them, except in records over
+/// 4 KiB, where the first `head` points, the last 256 and a random sample are used.
+pub fn boundary_points(len: usize, head: usize, rng: &mut StdRng) -> Vec<usize> {
+    if len <= 4096 {
+        return (1..len).collect();
+    }
+    let mut v: Vec<usize> = (1..head).chain(len - 256..len).collect();
+    v.extend((0..64).map(|_| rng.random_range(1..len)));
+    v.sort_unstable();
+    v.dedup();
+    v
 }

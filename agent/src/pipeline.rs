@@ -63,6 +63,8 @@ impl Pipeline {
             Event::State(_) => s.incr(Counter::EventsState),
             Event::Listen(_) => s.incr(Counter::EventsListen),
             Event::Exit { .. } => s.incr(Counter::EventsExit),
+            Event::TlsBind { .. } => s.incr(Counter::EventsTlsBind),
+            Event::Exec { .. } => s.incr(Counter::EventsExec),
         }
         self.conns.on_event(&event, &mut self.spans);
         if let Event::Exit { pid, .. } = event {

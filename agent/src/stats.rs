@@ -116,6 +116,32 @@ counters! {
     PropagationBreaks => "link.propagation_breaks",
     /// Spans not emitted because their process exports its own (SDK-instrumented).
     SpansSuppressedInstrumented => "spans.suppressed_instrumented",
+    /// TLS sessions bound to their connection by the kernel.
+    EventsTlsBind => "events.tls_bind",
+    /// Processes that called exec (scanned for TLS libraries).
+    EventsExec => "events.exec",
+    /// Connections whose socket bytes are TLS records (ciphertext: never parsed).
+    TlsConns => "tls.conns",
+    /// TLS connections whose plaintext arrived from the OpenSSL uprobes.
+    TlsDecryptedConns => "tls.decrypted_conns",
+    /// Ciphertext records the socket hooks reported on TLS connections, ignored.
+    TlsCiphertextRecords => "tls.ciphertext_records",
+    /// TLS connections that ended with application data but no plaintext: their process
+    /// uses a TLS stack ghostwire cannot see (Go crypto/tls, rustls, static OpenSSL
+    /// without symbols).
+    TlsUndecryptedConns => "tls.undecrypted_conns",
+    /// Distinct processes with such connections.
+    TlsUndecryptedProcesses => "tls.undecrypted_processes",
+    /// TLS sessions whose plaintext is not a protocol ghostwire parses.
+    TlsPlaintextNotHttp => "tls.plaintext_not_http",
+    /// Plaintext whose connection never became known (held too long or too much).
+    DropTlsUnbound => "drop.tls_unbound",
+    /// Library or executable files with the OpenSSL uprobes attached (each file once).
+    TlsLibrariesAttached => "tls.libraries_attached",
+    /// Processes found mapping a file whose probes were already attached.
+    TlsAttachShared => "tls.attach_shared",
+    /// Files that export the OpenSSL symbols but could not be attached.
+    TlsAttachFailed => "tls.attach_failed",
 }
 
 const N: usize = Counter::ALL.len();

@@ -41,6 +41,10 @@ pub enum EventKind {
     ProcExit = 4,
     /// [`ListenEvent`]: a TCP socket started or stopped listening.
     Listen = 5,
+    /// [`TlsBindEvent`]: a TLS session (`SSL*`) was found to run over a connection.
+    TlsBind = 6,
+    /// [`ExecEvent`]: a process called `execve` (it may map a TLS library next).
+    Exec = 7,
 }
 
 impl EventKind {
@@ -52,6 +56,8 @@ impl EventKind {
             3 => Some(Self::State),
             4 => Some(Self::ProcExit),
             5 => Some(Self::Listen),
+            6 => Some(Self::TlsBind),
+            7 => Some(Self::Exec),
             _ => None,
         }
     }
@@ -96,9 +102,21 @@ pub mod probe {
     pub const RECV: u8 = 1;
     pub const SOCK_STATE: u8 = 2;
     pub const PROC_EXIT: u8 = 3;
-    pub const COUNT: usize = 4;
+    /// The OpenSSL uprobes: `SSL_read`/`SSL_read_ex` and `SSL_write`/`SSL_write_ex`.
+    pub const SSL_READ: u8 = 4;
+    pub const SSL_WRITE: u8 = 5;
+    pub const PROC_EXEC: u8 = 6;
+    pub const COUNT: usize = 7;
 
-    pub const NAMES: [&str; COUNT] = ["sock_send", "sock_recv", "inet_sock_set_state", "sched_process_exit"];
+    pub const NAMES: [&str; COUNT] = [
+        "sock_send",
+        "sock_recv",
+        "inet_sock_set_state",
+        "sched_process_exit",
+        "ssl_read",
+        "ssl_write",
+        "sched_process_exec",
+    ];
 }
 
 /// Kernel-side counters, per probe: `COUNTERS[probe * counter::COUNT + counter]`
@@ -117,9 +135,24 @@ pub mod counter {
     /// Payload that never passed through user memory (sendfile, splice, io_uring):
     /// length reported, bytes not copied.
     pub const NO_USER_BUFFER: u32 = 5;
-    pub const COUNT: usize = 6;
+    /// Socket transfer on a connection known to carry TLS: ciphertext, not reported (its
+    /// plaintext comes from the uprobes).
+    pub const TLS_CIPHERTEXT: u32 = 6;
+    /// Plaintext reported before its connection was known (a memory-BIO TLS stack such
+    /// as Node's): the agent holds it until the [`super::TlsBindEvent`].
+    pub const TLS_UNBOUND: u32 = 7;
+    pub const COUNT: usize = 8;
 
-    pub const NAMES: [&str; COUNT] = ["emitted", "ring_full", "read_failed", "map_full", "midstream", "no_user_buffer"];
+    pub const NAMES: [&str; COUNT] = [
+        "emitted",
+        "ring_full",
+        "read_failed",
+        "map_full",
+        "midstream",
+        "no_user_buffer",
+        "tls_ciphertext",
+        "tls_unbound",
+    ];
 }
 
 /// Number of slots in the per-CPU counter array.
@@ -157,7 +190,13 @@ pub struct DataEvent {
     pub sock: u64,
     /// `bpf_ktime_get_ns` when the kernel started tracking the connection.
     pub conn_gen: u64,
-    /// `bpf_ktime_get_ns` when the socket layer finished the transfer (CLOCK_MONOTONIC).
+    /// 0: socket bytes. Otherwise the TLS session (`SSL*`) whose plaintext this is, from
+    /// the OpenSSL uprobes; `offset` then counts plaintext bytes of that session, and
+    /// `sock` is 0 while the session's connection is not known yet (a
+    /// [`TlsBindEvent`] names it later).
+    pub tls: u64,
+    /// `bpf_ktime_get_ns` when the socket layer (or `SSL_read`/`SSL_write`) finished the
+    /// transfer (CLOCK_MONOTONIC).
     pub ts_ns: u64,
     /// Stream offset of the first byte, per direction.
     pub offset: u64,
@@ -219,6 +258,29 @@ pub struct StateEvent {
     /// One of [`state`].
     pub state: u8,
     pub _pad: [u8; 7],
+}
+
+/// The TLS session `ssl` of process `tgid` runs over connection (`sock`, `conn_gen`):
+/// sent once per session and connection, when a socket transfer happens inside an
+/// `SSL_*` call on the same thread, or (memory BIOs) right after one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TlsBindEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub ssl: u64,
+    pub sock: u64,
+    pub conn_gen: u64,
+    pub ts_ns: u64,
+}
+
+/// A process replaced its image (`sched:sched_process_exec`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub ts_ns: u64,
 }
 
 /// A TCP socket entered (`listening = 1`) or left (`0`) the LISTEN state.
@@ -317,7 +379,9 @@ pub struct Config {
     pub filter_ports: u8,
     /// Number of valid entries in `exe_names`.
     pub exe_count: u8,
-    pub _pad: u8,
+    /// 1 once OpenSSL uprobes are attached: the socket hooks then look for a running
+    /// `SSL_*` call on the thread, to bind TLS sessions to connections.
+    pub tls: u8,
     /// Bytes one CPU writes to the ring buffer before it wakes the agent.
     pub wake_bytes: u32,
     pub _pad1: u32,
@@ -335,7 +399,7 @@ impl Default for Config {
             filter_pids: 0,
             filter_ports: 0,
             exe_count: 0,
-            _pad: 0,
+            tls: 0,
             wake_bytes: 64 * 1024,
             _pad1: 0,
             exe_names: [[0; COMM_LEN]; MAX_EXE_FILTERS],

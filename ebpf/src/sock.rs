@@ -438,6 +438,7 @@ fn emit_data(cfg: &Config, id: u64, sk: u64, st: &SockState, dir: u8, offset: u6
         _pad0: 0,
         sock: sk,
         conn_gen: st.gen,
+        tls: 0,
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         offset,

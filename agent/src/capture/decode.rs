@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ghostwire_common::{
-    payload, state, ConnEvent, DataEvent, EventKind, ExitEvent, ListenEvent, StateEvent, Tuple, COMM_LEN,
-    CONN_MIDSTREAM, DIR_EGRESS, DIR_INGRESS, ROLE_CLIENT, ROLE_SERVER,
+    payload, state, ConnEvent, DataEvent, EventKind, ExecEvent, ExitEvent, ListenEvent, StateEvent, TlsBindEvent,
+    Tuple, COMM_LEN, CONN_MIDSTREAM, DIR_EGRESS, DIR_INGRESS, ROLE_CLIENT, ROLE_SERVER,
 };
 
 use crate::protocol::{Direction, Role};
@@ -34,7 +34,10 @@ pub enum Payload {
 /// the ones between are a gap of [`Data::gap`] bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct Data<'a> {
+    /// `sock` is 0 for TLS plaintext whose connection is not known yet.
     pub conn: ConnId,
+    /// The TLS session (`SSL*`) whose plaintext this is; `None` for socket bytes.
+    pub tls: Option<u64>,
     pub pid: u32,
     pub tid: u32,
     pub dir: Direction,
@@ -118,7 +121,22 @@ pub enum Event<'a> {
     Conn(Conn),
     State(State),
     Listen(Listen),
-    Exit { pid: u32, ts_ns: u64 },
+    Exit {
+        pid: u32,
+        ts_ns: u64,
+    },
+    /// TLS session `ssl` of process `pid` runs over `conn`.
+    TlsBind {
+        pid: u32,
+        ssl: u64,
+        conn: ConnId,
+        ts_ns: u64,
+    },
+    /// Process `pid` called exec.
+    Exec {
+        pid: u32,
+        ts_ns: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -168,6 +186,22 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
             let ev: ExitEvent = read(bytes, kind)?;
             Ok(Event::Exit { pid: ev.tgid, ts_ns: ev.ts_ns })
         }
+        Some(EventKind::TlsBind) => {
+            let ev: TlsBindEvent = read(bytes, kind)?;
+            if ev.ssl == 0 || ev.sock == 0 {
+                return Err(DecodeError::Invalid { field: "tls_bind", value: 0 });
+            }
+            Ok(Event::TlsBind {
+                pid: ev.tgid,
+                ssl: ev.ssl,
+                conn: ConnId { sock: ev.sock, gen: ev.conn_gen },
+                ts_ns: ev.ts_ns,
+            })
+        }
+        Some(EventKind::Exec) => {
+            let ev: ExecEvent = read(bytes, kind)?;
+            Ok(Event::Exec { pid: ev.tgid, ts_ns: ev.ts_ns })
+        }
         None => Err(DecodeError::UnknownKind { kind }),
     }
 }
@@ -191,6 +225,7 @@ fn data(bytes: &[u8], kind: u32) -> Result<Data<'_>, DecodeError> {
     };
     Ok(Data {
         conn: ConnId { sock: h.sock, gen: h.conn_gen },
+        tls: (h.tls != 0).then_some(h.tls),
         pid: h.tgid,
         tid: h.tid,
         dir,
@@ -274,6 +309,7 @@ pub(crate) mod tests {
             _pad0: 0,
             sock: 0xffff,
             conn_gen: 1,
+            tls: 0,
             ts_ns: 11,
             offset: 300,
             unreported_ns: 0,

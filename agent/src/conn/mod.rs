@@ -150,6 +150,8 @@ impl ConnTable {
             Event::Listen(Listen { netns, port, listening }) => self.listening.set(*netns, *port, *listening),
             // Its sockets close by themselves (and tell); a socket it shared lives on.
             Event::Exit { .. } => {}
+            // TODO(tls): bind the session's plaintext to its connection.
+            Event::TlsBind { .. } | Event::Exec { .. } => {}
         }
     }
 
@@ -414,6 +416,7 @@ mod tests {
 
     fn data(dir: Direction, offset: u64, bytes: &[u8]) -> Event<'_> {
         Event::Data(Data {
+            tls: None,
             conn: C,
             pid: 42,
             tid: 43,

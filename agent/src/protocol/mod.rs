@@ -5,6 +5,7 @@ pub mod hpack;
 pub mod http1;
 pub mod http2;
 pub mod session;
+pub mod tls;
 
 /// Direction of bytes, seen from the traced process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

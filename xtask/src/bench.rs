@@ -83,8 +83,9 @@ impl LoadArgs {
 pub struct OverheadArgs {
     #[command(flatten)]
     pub load: LoadArgs,
-    /// What is served and loaded: `http1` (nginx under wrk and hey) or `grpc` (the
-    /// grpcio server tests/peers/grpc_server.py under h2load).
+    /// What is served and loaded: `http1` (nginx under wrk and hey), `https` (nginx over
+    /// TLS 1.3, same loads) or `grpc` (the grpcio server tests/peers/grpc_server.py under
+    /// h2load).
     #[arg(long, value_enum, default_value = "http1")]
     pub proto: Proto,
     /// Load views, comma-separated: `saturated` (wrk or h2load, as fast as the server
@@ -95,7 +96,7 @@ pub struct OverheadArgs {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_connections: u32,
     /// Requests per second of each connection (hey -q, h2load --rps) for the fixed-rate
-    /// view [default: 1000 for http1, 150 for grpc].
+    /// view [default: 1000 for http1, 500 for https, 150 for grpc].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_qps_per_connection: Option<u32>,
     /// gRPC: concurrent streams per h2load client (h2load -m).
@@ -138,6 +139,10 @@ pub struct HooksArgs {
 pub enum Proto {
     /// nginx serving a 1 KiB file over HTTP/1.1 keep-alive.
     Http1,
+    /// nginx serving the same file over TLS 1.3 (a self-signed certificate made with the
+    /// openssl CLI), HTTP/1.1 keep-alive: the agent decrypts it through the OpenSSL
+    /// uprobes in nginx and wrk.
+    Https,
     /// The grpcio server answering unary `/demo.Echo/Unary` calls over h2c.
     Grpc,
 }
@@ -147,8 +152,19 @@ impl OverheadArgs {
     fn rate_qps(&self) -> u32 {
         self.rate_qps_per_connection.unwrap_or(match self.proto {
             Proto::Http1 => 1000,
+            // TLS costs nginx more per request: half the rate keeps the view well below
+            // saturation on two cores.
+            Proto::Https => 500,
             Proto::Grpc => 150,
         })
+    }
+}
+
+impl Proto {
+    /// Whether runs and tables show the agent's `spans.built`: where building no span
+    /// is the failure to watch for (HTTP/2 parsing, TLS decryption).
+    fn shows_spans_built(self) -> bool {
+        self != Proto::Http1
     }
 }
 
@@ -826,8 +842,57 @@ fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-fn nginx_conf(dir: &Path, port: u16) -> String {
+/// The certificate and key files nginx serves TLS with.
+#[derive(Debug, Clone)]
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A self-signed P-256 certificate for 127.0.0.1, made with the openssl CLI in `dir`
+/// (an EC key keeps the handshakes that open the load generators' connections cheap).
+fn make_cert(dir: &Path) -> Result<TlsFiles> {
+    let files = TlsFiles { cert: dir.join("cert.pem"), key: dir.join("key.pem") };
+    let mut cmd = Command::new("openssl");
+    cmd.args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&files.key)
+        .arg("-out")
+        .arg(&files.cert);
+    let shown = util::display(&cmd);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("could not run `{shown}` (is openssl installed?)"))?;
+    ensure!(
+        out.status.success() && files.cert.is_file() && files.key.is_file(),
+        "`{shown}` failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim_end()
+    );
+    Ok(files)
+}
+
+/// nginx serving `dir`/www on 127.0.0.1:`port`; over TLS 1.3 with `tls`. The session
+/// cache and tickets are off: wrk and hey keep their connections open, so each does one
+/// full handshake and resumption would change nothing but the configuration to explain.
+fn nginx_conf(dir: &Path, port: u16, tls: Option<&TlsFiles>) -> String {
     let d = dir.display();
+    let (ssl, ssl_conf) = match tls {
+        Some(files) => (
+            " ssl",
+            format!(
+                "\x20       ssl_certificate {};\n\
+                 \x20       ssl_certificate_key {};\n\
+                 \x20       ssl_protocols TLSv1.3;\n\
+                 \x20       ssl_session_cache off;\n\
+                 \x20       ssl_session_tickets off;\n",
+                files.cert.display(),
+                files.key.display()
+            ),
+        ),
+        None => ("", String::new()),
+    };
     format!(
         "daemon off;\n\
          master_process on;\n\
@@ -845,21 +910,23 @@ fn nginx_conf(dir: &Path, port: u16) -> String {
          \x20   uwsgi_temp_path {d}/uwsgi;\n\
          \x20   scgi_temp_path {d}/scgi;\n\
          \x20   server {{\n\
-         \x20       listen 127.0.0.1:{port};\n\
+         \x20       listen 127.0.0.1:{port}{ssl};\n\
+         {ssl_conf}\
          \x20       location / {{ root {d}/www; }}\n\
          \x20   }}\n\
          }}\n"
     )
 }
 
-fn start_nginx(dir: &Path) -> Result<Server> {
+/// Starts nginx serving /1k.bin (over TLS with `tls`) and checks one GET of it.
+fn start_nginx(dir: &Path, tls: Option<&TlsFiles>) -> Result<Server> {
     let www = dir.join("www");
     std::fs::create_dir(&www).with_context(|| format!("creating {}", www.display()))?;
     let body: Vec<u8> = (0..1024u32).map(|i| b'a' + u8::try_from(i % 26).unwrap_or(0)).collect();
     std::fs::write(www.join("1k.bin"), &body).context("writing 1k.bin")?;
     let port = free_port()?;
     let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(dir, port)).context("writing nginx.conf")?;
+    std::fs::write(&conf, nginx_conf(dir, port, tls)).context("writing nginx.conf")?;
     let log_path = dir.join("nginx.stderr");
     let log = std::fs::File::create(&log_path).context("creating nginx.stderr")?;
 
@@ -887,8 +954,25 @@ fn start_nginx(dir: &Path) -> Result<Server> {
         ensure!(Instant::now() < deadline, "nginx did not listen on {addr} within 10 s: `{shown}`");
         std::thread::sleep(Duration::from_millis(50));
     }
-    check_served(addr, body.len()).context("nginx does not serve /1k.bin")?;
+    match tls {
+        None => check_served(addr, body.len()).context("nginx does not serve /1k.bin")?,
+        Some(_) => check_served_tls(port, body.len()).context("nginx does not serve /1k.bin over TLS 1.3")?,
+    }
     Ok(Server { port, _guard: guard })
+}
+
+/// One GET of `https://127.0.0.1:port/1k.bin` with curl (certificate not verified: it is
+/// self-signed) must answer 200 with the whole file over TLS 1.3.
+fn check_served_tls(port: u16, len: usize) -> Result<()> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sSk", "--tlsv1.3", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code} %{size_download}"])
+        .arg(format!("https://127.0.0.1:{port}/1k.bin"));
+    let shown = util::display(&cmd);
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("could not run `{shown}`"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "`{shown}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    ensure!(text.trim() == format!("200 {len}"), "`{shown}` printed `{text}`, expected `200 {len}` (status, bytes)");
+    Ok(())
 }
 
 /// One GET of `/1k.bin` must answer 200 with the whole file.
@@ -1045,7 +1129,12 @@ fn run_tool(cmd: &mut Command, name: &str, seconds: u64) -> Result<ToolRun> {
     Ok(ToolRun { shown, stdout: out, node_cpu_seconds })
 }
 
-fn run_wrk(threads: u32, connections: u32, port: u16, seconds: u64) -> Result<Load> {
+/// The file nginx serves, over `scheme` (`http` or `https`).
+fn nginx_url(scheme: &str, port: u16) -> String {
+    format!("{scheme}://127.0.0.1:{port}/1k.bin")
+}
+
+fn run_wrk(threads: u32, connections: u32, url: &str, seconds: u64) -> Result<Load> {
     let mut cmd = Command::new("wrk");
     cmd.arg("-t")
         .arg(threads.to_string())
@@ -1054,7 +1143,7 @@ fn run_wrk(threads: u32, connections: u32, port: u16, seconds: u64) -> Result<Lo
         .arg("-d")
         .arg(format!("{seconds}s"))
         .arg("--latency")
-        .arg(format!("http://127.0.0.1:{port}/1k.bin"));
+        .arg(url);
     let run = run_tool(&mut cmd, "wrk", seconds)?;
     let shown = &run.shown;
     let report = parse_wrk(&run.stdout).with_context(|| format!("parsing the output of `{shown}`:\n{}", run.stdout))?;
@@ -1067,7 +1156,7 @@ fn run_wrk(threads: u32, connections: u32, port: u16, seconds: u64) -> Result<Lo
     })
 }
 
-fn run_hey(connections: u32, qps_per_connection: u32, port: u16, seconds: u64) -> Result<Load> {
+fn run_hey(connections: u32, qps_per_connection: u32, url: &str, seconds: u64) -> Result<Load> {
     let mut cmd = Command::new("hey");
     cmd.arg("-z")
         .arg(format!("{seconds}s"))
@@ -1075,7 +1164,7 @@ fn run_hey(connections: u32, qps_per_connection: u32, port: u16, seconds: u64) -
         .arg(connections.to_string())
         .arg("-q")
         .arg(qps_per_connection.to_string())
-        .arg(format!("http://127.0.0.1:{port}/1k.bin"));
+        .arg(url);
     let run = run_tool(&mut cmd, "hey", seconds)?;
     let shown = &run.shown;
     let report = parse_hey(&run.stdout).with_context(|| format!("parsing the output of `{shown}`:\n{}", run.stdout))?;
@@ -1163,6 +1252,8 @@ impl H2load<'_> {
 enum Target {
     /// nginx serving /1k.bin.
     Http1 { port: u16 },
+    /// nginx serving /1k.bin over TLS 1.3.
+    Https { port: u16 },
     /// The gRPC server; h2load posts `body`, one frame of `frame_len` bytes, and logs
     /// per-request times to `log`.
     Grpc { port: u16, body: PathBuf, frame_len: u64, log: PathBuf },
@@ -1171,7 +1262,16 @@ enum Target {
 impl Target {
     fn port(&self) -> u16 {
         match self {
-            Target::Http1 { port } | Target::Grpc { port, .. } => *port,
+            Target::Http1 { port } | Target::Https { port } | Target::Grpc { port, .. } => *port,
+        }
+    }
+
+    /// The URL wrk and hey load (nginx targets only).
+    fn nginx_url(&self) -> Option<String> {
+        match self {
+            Target::Http1 { port } => Some(nginx_url("http", *port)),
+            Target::Https { port } => Some(nginx_url("https", *port)),
+            Target::Grpc { .. } => None,
         }
     }
 
@@ -1199,10 +1299,10 @@ fn run_view(args: &OverheadArgs, view: View, target: &Target, seconds: u64) -> R
     if let Some(h2load) = target.h2load(args, view) {
         return h2load.run(Bound::Seconds(seconds));
     }
-    let port = target.port();
+    let url = target.nginx_url().context("no URL for wrk or hey to load")?;
     match view {
-        View::Saturated => run_wrk(args.load.threads, args.load.connections, port, seconds),
-        View::Fixed => run_hey(args.rate_connections, args.rate_qps(), port, seconds),
+        View::Saturated => run_wrk(args.load.threads, args.load.connections, &url, seconds),
+        View::Fixed => run_hey(args.rate_connections, args.rate_qps(), &url, seconds),
     }
 }
 
@@ -1421,14 +1521,14 @@ fn view_command(args: &OverheadArgs, view: View, target: &Target) -> String {
             View::Fixed => format!("{shown} (at most {at_most} req/s)"),
         };
     }
-    let port = target.port();
+    let url = target.nginx_url().unwrap_or_default();
     match view {
         View::Saturated => format!(
-            "wrk -t {} -c {} -d {}s --latency http://127.0.0.1:{port}/1k.bin",
+            "wrk -t {} -c {} -d {}s --latency {url}",
             args.load.threads, args.load.connections, args.load.duration
         ),
         View::Fixed => format!(
-            "hey -z {}s -c {} -q {qps} http://127.0.0.1:{port}/1k.bin (at most {at_most} req/s)",
+            "hey -z {}s -c {} -q {qps} {url} (at most {at_most} req/s)",
             args.load.duration, args.rate_connections,
         ),
     }
@@ -1438,10 +1538,20 @@ fn view_command(args: &OverheadArgs, view: View, target: &Target) -> String {
 fn start_target(args: &OverheadArgs, dir: &Path, peers: Option<&crate::setup::Peers>) -> Result<(Server, Target)> {
     match args.proto {
         Proto::Http1 => {
-            let server = start_nginx(dir)?;
+            let server = start_nginx(dir, None)?;
             let port = server.port;
             println!("==> nginx on 127.0.0.1:{port}");
             Ok((server, Target::Http1 { port }))
+        }
+        Proto::Https => {
+            let tls = make_cert(dir)?;
+            let server = start_nginx(dir, Some(&tls))?;
+            let port = server.port;
+            println!(
+                "==> nginx on 127.0.0.1:{port} over TLS 1.3 (self-signed P-256 certificate, session cache and \
+                 tickets off, keep-alive)"
+            );
+            Ok((server, Target::Https { port }))
         }
         Proto::Grpc => {
             let body = dir.join("grpc-request.bin");
@@ -1545,6 +1655,16 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
              0 means the agent built no span from HTTP/2."
         );
     }
+    if args.proto == Proto::Https {
+        println!(
+            "HTTPS: nginx over TLS 1.3 on port {port}; the agent decrypts through its OpenSSL uprobes. \
+             wrk links OpenSSL (libssl.so.3), so both its client side and nginx's server side are decrypted \
+             (2 spans per request); hey uses Go's crypto/tls, which ghostwire cannot decrypt, so the fixed view \
+             gives nginx's server span only (1 per request; hey's connections count as tls.undecrypted_conns). \
+             A run in which the agent built no span (full agent) or the kernel bound no TLS session to its \
+             socket (capture-only: kernel.tls_ciphertext = 0) did not decrypt TLS: it is reported as invalid."
+        );
+    }
     if !invalid.is_empty() {
         println!("\n{} invalid runs, left out of the medians:", invalid.len());
         for line in &invalid {
@@ -1574,6 +1694,9 @@ fn overhead_run(
                 .args(["--stats-interval", "0"])
                 .args(&args.agent_args);
             let (load, agent) = with_agent(&mut cmd, load)?;
+            if args.proto == Proto::Https {
+                check_decrypted(config, &agent)?;
+            }
             Ok(Run { load, agent: Some(agent) })
         }
         Config::Full => {
@@ -1588,8 +1711,44 @@ fn overhead_run(
             let jsonl = std::fs::read_to_string(&spans_path).unwrap_or_default();
             agent.spans = Some(count_spans(&jsonl));
             let _ = std::fs::remove_file(&spans_path);
+            if args.proto == Proto::Https {
+                check_decrypted(config, &agent)?;
+            }
             Ok(Run { load, agent: Some(agent) })
         }
+    }
+}
+
+/// An [`InvalidRun`] error when an HTTPS run of the agent did not decrypt TLS: the full
+/// agent built no span, or (capture-only, which builds none) the kernel bound no TLS
+/// session to its socket (`kernel.tls_ciphertext`: socket transfers skipped because
+/// their plaintext comes from the uprobes; 0 means the uprobes never ran in an SSL call
+/// on a socket). Such a run would be fast for the wrong reason.
+pub fn check_decrypted(config: Config, agent: &AgentRun) -> Result<()> {
+    let stats = agent.stats_line.as_deref().and_then(parse_stats_line).unwrap_or_default();
+    let value = |key: &str| stat_value(&stats, key).unwrap_or(0);
+    let tls = || {
+        format!(
+            "tls.libraries_attached={} tls.conns={} tls.decrypted_conns={} kernel.tls_ciphertext={}",
+            value("tls.libraries_attached"),
+            value("tls.conns"),
+            value("tls.decrypted_conns"),
+            value("kernel.tls_ciphertext")
+        )
+    };
+    let why = match config {
+        Config::Baseline => None,
+        Config::Full if value("spans.built") == 0 => {
+            Some(format!("the agent built no span: TLS was not decrypted ({})", tls()))
+        }
+        Config::CaptureOnly if value("kernel.tls_ciphertext") == 0 => {
+            Some(format!("the kernel bound no TLS session to its socket: the uprobes did not run ({})", tls()))
+        }
+        Config::Full | Config::CaptureOnly => None,
+    };
+    match why {
+        Some(why) => Err(anyhow::Error::new(InvalidRun(why)).context("invalid run")),
+        None => Ok(()),
     }
 }
 
@@ -1631,7 +1790,7 @@ fn run_line(run: &Run, baseline: Option<&Run>, proto: Proto) -> String {
         if let Some((spans, _)) = agent.spans {
             let _ = write!(s, ", {spans} spans exported");
         }
-        if let (Proto::Grpc, Some(built)) = (proto, agent.spans_built) {
+        if let (true, Some(built)) = (proto.shows_spans_built(), agent.spans_built) {
             let _ = write!(s, ", spans.built {built}");
         }
         let _ = write!(s, ", {} events dropped", agent.dropped);
@@ -1640,7 +1799,7 @@ fn run_line(run: &Run, baseline: Option<&Run>, proto: Proto) -> String {
 }
 
 /// The summary table of one view: a row per configuration, medians over the rounds
-/// (gRPC adds the agent's `spans.built` per request).
+/// (gRPC and HTTPS add the agent's `spans.built` per request).
 #[expect(clippy::cast_precision_loss, reason = "counts are far below 2^52")]
 pub fn overhead_table(rounds: &[&ViewRound], proto: Proto) -> String {
     let mut configs: Vec<Config> = Vec::new();
@@ -1700,7 +1859,7 @@ pub fn overhead_table(rounds: &[&ViewRound], proto: Proto) -> String {
             or_dash(spans, &|v| format!("{v:.3}")),
             dropped.map_or_else(|| "-".to_owned(), |d| d.to_string()),
         ];
-        if proto == Proto::Grpc {
+        if proto.shows_spans_built() {
             row.push(or_dash(built, &|v| format!("{v:.3}")));
         }
         rows.push(row);
@@ -1717,7 +1876,7 @@ pub fn overhead_table(rounds: &[&ViewRound], proto: Proto) -> String {
         "spans/req",
         "events dropped",
     ];
-    if proto == Proto::Grpc {
+    if proto.shows_spans_built() {
         header.push("spans.built/req");
     }
     markdown_table(&header, &rows)
@@ -1763,8 +1922,9 @@ fn hooks(args: &HooksArgs) -> Result<()> {
         crate::build_agent()?;
     }
     let dir = TempDir::new("ghostwire-bench")?;
-    let nginx = start_nginx(dir.path())?;
+    let nginx = start_nginx(dir.path(), None)?;
     let port = nginx.port;
+    let url = nginx_url("http", port);
     let unused_port = free_port()?;
     println!(
         "==> nginx on 127.0.0.1:{port}; wrk -t {} -c {} -d {}s --latency http://127.0.0.1:{port}/1k.bin",
@@ -1776,14 +1936,14 @@ fn hooks(args: &HooksArgs) -> Result<()> {
          ghostwire traces port {unused_port}, which nothing uses",
         names.join(", ")
     );
-    args.load.warm_up(|seconds| run_wrk(args.load.threads, args.load.connections, port, seconds))?;
+    args.load.warm_up(|seconds| run_wrk(args.load.threads, args.load.connections, &url, seconds))?;
 
     let mut results: Vec<SetResult> =
         sets.iter().map(|&set| SetResult { set, rps: Vec::new(), ratios: Vec::new(), unavailable: None }).collect();
     let mut baseline = Vec::new();
     let n = args.load.rounds;
     for r in 1..=n {
-        let base = run_wrk(args.load.threads, args.load.connections, port, args.load.duration)?;
+        let base = run_wrk(args.load.threads, args.load.connections, &url, args.load.duration)?;
         println!(
             "{:<26} {:>9.0} req/s, p99 {:>9}",
             format!("round {r}/{n} baseline:"),
@@ -1809,7 +1969,7 @@ fn hooks(args: &HooksArgs) -> Result<()> {
                     continue;
                 }
             };
-            let load = run_wrk(args.load.threads, args.load.connections, port, args.load.duration)?;
+            let load = run_wrk(args.load.threads, args.load.connections, &url, args.load.duration)?;
             let lines = agent.finish()?;
             let ratio = load.requests_per_sec / base.requests_per_sec;
             println!(
@@ -1964,7 +2124,7 @@ not json
 
     #[test]
     fn nginx_conf_is_self_contained() {
-        let conf = nginx_conf(Path::new("/tmp/x"), 8080);
+        let conf = nginx_conf(Path::new("/tmp/x"), 8080, None);
         for needle in [
             "daemon off;",
             "master_process on;",
@@ -1979,6 +2139,52 @@ not json
         ] {
             assert!(conf.contains(needle), "{needle} missing from\n{conf}");
         }
+        assert!(!conf.contains("ssl"), "{conf}");
+    }
+
+    #[test]
+    fn nginx_tls_conf() {
+        let files = TlsFiles { cert: PathBuf::from("/tmp/x/cert.pem"), key: PathBuf::from("/tmp/x/key.pem") };
+        let conf = nginx_conf(Path::new("/tmp/x"), 8443, Some(&files));
+        let lines: Vec<&str> = conf.lines().map(str::trim).collect();
+        for needle in [
+            "listen 127.0.0.1:8443 ssl;",
+            "ssl_certificate /tmp/x/cert.pem;",
+            "ssl_certificate_key /tmp/x/key.pem;",
+            "ssl_protocols TLSv1.3;",
+            "ssl_session_cache off;",
+            "ssl_session_tickets off;",
+            "location / { root /tmp/x/www; }",
+            "keepalive_requests 1000000;",
+        ] {
+            assert!(lines.contains(&needle), "line `{needle}` missing from\n{conf}");
+        }
+        // The TLS directives are inside the server block, before its location.
+        let at = |needle: &str| lines.iter().position(|l| l.starts_with(needle)).expect(needle);
+        assert!(at("server {") < at("ssl_certificate ") && at("ssl_session_tickets") < at("location /"), "{conf}");
+    }
+
+    #[test]
+    fn https_runs_that_did_not_decrypt_are_invalid() {
+        let agent = |line: &str| AgentRun { stats_line: Some(line.to_owned()), ..AgentRun::default() };
+        let invalid = |config: Config, agent: &AgentRun| {
+            let e = check_decrypted(config, agent).expect_err("invalid");
+            e.downcast_ref::<InvalidRun>().map(ToString::to_string).expect("an InvalidRun")
+        };
+        let decrypted = agent("stats: spans.built=200 tls.conns=64 tls.decrypted_conns=64 kernel.tls_ciphertext=9");
+        assert!(check_decrypted(Config::Full, &decrypted).is_ok());
+        assert!(check_decrypted(Config::CaptureOnly, &decrypted).is_ok());
+        assert!(check_decrypted(Config::Baseline, &AgentRun::default()).is_ok());
+
+        // Ciphertext only: TLS connections recognised, nothing decrypted, no span.
+        let ciphertext = agent("stats: tls.conns=64 tls.libraries_attached=0 kernel.ring_full=0");
+        let why = invalid(Config::Full, &ciphertext);
+        assert!(why.contains("built no span") && why.contains("tls.conns=64 tls.decrypted_conns=0"), "{why}");
+        let why = invalid(Config::CaptureOnly, &ciphertext);
+        assert!(why.contains("kernel.tls_ciphertext=0"), "{why}");
+        // Spans but no binding counts for capture-only; no stats line at all is invalid.
+        assert!(check_decrypted(Config::CaptureOnly, &agent("stats: spans.built=3")).is_err());
+        assert!(check_decrypted(Config::Full, &AgentRun::default()).is_err());
     }
 
     #[test]
@@ -2495,6 +2701,7 @@ req/s           :       0.00        0.00        0.00        0.00   100.00%
         // spans.built/req: median of 1.0 and 0.0.
         assert_eq!(rows[3][11], "0.500", "{table}");
         assert!(!overhead_table(&refs, Proto::Http1).contains("spans.built"));
+        assert_eq!(overhead_table(&refs, Proto::Https), table);
     }
 
     #[test]
@@ -2555,6 +2762,11 @@ req/s           :       0.00        0.00        0.00        0.00   100.00%
         assert_eq!((o.proto, o.streams, o.message_bytes), (Proto::Http1, 1, 128));
         let Ok(BenchCmd::Overhead(o)) = parse(&["overhead", "--proto", "grpc"]) else { panic!("not overhead") };
         assert_eq!((o.proto, o.rate_qps()), (Proto::Grpc, 150));
+        let Ok(BenchCmd::Overhead(o)) = parse(&["overhead", "--proto", "https", "--views", "saturated"]) else {
+            panic!("not overhead")
+        };
+        assert_eq!((o.proto, o.rate_qps(), o.views.as_slice()), (Proto::Https, 500, [View::Saturated].as_slice()));
+        assert!(parse(&["overhead", "--proto", "tls"]).is_err());
         let Ok(BenchCmd::Overhead(o)) = parse(&["overhead", "--proto", "grpc", "--rate-qps-per-connection", "7"])
         else {
             panic!("not overhead")

@@ -1466,6 +1466,280 @@ pub fn describe_rpc(spans: &[SpanRec]) -> String {
         .join("\n")
 }
 
+// ---------------------------------------------------------------------------------------
+// TLS peers
+
+/// The test PKI: one self-signed CA and a server certificate for `localhost` and
+/// `127.0.0.1` that it signed (EC P-256), made with the `openssl` CLI.
+pub struct TlsCerts {
+    /// CA certificate (PEM): what the clients trust.
+    pub ca: PathBuf,
+    /// Server certificate (PEM), SAN `DNS:localhost, IP:127.0.0.1`.
+    pub cert: PathBuf,
+    /// Server private key (PEM, unencrypted).
+    pub key: PathBuf,
+    dir: PathBuf,
+}
+
+static TLS_CERTS: std::sync::OnceLock<TlsCerts> = std::sync::OnceLock::new();
+
+extern "C" fn remove_tls_certs() {
+    if let Some(c) = TLS_CERTS.get() {
+        let _ = std::fs::remove_dir_all(&c.dir);
+    }
+}
+
+fn run_openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).stdin(Stdio::null()).output().unwrap_or_else(|e| {
+        panic!("cannot run openssl (install the `openssl` package: cargo xtask setup --peers): {e}")
+    });
+    assert!(
+        out.status.success(),
+        "`openssl {}` failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// The test certificates, made once per test binary (removed when it exits). Clients
+/// verify the server against [`TlsCerts::ca`], so no test needs `-k`.
+#[must_use]
+pub fn tls_certs() -> &'static TlsCerts {
+    TLS_CERTS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("ghostwire-certs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        // SAFETY: registers a plain `extern "C" fn()` to run at exit.
+        unsafe { libc::atexit(remove_tls_certs) };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        run_openssl(
+            &dir,
+            &[
+                &["req", "-x509", "-new"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "3",
+                    "-subj",
+                    "/CN=ghostwire test CA",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ],
+            ]
+            .concat(),
+        );
+        run_openssl(
+            &dir,
+            &[&["req", "-new"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]]
+                .concat(),
+        );
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write server.ext");
+        run_openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "3",
+                "-extfile",
+                "server.ext",
+                "-out",
+                "server.pem",
+            ],
+        );
+        // nginx workers (nobody) never read them, but a peer run as another user might.
+        for f in ["ca.pem", "server.pem", "server.key"] {
+            let p = dir.join(f);
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
+        }
+        TlsCerts { ca: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server.key"), dir }
+    })
+}
+
+impl Nginx {
+    /// nginx terminating TLS on 127.0.0.1:`port` (HTTP/1.1 and, via ALPN, HTTP/2; the
+    /// [`tls_certs`] server certificate) and forwarding everything in plain HTTP to
+    /// 127.0.0.1:`upstream_port`.
+    #[must_use]
+    pub fn https_reverse_proxy(port: u16, upstream_port: u16) -> Self {
+        let certs = tls_certs();
+        Self::with_config(port, |d| {
+            // nginx 1.22 (Debian 12) has no `http2 on;`: the flag is on `listen`.
+            format!(
+                "{}http {{\n  {}\n  server {{\n    listen 127.0.0.1:{port} ssl http2;\n    \
+                 ssl_certificate {};\n    ssl_certificate_key {};\n    \
+                 location / {{ proxy_pass http://127.0.0.1:{upstream_port}; }}\n  }}\n}}\n",
+                Self::main_context(d),
+                Self::http_defaults(d),
+                certs.cert.display(),
+                certs.key.display(),
+            )
+        })
+    }
+}
+
+/// The legacy Python TLS server (`tests/peers/tls_server.py`) on 127.0.0.1:`port`, run by
+/// the peers venv's Python with `OTEL_SERVICE_NAME=service_name`: HTTP/1.1 keep-alive
+/// (`/missing` 404, `/boom` 500), or with `echo` a TLS echo of whatever is sent.
+#[must_use]
+pub fn python_tls_server(port: u16, service_name: &str, echo: bool) -> Proc {
+    let certs = tls_certs();
+    let mut cmd = Command::new(python());
+    cmd.arg(peers_dir().join("tls_server.py"))
+        .args(["--port", &port.to_string()])
+        .arg("--cert")
+        .arg(&certs.cert)
+        .arg("--key")
+        .arg(&certs.key)
+        .env("OTEL_SERVICE_NAME", service_name)
+        .stdout(Stdio::null());
+    if echo {
+        cmd.arg("--echo");
+    }
+    let mut proc = Proc::spawn("tls_server", &mut cmd);
+    wait_port(port, "python TLS server");
+    proc.assert_running();
+    proc
+}
+
+/// A child process driven by one command per stdin line and answering one line each
+/// (`ok ...` or `err ...`), like `tests/peers/tls_client.py`. Killed and reaped on drop.
+pub struct LineClient {
+    name: String,
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl LineClient {
+    /// Starts `cmd` with piped stdin and stdout.
+    #[must_use]
+    pub fn start(name: &str, cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        let out = child.stdout.take().expect("stdout piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { name: name.to_owned(), child, lines }
+    }
+
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends one command and returns its answer line; fails the test on `err ...`, on an
+    /// exited client or after 30 s without an answer.
+    pub fn cmd(&mut self, command: &str) -> String {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().expect("stdin piped");
+        writeln!(stdin, "{command}").and_then(|()| stdin.flush()).unwrap_or_else(|e| {
+            panic!("{}: cannot send {command:?}: {e} (exited: {:?})", self.name, self.child.try_wait())
+        });
+        let line = self.lines.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|e| {
+            panic!("{}: no answer to {command:?} ({e}; exited: {:?})", self.name, self.child.try_wait())
+        });
+        assert!(line.starts_with("ok "), "{}: {command:?} answered {line:?}", self.name);
+        line
+    }
+
+    /// `quit`, then waits (10 s) for the exit.
+    pub fn quit(mut self) {
+        let _ = self.cmd("quit");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} did not exit within 10 s of quit", self.name);
+    }
+}
+
+impl Drop for LineClient {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The legacy Python TLS client (`tests/peers/tls_client.py`): one keep-alive
+/// HTTPSConnection to 127.0.0.1:`port` trusting [`tls_certs`]'s CA, opened by the first
+/// `get PATH`; `raw PORT TEXT` sends TEXT on a new TLS connection to an echo server.
+#[must_use]
+pub fn python_tls_client(port: u16, service_name: &str) -> LineClient {
+    LineClient::start(
+        "tls_client",
+        Command::new(python())
+            .arg(peers_dir().join("tls_client.py"))
+            .args(["--port", &port.to_string()])
+            .arg("--ca")
+            .arg(&tls_certs().ca)
+            .env("OTEL_SERVICE_NAME", service_name),
+    )
+}
+
+/// `curl --cacert CA VERSION https://127.0.0.1:port/PATH...`: one curl process, one
+/// connection reused for every path; `(status, HTTP version)` per path, as curl's
+/// `%{http_code}` and `%{http_version}` report them ("1.1", "2").
+#[must_use]
+pub fn curl_https(port: u16, version: &str, paths: &[&str]) -> Vec<(u16, String)> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "--max-time", "20", version, "--cacert"]).arg(&tls_certs().ca);
+    for p in paths {
+        cmd.args(["-o", "/dev/null", "-w", "%{http_code} %{http_version}\\n"])
+            .arg(format!("https://127.0.0.1:{port}{p}"));
+    }
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run curl: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let got: Vec<(u16, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let (code, v) = l.split_once(' ')?;
+            Some((code.parse().ok()?, v.to_owned()))
+        })
+        .collect();
+    assert_eq!(
+        got.len(),
+        paths.len(),
+        "curl {version} {paths:?} ({}): {text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    got
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,3 @@
+module ghostwire/go_tls
+
+go 1.19

@@ -73,9 +73,11 @@ impl Pipeline {
         }
     }
 
-    /// Periodic upkeep (about once a second): re-measure the clock offset.
+    /// Periodic upkeep (about once a second): re-measure the clock offset; drop TLS
+    /// plaintext held too long for a connection never named.
     pub fn tick(&mut self) {
         self.spans.clock = Clock::now();
+        self.conns.tick(monotonic_ns());
     }
 
     /// Gives the exporters back for shutdown.
@@ -134,4 +136,12 @@ impl ConnSink for Spans {
 fn comm(raw: &[u8]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of the kernel's event timestamps.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }

@@ -184,7 +184,9 @@ fn http_captures_do_not_look_like_tls() {
                     let Some(d) = &r.data else { continue };
                     // Bodies may be anything (nginx_large is pseudo-random): only chunks
                     // that start a message must not pass.
-                    if d.starts_with(b"HTTP/") || d.starts_with(b"PRI ") || d.first().is_some_and(u8::is_ascii_uppercase)
+                    if d.starts_with(b"HTTP/")
+                        || d.starts_with(b"PRI ")
+                        || d.first().is_some_and(u8::is_ascii_uppercase)
                     {
                         assert!(!is_record_start(d), "{proto}/{name}: {from:?}");
                         seen += 1;

@@ -13,15 +13,26 @@
 //! from the first message seen, and a session that never builds an exchange from a
 //! message whose beginning it missed.
 //!
+//! TLS: a connection whose socket bytes start with a TLS record is ciphertext. It is
+//! counted and scanned for its ServerHello (the version), never parsed. Its plaintext
+//! comes from the OpenSSL uprobes as data events of its session (`Data::tls`); the
+//! first one switches the connection to TLS mode: from then on its byte stream is the
+//! plaintext (offsets as the uprobes count them, from 0 in each direction at both ends)
+//! and its socket records are ignored. Plaintext of a session whose connection is not
+//! known yet (memory-BIO stacks: Node, Python asyncio) is held, bounded, until the
+//! kernel binds the session ([`Event::TlsBind`]).
+//!
 //! Nothing here allocates per event once a connection exists: payloads are borrowed
-//! from the ring buffer and the output vector is reused.
+//! from the ring buffer and the output vector is reused (held TLS plaintext excepted:
+//! it must outlive its ring-buffer record).
 pub mod listen;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use crate::capture::{Conn as ConnEvent, ConnId, Data, Event, Listen, Payload, State, StateChange};
 use crate::protocol::session::{self, Detected, Session};
+use crate::protocol::tls::{self, Scanner, Version};
 use crate::protocol::{Direction, Exchange, Output, Request, Role, Timing};
 use crate::stats::{self, Counter};
 
@@ -36,6 +47,16 @@ pub struct ConnMeta {
     pub peer: SocketAddr,
     /// Network namespace inode.
     pub netns: u32,
+    /// `Some` for a TLS connection whose plaintext the uprobes report.
+    pub tls: Option<TlsInfo>,
+}
+
+/// What the spans of a TLS connection say about its TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// From the ServerHello, when the capture saw it (not when the session's handshake
+    /// ran inside the first `SSL_read`/`SSL_write`, or before the agent started).
+    pub version: Option<Version>,
 }
 
 /// A connection's identity.
@@ -83,6 +104,9 @@ enum Proto {
     Known(Session),
     /// Not a protocol ghostwire parses: its bytes are ignored.
     Opaque,
+    /// TLS ciphertext (socket bytes that are TLS records): scanned for the version and
+    /// for application data, never parsed.
+    Tls(Box<Scanner>),
 }
 
 struct Conn {
@@ -99,6 +123,51 @@ struct Conn {
     last_ns: u64,
     /// TCP sequence number of stream offset 0, per direction.
     tcp_seq: [u32; 2],
+    /// The kernel saw the connection opened before it was tracked (`midstream` may also
+    /// become true after a loss).
+    opened_midstream: bool,
+    /// The thread name of the process that uses it (for the undecrypted-TLS log line).
+    comm: [u8; 16],
+    /// The TLS session (`SSL*`) whose plaintext is the connection's byte stream; 0
+    /// until the first plaintext.
+    tls_ssl: u64,
+    /// Counted in `tls.conns` already.
+    tls_counted: bool,
+    /// XORed into HTTP/1 wire keys: 0, except for TLS sessions joined mid-stream, whose
+    /// plaintext offsets start wherever each end's uprobes first saw them, so a key
+    /// made of them must never match the other end's. Unique per connection (bit 62
+    /// set: never equal to an unsalted key).
+    wire_salt: u64,
+}
+
+/// Bounds on plaintext held until its session's connection is known.
+const MAX_UNBOUND_SESSIONS: usize = 256;
+const MAX_UNBOUND_BYTES: usize = 64 * 1024;
+const MAX_UNBOUND_RECORDS: usize = 1024;
+const UNBOUND_TTL_NS: u64 = 5_000_000_000;
+/// Processes remembered as sending TLS that cannot be decrypted (counted once each).
+const MAX_UNDECRYPTED_PIDS: usize = 4096;
+
+/// One plaintext record held until its session is bound: a [`Data`] with its bytes.
+struct HeldRecord {
+    tid: u32,
+    dir: Direction,
+    offset: u64,
+    unreported_ns: u64,
+    len: u32,
+    ts_ns: u64,
+    payload: Payload,
+    /// The captured prefix, then the captured tail.
+    bytes: Vec<u8>,
+    prefix_len: usize,
+}
+
+/// A TLS session's plaintext held until its connection is known.
+struct Held {
+    /// Kernel time of its first record.
+    since_ns: u64,
+    bytes: usize,
+    records: Vec<HeldRecord>,
 }
 
 /// Upper bound on tracked connections; beyond it the least recently active is dropped.
@@ -110,6 +179,12 @@ pub struct ConnTable {
     listening: ListenTable,
     /// Reused output buffer of the parsers.
     scratch: Output,
+    /// TLS plaintext of sessions not yet bound to a connection, per (pid, `SSL*`).
+    unbound: HashMap<(u32, u64), Held>,
+    /// Processes already reported as sending TLS that cannot be decrypted.
+    undecrypted: HashSet<u32>,
+    /// Wire salts handed out so far.
+    salts: u64,
 }
 
 impl Default for ConnTable {
@@ -128,7 +203,21 @@ fn dir_index(dir: Direction) -> usize {
 impl ConnTable {
     #[must_use]
     pub fn new(max_conns: usize, listening: ListenTable) -> Self {
-        Self { conns: HashMap::with_capacity(1024.min(max_conns)), max_conns, listening, scratch: Output::default() }
+        Self {
+            conns: HashMap::with_capacity(1024.min(max_conns)),
+            max_conns,
+            listening,
+            scratch: Output::default(),
+            unbound: HashMap::new(),
+            undecrypted: HashSet::new(),
+            salts: 0,
+        }
+    }
+
+    /// Periodic upkeep: plaintext held too long for a session never bound is dropped.
+    /// `now_ns`: CLOCK_MONOTONIC, the kernel's event clock.
+    pub fn tick(&mut self, now_ns: u64) {
+        self.expire_unbound(now_ns);
     }
 
     #[must_use]
@@ -149,10 +238,148 @@ impl ConnTable {
             Event::State(s) => self.on_state(s, sink),
             Event::Listen(Listen { netns, port, listening }) => self.listening.set(*netns, *port, *listening),
             // Its sockets close by themselves (and tell); a socket it shared lives on.
-            Event::Exit { .. } => {}
-            // TODO(tls): bind the session's plaintext to its connection.
-            Event::TlsBind { .. } | Event::Exec { .. } => {}
+            // Its sessions never bound now never will be.
+            Event::Exit { pid, .. } => self.drop_unbound(|(p, _)| p == *pid, "its process exited"),
+            Event::TlsBind { pid, ssl, conn, .. } => self.on_tls_bind(*pid, *ssl, *conn, sink),
+            Event::Exec { .. } => {}
         }
+    }
+
+    /// Drops the held sessions `pred` selects, counting their records.
+    fn drop_unbound(&mut self, pred: impl Fn((u32, u64)) -> bool, why: &str) {
+        if self.unbound.is_empty() {
+            return;
+        }
+        self.unbound.retain(|&key, held| {
+            if !pred(key) {
+                return true;
+            }
+            stats::global().add(Counter::DropTlsUnbound, held.records.len() as u64);
+            log::debug!(
+                "{}: pid {} TLS session {:#x}: {} plaintext records never bound to a connection: {why}",
+                Counter::DropTlsUnbound.name(),
+                key.0,
+                key.1,
+                held.records.len()
+            );
+            false
+        });
+    }
+
+    fn expire_unbound(&mut self, now_ns: u64) {
+        let unbound = &self.unbound;
+        if unbound.values().any(|h| now_ns.saturating_sub(h.since_ns) > UNBOUND_TTL_NS) {
+            let since: HashMap<(u32, u64), u64> = unbound.iter().map(|(k, h)| (*k, h.since_ns)).collect();
+            self.drop_unbound(
+                |k| since.get(&k).is_some_and(|&s| now_ns.saturating_sub(s) > UNBOUND_TTL_NS),
+                "held too long",
+            );
+        }
+    }
+
+    /// Plaintext of a session whose connection is not known yet: keep a copy.
+    fn hold(&mut self, d: &Data<'_>, ssl: u64) {
+        self.expire_unbound(d.ts_ns);
+        let key = (d.pid, ssl);
+        let size = d.prefix.len() + d.tail.len();
+        if !self.unbound.contains_key(&key) && self.unbound.len() >= MAX_UNBOUND_SESSIONS {
+            stats::global().drop_event(
+                Counter::DropTlsUnbound,
+                format_args!("pid {}: TLS session {ssl:#x}: {MAX_UNBOUND_SESSIONS} sessions wait already", d.pid),
+            );
+            return;
+        }
+        let held = self.unbound.entry(key).or_insert_with(|| Held { since_ns: d.ts_ns, bytes: 0, records: Vec::new() });
+        if held.bytes + size > MAX_UNBOUND_BYTES || held.records.len() >= MAX_UNBOUND_RECORDS {
+            stats::global().drop_event(
+                Counter::DropTlsUnbound,
+                format_args!("pid {}: TLS session {ssl:#x}: more plaintext than is held unbound", d.pid),
+            );
+            return;
+        }
+        held.bytes += size;
+        let mut bytes = Vec::with_capacity(size);
+        bytes.extend_from_slice(d.prefix);
+        bytes.extend_from_slice(d.tail);
+        held.records.push(HeldRecord {
+            tid: d.tid,
+            dir: d.dir,
+            offset: d.offset,
+            unreported_ns: d.unreported_ns,
+            len: d.len,
+            ts_ns: d.ts_ns,
+            payload: d.payload,
+            bytes,
+            prefix_len: d.prefix.len(),
+        });
+    }
+
+    /// Session `ssl` of `pid` runs over `conn`: its held plaintext is replayed, in order,
+    /// as if it had carried `conn`.
+    fn on_tls_bind(&mut self, pid: u32, ssl: u64, conn: ConnId, sink: &mut impl ConnSink) {
+        let Some(held) = self.unbound.remove(&(pid, ssl)) else { return };
+        for r in &held.records {
+            let (prefix, tail) = r.bytes.split_at(r.prefix_len);
+            let d = Data {
+                conn,
+                tls: Some(ssl),
+                pid,
+                tid: r.tid,
+                dir: r.dir,
+                offset: r.offset,
+                unreported_ns: r.unreported_ns,
+                len: r.len,
+                ts_ns: r.ts_ns,
+                prefix,
+                tail,
+                payload: r.payload,
+            };
+            self.on_data(&d, sink);
+        }
+    }
+
+    /// The first plaintext of session `ssl` on connection `key`: its byte stream is the
+    /// plaintext from now on (see the module doc).
+    fn enter_tls(&mut self, key: ConnKey, ssl: u64, t: Timing, sink: &mut impl ConnSink) {
+        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let version = match &conn.proto {
+            Proto::Tls(scanner) => scanner.version(),
+            _ => conn.meta.tls.and_then(|t| t.version),
+        };
+        if let Proto::Known(session) = &mut conn.proto {
+            // Plaintext parsed before the session started (STARTTLS-like): what it
+            // left unanswered stays so.
+            let pending = session.close(conn.meta.role, t, &mut self.scratch);
+            stats::global().add(Counter::DropUnansweredRequest, pending as u64);
+            report(key, conn, 0, &mut self.scratch, sink);
+        }
+        if !conn.tls_counted {
+            conn.tls_counted = true;
+            stats::global().incr(Counter::TlsConns);
+        }
+        if conn.tls_ssl == 0 {
+            stats::global().incr(Counter::TlsDecryptedConns);
+        }
+        log::debug!(
+            "pid {} {} -> {}: TLS session {ssl:#x}, version {}",
+            conn.meta.pid,
+            conn.meta.local,
+            conn.meta.peer,
+            version.map_or("unknown", Version::as_str)
+        );
+        conn.tls_ssl = ssl;
+        conn.meta.tls = Some(TlsInfo { version });
+        conn.midstream = conn.opened_midstream;
+        conn.expect = [if conn.midstream { None } else { Some(0) }; 2];
+        conn.proto = Proto::Undecided { budget: MIDSTREAM_BUDGET };
+        // Both ends count the same plaintext bytes from 0.
+        conn.tcp_seq = [0; 2];
+        conn.wire_salt = if conn.midstream {
+            self.salts += 1;
+            (1 << 62) | ((self.salts & 0x3fff_ffff) << 32)
+        } else {
+            0
+        };
     }
 
     fn on_conn(&mut self, ev: &ConnEvent, sink: &mut impl ConnSink) {
@@ -175,6 +402,7 @@ impl ConnTable {
             local: ev.local,
             peer: ev.peer,
             netns: ev.netns,
+            tls: None,
         };
         let start = if ev.midstream { None } else { Some(0) };
         self.conns.insert(
@@ -187,6 +415,11 @@ impl ConnTable {
                 expect: [start; 2],
                 last_ns: ev.ts_ns,
                 tcp_seq: ev.tcp_seq,
+                opened_midstream: ev.midstream,
+                comm: ev.comm,
+                tls_ssl: 0,
+                tls_counted: false,
+                wire_salt: 0,
             },
         );
     }
@@ -201,7 +434,7 @@ impl ConnTable {
                 format_args!("{} -> {} pid {}", conn.meta.local, conn.meta.peer, conn.meta.pid),
             );
             let t = Timing { enter_ns: conn.last_ns, exit_ns: conn.last_ns };
-            finish(key, conn, t, &mut self.scratch, sink);
+            finish(key, conn, t, &mut self.scratch, &mut self.undecrypted, sink);
         }
     }
 
@@ -210,7 +443,7 @@ impl ConnTable {
         match s.change {
             StateChange::Closed => {
                 if let Some(conn) = self.conns.remove(&s.conn) {
-                    finish(s.conn, conn, t, &mut self.scratch, sink);
+                    finish(s.conn, conn, t, &mut self.scratch, &mut self.undecrypted, sink);
                 }
             }
             StateChange::SendClosed => {
@@ -225,6 +458,18 @@ impl ConnTable {
     }
 
     fn on_data(&mut self, d: &Data<'_>, sink: &mut impl ConnSink) {
+        if let Some(ssl) = d.tls {
+            if d.conn.sock == 0 {
+                self.hold(d, ssl);
+                return;
+            }
+        }
+        let t = Timing { enter_ns: d.ts_ns, exit_ns: d.ts_ns };
+        if let (Some(ssl), Some(c)) = (d.tls, self.conns.get(&d.conn)) {
+            if c.tls_ssl != ssl {
+                self.enter_tls(d.conn, ssl, t, sink);
+            }
+        }
         let Some(conn) = self.conns.get_mut(&d.conn) else {
             stats::global().drop_event(
                 Counter::DropUnknownConn,
@@ -233,7 +478,14 @@ impl ConnTable {
             return;
         };
         conn.last_ns = d.ts_ns;
-        let t = Timing { enter_ns: d.ts_ns, exit_ns: d.ts_ns };
+        if d.tls.is_none() && conn.tls_ssl != 0 {
+            // Ciphertext of a connection in TLS mode (the kernel reports the socket's
+            // end of stream as plaintext too).
+            if !d.is_eof() {
+                stats::global().incr(Counter::TlsCiphertextRecords);
+            }
+            return;
+        }
         let i = dir_index(d.dir);
         let lost = conn.expect[i].is_some_and(|e| e != d.offset);
         conn.expect[i] = Some(d.offset + u64::from(d.len));
@@ -254,6 +506,7 @@ impl ConnTable {
                 // mid-stream.
                 Proto::Undecided { .. } => conn.midstream = true,
                 Proto::Opaque => {}
+                Proto::Tls(scanner) => scanner.lost(d.dir),
             }
         }
         if d.is_eof() {
@@ -268,6 +521,24 @@ impl ConnTable {
             Payload::NoUserBuffer | Payload::ReadFailed => (&[][..], &[][..]),
         };
         let gap = u64::from(d.len) - prefix.len() as u64 - tail.len() as u64;
+        if let Proto::Tls(scanner) = &mut conn.proto {
+            scanner.feed(d.dir, prefix, gap, tail);
+            stats::global().incr(Counter::TlsCiphertextRecords);
+            return;
+        }
+        // Socket bytes that are TLS records: ciphertext (plaintext never is: TLS inside
+        // TLS is not HTTP either, and is left to the detection below).
+        if matches!(conn.proto, Proto::Undecided { .. }) && conn.tls_ssl == 0 && tls::is_record_start(prefix) {
+            let mut scanner = Box::new(Scanner::new());
+            scanner.feed(d.dir, prefix, gap, tail);
+            conn.proto = Proto::Tls(scanner);
+            if !conn.tls_counted {
+                conn.tls_counted = true;
+                stats::global().incr(Counter::TlsConns);
+            }
+            stats::global().incr(Counter::TlsCiphertextRecords);
+            return;
+        }
         if let Proto::Undecided { budget } = &mut conn.proto {
             let detected = session::detect(conn.role, conn.midstream, d.dir, prefix);
             match Session::new(detected, conn.midstream) {
@@ -289,6 +560,9 @@ impl ConnTable {
                 }
                 None => {
                     stats::global().incr(Counter::ConnsNotHttp);
+                    if conn.tls_ssl != 0 {
+                        stats::global().incr(Counter::TlsPlaintextNotHttp);
+                    }
                     // Every kind of "no" tried the bytes as HTTP/2 frames too, except a
                     // start line on the wrong side.
                     if detected != Detected::Opaque {
@@ -327,7 +601,11 @@ impl ConnTable {
             if request.truncated {
                 stats::global().incr(Counter::HeadTruncated);
             }
-            let wire_key = session.wire_key(&started, base);
+            let mut wire_key = session.wire_key(&started, base);
+            if matches!(session, Session::Http1(_)) {
+                // HTTP/2 keys are stream ids: both ends agree even mid-stream.
+                wire_key ^= conn.wire_salt;
+            }
             sink.request_started(ReqKey { conn: d.conn, stream: started.stream }, &conn.meta, d.tid, request, wire_key);
         }
         report(d.conn, conn, d.tid, &mut self.scratch, sink);
@@ -348,7 +626,33 @@ fn report(key: ConnKey, conn: &Conn, tid: u32, out: &mut Output, sink: &mut impl
 }
 
 /// A connection ends: complete what its end completes, count what stays unanswered.
-fn finish(key: ConnKey, mut conn: Conn, t: Timing, out: &mut Output, sink: &mut impl ConnSink) {
+/// `undecrypted`: the processes already reported as sending TLS that ghostwire cannot
+/// decrypt.
+fn finish(
+    key: ConnKey,
+    mut conn: Conn,
+    t: Timing,
+    out: &mut Output,
+    undecrypted: &mut HashSet<u32>,
+    sink: &mut impl ConnSink,
+) {
+    if let Proto::Tls(scanner) = &conn.proto {
+        // Requests and responses went by in TLS and no plaintext ever came.
+        if scanner.app_data() {
+            stats::global().incr(Counter::TlsUndecryptedConns);
+            let pid = conn.meta.pid;
+            if undecrypted.len() < MAX_UNDECRYPTED_PIDS && undecrypted.insert(pid) {
+                stats::global().incr(Counter::TlsUndecryptedProcesses);
+                let end = conn.comm.iter().position(|&b| b == 0).unwrap_or(conn.comm.len());
+                let comm = String::from_utf8_lossy(&conn.comm[..end]);
+                let comm = if comm.is_empty() { String::new() } else { format!(" ({comm})") };
+                log::info!(
+                    "tls: pid {pid}{comm} sends TLS that ghostwire cannot decrypt (Go crypto/tls, rustls or OpenSSL \
+                     without symbols); its requests are not traced"
+                );
+            }
+        }
+    }
     if let Proto::Known(session) = &mut conn.proto {
         let pending = session.close(conn.meta.role, t, out);
         if pending > 0 {
@@ -367,13 +671,15 @@ mod tests {
     #[derive(Default)]
     struct Sink {
         started: Vec<(ReqKey, ConnMeta, String)>,
+        wire_keys: Vec<u64>,
         exchanges: Vec<ExchangeRecord>,
         closed: Vec<ConnKey>,
     }
 
     impl ConnSink for Sink {
-        fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, _tid: u32, request: &Request, _wire_key: u64) {
+        fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, _tid: u32, request: &Request, wire_key: u64) {
             self.started.push((key, *conn, request.target.clone()));
+            self.wire_keys.push(wire_key);
         }
         fn exchange(&mut self, rec: ExchangeRecord) {
             self.exchanges.push(rec);
@@ -631,5 +937,266 @@ mod tests {
         table.on_event(&Event::Conn(other), &mut sink);
         assert_eq!(table.len(), 1);
         assert_eq!(sink.closed, vec![C]);
+    }
+
+    // --- TLS ---------------------------------------------------------------------------
+
+    const SSL: u64 = 0x5511;
+
+    /// Plaintext of session `SSL` as the uprobes report it (`sock` 0: not bound yet).
+    fn plain(conn: ConnId, dir: Direction, offset: u64, bytes: &[u8]) -> Event<'_> {
+        let Event::Data(mut d) = data(dir, offset, bytes) else { unreachable!() };
+        d.tls = Some(SSL);
+        d.conn = conn;
+        Event::Data(d)
+    }
+
+    fn record(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut r = vec![kind, 3, 3];
+        r.extend(u16::try_from(body.len()).unwrap().to_be_bytes());
+        r.extend(body);
+        r
+    }
+
+    fn client_hello() -> Vec<u8> {
+        let mut r = record(22, &[1, 0, 0, 2, 3, 3]);
+        r[2] = 1;
+        r
+    }
+
+    /// A TLS 1.3 ServerHello (supported_versions = 0x0304) and the start of the
+    /// encrypted handshake.
+    fn server_flight() -> Vec<u8> {
+        let mut body = vec![3, 3];
+        body.extend([0xab; 32]);
+        body.extend([0, 0x13, 0x01, 0]);
+        body.extend([0, 6, 0, 43, 0, 2, 3, 4]);
+        let mut msg = vec![2, 0, 0, u8::try_from(body.len()).unwrap()];
+        msg.extend(body);
+        let mut f = record(22, &msg);
+        f.extend(record(20, &[1]));
+        f.extend(record(23, &[0x42; 300]));
+        f
+    }
+
+    /// A TLS 1.3 client connection up to its first request: handshake, client Finished
+    /// and one request record.
+    fn ciphertext_client() -> Vec<Event<'static>> {
+        let hello = Box::leak(client_hello().into_boxed_slice());
+        let flight = Box::leak(server_flight().into_boxed_slice());
+        let finished = Box::leak(record(23, &[0x11; 53]).into_boxed_slice());
+        let request = Box::leak(record(23, &[0x22; 120]).into_boxed_slice());
+        let h = hello.len() as u64;
+        let f = finished.len() as u64;
+        vec![
+            conn_event(Some(Role::Client), false, 40000),
+            data(Direction::Egress, 0, hello),
+            data(Direction::Ingress, 0, flight),
+            data(Direction::Egress, h, finished),
+            data(Direction::Egress, h + f, request),
+        ]
+    }
+
+    fn close() -> Event<'static> {
+        Event::State(State { conn: C, ts_ns: now(), change: StateChange::Closed })
+    }
+
+    #[test]
+    fn tls_ciphertext_gives_no_exchange_and_is_counted() {
+        let s = stats::global();
+        let before = [Counter::TlsConns, Counter::TlsCiphertextRecords, Counter::TlsUndecryptedConns].map(|c| s.get(c));
+        let mut events = ciphertext_client();
+        // A response record, which no HTTP parser must see.
+        let resp = record(23, RESP);
+        events.push(data(Direction::Ingress, server_flight().len() as u64, &resp));
+        events.push(close());
+        let sink = run(&events, ListenTable::default());
+        assert!(sink.started.is_empty() && sink.exchanges.is_empty());
+        assert_eq!(sink.closed, vec![C]);
+        assert!(s.get(Counter::TlsConns) > before[0]);
+        assert!(s.get(Counter::TlsCiphertextRecords) >= before[1] + 5);
+        assert!(s.get(Counter::TlsUndecryptedConns) > before[2]);
+    }
+
+    #[test]
+    fn ciphertext_is_never_not_http() {
+        let mut table = ConnTable::new(16, ListenTable::default());
+        let mut sink = Sink::default();
+        for e in ciphertext_client() {
+            table.on_event(&e, &mut sink);
+        }
+        let conn = &table.conns[&C];
+        assert!(matches!(conn.proto, Proto::Tls(_)), "ciphertext went elsewhere");
+        let Proto::Tls(scanner) = &conn.proto else { unreachable!() };
+        assert_eq!(scanner.version(), Some(Version::Tls13));
+        assert!(scanner.app_data());
+    }
+
+    #[test]
+    fn a_handshake_alone_is_not_undecrypted_traffic() {
+        let mut events = ciphertext_client();
+        events.truncate(4); // no request record
+        let mut table = ConnTable::new(16, ListenTable::default());
+        let mut sink = Sink::default();
+        for e in &events {
+            table.on_event(e, &mut sink);
+        }
+        let Proto::Tls(scanner) = &table.conns[&C].proto else { panic!("not TLS") };
+        assert!(!scanner.app_data());
+    }
+
+    #[test]
+    fn plaintext_after_ciphertext_gives_an_exchange_marked_tls_with_its_version() {
+        let s = stats::global();
+        let decrypted = s.get(Counter::TlsDecryptedConns);
+        let ciphertext = s.get(Counter::TlsCiphertextRecords);
+        let mut events = ciphertext_client();
+        // The kernel bound the session during the first SSL_write: from then on it
+        // reports plaintext, whose offsets start at 0.
+        events.push(plain(C, Direction::Egress, 0, REQ));
+        // A stray ciphertext record after the switch: ignored.
+        let stray = record(23, &[9; 40]);
+        events.push(data(Direction::Ingress, 99_999, &stray));
+        events.push(plain(C, Direction::Ingress, 0, RESP));
+        events.push(plain(C, Direction::Egress, REQ.len() as u64, REQ));
+        events.push(plain(C, Direction::Ingress, RESP.len() as u64, RESP));
+        let sink = run(&events, ListenTable::default());
+        assert_eq!(sink.exchanges.len(), 2, "{:?}", sink.exchanges);
+        for e in &sink.exchanges {
+            assert_eq!(e.conn.tls, Some(TlsInfo { version: Some(Version::Tls13) }));
+            assert_eq!(e.exchange.request.target, "/a");
+            assert_eq!(e.exchange.response.status, 200);
+        }
+        // Wire keys count plaintext from 0 (base 0), the same at the server's end.
+        assert_eq!(sink.wire_keys, vec![0, REQ.len() as u64]);
+        assert!(s.get(Counter::TlsDecryptedConns) > decrypted);
+        assert!(s.get(Counter::TlsCiphertextRecords) >= ciphertext + 5);
+    }
+
+    #[test]
+    fn unbound_plaintext_is_replayed_in_order_when_its_session_is_bound() {
+        let unbound = ConnId { sock: 0, gen: 0 };
+        let bind = Event::TlsBind { pid: 42, ssl: SSL, conn: C, ts_ns: now() };
+        let r = REQ.len() as u64;
+        let sink = run(
+            &[
+                conn_event(Some(Role::Server), false, 8443),
+                // Node: the first request and its response before the bind...
+                plain(unbound, Direction::Ingress, 0, &REQ[..10]),
+                plain(unbound, Direction::Ingress, 10, &REQ[10..]),
+                plain(unbound, Direction::Egress, 0, RESP),
+                bind,
+                // ...then records that carry the connection themselves.
+                plain(C, Direction::Ingress, r, REQ),
+                plain(C, Direction::Egress, RESP.len() as u64, RESP),
+            ],
+            ListenTable::default(),
+        );
+        assert_eq!(sink.exchanges.len(), 2, "{:?}", sink.exchanges);
+        assert_eq!(sink.exchanges.iter().map(|e| e.key.stream).collect::<Vec<_>>(), vec![0, 1]);
+        assert!(sink.exchanges.iter().all(|e| e.conn.tls == Some(TlsInfo { version: None })));
+    }
+
+    #[test]
+    fn unbound_plaintext_is_bounded_and_expires() {
+        let s = stats::global();
+        let before = s.get(Counter::DropTlsUnbound);
+        let mut table = ConnTable::new(16, ListenTable::default());
+        let mut sink = Sink::default();
+        let unbound = ConnId { sock: 0, gen: 0 };
+        table.on_event(&conn_event(Some(Role::Server), false, 8443), &mut sink);
+        let big = vec![b'x'; 40 * 1024];
+        table.on_event(&plain(unbound, Direction::Ingress, 0, &big), &mut sink);
+        // Over the per-session bound: dropped.
+        table.on_event(&plain(unbound, Direction::Ingress, big.len() as u64, &big), &mut sink);
+        assert_eq!(s.get(Counter::DropTlsUnbound), before + 1);
+        assert_eq!(table.unbound[&(42, SSL)].records.len(), 1);
+        // Too old: dropped on the next tick.
+        table.tick(now() + UNBOUND_TTL_NS + 1);
+        assert!(table.unbound.is_empty());
+        assert_eq!(s.get(Counter::DropTlsUnbound), before + 2);
+        // A bind that comes after has nothing to replay.
+        table.on_event(&Event::TlsBind { pid: 42, ssl: SSL, conn: C, ts_ns: now() }, &mut sink);
+        assert!(sink.started.is_empty());
+    }
+
+    #[test]
+    fn a_tls_connection_older_than_the_agent_traces_its_next_request() {
+        let mut listening = ListenTable::default();
+        listening.set(1, 8443, true);
+        let sink = run(
+            &[
+                conn_event(None, true, 8443),
+                // Ciphertext of the keep-alive connection; no handshake seen.
+                data(Direction::Ingress, 777, &record(23, &[1; 30])),
+                // The uprobes see the plaintext from the first SSL_read after the agent
+                // started: the tail of an old request body, then a whole request.
+                plain(C, Direction::Ingress, 0, b"rest of an old body"),
+                plain(C, Direction::Ingress, 19, REQ),
+                plain(C, Direction::Egress, 0, RESP),
+            ],
+            listening,
+        );
+        assert_eq!(sink.exchanges.len(), 1, "{:?}", sink.exchanges);
+        let e = &sink.exchanges[0];
+        assert_eq!((e.conn.role, e.exchange.request.target.as_str()), (Role::Server, "/a"));
+        assert!(e.conn.tls.is_some());
+        // Its wire key is salted: it can never match the other end's, whose plaintext
+        // offsets started elsewhere.
+        assert_eq!(sink.wire_keys.len(), 1);
+        assert_ne!(sink.wire_keys[0] >> 62, 0, "unsalted key {:#x}", sink.wire_keys[0]);
+    }
+
+    #[test]
+    fn salts_differ_between_the_two_ends() {
+        let mut table = ConnTable::new(16, ListenTable::default());
+        let mut sink = Sink::default();
+        let other = ConnId { sock: 0xbeef, gen: 1 };
+        let Event::Conn(mut client) = conn_event(Some(Role::Client), true, 40000) else { unreachable!() };
+        client.conn = other;
+        table.on_event(&conn_event(Some(Role::Server), true, 8443), &mut sink);
+        table.on_event(&Event::Conn(client), &mut sink);
+        table.on_event(&plain(C, Direction::Ingress, 0, REQ), &mut sink);
+        table.on_event(&plain(other, Direction::Egress, 0, REQ), &mut sink);
+        assert_eq!(sink.wire_keys.len(), 2);
+        assert_ne!(sink.wire_keys[0], sink.wire_keys[1]);
+    }
+
+    #[test]
+    fn http2_over_tls_is_detected_by_its_preface() {
+        let mut client = crate::protocol::http2::PREFACE.to_vec();
+        client.extend(frame(4, 0, 0, &[]));
+        client.extend(h2_request(1));
+        let mut server = frame(4, 0, 0, &[]);
+        server.extend(h2_response(1));
+        let mut events = vec![conn_event(Some(Role::Server), false, 8443)];
+        let hello = client_hello();
+        let flight = server_flight();
+        events.push(data(Direction::Ingress, 0, &hello));
+        events.push(data(Direction::Egress, 0, &flight));
+        events.push(plain(C, Direction::Ingress, 0, &client));
+        events.push(plain(C, Direction::Egress, 0, &server));
+        let sink = run(&events, ListenTable::default());
+        assert_eq!(sink.exchanges.len(), 1, "{:?}", sink.exchanges);
+        let e = &sink.exchanges[0];
+        assert!(e.exchange.h2.is_some());
+        assert_eq!(e.conn.tls, Some(TlsInfo { version: Some(Version::Tls13) }));
+        // HTTP/2 keys are stream ids, never salted.
+        assert_eq!(sink.wire_keys, vec![(1 << 63) | 1]);
+    }
+
+    #[test]
+    fn garbage_plaintext_is_counted_and_goes_opaque() {
+        let s = stats::global();
+        let before = s.get(Counter::TlsPlaintextNotHttp);
+        let mut table = ConnTable::new(16, ListenTable::default());
+        let mut sink = Sink::default();
+        table.on_event(&conn_event(Some(Role::Server), false, 8443), &mut sink);
+        table.on_event(&plain(C, Direction::Ingress, 0, b"\x00\x01garbage\xff\xfe not http at all"), &mut sink);
+        table.on_event(&plain(C, Direction::Ingress, 31, REQ), &mut sink);
+        table.on_event(&plain(C, Direction::Egress, 0, RESP), &mut sink);
+        assert!(s.get(Counter::TlsPlaintextNotHttp) > before);
+        assert!(matches!(table.conns[&C].proto, Proto::Opaque));
+        assert!(sink.exchanges.is_empty());
     }
 }

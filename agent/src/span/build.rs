@@ -390,6 +390,7 @@ mod tests {
                 local: "127.0.0.1:8080".parse().unwrap(),
                 peer: "127.0.0.1:50000".parse().unwrap(),
                 netns: 0,
+                tls: None,
             },
             exchange: Exchange {
                 seq: 0,

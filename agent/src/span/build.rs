@@ -1,8 +1,9 @@
 //! Exchanges → spans, named and attributed per the OpenTelemetry semantic conventions:
 //! the stable HTTP conventions (`http.request.method`, `url.*`, `server.*`, `client.*`,
 //! `network.*`) for HTTP/1 and HTTP/2, and the stable RPC conventions (`rpc.*`) for gRPC.
+//! Spans of TLS connections (plaintext from the OpenSSL uprobes) say so: `url.scheme`
+//! `https` and the `tls.*` attributes.
 use std::borrow::Cow;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::context;
@@ -100,6 +101,16 @@ fn network_attributes(rec: &ExchangeRecord, kind: SpanKind, put: &mut impl FnMut
     }
 }
 
+/// `tls.protocol.name` and, when the capture saw the ServerHello, `tls.protocol.version`
+/// (semantic conventions, TLS attributes).
+fn tls_attributes(rec: &ExchangeRecord, put: &mut impl FnMut(&'static str, AttrValue)) {
+    let Some(tls) = rec.conn.tls else { return };
+    put("tls.protocol.name", "tls".into());
+    if let Some(v) = tls.version {
+        put("tls.protocol.version", v.as_str().into());
+    }
+}
+
 /// `server.address` and `server.port`: from the `Host` header (HTTP/2's `:authority`),
 /// else the connection's server end.
 fn server_address(rec: &ExchangeRecord, kind: SpanKind) -> (String, u16) {
@@ -146,11 +157,14 @@ fn http_attributes(
         None => "1.1",
     };
     put("network.protocol.version", version.into());
+    put("network.transport", "tcp".into());
     network_attributes(rec, kind, &mut put);
+    tls_attributes(rec, &mut put);
+    let scheme = if conn.tls.is_some() { "https" } else { "http" };
     let (addr, port) = server_address(rec, kind);
     match kind {
         SpanKind::Server => {
-            put("url.scheme", "http".into());
+            put("url.scheme", scheme.into());
             put("url.path", path.into());
             if let Some(q) = query {
                 put("url.query", redact::query(q).into());
@@ -159,7 +173,7 @@ fn http_attributes(
             put("server.port", i64::from(port).into());
         }
         SpanKind::Client => {
-            let url = if unknown.path { "_OTHER".to_owned() } else { full_url(&req.target, &addr, port, &conn.peer) };
+            let url = if unknown.path { "_OTHER".to_owned() } else { full_url(scheme, &req.target, &addr, port) };
             put("url.full", url.into());
             put("server.address", addr.into());
             put("server.port", i64::from(port).into());
@@ -224,6 +238,7 @@ fn grpc_attributes(
     put("network.protocol.version", "2".into());
     put("network.transport", "tcp".into());
     network_attributes(rec, kind, &mut put);
+    tls_attributes(rec, &mut put);
     let (addr, port) = server_address(rec, kind);
     put("server.address", addr.into());
     put("server.port", i64::from(port).into());
@@ -360,24 +375,28 @@ fn split_host(h: &str) -> (String, Option<u16>) {
     }
 }
 
-fn full_url(target: &str, host: &str, port: u16, peer: &SocketAddr) -> String {
+/// `url.full` of a client request: `scheme` (`http`, `https`), authority (the scheme's
+/// default port left out), the path and the redacted query. An absolute-form target
+/// (a proxy request) is kept as sent, redacted.
+fn full_url(scheme: &str, target: &str, host: &str, port: u16) -> String {
     if target.contains("://") {
         return redact::url(target);
     }
-    let _ = peer;
     let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
-    let authority = if port == 80 { host } else { format!("{host}:{port}") };
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let authority = if port == default_port { host } else { format!("{host}:{port}") };
     let (path, query) = split_target(target);
     match query {
-        Some(q) => format!("http://{authority}{path}?{}", redact::query(q)),
-        None => format!("http://{authority}{path}"),
+        Some(q) => format!("{scheme}://{authority}{path}?{}", redact::query(q)),
+        None => format!("{scheme}://{authority}{path}"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::ConnMeta;
+    use crate::conn::{ConnMeta, TlsInfo};
+    use crate::protocol::tls::Version;
     use crate::protocol::{Exchange, Request, Response, Timing};
 
     fn record(role: Role, headers: &[(&str, &str)], status: u16) -> ExchangeRecord {
@@ -577,6 +596,61 @@ mod tests {
         let s = build_(&rec, resource(), clock());
         assert!(matches!(s.status, Status::Error { .. }));
         assert_eq!(s.attr("error.type"), Some(&AttrValue::Str("INTERNAL_ERROR".into())));
+    }
+
+    #[test]
+    fn plaintext_spans_say_http_and_tcp_and_nothing_of_tls() {
+        for role in [Role::Server, Role::Client] {
+            let s = build_(&record(role, &[("host", "api:8080")], 200), resource(), clock());
+            assert_eq!(s.attr("network.transport"), Some(&AttrValue::Str("tcp".into())));
+            assert_eq!(s.attr("tls.protocol.name"), None);
+            assert_eq!(s.attr("tls.protocol.version"), None);
+        }
+        let s = build_(&record(Role::Server, &[], 200), resource(), clock());
+        assert_eq!(s.attr("url.scheme"), Some(&AttrValue::Str("http".into())));
+        let s = build_(&record(Role::Client, &[("host", "api:80")], 200), resource(), clock());
+        assert_eq!(s.attr("url.full"), Some(&AttrValue::Str("http://api/users/7?token=REDACTED&page=2".into())));
+    }
+
+    fn tls(mut rec: ExchangeRecord, version: Option<Version>) -> ExchangeRecord {
+        rec.conn.tls = Some(TlsInfo { version });
+        rec
+    }
+
+    #[test]
+    fn tls_spans_are_https_with_the_tls_version() {
+        let server = build_(&tls(record(Role::Server, &[], 500), Some(Version::Tls13)), resource(), clock());
+        assert_eq!(server.attr("url.scheme"), Some(&AttrValue::Str("https".into())));
+        assert_eq!(server.attr("tls.protocol.name"), Some(&AttrValue::Str("tls".into())));
+        assert_eq!(server.attr("tls.protocol.version"), Some(&AttrValue::Str("1.3".into())));
+        assert_eq!(server.attr("network.transport"), Some(&AttrValue::Str("tcp".into())));
+        assert!(matches!(server.status, Status::Error { .. }));
+        // The default port of https is left out of url.full, any other kept.
+        let mut rec = tls(record(Role::Client, &[("host", "shop")], 200), Some(Version::Tls12));
+        rec.conn.peer = "127.0.0.1:443".parse().unwrap();
+        let client = build_(&rec, resource(), clock());
+        assert_eq!(client.attr("url.full"), Some(&AttrValue::Str("https://shop/users/7?token=REDACTED&page=2".into())));
+        assert_eq!(client.attr("tls.protocol.version"), Some(&AttrValue::Str("1.2".into())));
+        let rec = tls(record(Role::Client, &[("host", "shop:8443")], 200), None);
+        let client = build_(&rec, resource(), clock());
+        assert_eq!(
+            client.attr("url.full"),
+            Some(&AttrValue::Str("https://shop:8443/users/7?token=REDACTED&page=2".into()))
+        );
+        // The version unknown (the handshake was not seen): only the name.
+        assert_eq!(client.attr("tls.protocol.name"), Some(&AttrValue::Str("tls".into())));
+        assert_eq!(client.attr("tls.protocol.version"), None);
+    }
+
+    #[test]
+    fn grpc_over_tls_carries_the_tls_attributes() {
+        let s = build_(&tls(grpc_record(Role::Client, Some(0), None), Some(Version::Tls13)), resource(), clock());
+        assert_eq!(s.attr("rpc.system.name"), Some(&AttrValue::Str("grpc".into())));
+        assert_eq!(s.attr("tls.protocol.name"), Some(&AttrValue::Str("tls".into())));
+        assert_eq!(s.attr("tls.protocol.version"), Some(&AttrValue::Str("1.3".into())));
+        assert_eq!(s.attr("network.transport"), Some(&AttrValue::Str("tcp".into())));
+        let plain = build_(&grpc_record(Role::Client, Some(0), None), resource(), clock());
+        assert_eq!(plain.attr("tls.protocol.name"), None);
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub enum BenchCmd {
     Overhead(OverheadArgs),
     /// Saturated throughput of nginx with empty programs on each candidate hook set.
     Hooks(HooksArgs),
+    /// Nanoseconds per OpenSSL SSL_write and SSL_read call, without network I/O: nothing
+    /// attached, empty uprobes + uretprobes, the full agent.
+    Uprobe(UprobeArgs),
 }
 
 /// Rounds and the saturating load (wrk, or h2load for gRPC), shared by both benchmarks.
@@ -132,6 +135,55 @@ pub struct HooksArgs {
     /// Run this binary as the agent instead of building target/release/ghostwire.
     #[arg(long, hide = true, value_name = "PATH")]
     pub agent_bin: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UprobeArgs {
+    /// Rounds (each runs every configuration once; the order rotates by one each round).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+    /// SSL_write calls, and as many SSL_read calls, per run.
+    #[arg(long, default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(1000..=100_000_000))]
+    pub calls: u64,
+    /// Plaintext bytes per SSL_write (one TLS record each, read by one SSL_read).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=16384))]
+    pub bytes: u32,
+    /// Configurations to measure, comma-separated (default: all).
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["none", "empty-uprobes", "ghostwire"])]
+    pub configs: Vec<UprobeConfig>,
+    /// Run this binary as the agent instead of building target/release/ghostwire.
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub agent_bin: Option<PathBuf>,
+}
+
+/// What is attached to libssl while `bench uprobe` calls it.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UprobeConfig {
+    /// Nothing: the cost of the call itself (libssl and Python's call around it).
+    None,
+    /// `ghostwire --empty-probes uprobe-ssl`: empty programs as uprobe and uretprobe on
+    /// SSL_read, SSL_read_ex, SSL_write and SSL_write_ex.
+    EmptyUprobes,
+    /// The agent tracing the calling process (`--pid`), exporting to /dev/null.
+    Ghostwire,
+}
+
+impl UprobeConfig {
+    fn name(self) -> &'static str {
+        match self {
+            UprobeConfig::None => "none",
+            UprobeConfig::EmptyUprobes => "empty-uprobes",
+            UprobeConfig::Ghostwire => "ghostwire",
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            UprobeConfig::None => "nothing attached",
+            UprobeConfig::EmptyUprobes => "empty uprobe + uretprobe (--empty-probes uprobe-ssl)",
+            UprobeConfig::Ghostwire => "full agent (--pid <caller>)",
+        }
+    }
 }
 
 /// What `bench overhead` serves and loads.
@@ -255,6 +307,7 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Overhead(args) => overhead(args),
         BenchCmd::Hooks(args) => hooks(args),
+        BenchCmd::Uprobe(args) => uprobe(args),
     }
 }
 
@@ -2015,6 +2068,408 @@ pub fn hooks_table(results: &[SetResult], baseline_rps: f64) -> String {
     s
 }
 
+// ---------------------------------------------------------------------------------------
+// bench uprobe
+
+/// One `result` line of tests/peers/ssl_calls.py.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SslCallsResult {
+    pub calls: u64,
+    pub bytes: u64,
+    /// Nanoseconds spent in the write loop (all `calls` SSL_write calls) and in the read loop.
+    pub write_ns: u64,
+    pub read_ns: u64,
+    /// Nanoseconds per call of the fastest batch of writes, of reads.
+    pub write_best: f64,
+    pub read_best: f64,
+}
+
+/// Parses `result calls=N bytes=B write_ns=W read_ns=R write_best=WB read_best=RB`
+/// (each field exactly once, nothing else).
+pub fn parse_ssl_calls_result(line: &str) -> Option<SslCallsResult> {
+    const KEYS: [&str; 6] = ["calls", "bytes", "write_ns", "read_ns", "write_best", "read_best"];
+    let rest = line.trim().strip_prefix("result ")?;
+    let mut fields: [Option<&str>; 6] = [None; 6];
+    for kv in rest.split_whitespace() {
+        let (key, value) = kv.split_once('=')?;
+        let i = KEYS.iter().position(|k| *k == key)?;
+        if fields[i].replace(value).is_some() {
+            return None;
+        }
+    }
+    let [Some(calls), Some(bytes), Some(write_ns), Some(read_ns), Some(write_best), Some(read_best)] = fields else {
+        return None;
+    };
+    let best = |v: &str| v.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
+    let r = SslCallsResult {
+        calls: calls.parse().ok()?,
+        bytes: bytes.parse().ok()?,
+        write_ns: write_ns.parse().ok()?,
+        read_ns: read_ns.parse().ok()?,
+        write_best: best(write_best)?,
+        read_best: best(read_best)?,
+    };
+    (r.calls > 0).then_some(r)
+}
+
+/// tests/peers/ssl_calls.py, waiting for `run CALLS` commands; stopped when dropped.
+struct SslCalls {
+    guard: ChildGuard,
+    stdin: std::process::ChildStdin,
+    rx: mpsc::Receiver<String>,
+    shown: String,
+    log_path: PathBuf,
+    /// The `ready` line's fields after `ready `: `pid=.. version=.. cipher=..`.
+    ready: String,
+}
+
+impl SslCalls {
+    /// Starts the script and waits (at most 30 s) for its `ready` line: the in-memory TLS
+    /// 1.3 handshake is done.
+    fn start(python: &Path, tls: &TlsFiles, bytes: u32, dir: &Path) -> Result<Self> {
+        let script = util::repo_root().join("tests/peers/ssl_calls.py");
+        ensure!(script.is_file(), "{} does not exist: the uprobe benchmark needs it", script.display());
+        let log_path = dir.join("ssl_calls.stderr");
+        let log = std::fs::File::create(&log_path).context("creating ssl_calls.stderr")?;
+        let mut cmd = Command::new(python);
+        cmd.arg(&script).arg("--cert").arg(&tls.cert).arg("--key").arg(&tls.key).arg("--bytes").arg(bytes.to_string());
+        let shown = util::display(&cmd);
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("could not start `{shown}`"))?;
+        let stdin = child.stdin.take().context("ssl_calls.py stdin")?;
+        let stdout = child.stdout.take().context("ssl_calls.py stdout")?;
+        let guard = ChildGuard::new("ssl_calls.py", child, libc::SIGTERM, Duration::from_secs(5));
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut calls = SslCalls { guard, stdin, rx, shown, log_path, ready: String::new() };
+        let line = calls.line("ready", Duration::from_secs(30))?;
+        calls.ready = line.trim_start_matches("ready").trim().to_owned();
+        Ok(calls)
+    }
+
+    fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    /// The next stdout line, which must start with `want`; `error:` lines, an exit or
+    /// `timeout` fail.
+    fn line(&mut self, want: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.starts_with(want) => return Ok(line),
+                Ok(line) => bail!("`{}` printed `{line}`, expected a `{want}` line", self.shown),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(Duration::from_millis(50)),
+            }
+            if let Some(status) = self.guard.try_wait()? {
+                let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+                bail!("`{}` exited ({status}) before printing `{want}`\n{}", self.shown, log.trim_end());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "`{}` printed no `{want}` line within {}",
+                self.shown,
+                util::fmt_duration(timeout)
+            );
+        }
+    }
+
+    /// `run CALLS`: waits for its result (at most 60 s plus 100 us per call).
+    fn run(&mut self, calls: u64) -> Result<SslCallsResult> {
+        writeln!(self.stdin, "run {calls}").and_then(|()| self.stdin.flush()).context("writing to ssl_calls.py")?;
+        let timeout = Duration::from_secs(60) + Duration::from_micros(calls.saturating_mul(100));
+        let line = self.line("result", timeout)?;
+        let result = parse_ssl_calls_result(&line).with_context(|| format!("unparsable line `{line}`"))?;
+        ensure!(result.calls == calls, "`{line}`: asked for {calls} calls");
+        Ok(result)
+    }
+}
+
+/// The libssl files a process maps (from its /proc/PID/maps): where the probes must be.
+fn mapped_libssl(pid: u32) -> Vec<String> {
+    libssl_files(&std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default())
+}
+
+/// The `libssl.so*` paths of the text of a /proc/PID/maps, each once.
+pub fn libssl_files(maps: &str) -> Vec<String> {
+    let mut files: Vec<String> = Vec::new();
+    for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)) {
+        if path.rsplit('/').next().is_some_and(|name| name.starts_with("libssl.so")) && !files.iter().any(|f| f == path)
+        {
+            files.push(path.to_owned());
+        }
+    }
+    files
+}
+
+/// One run of one configuration of `bench uprobe`: nanoseconds per call, the mean over
+/// the run and the fastest batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UprobeRun {
+    pub write_ns: f64,
+    pub read_ns: f64,
+    pub write_best: f64,
+    pub read_best: f64,
+    /// The agent's CPU time (utime + stime, on its own threads) per SSL call, ns.
+    pub agent_cpu_ns: Option<f64>,
+}
+
+impl UprobeRun {
+    #[expect(clippy::cast_precision_loss, reason = "nanosecond totals and call counts are far below 2^52")]
+    fn from_result(r: &SslCallsResult) -> Self {
+        let per_call = |ns: u64| ns as f64 / r.calls as f64;
+        UprobeRun {
+            write_ns: per_call(r.write_ns),
+            read_ns: per_call(r.read_ns),
+            write_best: r.write_best,
+            read_best: r.read_best,
+            agent_cpu_ns: None,
+        }
+    }
+}
+
+/// The run's agent did not watch the calls (its probes were not attached or never ran):
+/// `Some(why)`. `ready` is the agent's `ready` line, `stats` its last `stats:` line.
+pub fn uprobe_run_invalid(config: UprobeConfig, ready: &str, stats: Option<&str>) -> Option<String> {
+    match config {
+        UprobeConfig::None => None,
+        UprobeConfig::EmptyUprobes => {
+            // "ready: 8 empty programs attached to the uprobe-ssl hooks"
+            let n = ready.trim_start_matches("ready:").split_whitespace().next().and_then(|n| n.parse::<u64>().ok());
+            match n {
+                Some(n) if n > 0 => None,
+                _ => Some(format!("the agent attached no empty program (`{ready}`)")),
+            }
+        }
+        UprobeConfig::Ghostwire => {
+            let stats = stats.and_then(parse_stats_line).unwrap_or_default();
+            let value = |key: &str| stat_value(&stats, key).unwrap_or(0);
+            // The calls run over memory BIOs: their plaintext is reported with no socket
+            // (kernel.tls_unbound) and reaches userspace as data events.
+            (value("kernel.tls_unbound") == 0 && value("events.data") == 0).then(|| {
+                format!(
+                    "the agent saw none of the calls (kernel.tls_unbound=0 events.data=0 tls.libraries_attached={})",
+                    value("tls.libraries_attached")
+                )
+            })
+        }
+    }
+}
+
+/// One configuration's runs over the rounds, each with the `none` run of its round.
+#[derive(Debug, Clone)]
+pub struct UprobeResult {
+    pub config: UprobeConfig,
+    /// (this configuration's run, the `none` run of the same round).
+    pub runs: Vec<(UprobeRun, Option<UprobeRun>)>,
+    /// Why it could not be attached (the agent's one-line error).
+    pub unavailable: Option<String>,
+}
+
+/// Nanoseconds with one decimal, signed for differences (`-` when unknown).
+fn fmt_ns(ns: f64, signed: bool) -> String {
+    match (ns.is_finite(), signed) {
+        (false, _) => "-".to_owned(),
+        (true, false) => format!("{ns:.1}"),
+        (true, true) => format!("{ns:+.1}"),
+    }
+}
+
+/// The summary of `bench uprobe`: a row per configuration, medians over the rounds;
+/// `added`: the median of per-round differences with the `none` run of the same round.
+pub fn uprobe_table(results: &[UprobeResult]) -> String {
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            let mut row = vec![r.config.name().to_owned(), r.config.description().to_owned()];
+            if let Some(error) = &r.unavailable {
+                row.push(format!("unavailable: {error}"));
+                return row;
+            }
+            let med = |f: &dyn Fn(&UprobeRun, Option<&UprobeRun>) -> Option<f64>| {
+                median(&r.runs.iter().filter_map(|(run, none)| f(run, none.as_ref())).collect::<Vec<_>>())
+            };
+            let added = |f: &dyn Fn(&UprobeRun) -> f64| {
+                med(&|run, none| none.filter(|_| r.config != UprobeConfig::None).map(|n| f(run) - f(n)))
+            };
+            row.extend([
+                fmt_ns(med(&|run, _| Some(run.write_ns)), false),
+                fmt_ns(added(&|run| run.write_ns), true),
+                fmt_ns(added(&|run| run.write_best), true),
+                fmt_ns(med(&|run, _| Some(run.read_ns)), false),
+                fmt_ns(added(&|run| run.read_ns), true),
+                fmt_ns(added(&|run| run.read_best), true),
+                fmt_ns(med(&|run, _| run.agent_cpu_ns), false),
+                r.runs.len().to_string(),
+            ]);
+            row
+        })
+        .collect();
+    markdown_table(
+        &[
+            "configuration",
+            "attached to libssl",
+            "SSL_write ns/call",
+            "added",
+            "added (best batch)",
+            "SSL_read ns/call",
+            "added",
+            "added (best batch)",
+            "agent CPU ns/call",
+            "valid runs",
+        ],
+        &rows,
+    )
+}
+
+/// How one run of `bench uprobe` went.
+enum UprobeOutcome {
+    Valid(UprobeRun),
+    /// Measured, but the agent did not watch the calls: why.
+    Invalid(String),
+    /// The configuration cannot be attached here: the agent's one-line error.
+    Unavailable(String),
+}
+
+/// Runs `calls` SSL_write and SSL_read calls with `config` attached.
+fn uprobe_run(args: &UprobeArgs, config: UprobeConfig, ssl: &mut SslCalls) -> Result<UprobeOutcome> {
+    let mut cmd = agent_command(args.agent_bin.as_deref());
+    match config {
+        UprobeConfig::None => return Ok(UprobeOutcome::Valid(UprobeRun::from_result(&ssl.run(args.calls)?))),
+        UprobeConfig::EmptyUprobes => cmd.args(["--empty-probes", "uprobe-ssl"]),
+        UprobeConfig::Ghostwire => {
+            cmd.arg("--pid").arg(ssl.pid().to_string()).args(["--output", "jsonl:/dev/null", "--stats-interval", "0"])
+        }
+    };
+    let agent = match start_agent(&mut cmd)? {
+        Ok(agent) => agent,
+        Err(not_ready) => return Ok(UprobeOutcome::Unavailable(not_ready.one_line())),
+    };
+    let ready = agent.lines.iter().rev().find(|l| l.starts_with("ready")).cloned().unwrap_or_default();
+    let cpu_before = agent.cpu_seconds()?;
+    let result = ssl.run(args.calls)?;
+    let cpu_after = agent.cpu_seconds()?;
+    let lines = agent.finish()?;
+    let stats = lines.iter().rev().find(|l| l.starts_with("stats:")).cloned();
+    let mut run = UprobeRun::from_result(&result);
+    if config == UprobeConfig::Ghostwire {
+        #[expect(clippy::cast_precision_loss, reason = "call counts are far below 2^52")]
+        let per_call = (cpu_after - cpu_before) * 1e9 / (2 * args.calls) as f64;
+        run.agent_cpu_ns = Some(per_call);
+        match &stats {
+            Some(line) => println!("    agent {line}"),
+            None => println!("    agent printed no `stats:` line"),
+        }
+    }
+    Ok(match uprobe_run_invalid(config, &ready, stats.as_deref()) {
+        Some(why) => UprobeOutcome::Invalid(why),
+        None => UprobeOutcome::Valid(run),
+    })
+}
+
+fn uprobe(args: &UprobeArgs) -> Result<()> {
+    let real_agent = args.agent_bin.is_none();
+    if real_agent && !util::is_root() {
+        bail!(crate::NEEDS_ROOT);
+    }
+    let configs = dedup(&args.configs);
+    ensure!(!configs.is_empty(), "--configs: name at least one of none, empty-uprobes, ghostwire");
+    let peers = crate::setup::setup(true)?;
+    if real_agent {
+        crate::build_agent()?;
+    }
+    let dir = TempDir::new("ghostwire-bench")?;
+    let tls = make_cert(dir.path())?;
+    let python = peers_python(peers.as_ref());
+    let mut ssl = SslCalls::start(&python, &tls, args.bytes, dir.path())?;
+    let libs = mapped_libssl(ssl.pid());
+    println!(
+        "==> tests/peers/ssl_calls.py ({}): {}, mapping {}",
+        python.display(),
+        ssl.ready,
+        if libs.is_empty() { "no libssl file".to_owned() } else { libs.join(", ") }
+    );
+    println!(
+        "    each run: {} SSL_write calls of {} bytes, each batch of 256 moved to the server over memory BIOs, \
+         then as many SSL_read calls (no socket, no syscall in the timed loops)",
+        args.calls, args.bytes
+    );
+    let names: Vec<&str> = configs.iter().map(|c| c.name()).collect();
+    println!("    each round: {} (the order rotates by one each round)", names.join(", "));
+    let step = Step::start("warm-up (a tenth of a run, not recorded)");
+    ssl.run((args.calls / 10).max(1000))?;
+    step.done();
+
+    let mut results: Vec<UprobeResult> =
+        configs.iter().map(|&config| UprobeResult { config, runs: Vec::new(), unavailable: None }).collect();
+    let mut invalid: Vec<String> = Vec::new();
+    let n = args.rounds;
+    let k = configs.len();
+    for r in 1..=n {
+        let mut round: Vec<(usize, UprobeRun)> = Vec::new();
+        for i in 0..k {
+            let at = (i + r as usize - 1) % k;
+            let config = results[at].config;
+            if results[at].unavailable.is_some() {
+                continue;
+            }
+            let label = format!("round {r}/{n} {}:", config.name());
+            match uprobe_run(args, config, &mut ssl)? {
+                UprobeOutcome::Unavailable(error) => {
+                    println!("{label:<28} unavailable: {error}");
+                    results[at].unavailable = Some(error);
+                }
+                UprobeOutcome::Invalid(why) => {
+                    println!("{label:<28} INVALID, not in the medians: {why}");
+                    invalid.push(format!("{label} {why}"));
+                }
+                UprobeOutcome::Valid(run) => {
+                    let agent = run.agent_cpu_ns.map(|ns| format!(", agent CPU {ns:.1} ns/call")).unwrap_or_default();
+                    println!(
+                        "{label:<28} SSL_write {:>7.1} ns/call (best batch {:>7.1}), SSL_read {:>7.1} ns/call \
+                         (best batch {:>7.1}){agent}",
+                        run.write_ns, run.write_best, run.read_ns, run.read_best
+                    );
+                    round.push((at, run));
+                }
+            }
+        }
+        let none = round.iter().find(|(at, _)| results[*at].config == UprobeConfig::None).map(|(_, run)| run.clone());
+        for (at, run) in round {
+            results[at].runs.push((run, none.clone()));
+        }
+    }
+    println!("\nOpenSSL calls from Python over memory BIOs, {} bytes each, medians over {n} rounds:\n", args.bytes);
+    print!("{}", uprobe_table(&results));
+    println!(
+        "\nns/call: time in the timed loop / calls (Python's call into _ssl included, the same in every \
+         configuration). best batch: ns/call of the run's fastest batch of 256 calls, the one least \
+         disturbed by other processes. added: median of per-round differences with `none` of the same round: for \
+         empty-uprobes the uprobe + uretprobe mechanism (two traps per call), for ghostwire its programs \
+         (reading the arguments, copying the plaintext into the ring) and any slowdown its userspace causes. \
+         agent CPU: the agent's own CPU time per SSL call (on its own threads, not in ns/call)."
+    );
+    if !invalid.is_empty() {
+        println!("\n{} invalid runs, left out of the medians:", invalid.len());
+        for line in &invalid {
+            println!("    {line}");
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2747,6 +3202,115 @@ req/s           :       0.00        0.00        0.00        0.00   100.00%
     }
 
     #[test]
+    fn ssl_calls_results() {
+        let r = parse_ssl_calls_result(
+            "result calls=500000 bytes=64 write_ns=512000000 read_ns=498000000 write_best=801.5 read_best=790.0",
+        )
+        .expect("parse");
+        assert_eq!((r.calls, r.bytes, r.write_ns, r.read_ns), (500_000, 64, 512_000_000, 498_000_000));
+        let run = UprobeRun::from_result(&r);
+        assert!((run.write_ns - 1024.0).abs() < 1e-9 && (run.read_ns - 996.0).abs() < 1e-9, "{run:?}");
+        assert!((run.write_best - 801.5).abs() < 1e-9 && (run.read_best - 790.0).abs() < 1e-9, "{run:?}");
+        for bad in [
+            "ready pid=1",
+            "result calls=0 bytes=64 write_ns=1 read_ns=1 write_best=1 read_best=1",
+            "result calls=5 bytes=64 write_ns=1 read_ns=1 write_best=1",
+            "result calls=5 calls=6 bytes=64 write_ns=1 read_ns=1 write_best=1 read_best=1",
+            "result calls=5 bytes=64 write_ns=-1 read_ns=1 write_best=1 read_best=1",
+            "result calls=5 bytes=64 write_ns=1 read_ns=1 write_best=inf read_best=1",
+            "result calls=5 bytes=64 write_ns=1 read_ns=1 write_best=1 read_best=1 extra=2",
+        ] {
+            assert_eq!(parse_ssl_calls_result(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn libssl_files_from_maps() {
+        let maps = "\
+7f00-7f10 r--p 00000000 fe:00 123 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f10-7f20 r-xp 00010000 fe:00 123 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f20-7f30 r--p 00000000 fe:00 124 /usr/lib/x86_64-linux-gnu/libcrypto.so.3
+7f30-7f40 rw-p 00000000 00:00 0
+7f40-7f50 r-xp 00000000 fe:00 125 /opt/old/libssl.so.1.1
+7f50-7f60 r-xp 00000000 fe:00 126 /opt/not-libssl.so.3/python
+";
+        assert_eq!(libssl_files(maps), ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/opt/old/libssl.so.1.1"]);
+        assert!(libssl_files("").is_empty());
+    }
+
+    #[test]
+    fn uprobe_runs_that_watched_nothing_are_invalid() {
+        let ready = "ready: 8 empty programs attached to the uprobe-ssl hooks";
+        assert_eq!(uprobe_run_invalid(UprobeConfig::EmptyUprobes, ready, None), None);
+        let none = "ready: 0 empty programs attached to the uprobe-ssl hooks";
+        assert!(uprobe_run_invalid(UprobeConfig::EmptyUprobes, none, None).is_some());
+        assert!(uprobe_run_invalid(UprobeConfig::EmptyUprobes, "ready: tracing", None).is_some());
+        let seen = "stats: events.data=10 kernel.tls_unbound=10 tls.libraries_attached=1";
+        assert_eq!(uprobe_run_invalid(UprobeConfig::Ghostwire, "ready", Some(seen)), None);
+        let why = uprobe_run_invalid(UprobeConfig::Ghostwire, "ready", Some("stats: tls.libraries_attached=1"))
+            .expect("invalid");
+        assert!(why.contains("saw none of the calls") && why.contains("tls.libraries_attached=1"), "{why}");
+        assert!(uprobe_run_invalid(UprobeConfig::Ghostwire, "ready", None).is_some());
+        assert_eq!(uprobe_run_invalid(UprobeConfig::None, "", None), None);
+    }
+
+    #[test]
+    fn uprobe_table_compares_with_none_of_the_same_round() {
+        let run = |write: f64, read: f64, cpu: Option<f64>| UprobeRun {
+            write_ns: write,
+            read_ns: read,
+            write_best: write / 2.0,
+            read_best: read / 2.0,
+            agent_cpu_ns: cpu,
+        };
+        let none = [run(1000.0, 900.0, None), run(2000.0, 1900.0, None), run(1100.0, 1000.0, None)];
+        let results = [
+            UprobeResult {
+                config: UprobeConfig::None,
+                runs: none.iter().map(|r| (r.clone(), Some(r.clone()))).collect(),
+                unavailable: None,
+            },
+            UprobeResult {
+                config: UprobeConfig::EmptyUprobes,
+                // +1000, +1100 and +900 (write); +500, +600, +700 (read) over its round.
+                runs: vec![
+                    (run(2000.0, 1400.0, None), Some(none[0].clone())),
+                    (run(3100.0, 2500.0, None), Some(none[1].clone())),
+                    (run(2000.0, 1700.0, None), Some(none[2].clone())),
+                ],
+                unavailable: None,
+            },
+            UprobeResult {
+                config: UprobeConfig::Ghostwire,
+                // A round whose `none` run was invalid: no difference from it.
+                runs: vec![
+                    (run(4000.0, 3000.0, Some(250.0)), Some(none[0].clone())),
+                    (run(9000.0, 9000.0, Some(9.0)), None),
+                ],
+                unavailable: None,
+            },
+        ];
+        let table = uprobe_table(&results);
+        let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split('|').map(str::trim).collect()).collect();
+        assert_eq!(rows.len(), 5, "{table}");
+        assert_eq!(rows[2][1..], ["none", "nothing attached", "1100.0", "-", "-", "1000.0", "-", "-", "-", "3", ""]);
+        assert_eq!(rows[3][3..11], ["2000.0", "+1000.0", "+500.0", "1700.0", "+600.0", "+300.0", "-", "3"], "{table}");
+        // Medians of both rounds for the absolute figures; differences only from round 1.
+        assert_eq!(
+            rows[4][3..10],
+            ["6500.0", "+3000.0", "+1500.0", "6000.0", "+2100.0", "+1050.0", "129.5"],
+            "{table}"
+        );
+
+        let unavailable = [UprobeResult {
+            config: UprobeConfig::EmptyUprobes,
+            runs: Vec::new(),
+            unavailable: Some("unknown hook set `uprobe-ssl`".to_owned()),
+        }];
+        assert!(uprobe_table(&unavailable).contains("unavailable: unknown hook set `uprobe-ssl`"));
+    }
+
+    #[test]
     fn cli_defaults_and_lists() {
         #[derive(clap::Parser)]
         struct Cli {
@@ -2801,5 +3365,22 @@ req/s           :       0.00        0.00        0.00        0.00   100.00%
             assert_eq!(value.get_name(), set.name());
         }
         assert_eq!(dedup(&[View::Fixed, View::Saturated, View::Fixed]), [View::Fixed, View::Saturated]);
+
+        let Ok(BenchCmd::Uprobe(u)) = parse(&["uprobe"]) else { panic!("not uprobe") };
+        assert_eq!((u.rounds, u.calls, u.bytes), (5, 500_000, 64));
+        assert_eq!(u.configs, [UprobeConfig::None, UprobeConfig::EmptyUprobes, UprobeConfig::Ghostwire]);
+        for config in &u.configs {
+            assert_eq!(clap::ValueEnum::to_possible_value(config).expect("a value").get_name(), config.name());
+        }
+        let Ok(BenchCmd::Uprobe(u)) = parse(&["uprobe", "--configs", "none,empty-uprobes", "--calls", "1000"]) else {
+            panic!("not uprobe")
+        };
+        assert_eq!(
+            (u.configs.as_slice(), u.calls),
+            ([UprobeConfig::None, UprobeConfig::EmptyUprobes].as_slice(), 1000)
+        );
+        assert!(parse(&["uprobe", "--calls", "999"]).is_err());
+        assert!(parse(&["uprobe", "--bytes", "16385"]).is_err());
+        assert!(parse(&["uprobe", "--configs", "kprobes"]).is_err());
     }
 }

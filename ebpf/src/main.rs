@@ -9,6 +9,9 @@
 //! * `inet_sock_set_state`: connections established (with their role), half-closed,
 //!   closed; sockets that start or stop listening.
 //! * `sched:sched_process_exit`: per-process state in the agent ends.
+//! * uprobes on OpenSSL's `SSL_read*`/`SSL_write*` ([`tls`]), attached by the agent per
+//!   library file: TLS plaintext, and which connection each session runs over;
+//!   `sched:sched_process_exec` tells the agent to look for new libraries.
 //!
 //! Every loss is counted in `COUNTERS`, and every record of a connection carries its
 //! byte offset, so the agent knows exactly what it did not see. [`floor`] holds empty
@@ -19,6 +22,7 @@
 mod floor;
 mod maps;
 mod sock;
+mod tls;
 
 /// License must be GPL-compatible for the probe-read helpers.
 #[unsafe(link_section = "license")]

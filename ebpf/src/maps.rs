@@ -34,6 +34,9 @@ pub const SOCK_MIDSTREAM: u8 = 1;
 pub const SOCK_IGNORED_PORT: u8 = 2;
 /// The owning process is filtered out (or is a kernel thread).
 pub const SOCK_IGNORED_PROC: u8 = 4;
+/// A TLS session ([`SockState::tls_ssl`]) runs over this connection: its socket bytes
+/// are ciphertext and not reported; the plaintext comes from the OpenSSL uprobes.
+pub const SOCK_TLS: u8 = 8;
 
 /// One TCP connection the kernel tracks, whoever opened it and whenever.
 #[repr(C)]
@@ -56,13 +59,73 @@ pub struct SockState {
     pub role: u8,
     /// `SOCK_*` flags.
     pub flags: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// With `SOCK_TLS`: the key of the bound session in [`TLS_SESSIONS`] (tgid, `SSL*`),
+    /// so that closing the connection can end the session (`SSL*` addresses are reused
+    /// by the next connection).
+    pub tls_tgid: u32,
+    pub tls_ssl: u64,
 }
 
 /// Key: kernel `struct sock *`. LRU, so connections whose close was missed cannot fill
 /// it for good. Size set by the agent.
 #[map]
 pub static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(65536, 0);
+
+/// One thread's OpenSSL call: saved at `SSL_read*`/`SSL_write*` entry, used by its
+/// return probe and, while `active`, by the socket hooks to bind the session to the
+/// socket the call moves ciphertext over.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslCall {
+    /// The `SSL*` of the running call.
+    pub ssl: u64,
+    /// Plaintext buffer.
+    pub buf: u64,
+    /// `size_t *readbytes`/`*written` of the `_ex` variants (garbage otherwise).
+    pub out: u64,
+    /// A session whose last `SSL_write` found no socket (memory BIO: the application
+    /// sends the ciphertext itself, after the call): the thread's next send that starts
+    /// like a TLS record binds it. 0: none.
+    pub unbound: u64,
+    /// `DIR_INGRESS` (`SSL_read*`) or `DIR_EGRESS` (`SSL_write*`).
+    pub dir: u8,
+    /// 1 between entry and return.
+    pub active: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Key: `bpf_get_current_pid_tgid()`. LRU, so a return probe that never ran (a thread
+/// that died inside the call) cannot leak an entry.
+#[map]
+pub static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// Key of [`TLS_SESSIONS`]: `SSL*` addresses are per process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SessionKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ssl: u64,
+}
+
+/// One TLS session's plaintext streams.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsSession {
+    /// The connection it runs over (`struct sock *` and its `SockState::gen`); 0 while
+    /// not known.
+    pub sk: u64,
+    pub gen: u64,
+    /// Plaintext bytes so far, per direction (`DIR_INGRESS`, `DIR_EGRESS`).
+    pub seq: [u64; 2],
+    /// When the last plaintext not reported happened (ring full), per direction.
+    pub unreported: [u64; 2],
+}
+
+/// LRU, like [`SOCKS`]: a session whose connection close was never seen goes eventually.
+#[map]
+pub static TLS_SESSIONS: LruHashMap<SessionKey, TlsSession> = LruHashMap::with_max_entries(32768, 0);
 
 /// Size of the scratch payload area: a power of two at least twice what one record
 /// carries (`MAX_CAPTURE + TAIL_WINDOW`), so that a copy whose offset and length are each

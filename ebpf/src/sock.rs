@@ -30,7 +30,7 @@ use ghostwire_common::{
 
 use crate::maps::{
     config, count, output, port_allowed, scratch, traced, Iovec, Scratch, SockState, SCRATCH_BYTES, SOCKS,
-    SOCK_IGNORED_PORT, SOCK_IGNORED_PROC, SOCK_MIDSTREAM,
+    SOCK_IGNORED_PORT, SOCK_IGNORED_PROC, SOCK_MIDSTREAM, SOCK_TLS,
 };
 
 const AF_INET: u16 = 2;
@@ -183,7 +183,12 @@ fn on_transfer(sk: u64, ret: i64, flags: i64, dir: u8, fam: Option<(u16, u16)>) 
     let d = if dir == DIR_EGRESS { 1 } else { 0 };
     let offset = st.seq[d];
     st.seq[d] = offset + len;
-    let reported = if st.owner != tgid && !announce(cfg, id, sk, st, probe) {
+    let announced = st.owner == tgid || announce(cfg, id, sk, st, probe);
+    // Ciphertext of a TLS session whose plaintext the uprobes report is not reported.
+    if cfg.tls != 0 && crate::tls::on_sock_transfer(cfg, id, sk, st, dir, len, probe) {
+        return;
+    }
+    let reported = if !announced {
         false
     } else if st.flags & (SOCK_IGNORED_PORT | SOCK_IGNORED_PROC) != 0 {
         false
@@ -268,7 +273,9 @@ fn new_sock(
         netns,
         role,
         flags: flags | ignored,
-        _pad: [0; 6],
+        _pad: [0; 2],
+        tls_tgid: 0,
+        tls_ssl: 0,
     })
 }
 
@@ -354,7 +361,7 @@ fn kernel_thread(cfg: &Config) -> bool {
 }
 
 /// Where the payload of the running syscall is.
-enum Source {
+pub(crate) enum Source {
     Buf(u64),
     Iov(u64, u64),
     None,
@@ -362,7 +369,7 @@ enum Source {
 
 /// The running syscall's user buffer, from its saved registers.
 #[inline(always)]
-fn source(cfg: &Config) -> Source {
+pub(crate) fn source(cfg: &Config) -> Source {
     // SAFETY: helpers without preconditions; the task pointer is the current task.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64;
     // The verifier knows `regs` as a `struct pt_regs` from BTF: loads at its fields'
@@ -402,21 +409,10 @@ fn source(cfg: &Config) -> Source {
 #[inline(always)]
 fn emit_data(cfg: &Config, id: u64, sk: u64, st: &SockState, dir: u8, offset: u64, len: u64, probe: u8) -> bool {
     let Some(s) = scratch() else { return false };
-    let limit = u64::from(cfg.capture_bytes);
-    let limit = if limit > MAX_CAPTURE as u64 { MAX_CAPTURE as u64 } else { limit };
-    let prefix = if len < limit { len } else { limit };
-    let tail_start = if len > prefix + TAIL_WINDOW as u64 { len - TAIL_WINDOW as u64 } else { prefix };
-    let tail = len - tail_start;
+    let (prefix, tail_start, tail) = plan(cfg, len);
     let dst = s.data.as_mut_ptr();
     let (captured, tail, kind) = match source(cfg) {
-        Source::Buf(buf) => {
-            let p = copy_buf(dst, buf, prefix);
-            let t = if p == prefix && tail > 0 { copy_tail_buf(dst, p, buf + tail_start, tail) } else { Some(0) };
-            match (p == prefix, t) {
-                (true, Some(t)) => (p, t, payload::COPIED),
-                _ => (0, 0, payload::READ_FAILED),
-            }
-        }
+        Source::Buf(buf) => copy_flat(dst, buf, prefix, tail_start, tail),
         Source::Iov(iov, cnt) => match copy_iov(s, iov, cnt, prefix, tail_start, len) {
             Some((p, t)) => (p, t, payload::COPIED),
             None => (0, 0, payload::READ_FAILED),
@@ -454,6 +450,30 @@ fn emit_data(cfg: &Config, id: u64, sk: u64, st: &SockState, dir: u8, offset: u6
     output(probe, core::ptr::addr_of!(*s).cast(), total, false)
 }
 
+/// What a record of a `len`-byte transfer carries: (prefix bytes, where the tail starts,
+/// tail bytes). The prefix is the capture limit; the tail window covers the end of a
+/// transfer longer than prefix and window together.
+#[inline(always)]
+pub(crate) fn plan(cfg: &Config, len: u64) -> (u64, u64, u64) {
+    let limit = u64::from(cfg.capture_bytes);
+    let limit = if limit > MAX_CAPTURE as u64 { MAX_CAPTURE as u64 } else { limit };
+    let prefix = if len < limit { len } else { limit };
+    let tail_start = if len > prefix + TAIL_WINDOW as u64 { len - TAIL_WINDOW as u64 } else { prefix };
+    (prefix, tail_start, len - tail_start)
+}
+
+/// Copies the prefix and the tail ([`plan`]) of one contiguous user buffer to `dst`:
+/// (prefix bytes, tail bytes, `payload::*`). Nothing is claimed when a copy faults.
+#[inline(always)]
+pub(crate) fn copy_flat(dst: *mut u8, buf: u64, prefix: u64, tail_start: u64, tail: u64) -> (u64, u64, u8) {
+    let p = copy_buf(dst, buf, prefix);
+    let t = if p == prefix && tail > 0 { copy_tail_buf(dst, p, buf + tail_start, tail) } else { Some(0) };
+    match (p == prefix, t) {
+        (true, Some(t)) => (p, t, payload::COPIED),
+        _ => (0, 0, payload::READ_FAILED),
+    }
+}
+
 /// Copies `n` bytes from user memory at `src` to `dst + at`. Every copy goes through
 /// here. The bounds (`at <= MAX_CAPTURE + TAIL_WINDOW`, `n <= MAX_CAPTURE`) are applied,
 /// then masks the verifier reads as unsigned bounds, right at the call: `at + n` stays
@@ -480,7 +500,7 @@ fn copy_user(dst: *mut u8, at: u64, src: u64, n: u64) -> bool {
 /// Copies `want` (`<= MAX_CAPTURE`) bytes to the start of `dst`; returns bytes copied
 /// (0 on a fault).
 #[inline(always)]
-fn copy_buf(dst: *mut u8, src: u64, want: u64) -> u64 {
+pub(crate) fn copy_buf(dst: *mut u8, src: u64, want: u64) -> u64 {
     let n = if want > MAX_CAPTURE as u64 { MAX_CAPTURE as u64 } else { want };
     if copy_user(dst, 0, src, n) {
         n
@@ -491,7 +511,7 @@ fn copy_buf(dst: *mut u8, src: u64, want: u64) -> u64 {
 
 /// Copies the `want` (`<= TAIL_WINDOW`) bytes at `src` right after the `at` prefix bytes.
 #[inline(always)]
-fn copy_tail_buf(dst: *mut u8, at: u64, src: u64, want: u64) -> Option<u64> {
+pub(crate) fn copy_tail_buf(dst: *mut u8, at: u64, src: u64, want: u64) -> Option<u64> {
     let n = if want > TAIL_WINDOW as u64 { TAIL_WINDOW as u64 } else { want };
     copy_user(dst, at, src, n).then_some(n)
 }
@@ -631,6 +651,9 @@ fn on_state(sk: u64, old: i64, new: i64) {
         let Some(st) = (unsafe { SOCKS.get(&sk) }).copied() else { return };
         let what = if new == TCP_CLOSE {
             let _ = SOCKS.remove(&sk);
+            if st.flags & SOCK_TLS != 0 {
+                crate::tls::end_session(sk, &st);
+            }
             state::CLOSED
         } else {
             state::SEND_CLOSED

@@ -4,7 +4,9 @@
 //! Hooks, cheapest first (see the README's table of what each costs by itself):
 //! raw tracepoints on `sock_send_length`, `sock_recv_length` and `inet_sock_set_state`;
 //! if raw tracepoints cannot attach, the same programs on the classic `sock:`
-//! tracepoints. `sched:sched_process_exit` in both cases.
+//! tracepoints. `sched:sched_process_exit` and `sched:sched_process_exec` in both cases.
+//! OpenSSL uprobes are loaded at start and attached per library file
+//! ([`Capture::attach_tls`]).
 mod btf;
 mod decode;
 mod preflight;
@@ -13,11 +15,15 @@ pub use btf::BtfError;
 pub use decode::{addrs, decode, Conn, ConnId, Data, DecodeError, Event, Listen, Payload, State, StateChange};
 pub use preflight::PreflightError;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{cgroup_skb::CgroupSkbAttachType, CgroupAttachMode, CgroupSkb, ProgramError, RawTracePoint, TracePoint},
+    programs::{
+        cgroup_skb::CgroupSkbAttachType,
+        uprobe::{UProbeError, UProbeScope},
+        CgroupAttachMode, CgroupSkb, ProgramError, RawTracePoint, TracePoint, UProbe,
+    },
     Ebpf, EbpfLoader,
 };
 use ghostwire_common::{counter, probe, Config, SyscallNumbers, COMM_LEN, COUNTER_SLOTS, MAX_CAPTURE, MAX_EXE_FILTERS};
@@ -100,6 +106,15 @@ pub enum CaptureError {
     },
     #[error("unknown hook set `{0}`: use one of {sets}", sets = FLOOR_SETS.join(", "))]
     UnknownFloorSet(String),
+    #[error("cannot attach the TLS uprobes to {symbol} in {}: {source}; the file must be an ELF library or executable that exports OpenSSL's SSL_read and SSL_write", path.display())]
+    TlsAttach {
+        path: PathBuf,
+        symbol: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("no OpenSSL library for the uprobe-ssl hook set (looked for {}): install libssl3", LIBSSL_PATHS.join(", "))]
+    NoLibssl,
 }
 
 /// The socket-layer programs: (raw tracepoint program, its tracepoint, classic fallback
@@ -110,9 +125,25 @@ const SOCK_PROGRAMS: &[(&str, &str, &str, &str)] = &[
     ("sock_state", "inet_sock_set_state", "tp_sock_state", "sock"),
 ];
 
+/// The OpenSSL functions the TLS uprobes hook: (symbol, entry program, return program,
+/// required). The `_ex` variants appeared in OpenSSL 1.1.1; `SSL_read` does not call
+/// `SSL_read_ex` (both call an internal function), so no byte is seen twice.
+const TLS_PROBES: &[(&str, &str, &str, bool)] = &[
+    ("SSL_read", "ssl_read_enter", "ssl_read_exit", true),
+    ("SSL_write", "ssl_write_enter", "ssl_write_exit", true),
+    ("SSL_read_ex", "ssl_read_enter", "ssl_read_ex_exit", false),
+    ("SSL_write_ex", "ssl_write_enter", "ssl_write_ex_exit", false),
+];
+
+/// The uprobe programs, loaded at start and attached per file.
+const TLS_PROGRAMS: &[&str] =
+    &["ssl_read_enter", "ssl_write_enter", "ssl_read_exit", "ssl_write_exit", "ssl_read_ex_exit", "ssl_write_ex_exit"];
+
 /// Loaded and attached programs. Dropping it detaches everything.
 pub struct Capture {
     ebpf: Ebpf,
+    /// What `CONFIG` holds, to write it again with `tls = 1`.
+    kcfg: Config,
     /// Number of hooks attached.
     pub attached: usize,
     /// One line naming the hooks in use.
@@ -126,7 +157,12 @@ impl Capture {
         preflight::raise_memlock();
         let offsets = btf::kernel_offsets(Path::new(btf::VMLINUX))?;
         let mut ebpf = load(cfg.ring_bytes)?;
-        write_filters(&mut ebpf, cfg, offsets, wake_bytes(cfg.ring_bytes, possible_cpus()?))?;
+        let kcfg = write_filters(&mut ebpf, cfg, offsets, wake_bytes(cfg.ring_bytes, possible_cpus()?))?;
+        // Loaded now, so a verifier refusal shows at start; attached per library file.
+        for name in TLS_PROGRAMS {
+            let program: &mut UProbe = program_mut(&mut ebpf, name)?;
+            program.load().map_err(|source| CaptureError::LoadProgram { name, source })?;
+        }
 
         let mut attached = 0;
         let raw = cfg.hooks == HookChoice::Auto && attach_raw_sock(&mut ebpf, &mut attached)?;
@@ -143,11 +179,52 @@ impl Capture {
         };
         preflight::ensure_tracefs()?;
         attach_tp(&mut ebpf, "sched_process_exit", &[("sched", "sched_process_exit")])?;
-        attached += 1;
+        attach_tp(&mut ebpf, "sched_process_exec", &[("sched", "sched_process_exec")])?;
+        attached += 2;
         let hooks = format!(
-            "{kind} sock_send_length, sock_recv_length, inet_sock_set_state; tracepoint sched_process_exit; syscall arguments from the task's saved registers"
+            "{kind} sock_send_length, sock_recv_length, inet_sock_set_state; tracepoints sched_process_exit, sched_process_exec; syscall arguments from the task's saved registers; uprobes on OpenSSL's SSL_read/SSL_write(_ex), per library file found"
         );
-        Ok(Self { ebpf, attached, hooks })
+        Ok(Self { ebpf, kcfg, attached, hooks })
+    }
+
+    /// Attaches the OpenSSL uprobes to one library or executable `target`, for every
+    /// process that maps it (now or later); returns how many probes were attached.
+    /// `SSL_read` and `SSL_write` are required; the `_ex` variants are skipped when the
+    /// file lacks them (OpenSSL 1.1.0). Call once per file: attaching twice reports
+    /// every byte twice. On error nothing stays attached.
+    ///
+    /// Return probes go in before entry probes: a call already running when its entry
+    /// probe appears is then ignored at its return, rather than left marked as running
+    /// (which would bind the thread's next socket to its session).
+    pub fn attach_tls(&mut self, target: &Path) -> Result<usize, CaptureError> {
+        let mut links = Vec::new();
+        for &(symbol, entry, ret, required) in TLS_PROBES {
+            for name in [ret, entry] {
+                let program: &mut UProbe = program_mut(&mut self.ebpf, name)?;
+                match program.attach(symbol, target, UProbeScope::AllProcesses) {
+                    Ok(link) => links.push((name, link)),
+                    Err(ProgramError::UProbeError(UProbeError::SymbolError { .. })) if !required => {
+                        log::debug!("tls: {} has no {symbol}", target.display());
+                        break;
+                    }
+                    Err(source) => {
+                        for (name, link) in links {
+                            if let Ok(p) = program_mut::<UProbe>(&mut self.ebpf, name) {
+                                let _ = p.detach(link);
+                            }
+                        }
+                        return Err(CaptureError::TlsAttach { path: target.to_owned(), symbol, source });
+                    }
+                }
+            }
+        }
+        if self.kcfg.tls == 0 {
+            self.kcfg.tls = 1;
+            let kcfg = self.kcfg;
+            map_mut::<Array<_, Config>>(&mut self.ebpf, "CONFIG", |m| m.set(0, kcfg, 0))?;
+        }
+        self.attached += links.len();
+        Ok(links.len())
     }
 
     /// The ring buffer; call once.
@@ -267,7 +344,7 @@ fn write_filters(
     cfg: &CaptureConfig,
     offsets: ghostwire_common::KernelOffsets,
     wake_bytes: u32,
-) -> Result<(), CaptureError> {
+) -> Result<Config, CaptureError> {
     let mut kcfg = Config {
         wake_bytes,
         agent_tgid: std::process::id(),
@@ -296,7 +373,7 @@ fn write_filters(
     for &port in &cfg.ports {
         map_mut::<HashMap<_, u16, u8>>(ebpf, "PORT_FILTER", |m| m.insert(port, 1, 0))?;
     }
-    Ok(())
+    Ok(kcfg)
 }
 
 fn map_mut<'a, M>(
@@ -315,7 +392,17 @@ where
 // ---- empty programs, to measure what a hook set costs by itself -------------------
 
 /// The hook sets `ghostwire --empty-probes SET` can attach.
-pub const FLOOR_SETS: &[&str] = &["syscalls", "raw-syscalls", "sock", "raw-sock", "cgroup-skb"];
+pub const FLOOR_SETS: &[&str] = &["syscalls", "raw-syscalls", "sock", "raw-sock", "cgroup-skb", "uprobe-ssl"];
+
+/// Where the system's OpenSSL 3 (else 1.1) library usually is, for `uprobe-ssl`.
+const LIBSSL_PATHS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+    "/lib/x86_64-linux-gnu/libssl.so.3",
+    "/usr/lib64/libssl.so.3",
+    "/usr/lib/libssl.so.3",
+    "/usr/lib/x86_64-linux-gnu/libssl.so.1.1",
+    "/usr/lib64/libssl.so.1.1",
+];
 
 /// The read/write-family syscalls (what a syscall-tracepoint capture hooks).
 const RW_SYSCALLS: &[&str] = &["read", "write", "recvfrom", "sendto", "readv", "writev", "recvmsg", "sendmsg"];
@@ -375,6 +462,19 @@ impl Floor {
                         .attach(&cgroup, how, CgroupAttachMode::default())
                         .map_err(|source| CaptureError::Attach { hook: format!("cgroup_skb on {root}"), source })?;
                     attached += 1;
+                }
+            }
+            "uprobe-ssl" => {
+                let lib = LIBSSL_PATHS.iter().map(Path::new).find(|p| p.exists()).ok_or(CaptureError::NoLibssl)?;
+                for name in ["floor_uprobe", "floor_uretprobe"] {
+                    let program: &mut UProbe = program_mut(&mut ebpf, name)?;
+                    program.load().map_err(|source| CaptureError::LoadProgram { name, source })?;
+                    for symbol in ["SSL_write", "SSL_read"] {
+                        program
+                            .attach(symbol, lib, UProbeScope::AllProcesses)
+                            .map_err(|source| CaptureError::TlsAttach { path: lib.to_owned(), symbol, source })?;
+                        attached += 1;
+                    }
                 }
             }
             other => return Err(CaptureError::UnknownFloorSet(other.to_owned())),

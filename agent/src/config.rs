@@ -65,6 +65,12 @@ pub struct Cli {
     #[arg(long)]
     pub capture_only: bool,
 
+    /// Do not attach OpenSSL uprobes; TLS connections are then counted, not traced.
+    /// (Without it, every libssl.so.* a process maps and every executable exporting
+    /// OpenSSL's SSL_read/SSL_write, e.g. node, gets them, each file once.)
+    #[arg(long)]
+    pub no_tls: bool,
+
     /// Attach only empty programs to one candidate hook set (syscalls, raw-syscalls,
     /// sock, raw-sock, cgroup-skb) and wait: what the hooks cost by themselves, for
     /// `cargo xtask bench hooks`.
@@ -206,5 +212,7 @@ mod tests {
         assert!(cli(&["--ring-buffer-bytes", "65536"]).validate().is_ok());
         assert_eq!(cli(&["--hooks", "kprobes"]).validate(), Err(ConfigError::Hooks("kprobes".into())));
         assert!(cli(&["--pid", "1", "--pid", "2", "--port", "80"]).validate().is_ok());
+        assert!(cli(&["--no-tls"]).no_tls);
+        assert!(!cli(&[]).no_tls, "TLS is traced unless asked not to");
     }
 }

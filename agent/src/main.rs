@@ -1,10 +1,13 @@
 //! `ghostwire`: the agent binary. Parses the command line, starts the exporters and the
 //! kernel capture, then runs the pipeline until SIGINT/SIGTERM.
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
 use clap::Parser as _;
+use ghostwire::capture::tls_libs::{Discovery, ScanFilter, Worker};
 use ghostwire::capture::{Capture, CaptureConfig};
 use ghostwire::config::Cli;
 use ghostwire::export::{ExportConfig, Exporters};
@@ -76,6 +79,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         hooks: cli.hook_choice()?,
     })?;
     log::info!("capture: {}", capture.hooks);
+    let tls = if cli.no_tls { None } else { Some(discover_tls(&mut capture, &cli)) };
     let mut sink = if cli.capture_only {
         Sink::Discard
     } else {
@@ -90,6 +94,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
 
     let ring = capture.take_ring()?;
+    // From here the discovery thread attaches files found later; the main task only
+    // reads the counters through the lock.
+    let capture = Arc::new(Mutex::new(capture));
+    let (tls_files, worker) = match tls {
+        Some((discovery, files)) => match Worker::spawn(discovery, capture.clone()) {
+            Ok((worker, execs)) => {
+                if let Sink::Pipeline(p) = &mut sink {
+                    p.forward_execs(execs);
+                }
+                (Some(files), Some(worker))
+            }
+            Err(e) => {
+                log::warn!("tls: cannot start the discovery thread ({e}): processes started from now on are not traced over TLS");
+                (Some(files), None)
+            }
+        },
+        None => (None, None),
+    };
     // SAFETY: the RingBuf owns its map fd and keeps it open and unchanged for as long as
     // the AsyncFd owns the RingBuf.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -118,7 +140,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             what.push("live waterfall".to_owned());
         }
     }
-    eprintln!("ready: {} probes attached; spans go to {}", capture.attached, what.join(", "));
+    let tls_line = match tls_files {
+        Some(n) => format!("OpenSSL uprobes on {n} files"),
+        None => "TLS not decrypted (--no-tls)".to_owned(),
+    };
+    let probes = lock(&capture).attached;
+    eprintln!("ready: {probes} probes attached; {tls_line}; spans go to {}", what.join(", "));
 
     loop {
         tokio::select! {
@@ -149,7 +176,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     // Whatever is still in the ring was produced before the signal: finish it.
     drain_ring(ring.get_mut(), &mut sink, usize::MAX);
+    if let Some(worker) = worker {
+        worker.stop();
+    }
     let counters = kernel_counters(&capture);
+    // The last reference: detaches every probe.
     drop(capture);
     if let Sink::Pipeline(pipeline) = sink {
         pipeline.into_exporters().shutdown(Duration::from_secs(5)).await;
@@ -173,9 +204,33 @@ impl Sink {
     }
 }
 
+/// The capture, shared with the TLS discovery thread (which holds it only while it
+/// attaches a new file).
+fn lock(capture: &Mutex<Capture>) -> std::sync::MutexGuard<'_, Capture> {
+    capture.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// At start-up: the OpenSSL uprobes on the host's own libssl, then on every file the
+/// running processes use. Returns the discovery state and the number of files attached.
+fn discover_tls(capture: &mut Capture, cli: &Cli) -> (Discovery, usize) {
+    let start = Instant::now();
+    let mut discovery = Discovery::new("/proc", ScanFilter { pids: cli.pids.clone(), exes: cli.exes.clone() });
+    let mut attach = |path: &Path| capture.attach_tls(path);
+    let host = discovery.attach_host_libraries(&mut attach);
+    let scan = discovery.scan_all(&mut attach);
+    let files = discovery.attached();
+    log::info!(
+        "tls: OpenSSL probes on {files} files ({host} of the host's libraries); {} processes scanned in {} ms; {} ms in all",
+        scan.processes,
+        scan.elapsed.as_millis(),
+        start.elapsed().as_millis()
+    );
+    (discovery, files)
+}
+
 /// The kernel's counters; a failure to read them is a warning, not the end.
-fn kernel_counters(capture: &Capture) -> stats::KernelCounters {
-    capture.counters().unwrap_or_else(|e| {
+fn kernel_counters(capture: &Mutex<Capture>) -> stats::KernelCounters {
+    lock(capture).counters().unwrap_or_else(|e| {
         log::warn!("cannot read the kernel counters: {e}");
         stats::KernelCounters::default()
     })

@@ -14,6 +14,8 @@ use crate::stats::{self, Counter};
 pub struct Pipeline {
     conns: ConnTable,
     spans: Spans,
+    /// Where exec events go: the TLS library discovery looks at the new image.
+    execs: Option<capture::tls_libs::ExecNotifier>,
 }
 
 /// Everything downstream of the connection table.
@@ -38,7 +40,13 @@ impl Pipeline {
                 clock: Clock::now(),
                 exporters,
             },
+            execs: None,
         }
+    }
+
+    /// Forwards every exec event's pid to `execs` (without blocking).
+    pub fn forward_execs(&mut self, execs: capture::tls_libs::ExecNotifier) {
+        self.execs = Some(execs);
     }
 
     /// Handles one ring-buffer record.
@@ -64,7 +72,12 @@ impl Pipeline {
             Event::Listen(_) => s.incr(Counter::EventsListen),
             Event::Exit { .. } => s.incr(Counter::EventsExit),
             Event::TlsBind { .. } => s.incr(Counter::EventsTlsBind),
-            Event::Exec { .. } => s.incr(Counter::EventsExec),
+            Event::Exec { pid, .. } => {
+                s.incr(Counter::EventsExec);
+                if let Some(execs) = &self.execs {
+                    execs.notify(*pid);
+                }
+            }
         }
         self.conns.on_event(&event, &mut self.spans);
         if let Event::Exit { pid, .. } = event {

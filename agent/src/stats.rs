@@ -142,6 +142,9 @@ counters! {
     TlsAttachShared => "tls.attach_shared",
     /// Files that export the OpenSSL symbols but could not be attached.
     TlsAttachFailed => "tls.attach_failed",
+    /// Exec notifications the TLS discovery queue had no room for: a full rescan of
+    /// the processes follows instead.
+    DropTlsExecQueueFull => "drop.tls_exec_queue_full",
 }
 
 const N: usize = Counter::ALL.len();

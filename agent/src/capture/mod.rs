@@ -10,6 +10,7 @@
 mod btf;
 mod decode;
 mod preflight;
+pub mod tls_libs;
 
 pub use btf::BtfError;
 pub use decode::{addrs, decode, Conn, ConnId, Data, DecodeError, Event, Listen, Payload, State, StateChange};

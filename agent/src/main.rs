@@ -220,7 +220,7 @@ fn discover_tls(capture: &mut Capture, cli: &Cli) -> (Discovery, usize) {
     let scan = discovery.scan_all(&mut attach);
     let files = discovery.attached();
     log::info!(
-        "tls: OpenSSL probes on {files} files ({host} of the host's libraries); {} processes scanned in {} ms; {} ms in all",
+        "tls: start-up discovery attached {files} files ({host} of the host's libraries); {} processes scanned in {} ms; {} ms in all",
         scan.processes,
         scan.elapsed.as_millis(),
         start.elapsed().as_millis()

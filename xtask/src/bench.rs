@@ -2214,6 +2214,50 @@ pub fn libssl_files(maps: &str) -> Vec<String> {
     files
 }
 
+/// Uprobe links in `bpftool -j link` output: `perf_event` links whose program
+/// (`bpftool -j prog show`) is of type `kprobe`, which is what uprobe and uretprobe
+/// programs are (this kernel has no kprobes, so each such link is a uprobe).
+pub fn count_uprobe_links(links_json: &str, progs_json: &str) -> Option<usize> {
+    let links: Vec<serde_json::Value> = serde_json::from_str(links_json).ok()?;
+    let progs: Vec<serde_json::Value> = serde_json::from_str(progs_json).ok()?;
+    let kprobe_ids: Vec<u64> = progs
+        .iter()
+        .filter(|p| p.get("type").and_then(serde_json::Value::as_str) == Some("kprobe"))
+        .filter_map(|p| p.get("id").and_then(serde_json::Value::as_u64))
+        .collect();
+    Some(
+        links
+            .iter()
+            .filter(|l| l.get("type").and_then(serde_json::Value::as_str) == Some("perf_event"))
+            .filter_map(|l| l.get("prog_id").and_then(serde_json::Value::as_u64))
+            .filter(|id| kprobe_ids.contains(id))
+            .count(),
+    )
+}
+
+/// Uprobe links on the machine now ([`count_uprobe_links`]); `None` without bpftool.
+fn uprobe_links() -> Option<usize> {
+    let json = |args: &[&str]| {
+        let out =
+            Command::new("bpftool").arg("-j").args(args).stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    count_uprobe_links(&json(&["link", "show"])?, &json(&["prog", "show"])?)
+}
+
+/// Why a run is disturbed: uprobes of another process (another agent, a test) were
+/// attached just before or just after it, while this benchmark had none. A uprobe on a
+/// file fires in every process mapping it, so their traps would be in these calls too.
+fn foreign_uprobes(before: Option<usize>, after: Option<usize>) -> Option<String> {
+    let most = before.unwrap_or(0).max(after.unwrap_or(0));
+    (most > 0).then(|| {
+        format!(
+            "{most} uprobe links of other processes were attached around the run (another agent or test is \
+             running; `bpftool link` lists them): their traps would be measured too"
+        )
+    })
+}
+
 /// One run of one configuration of `bench uprobe`: nanoseconds per call, the mean over
 /// the run and the fastest batch.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -2344,7 +2388,18 @@ enum UprobeOutcome {
 }
 
 /// Runs `calls` SSL_write and SSL_read calls with `config` attached.
+/// Runs with nothing of this benchmark's attached before and after it are checked for
+/// uprobes of other processes ([`foreign_uprobes`]).
 fn uprobe_run(args: &UprobeArgs, config: UprobeConfig, ssl: &mut SslCalls) -> Result<UprobeOutcome> {
+    let before = uprobe_links();
+    let outcome = uprobe_run_attached(args, config, ssl)?;
+    Ok(match (outcome, foreign_uprobes(before, uprobe_links())) {
+        (UprobeOutcome::Valid(_), Some(why)) => UprobeOutcome::Invalid(why),
+        (outcome, _) => outcome,
+    })
+}
+
+fn uprobe_run_attached(args: &UprobeArgs, config: UprobeConfig, ssl: &mut SslCalls) -> Result<UprobeOutcome> {
     let mut cmd = agent_command(args.agent_bin.as_deref());
     match config {
         UprobeConfig::None => return Ok(UprobeOutcome::Valid(UprobeRun::from_result(&ssl.run(args.calls)?))),
@@ -2408,6 +2463,16 @@ fn uprobe(args: &UprobeArgs) -> Result<()> {
     );
     let names: Vec<&str> = configs.iter().map(|c| c.name()).collect();
     println!("    each round: {} (the order rotates by one each round)", names.join(", "));
+    match uprobe_links() {
+        Some(0) => println!("    no uprobe attached on the machine now (bpftool)"),
+        Some(n) => println!(
+            "    warning: {n} uprobe links of other processes are attached now: runs while they are are invalid"
+        ),
+        None => println!(
+            "    warning: bpftool not found: other processes' uprobes on libssl cannot be detected (apt-get install \
+             bpftool)"
+        ),
+    }
     let step = Step::start("warm-up (a tenth of a run, not recorded)");
     ssl.run((args.calls / 10).max(1000))?;
     step.done();
@@ -3236,6 +3301,21 @@ req/s           :       0.00        0.00        0.00        0.00   100.00%
 ";
         assert_eq!(libssl_files(maps), ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/opt/old/libssl.so.1.1"]);
         assert!(libssl_files("").is_empty());
+    }
+
+    #[test]
+    fn uprobe_links_from_bpftool() {
+        let links = r#"[{"id":1,"type":"perf_event","prog_id":10},{"id":2,"type":"perf_event","prog_id":11},
+            {"id":3,"type":"perf_event","prog_id":12},{"id":4,"type":"cgroup","prog_id":10}]"#;
+        let progs = r#"[{"id":10,"type":"kprobe","name":"floor_uprobe"},{"id":11,"type":"raw_tracepoint"},
+            {"id":12,"type":"kprobe","name":"ssl_write_enter"},{"id":13,"type":"kprobe"}]"#;
+        assert_eq!(count_uprobe_links(links, progs), Some(2));
+        assert_eq!(count_uprobe_links("[]", progs), Some(0));
+        assert_eq!(count_uprobe_links("Error: no bpffs", progs), None);
+        assert_eq!(foreign_uprobes(Some(0), Some(0)), None);
+        assert_eq!(foreign_uprobes(None, None), None);
+        let why = foreign_uprobes(Some(0), Some(8)).expect("disturbed");
+        assert!(why.starts_with("8 uprobe links of other processes"), "{why}");
     }
 
     #[test]

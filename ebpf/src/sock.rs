@@ -105,15 +105,20 @@ pub fn tp_sock_state(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `sched:sched_process_exit`: the last thread of a traced process exited.
+/// `sched:sched_process_exit` (every thread): the thread's OpenSSL call state ends; the
+/// last thread of a traced process tells the agent.
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    let id = bpf_get_current_pid_tgid();
+    if cfg.tls != 0 {
+        crate::tls::thread_exit(id);
+    }
     let group_dead: u8 = field(&ctx, 32);
     if group_dead == 0 {
         return 0;
     }
-    let Some(cfg) = config() else { return 0 };
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let tgid = (id >> 32) as u32;
     if !traced(cfg, tgid) {
         return 0;
     }

@@ -87,7 +87,13 @@ pub fn ssl_write_ex_exit(ctx: RetProbeContext) -> u32 {
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let id = bpf_get_current_pid_tgid();
+    // The old image's sessions are gone: an `unbound` one must not bind the new
+    // image's first TLS send.
+    if cfg.tls != 0 {
+        let _ = SSL_CALLS.remove(&id);
+    }
+    let tgid = (id >> 32) as u32;
     if !traced(cfg, tgid) {
         return 0;
     }
@@ -291,8 +297,19 @@ pub fn on_sock_transfer(cfg: &Config, id: u64, sk: u64, st: &mut SockState, dir:
             if dir == DIR_INGRESS && st.flags & (SOCK_IGNORED_PORT | SOCK_IGNORED_PROC) == 0 {
                 emit_eof(id, sk, st);
             }
-        } else {
-            count(probe, counter::TLS_CIPHERTEXT);
+            return true;
+        }
+        count(probe, counter::TLS_CIPHERTEXT);
+        // Another session's call moving bytes over this socket is the stronger evidence:
+        // the binding it replaces came from a guess (memory BIO) or an `SSL*` since
+        // reused. Only TLS sockets pay this lookup.
+        // SAFETY: read-only lookup of a plain value.
+        if let Some(call) = unsafe { SSL_CALLS.get(&id) } {
+            if call.active != 0 && call.ssl != st.tls_ssl && len >= 3 && starts_like_tls_record(cfg) {
+                let ssl = call.ssl;
+                end_session(sk, st);
+                bind(id, sk, st, ssl, probe);
+            }
         }
         return true;
     }
@@ -302,15 +319,23 @@ pub fn on_sock_transfer(cfg: &Config, id: u64, sk: u64, st: &mut SockState, dir:
     let Some(p) = SSL_CALLS.get_ptr_mut(&id) else { return false };
     // SAFETY: map value of this thread; only this thread writes it while it runs.
     let call = unsafe { &mut *p };
+    // Bytes that do not start like a TLS record are not this session's (a callback
+    // inside the call writing elsewhere, a log line): the socket stays plaintext. The
+    // first transfer of a socket BIO's call always starts a record (OpenSSL writes
+    // whole records and reads a record header first).
     let ssl = if call.active != 0 {
         call.ssl
-    } else if call.unbound != 0 && dir == DIR_EGRESS && len >= 3 && starts_like_tls_record(cfg) {
-        let ssl = call.unbound;
-        call.unbound = 0;
-        ssl
+    } else if call.unbound != 0 && dir == DIR_EGRESS {
+        call.unbound
     } else {
         return false;
     };
+    if len < 3 || !starts_like_tls_record(cfg) {
+        return false;
+    }
+    if call.active == 0 {
+        call.unbound = 0;
+    }
     bind(id, sk, st, ssl, probe);
     count(probe, counter::TLS_CIPHERTEXT);
     true
@@ -358,7 +383,7 @@ fn bind(id: u64, sk: u64, st: &mut SockState, ssl: u64, probe: u8) {
     output(probe, core::ptr::addr_of!(ev).cast(), size_of::<TlsBindEvent>() as u64, true);
 }
 
-/// Whether the running send's first bytes look like a TLS record header: content type
+/// Whether the running transfer's first bytes look like a TLS record header: content type
 /// 20..=23 (change_cipher_spec, alert, handshake, application_data), version 3.0..=3.4.
 #[inline(always)]
 fn starts_like_tls_record(cfg: &Config) -> bool {
@@ -409,6 +434,12 @@ fn emit_eof(id: u64, sk: u64, st: &SockState) {
         _pad: [0; 2],
     };
     output(probe::RECV, core::ptr::addr_of!(s.hdr).cast(), size_of::<DataEvent>() as u64, false);
+}
+
+/// Called when a thread exits: its call state goes with it (thread ids are reused).
+#[inline(always)]
+pub fn thread_exit(id: u64) {
+    let _ = SSL_CALLS.remove(&id);
 }
 
 /// The connection `sk` closed: its session ends with it (the `SSL*` address will be

@@ -32,7 +32,7 @@ use std::net::SocketAddr;
 
 use crate::capture::{Conn as ConnEvent, ConnId, Data, Event, Listen, Payload, State, StateChange};
 use crate::protocol::session::{self, Detected, Session};
-use crate::protocol::tls::{self, Scanner, Version};
+use crate::protocol::tls::{self, Hello, Scanner, Version};
 use crate::protocol::{Direction, Exchange, Output, Request, Role, Timing};
 use crate::stats::{self, Counter};
 
@@ -521,22 +521,24 @@ impl ConnTable {
             Payload::NoUserBuffer | Payload::ReadFailed => (&[][..], &[][..]),
         };
         let gap = u64::from(d.len) - prefix.len() as u64 - tail.len() as u64;
-        if let Proto::Tls(scanner) = &mut conn.proto {
-            scanner.feed(d.dir, prefix, gap, tail);
-            stats::global().incr(Counter::TlsCiphertextRecords);
-            return;
-        }
         // Socket bytes that are TLS records: ciphertext (plaintext never is: TLS inside
         // TLS is not HTTP either, and is left to the detection below).
         if matches!(conn.proto, Proto::Undecided { .. }) && conn.tls_ssl == 0 && tls::is_record_start(prefix) {
-            let mut scanner = Box::new(Scanner::new());
-            scanner.feed(d.dir, prefix, gap, tail);
-            conn.proto = Proto::Tls(scanner);
+            conn.proto = Proto::Tls(Box::default());
             if !conn.tls_counted {
                 conn.tls_counted = true;
                 stats::global().incr(Counter::TlsConns);
             }
+        }
+        if let Proto::Tls(scanner) = &mut conn.proto {
+            scanner.feed(d.dir, prefix, gap, tail);
             stats::global().incr(Counter::TlsCiphertextRecords);
+            if conn.midstream && scanner.desynced() && scanner.hello() == Hello::NotSeen {
+                // Joined mid-stream, bytes that only looked like a record: look for a
+                // message start again (it stays counted in tls.conns).
+                log::debug!("pid {} {} -> {}: not TLS after all", conn.meta.pid, conn.meta.local, conn.meta.peer);
+                conn.proto = Proto::Undecided { budget: MIDSTREAM_BUDGET };
+            }
             return;
         }
         if let Proto::Undecided { budget } = &mut conn.proto {
@@ -638,7 +640,7 @@ fn finish(
 ) {
     if let Proto::Tls(scanner) = &conn.proto {
         // Requests and responses went by in TLS and no plaintext ever came.
-        if scanner.app_data() {
+        if scanner.app_data() && !scanner.desynced() {
             stats::global().incr(Counter::TlsUndecryptedConns);
             let pid = conn.meta.pid;
             if undecrypted.len() < MAX_UNDECRYPTED_PIDS && undecrypted.insert(pid) {
@@ -1183,6 +1185,26 @@ mod tests {
         assert_eq!(e.conn.tls, Some(TlsInfo { version: Some(Version::Tls13) }));
         // HTTP/2 keys are stream ids, never salted.
         assert_eq!(sink.wire_keys, vec![(1 << 63) | 1]);
+    }
+
+    #[test]
+    fn midstream_bytes_that_only_look_like_a_record_are_looked_at_again() {
+        let mut listening = ListenTable::default();
+        listening.set(1, 8080, true);
+        let mut looks_like_tls = b"\x17\x03\x03\x00\x04body".to_vec();
+        looks_like_tls.extend(b"more of a binary body that is no record");
+        let sink = run(
+            &[
+                conn_event(None, true, 8080),
+                data(Direction::Ingress, 100, &looks_like_tls),
+                data(Direction::Ingress, 100 + looks_like_tls.len() as u64, REQ),
+                data(Direction::Egress, 500, RESP),
+            ],
+            listening,
+        );
+        assert_eq!(sink.started.len(), 1, "{:?}", sink.started);
+        assert_eq!(sink.exchanges.len(), 1, "{:?}", sink.exchanges);
+        assert_eq!(sink.exchanges[0].conn.tls, None);
     }
 
     #[test]

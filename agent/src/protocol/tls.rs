@@ -123,6 +123,8 @@ struct DirScan {
     client_hello: bool,
     /// application_data records seen (saturating).
     app_records: u8,
+    /// Stopped at bytes that are no record header: not TLS, or not at a boundary.
+    desync: bool,
 }
 
 impl Default for DirScan {
@@ -137,6 +139,7 @@ impl Default for DirScan {
             hello_len: 0,
             client_hello: false,
             app_records: 0,
+            desync: false,
         }
     }
 }
@@ -191,7 +194,12 @@ impl DirScan {
     fn record_header(&mut self) {
         let h = self.header;
         let len = u16::from_be_bytes([h[3], h[4]]);
-        if !is_record_start(&h) || self.records >= SCAN_RECORDS {
+        if !is_record_start(&h) {
+            self.desync = true;
+            self.stop();
+            return;
+        }
+        if self.records >= SCAN_RECORDS {
             self.stop();
             return;
         }
@@ -364,6 +372,14 @@ impl Scanner {
             }
             None => self.dirs.iter().any(|d| d.app_records > 0),
         }
+    }
+
+    /// Whether a direction met bytes that are not a record header where one was due:
+    /// the stream is not TLS after all (a connection joined mid-stream whose first
+    /// bytes only looked like a record), or it was not read from a record boundary.
+    #[must_use]
+    pub fn desynced(&self) -> bool {
+        self.dirs.iter().any(|d| d.desync)
     }
 
     /// Whether both directions stopped looking (further bytes change nothing).
@@ -567,8 +583,10 @@ mod tests {
     #[test]
     fn garbage_stops_the_direction_and_is_bounded() {
         let mut s = Scanner::new();
+        assert!(!s.desynced());
         s.feed(Direction::Ingress, b"GET / HTTP/1.1\r\n\r\n", 0, &[]);
         assert_eq!(s.dirs[0].at, At::Stopped);
+        assert!(s.desynced());
         // A huge claimed ServerHello: only MAX_HELLO_BYTES kept, nothing concluded.
         let mut stream = vec![HANDSHAKE, 3, 3, 0x40, 0x00, SERVER_HELLO, 0x00, 0xff, 0xff];
         stream.extend([3, 3]);
@@ -582,6 +600,7 @@ mod tests {
         s.feed(Direction::Egress, &many, 0, &[]);
         assert_eq!(s.dirs[1].records, SCAN_RECORDS);
         assert_eq!(s.dirs[1].at, At::Stopped);
+        assert!(!s.desynced(), "the record limit is no desync");
     }
 
     #[test]

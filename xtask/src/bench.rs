@@ -23,6 +23,17 @@
 //! for each hook set, then with the real agent tracing a port nothing uses, and reports
 //! each one's throughput against the baseline of the same round.
 //!
+//! `overhead --proto https` is the HTTP/1 benchmark over TLS 1.3 (nginx with a
+//! self-signed certificate, wrk and hey over https); runs in which the agent did not
+//! decrypt TLS, or other processes' uprobes were attached, are invalid.
+//!
+//! `uprobe` measures the uprobe cost per call on its own: tests/peers/ssl_calls.py calls
+//! SSL_write and SSL_read over memory BIOs (no network I/O) with nothing attached, with
+//! `ghostwire --empty-probes uprobe-ssl` and with the full agent, alternating, and
+//! reports nanoseconds per call and the differences. It is its own subcommand rather
+//! than a `hooks` set because `hooks` measures nginx throughput under wrk, in which a
+//! probe on SSL functions never fires (plain HTTP), while this load is a call loop.
+//!
 //! Every wait is bounded; nginx, the load generators and the agent are stopped by `Drop`
 //! guards even when a step fails.
 
@@ -105,6 +116,10 @@ pub struct OverheadArgs {
     /// gRPC: concurrent streams per h2load client (h2load -m).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub streams: u32,
+    /// HTTPS: seconds to wait, before each run, for other processes' uprobes to go (a
+    /// run with some attached is invalid: their traps slow nginx and wrk too).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub quiet_wait: u64,
     /// gRPC: bytes of the request message's one protobuf field (the server echoes it).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub message_bytes: u32,
@@ -151,6 +166,10 @@ pub struct UprobeArgs {
     /// Configurations to measure, comma-separated (default: all).
     #[arg(long, value_enum, value_delimiter = ',', default_values = ["none", "empty-uprobes", "ghostwire"])]
     pub configs: Vec<UprobeConfig>,
+    /// Seconds to wait, before each run, for other processes' uprobes to go (a run with
+    /// some attached is invalid).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub quiet_wait: u64,
     /// Run this binary as the agent instead of building target/release/ghostwire.
     #[arg(long, hide = true, value_name = "PATH")]
     pub agent_bin: Option<PathBuf>,
@@ -1654,7 +1673,7 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
             let mut runs: Vec<(Config, Run)> = Vec::new();
             for &config in configs {
                 let label = format!("round {r}/{} {} {}:", args.load.rounds, view.name(), config.name());
-                let run = match overhead_run(args, view, config, &target, dir.path(), r) {
+                let run = match overhead_run_checked(args, view, config, &target, dir.path(), r) {
                     Ok(run) => run,
                     Err(e) if e.downcast_ref::<InvalidRun>().is_some() => {
                         let why = e.downcast_ref::<InvalidRun>().map(ToString::to_string).unwrap_or_default();
@@ -1715,7 +1734,8 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
              (2 spans per request); hey uses Go's crypto/tls, which ghostwire cannot decrypt, so the fixed view \
              gives nginx's server span only (1 per request; hey's connections count as tls.undecrypted_conns). \
              A run in which the agent built no span (full agent) or the kernel bound no TLS session to its \
-             socket (capture-only: kernel.tls_ciphertext = 0) did not decrypt TLS: it is reported as invalid."
+             socket (capture-only: kernel.tls_ciphertext = 0) did not decrypt TLS: it is reported as invalid; \
+             so is a run with other processes' uprobes attached (bpftool), whose traps would slow nginx and wrk."
         );
     }
     if !invalid.is_empty() {
@@ -1725,6 +1745,28 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// [`overhead_run`]; for HTTPS, a run with other processes' uprobes attached just before
+/// or after it (when this benchmark had none) is an [`InvalidRun`]: a uprobe on libssl
+/// fires in nginx and wrk too, baseline included.
+fn overhead_run_checked(
+    args: &OverheadArgs,
+    view: View,
+    config: Config,
+    target: &Target,
+    dir: &Path,
+    round: u32,
+) -> Result<Run> {
+    if args.proto != Proto::Https {
+        return overhead_run(args, view, config, target, dir, round);
+    }
+    let before = wait_no_uprobes(args.quiet_wait);
+    let run = overhead_run(args, view, config, target, dir, round)?;
+    match foreign_uprobes(before, uprobe_links()) {
+        Some(why) => Err(anyhow::Error::new(InvalidRun(why)).context("invalid run")),
+        None => Ok(run),
+    }
 }
 
 fn overhead_run(
@@ -2245,6 +2287,24 @@ fn uprobe_links() -> Option<usize> {
     count_uprobe_links(&json(&["link", "show"])?, &json(&["prog", "show"])?)
 }
 
+/// Waits at most `seconds` for the machine to have no uprobe attached; the last count
+/// (`None` without bpftool).
+fn wait_no_uprobes(seconds: u64) -> Option<usize> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut said = false;
+    loop {
+        let n = uprobe_links();
+        if n.is_none_or(|n| n == 0) || Instant::now() >= deadline {
+            return n;
+        }
+        if !said {
+            println!("    waiting (at most {seconds} s) for {} uprobe links of other processes to go", n.unwrap_or(0));
+            said = true;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// Why a run is disturbed: uprobes of another process (another agent, a test) were
 /// attached just before or just after it, while this benchmark had none. A uprobe on a
 /// file fires in every process mapping it, so their traps would be in these calls too.
@@ -2391,7 +2451,7 @@ enum UprobeOutcome {
 /// Runs with nothing of this benchmark's attached before and after it are checked for
 /// uprobes of other processes ([`foreign_uprobes`]).
 fn uprobe_run(args: &UprobeArgs, config: UprobeConfig, ssl: &mut SslCalls) -> Result<UprobeOutcome> {
-    let before = uprobe_links();
+    let before = wait_no_uprobes(args.quiet_wait);
     let outcome = uprobe_run_attached(args, config, ssl)?;
     Ok(match (outcome, foreign_uprobes(before, uprobe_links())) {
         (UprobeOutcome::Valid(_), Some(why)) => UprobeOutcome::Invalid(why),
@@ -3411,6 +3471,7 @@ req/s           :       0.00        0.00        0.00        0.00   100.00%
         };
         assert_eq!((o.proto, o.rate_qps(), o.views.as_slice()), (Proto::Https, 500, [View::Saturated].as_slice()));
         assert!(parse(&["overhead", "--proto", "tls"]).is_err());
+        assert_eq!(o.quiet_wait, 60);
         let Ok(BenchCmd::Overhead(o)) = parse(&["overhead", "--proto", "grpc", "--rate-qps-per-connection", "7"])
         else {
             panic!("not overhead")
@@ -3447,7 +3508,7 @@ req/s           :       0.00        0.00        0.00        0.00   100.00%
         assert_eq!(dedup(&[View::Fixed, View::Saturated, View::Fixed]), [View::Fixed, View::Saturated]);
 
         let Ok(BenchCmd::Uprobe(u)) = parse(&["uprobe"]) else { panic!("not uprobe") };
-        assert_eq!((u.rounds, u.calls, u.bytes), (5, 500_000, 64));
+        assert_eq!((u.rounds, u.calls, u.bytes, u.quiet_wait), (5, 500_000, 64, 60));
         assert_eq!(u.configs, [UprobeConfig::None, UprobeConfig::EmptyUprobes, UprobeConfig::Ghostwire]);
         for config in &u.configs {
             assert_eq!(clap::ValueEnum::to_possible_value(config).expect("a value").get_name(), config.name());

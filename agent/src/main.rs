@@ -2,7 +2,7 @@
 //! kernel capture, then runs the pipeline until SIGINT/SIGTERM.
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
@@ -125,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut drain = tokio::time::interval(DRAIN_INTERVAL);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stats_tick = cli.stats_interval().map(tokio::time::interval);
+    let mut last_kernel = stats::KernelCounters::default();
 
     let mut what = Vec::new();
     if cli.capture_only {
@@ -167,7 +168,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     None => std::future::pending::<()>().await,
                 }
             } => {
-                eprintln!("{}", stats::report(&kernel_counters(&capture)));
+                // Never wait for the discovery thread here (attaching a large
+                // executable holds the capture for up to half a second): the drain
+                // shares this task. Report the last counters read instead.
+                match capture.try_lock() {
+                    Ok(c) => last_kernel = kernel_counters(&c),
+                    Err(TryLockError::Poisoned(c)) => last_kernel = kernel_counters(&c.into_inner()),
+                    Err(TryLockError::WouldBlock) => {}
+                }
+                eprintln!("{}", stats::report(&last_kernel));
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -179,7 +188,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(worker) = worker {
         worker.stop();
     }
-    let counters = kernel_counters(&capture);
+    let counters = kernel_counters(&lock(&capture));
     // The last reference: detaches every probe.
     drop(capture);
     if let Sink::Pipeline(pipeline) = sink {
@@ -229,8 +238,8 @@ fn discover_tls(capture: &mut Capture, cli: &Cli) -> (Discovery, usize) {
 }
 
 /// The kernel's counters; a failure to read them is a warning, not the end.
-fn kernel_counters(capture: &Mutex<Capture>) -> stats::KernelCounters {
-    lock(capture).counters().unwrap_or_else(|e| {
+fn kernel_counters(capture: &Capture) -> stats::KernelCounters {
+    capture.counters().unwrap_or_else(|e| {
         log::warn!("cannot read the kernel counters: {e}");
         stats::KernelCounters::default()
     })

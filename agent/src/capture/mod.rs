@@ -470,11 +470,16 @@ impl Floor {
                 for name in ["floor_uprobe", "floor_uretprobe"] {
                     let program: &mut UProbe = program_mut(&mut ebpf, name)?;
                     program.load().map_err(|source| CaptureError::LoadProgram { name, source })?;
-                    for symbol in ["SSL_write", "SSL_read"] {
-                        program
-                            .attach(symbol, lib, UProbeScope::AllProcesses)
-                            .map_err(|source| CaptureError::TlsAttach { path: lib.to_owned(), symbol, source })?;
-                        attached += 1;
+                    // The functions the real probes hook: Python's `ssl` calls only the
+                    // `_ex` ones (skipped where the library lacks them, like attach_tls).
+                    for &(symbol, _, _, required) in TLS_PROBES {
+                        match program.attach(symbol, lib, UProbeScope::AllProcesses) {
+                            Ok(_) => attached += 1,
+                            Err(ProgramError::UProbeError(UProbeError::SymbolError { .. })) if !required => {}
+                            Err(source) => {
+                                return Err(CaptureError::TlsAttach { path: lib.to_owned(), symbol, source })
+                            }
+                        }
                     }
                 }
             }

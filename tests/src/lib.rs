@@ -1584,9 +1584,11 @@ impl Nginx {
     pub fn https_reverse_proxy(port: u16, upstream_port: u16) -> Self {
         let certs = tls_certs();
         Self::with_config(port, |d| {
-            // nginx 1.22 (Debian 12) has no `http2 on;`: the flag is on `listen`.
+            // nginx 1.22 (Debian 12) has no `http2 on;`: the flag is on `listen`. Its
+            // default protocols stop at TLS 1.2 (1.3 is on by default from 1.23.4).
             format!(
                 "{}http {{\n  {}\n  server {{\n    listen 127.0.0.1:{port} ssl http2;\n    \
+                 ssl_protocols TLSv1.2 TLSv1.3;\n    \
                  ssl_certificate {};\n    ssl_certificate_key {};\n    \
                  location / {{ proxy_pass http://127.0.0.1:{upstream_port}; }}\n  }}\n}}\n",
                 Self::main_context(d),

@@ -280,7 +280,9 @@ fn curl_to_nginx_https_over_http1_and_http2_to_a_plain_upstream_is_one_linked_tr
     // curl's two connections, each seen at both ends.
     assert!(exit.stat("tls.decrypted_conns") >= 4, "{stats}");
     assert!(exit.stat("tls.conns") >= 2, "{stats}");
-    for key in ["drop.parse_error", "tls.plaintext_not_http", "drop.tls_unbound", "tls.undecrypted_conns"] {
+    // (Not drop.tls_unbound: it also counts the plaintext of every other TLS process on
+    // the host, whose connections the port filter leaves out.)
+    for key in ["drop.parse_error", "tls.plaintext_not_http", "tls.undecrypted_conns"] {
         assert_eq!(exit.stat(key), 0, "{key}: {stats}");
     }
 }
@@ -412,14 +414,21 @@ fn a_keep_alive_tls_connection_opened_before_the_agent_traces_its_later_requests
     // Handshake and a first request before the agent exists.
     assert!(client.cmd("get /before").starts_with("ok 200 "));
     let agent = rig.agent(&[port], &[]);
-    assert!(client.cmd("get /after").starts_with("ok 200 "));
-    assert!(client.cmd("get /boom").starts_with("ok 500 "));
+    // The server's thread has been blocked inside SSL_read since before the agent: that
+    // call has no return probe, so the request it returns (/first-after) is invisible at
+    // the server (the client's SSL_write of it is seen). Every later call is probed.
+    for (path, status) in [("/first-after", 200), ("/later", 200), ("/boom", 500)] {
+        assert!(client.cmd(&format!("get {path}")).starts_with(&format!("ok {status} ")), "{path}");
+    }
     let (spans, exit, _) = rig
-        .collect(agent, |s| count(s, KIND_SERVER, "py-tls-server") >= 2 && count(s, KIND_CLIENT, "py-tls-client") >= 2);
+        .collect(agent, |s| count(s, KIND_SERVER, "py-tls-server") >= 2 && count(s, KIND_CLIENT, "py-tls-client") >= 3);
     client.quit();
     let stats = exit.stats_line().to_owned();
     eprintln!("{}\n{stats}", describe_tls(&spans));
-    for (path, status) in [("/after", 200), ("/boom", 500)] {
+    let first_client = one(&spans, KIND_CLIENT, "py-tls-client", "/first-after");
+    assert_http(first_client, "/first-after", 200, "1.1", &spans);
+    assert_tls(first_client, port, None, &spans);
+    for (path, status) in [("/later", 200), ("/boom", 500)] {
         let server = one(&spans, KIND_SERVER, "py-tls-server", path);
         let client_span = one(&spans, KIND_CLIENT, "py-tls-client", path);
         for s in [server, client_span] {
@@ -429,16 +438,23 @@ fn a_keep_alive_tls_connection_opened_before_the_agent_traces_its_later_requests
         }
         assert_eq!(server.attr_int("network.peer.port"), client_span.attr_int("network.local.port"));
     }
+    // A server span for /first-after, if the agent pieced one together, must be right.
+    let first_server = of(&spans, KIND_SERVER, "py-tls-server");
+    for s in
+        first_server.iter().filter(|s| s.path().as_deref() != Some("/later") && s.path().as_deref() != Some("/boom"))
+    {
+        assert_http(s, "/first-after", 200, "1.1", &spans);
+    }
     assert!(
         spans.iter().all(|s| s.path().as_deref() != Some("/before")),
         "no span for a request the agent never saw:\n{}",
         describe_tls(&spans)
     );
-    // Still the connection opened before the agent.
-    let ports: Vec<i64> =
-        of(&spans, KIND_SERVER, "py-tls-server").iter().map(|s| s.attr_int("network.peer.port")).collect();
-    assert_eq!(ports[0], ports[1], "{}", describe_tls(&spans));
-    assert_eq!(spans.len(), 4, "{}\n{stats}", describe_tls(&spans));
+    // Still the one connection opened before the agent.
+    let ports: std::collections::BTreeSet<i64> =
+        of(&spans, KIND_CLIENT, "py-tls-client").iter().map(|s| s.attr_int("network.local.port")).collect();
+    assert_eq!(ports.len(), 1, "{}", describe_tls(&spans));
+    assert!(spans.len() == 5 || spans.len() == 6, "{}\n{stats}", describe_tls(&spans));
 }
 
 /// Builds `tests/peers/go_tls` (standard library only, no module download) into `dir`.

@@ -7,9 +7,13 @@
 //! says, and application data: whole chunks, every chunk cut at every byte boundary (a
 //! sample in chunks over 4 KiB), one read per record header and per record body (as
 //! OpenSSL reads), byte by byte, and with gaps (kernel-style prefix and tail windows).
-//! The first bytes of every HTTP/1 and HTTP/2 capture must not look like TLS.
+//! The first bytes of every HTTP/1 and HTTP/2 capture must not look like TLS. Through
+//! the connection table, at both ends, the ciphertext gives no request and no exchange.
+use ghostwire::capture::{Conn, ConnId, Data, Event, Payload, State, StateChange};
+use ghostwire::conn::{ConnKey, ConnMeta, ConnSink, ConnTable, ExchangeRecord, ListenTable, ReqKey};
 use ghostwire::protocol::tls::{is_record_start, Scanner, Version};
-use ghostwire::protocol::Direction;
+use ghostwire::protocol::{Direction, Request, Role};
+use ghostwire::stats::{self, Counter};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -198,4 +202,87 @@ fn http_captures_do_not_look_like_tls() {
         }
     }
     assert!(seen > 20, "only {seen} chunks looked at");
+}
+
+#[derive(Default)]
+struct Sink {
+    started: usize,
+    exchanges: usize,
+    closed: usize,
+}
+
+impl ConnSink for Sink {
+    fn request_started(&mut self, _: ReqKey, _: &ConnMeta, _: u32, _: &Request, _: u64) {
+        self.started += 1;
+    }
+    fn exchange(&mut self, _: ExchangeRecord) {
+        self.exchanges += 1;
+    }
+    fn connection_closed(&mut self, _: ConnKey, _: &ConnMeta) {
+        self.closed += 1;
+    }
+}
+
+#[test]
+fn ciphertext_through_the_connection_table_gives_nothing_to_parse() {
+    let s = stats::global();
+    for &(name, _) in CAPTURES {
+        let records = load(name);
+        for role in [Role::Server, Role::Client] {
+            let before = [Counter::TlsConns, Counter::TlsUndecryptedConns].map(|c| s.get(c));
+            let id = ConnId { sock: 0xabc, gen: 1 };
+            let mut table = ConnTable::new(4, ListenTable::default());
+            let mut sink = Sink::default();
+            table.on_event(
+                &Event::Conn(Conn {
+                    conn: id,
+                    pid: 1,
+                    tid: 1,
+                    netns: 1,
+                    local: "127.0.0.1:4433".parse().unwrap(),
+                    peer: "127.0.0.1:50000".parse().unwrap(),
+                    role: Some(role),
+                    midstream: false,
+                    tcp_seq: [0; 2],
+                    comm: [0; 16],
+                    ppid: 0,
+                    ts_ns: 1,
+                }),
+                &mut sink,
+            );
+            let mut offsets = [0u64; 2];
+            for (i, r) in records.iter().enumerate() {
+                let Some(d) = &r.data else { continue };
+                // The traced process's view: a server reads the client's bytes.
+                let dir = match (role, r.from) {
+                    (Role::Server, From::Client) | (Role::Client, From::Server) => Direction::Ingress,
+                    _ => Direction::Egress,
+                };
+                let k = usize::from(dir == Direction::Egress);
+                table.on_event(
+                    &Event::Data(Data {
+                        conn: id,
+                        tls: None,
+                        pid: 1,
+                        tid: 1,
+                        dir,
+                        offset: offsets[k],
+                        unreported_ns: 0,
+                        len: u32::try_from(d.len()).unwrap(),
+                        ts_ns: 10 + i as u64,
+                        prefix: d,
+                        tail: &[],
+                        payload: Payload::Copied,
+                    }),
+                    &mut sink,
+                );
+                offsets[k] += d.len() as u64;
+            }
+            table.on_event(&Event::State(State { conn: id, ts_ns: 100, change: StateChange::Closed }), &mut sink);
+            assert_eq!((sink.started, sink.exchanges, sink.closed), (0, 0, 1), "{name} as {role:?}");
+            assert!(s.get(Counter::TlsConns) > before[0], "{name}: not counted as TLS");
+            // Requests went by (s_server's status page): no plaintext came for them.
+            assert!(s.get(Counter::TlsUndecryptedConns) > before[1], "{name}: not counted as undecrypted");
+        }
+    }
 }

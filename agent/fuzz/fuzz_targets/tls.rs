@@ -47,8 +47,7 @@ fn replay_capture(mut rest: &[u8]) {
             Some(b'<') => Direction::Egress,
             _ => return,
         };
-        let Some(len) = std::str::from_utf8(line.get(2..).unwrap_or_default()).ok().and_then(|s| s.parse().ok())
-        else {
+        let Some(len) = std::str::from_utf8(line.get(2..).unwrap_or_default()).ok().and_then(|s| s.parse().ok()) else {
             continue;
         };
         let take: usize = rest.len().min(len);
@@ -64,7 +63,8 @@ fn pieces(data: &[u8]) {
     let mut s = Scanner::new();
     let mut i = 0;
     while !stream.is_empty() {
-        let len = lens.get(i % lens.len().max(1)).map_or(stream.len(), |&l| if l == 0 { stream.len() } else { l.into() });
+        let len =
+            lens.get(i % lens.len().max(1)).map_or(stream.len(), |&l| if l == 0 { stream.len() } else { l.into() });
         let b = bits.get(i % bits.len().max(1)).copied().unwrap_or(0);
         let (piece, rest) = stream.split_at(len.min(stream.len()));
         stream = rest;

@@ -511,9 +511,7 @@ fn go_crypto_tls_ciphertext_gives_no_span_and_is_counted_as_undecrypted() {
     assert!(exit.stat("tls.conns") >= REQUESTS, "{stats}");
     assert!(exit.stat("tls.undecrypted_conns") >= 1, "{stats}");
     assert_eq!(exit.stat("tls.undecrypted_processes"), 1, "one Go process: {stats}");
-    for key in
-        ["conns.not_http", "drop.parse_error", "tls.decrypted_conns", "tls.plaintext_not_http", "events.tls_bind"]
-    {
+    for key in ["conns.not_http", "drop.parse_error", "tls.decrypted_conns", "tls.plaintext_not_http"] {
         assert_eq!(exit.stat(key), 0, "{key}: {stats}");
     }
 }

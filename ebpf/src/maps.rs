@@ -84,11 +84,14 @@ pub struct SslCall {
     pub buf: u64,
     /// `size_t *readbytes`/`*written` of the `_ex` variants (garbage otherwise).
     pub out: u64,
+    /// `SSL_write*`: the bytes asked for (reported at entry, see `tls::write_entry`).
+    pub num: u64,
     /// A session whose last `SSL_write` found no socket (memory BIO: the application
     /// sends the ciphertext itself, after the call): the thread's next send that starts
     /// like a TLS record binds it. 0: none.
     pub unbound: u64,
-    /// `DIR_INGRESS` (`SSL_read*`) or `DIR_EGRESS` (`SSL_write*`).
+    /// `DIR_INGRESS` (`SSL_read*`), `DIR_EGRESS` (`SSL_write*`) or
+    /// `tls::DIR_HANDSHAKE` (`SSL_do_handshake`).
     pub dir: u8,
     /// 1 between entry and return.
     pub active: u8,
@@ -121,6 +124,11 @@ pub struct TlsSession {
     pub seq: [u64; 2],
     /// When the last plaintext not reported happened (ring full), per direction.
     pub unreported: [u64; 2],
+    /// Bytes at the start of the next `SSL_write` that were reported already: an
+    /// `SSL_write` is reported at its entry, and one that wrote less than asked
+    /// (`SSL_ERROR_WANT_WRITE`, partial writes) is repeated by the application with the
+    /// same bytes.
+    pub credit: u64,
 }
 
 /// LRU, like [`SOCKS`]: a session whose connection close was never seen goes eventually.

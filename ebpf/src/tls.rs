@@ -34,6 +34,9 @@ use crate::{
     sock::{copy_flat, plan, source, Source},
 };
 
+/// [`SslCall::dir`] of an `SSL_do_handshake` call.
+pub const DIR_HANDSHAKE: u8 = 2;
+
 /// Largest byte count one record claims (`DataEvent::len` is a `u32`; `SSL_write_ex`
 /// takes a `size_t`).
 const MAX_LEN: u64 = 1 << 31;
@@ -44,15 +47,37 @@ const MAX_LEN: u64 = 1 << 31;
 /// `int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)`.
 #[uprobe]
 pub fn ssl_read_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, DIR_INGRESS);
+    enter(&ctx, DIR_INGRESS, 0);
     0
 }
 
-/// `int SSL_write(SSL *ssl, const void *buf, int num)` and
-/// `int SSL_write_ex(SSL *ssl, const void *buf, size_t num, size_t *written)`.
+/// `int SSL_write(SSL *ssl, const void *buf, int num)`.
 #[uprobe]
 pub fn ssl_write_enter(ctx: ProbeContext) -> u32 {
-    enter(&ctx, DIR_EGRESS);
+    let num = ctx.arg::<i32>(2).unwrap_or(0);
+    enter(&ctx, DIR_EGRESS, if num > 0 { num as u64 } else { 0 });
+    0
+}
+
+/// `int SSL_write_ex(SSL *ssl, const void *buf, size_t num, size_t *written)`.
+#[uprobe]
+pub fn ssl_write_ex_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, DIR_EGRESS, ctx.arg::<u64>(2).unwrap_or(0));
+    0
+}
+
+/// `int SSL_do_handshake(SSL *s)` (also what `SSL_connect` and `SSL_accept` run): the
+/// socket it moves records over is the session's, known before its first byte of
+/// plaintext. Its ciphertext is still reported: the ServerHello names the version.
+#[uprobe]
+pub fn ssl_handshake_enter(ctx: ProbeContext) -> u32 {
+    enter(&ctx, DIR_HANDSHAKE, 0);
+    0
+}
+
+#[uretprobe]
+pub fn ssl_handshake_exit(_ctx: RetProbeContext) -> u32 {
+    exit(DIR_HANDSHAKE, 0, false);
     0
 }
 
@@ -109,10 +134,15 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
 
 // ---- the calls ---------------------------------------------------------------------
 
-/// Saves the call for its return probe and the socket hooks. The thread's `unbound`
-/// session survives: the call may be on another session.
+/// Saves the call for its return probe and the socket hooks, and reports an
+/// `SSL_write`'s `num` bytes now. The thread's `unbound` session survives: the call may
+/// be on another session.
+///
+/// Writes are reported at entry, before their ciphertext leaves: the peer may read
+/// the request and act on it (call a backend) before `SSL_write` returns, and the
+/// linker must know the client's request by then, as it does for socket bytes.
 #[inline(always)]
-fn enter(ctx: &ProbeContext, dir: u8) {
+fn enter(ctx: &ProbeContext, dir: u8, num: u64) {
     let Some(cfg) = config() else { return };
     let id = bpf_get_current_pid_tgid();
     if !traced(cfg, (id >> 32) as u32) {
@@ -124,23 +154,36 @@ fn enter(ctx: &ProbeContext, dir: u8) {
     }
     let buf: u64 = ctx.arg(1).unwrap_or(0);
     let out: u64 = ctx.arg(3).unwrap_or(0);
-    if let Some(p) = SSL_CALLS.get_ptr_mut(&id) {
-        // SAFETY: map value of this thread; only this thread writes it while it runs.
-        let c = unsafe { &mut *p };
-        c.ssl = ssl;
-        c.buf = buf;
-        c.out = out;
-        c.dir = dir;
-        c.active = 1;
-        return;
-    }
-    let call = SslCall { ssl, buf, out, unbound: 0, dir, active: 1, _pad: [0; 6] };
-    if SSL_CALLS.insert(&id, &call, 0).is_err() {
-        count(probe_of(dir), counter::MAP_FULL);
+    let num = if num > MAX_LEN { MAX_LEN } else { num };
+    let p = match SSL_CALLS.get_ptr_mut(&id) {
+        Some(p) => p,
+        None => {
+            let call = SslCall { ssl, buf, out, num, unbound: 0, dir, active: 1, _pad: [0; 6] };
+            if SSL_CALLS.insert(&id, &call, 0).is_err() {
+                count(probe_of(dir), counter::MAP_FULL);
+                return;
+            }
+            match SSL_CALLS.get_ptr_mut(&id) {
+                Some(p) => p,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: map value of this thread; only this thread writes it while it runs.
+    let c = unsafe { &mut *p };
+    c.ssl = ssl;
+    c.buf = buf;
+    c.out = out;
+    c.num = num;
+    c.dir = dir;
+    c.active = 1;
+    if dir == DIR_EGRESS && num > 0 {
+        write_entry(cfg, id, c, num);
     }
 }
 
-/// The call returned `ret`; on success reports the bytes it moved.
+/// The call returned `ret`: a read reports the bytes it moved; a write that moved
+/// fewer than it reported at entry leaves them as the session's credit.
 #[inline(always)]
 fn exit(dir: u8, ret: i64, ex: bool) {
     let id = bpf_get_current_pid_tgid();
@@ -151,58 +194,89 @@ fn exit(dir: u8, ret: i64, ex: bool) {
         return;
     }
     call.active = 0;
-    if call.dir != dir {
+    if call.dir != dir || dir == DIR_HANDSHAKE {
         return;
     }
     let probe = probe_of(dir);
     let n = if ex {
         if ret != 1 {
-            return;
-        }
-        // SAFETY: user pointer read through the fault-tolerant helper.
-        match unsafe { bpf_probe_read_user(call.out as *const u64) } {
-            Ok(n) => n,
-            Err(_) => {
-                count(probe, counter::READ_FAILED);
-                return;
+            0
+        } else {
+            // SAFETY: user pointer read through the fault-tolerant helper.
+            match unsafe { bpf_probe_read_user(call.out as *const u64) } {
+                Ok(n) => n,
+                Err(_) => {
+                    count(probe, counter::READ_FAILED);
+                    // A write's count unknown: take it as done (a repeat is reported
+                    // again rather than lost).
+                    call.num
+                }
             }
         }
     } else if ret > 0 {
         ret as u64
     } else {
-        return;
+        0
     };
+    if dir == DIR_EGRESS {
+        if n < call.num {
+            let key = SessionKey { tgid: (id >> 32) as u32, _pad: 0, ssl: call.ssl };
+            if let Some(sess) = TLS_SESSIONS.get_ptr_mut(&key) {
+                // SAFETY: map value; see `report`.
+                unsafe { (*sess).credit += call.num - n };
+            }
+        }
+        return;
+    }
     if n == 0 {
         return;
     }
     let n = if n > MAX_LEN { MAX_LEN } else { n };
     let Some(cfg) = config() else { return };
-    plaintext(cfg, id, call, dir, n, probe);
+    let Some(sess) = session(id, call.ssl, probe) else { return };
+    report(cfg, id, call, sess, dir, call.buf, n, probe);
 }
 
-/// `n` plaintext bytes of `call`'s session moved in `dir`: advance the session's
-/// offsets and report them, unless its connection is filtered out.
+/// An `SSL_write` of `num` bytes starts: report those not reported already (a repeat
+/// of an earlier call that wrote less than asked).
 #[inline(always)]
-fn plaintext(cfg: &Config, id: u64, call: &mut SslCall, dir: u8, n: u64, probe: u8) {
-    let ssl = call.ssl;
+fn write_entry(cfg: &Config, id: u64, call: &mut SslCall, num: u64) {
+    let probe = probe::SSL_WRITE;
+    let Some(sess) = session(id, call.ssl, probe) else { return };
+    let skip = if sess.credit < num { sess.credit } else { num };
+    sess.credit -= skip;
+    if skip == num {
+        return;
+    }
+    report(cfg, id, call, sess, DIR_EGRESS, call.buf + skip, num - skip, probe);
+}
+
+/// The session state of `ssl` in the current process, created if new.
+#[inline(always)]
+fn session(id: u64, ssl: u64, probe: u8) -> Option<&'static mut TlsSession> {
     let key = SessionKey { tgid: (id >> 32) as u32, _pad: 0, ssl };
-    let sess = match TLS_SESSIONS.get_ptr_mut(&key) {
+    let p = match TLS_SESSIONS.get_ptr_mut(&key) {
         Some(p) => p,
         None => {
-            let fresh = TlsSession { sk: 0, gen: 0, seq: [0; 2], unreported: [0; 2] };
+            let fresh = TlsSession { sk: 0, gen: 0, seq: [0; 2], unreported: [0; 2], credit: 0 };
             if TLS_SESSIONS.insert(&key, &fresh, 0).is_err() {
                 count(probe, counter::MAP_FULL);
-                return;
+                return None;
             }
-            match TLS_SESSIONS.get_ptr_mut(&key) {
-                Some(p) => p,
-                None => return,
-            }
+            TLS_SESSIONS.get_ptr_mut(&key)?
         }
     };
     // SAFETY: map value; the session's calls are serialised by OpenSSL (one `SSL*` is
     // not used by two threads at once), and a lost update shows as an offset jump.
-    let sess = unsafe { &mut *sess };
+    Some(unsafe { &mut *p })
+}
+
+/// `n` plaintext bytes at `buf` of `call`'s session moved in `dir`: advance the
+/// session's offsets and report them, unless its connection is filtered out.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn report(cfg: &Config, id: u64, call: &mut SslCall, sess: &mut TlsSession, dir: u8, buf: u64, n: u64, probe: u8) {
+    let ssl = call.ssl;
     let d = if dir == DIR_EGRESS { 1 } else { 0 };
     let offset = sess.seq[d];
     sess.seq[d] = offset + n;
@@ -214,10 +288,10 @@ fn plaintext(cfg: &Config, id: u64, call: &mut SslCall, dir: u8, n: u64, probe: 
             }
         }
     } else if dir == DIR_EGRESS {
-        // A memory BIO: the application sends this ciphertext itself, next.
+        // Perhaps a memory BIO: the application sends this ciphertext itself, next.
         call.unbound = ssl;
     }
-    if emit_plain(cfg, id, sess, ssl, call.buf, dir, offset, n, probe) {
+    if emit_plain(cfg, id, sess, ssl, buf, dir, offset, n, probe) {
         if sess.sk == 0 {
             count(probe, counter::TLS_UNBOUND);
         }
@@ -308,7 +382,7 @@ pub fn on_sock_transfer(cfg: &Config, id: u64, sk: u64, st: &mut SockState, dir:
             if call.active != 0 && call.ssl != st.tls_ssl && len >= 3 && starts_like_tls_record(cfg) {
                 let ssl = call.ssl;
                 end_session(sk, st);
-                bind(id, sk, st, ssl, probe);
+                bind(id, sk, st, ssl, probe, true);
             }
         }
         return true;
@@ -333,42 +407,54 @@ pub fn on_sock_transfer(cfg: &Config, id: u64, sk: u64, st: &mut SockState, dir:
     if len < 3 || !starts_like_tls_record(cfg) {
         return false;
     }
+    if call.active != 0 && call.dir == DIR_HANDSHAKE {
+        // The session is this socket's, but its handshake goes on being reported: the
+        // agent reads the version from it.
+        bind(id, sk, st, ssl, probe, false);
+        return false;
+    }
     if call.active == 0 {
         call.unbound = 0;
     }
-    bind(id, sk, st, ssl, probe);
+    bind(id, sk, st, ssl, probe, true);
     count(probe, counter::TLS_CIPHERTEXT);
     true
 }
 
 /// Session `ssl` of the current process runs over `sk`: record it on both sides and
-/// tell the agent.
+/// tell the agent (once per session and connection). `ciphertext_done`: the socket's
+/// bytes are not reported any more (false during the handshake).
 #[inline(always)]
-fn bind(id: u64, sk: u64, st: &mut SockState, ssl: u64, probe: u8) {
+fn bind(id: u64, sk: u64, st: &mut SockState, ssl: u64, probe: u8, ciphertext_done: bool) {
     let tgid = (id >> 32) as u32;
     let key = SessionKey { tgid, _pad: 0, ssl };
+    let mut known = false;
     if let Some(p) = TLS_SESSIONS.get_ptr_mut(&key) {
-        // SAFETY: map value; see `plaintext`.
+        // SAFETY: map value; see `session`.
         let s = unsafe { &mut *p };
-        if s.sk != 0 && (s.sk != sk || s.gen != st.gen) {
+        known = s.sk == sk && s.gen == st.gen;
+        if s.sk != 0 && !known {
             // Bound to another connection before: a freed `SSL*` reused for a new
             // session. Unbound plaintext (sk == 0) keeps its offsets: its records are
             // out already.
             s.seq = [0; 2];
             s.unreported = [0; 2];
+            s.credit = 0;
         }
         s.sk = sk;
         s.gen = st.gen;
     } else {
-        let s = TlsSession { sk, gen: st.gen, seq: [0; 2], unreported: [0; 2] };
+        let s = TlsSession { sk, gen: st.gen, seq: [0; 2], unreported: [0; 2], credit: 0 };
         if TLS_SESSIONS.insert(&key, &s, 0).is_err() {
             count(probe, counter::MAP_FULL);
         }
     }
-    st.flags |= SOCK_TLS;
+    if ciphertext_done {
+        st.flags |= SOCK_TLS;
+    }
     st.tls_tgid = tgid;
     st.tls_ssl = ssl;
-    if st.flags & (SOCK_IGNORED_PORT | SOCK_IGNORED_PROC) != 0 {
+    if known || st.flags & (SOCK_IGNORED_PORT | SOCK_IGNORED_PROC) != 0 {
         return;
     }
     let ev = TlsBindEvent {

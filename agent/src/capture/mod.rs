@@ -129,16 +129,28 @@ const SOCK_PROGRAMS: &[(&str, &str, &str, &str)] = &[
 /// The OpenSSL functions the TLS uprobes hook: (symbol, entry program, return program,
 /// required). The `_ex` variants appeared in OpenSSL 1.1.1; `SSL_read` does not call
 /// `SSL_read_ex` (both call an internal function), so no byte is seen twice.
+/// `SSL_do_handshake` (which `SSL_connect` and `SSL_accept` call) binds a session to
+/// its connection before its first plaintext.
 const TLS_PROBES: &[(&str, &str, &str, bool)] = &[
     ("SSL_read", "ssl_read_enter", "ssl_read_exit", true),
     ("SSL_write", "ssl_write_enter", "ssl_write_exit", true),
     ("SSL_read_ex", "ssl_read_enter", "ssl_read_ex_exit", false),
-    ("SSL_write_ex", "ssl_write_enter", "ssl_write_ex_exit", false),
+    ("SSL_write_ex", "ssl_write_ex_enter", "ssl_write_ex_exit", false),
+    ("SSL_do_handshake", "ssl_handshake_enter", "ssl_handshake_exit", false),
 ];
 
 /// The uprobe programs, loaded at start and attached per file.
-const TLS_PROGRAMS: &[&str] =
-    &["ssl_read_enter", "ssl_write_enter", "ssl_read_exit", "ssl_write_exit", "ssl_read_ex_exit", "ssl_write_ex_exit"];
+const TLS_PROGRAMS: &[&str] = &[
+    "ssl_read_enter",
+    "ssl_write_enter",
+    "ssl_write_ex_enter",
+    "ssl_handshake_enter",
+    "ssl_read_exit",
+    "ssl_write_exit",
+    "ssl_read_ex_exit",
+    "ssl_write_ex_exit",
+    "ssl_handshake_exit",
+];
 
 /// Loaded and attached programs. Dropping it detaches everything.
 pub struct Capture {

@@ -128,7 +128,9 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
     };
-    output(probe::PROC_EXEC, core::ptr::addr_of!(ev).cast(), size_of::<ExecEvent>() as u64, false);
+    // Woken at once: a short-lived client's first SSL call may come a few ms later, and
+    // its executable (Node's static OpenSSL) is attached only once the agent knows.
+    output(probe::PROC_EXEC, core::ptr::addr_of!(ev).cast(), size_of::<ExecEvent>() as u64, true);
     0
 }
 

@@ -46,7 +46,8 @@ const MAX_VERDICTS: usize = 8192;
 const MAX_SEEN: usize = 65_536;
 /// When a process is looked at again after its exec: ld.so maps the libraries within
 /// milliseconds; a program may dlopen libssl later (Python on `import ssl`).
-pub const EXEC_RESCANS: [Duration; 3] = [Duration::from_millis(20), Duration::from_millis(200), Duration::from_secs(2)];
+pub const EXEC_RESCANS: [Duration; 4] =
+    [Duration::ZERO, Duration::from_millis(20), Duration::from_millis(200), Duration::from_secs(2)];
 /// How often every process is looked at again (libraries loaded late by long-running
 /// processes, and exec notifications that did not fit the queue).
 pub const FULL_RESCAN: Duration = Duration::from_secs(30);

@@ -1897,14 +1897,11 @@ fn run_line(run: &Run, baseline: Option<&Run>, proto: Proto) -> String {
 /// (gRPC and HTTPS add the agent's `spans.built` per request).
 #[expect(clippy::cast_precision_loss, reason = "counts are far below 2^52")]
 pub fn overhead_table(rounds: &[&ViewRound], proto: Proto) -> String {
-    let mut configs: Vec<Config> = Vec::new();
-    for round in rounds {
-        for (config, _) in &round.runs {
-            if !configs.contains(config) {
-                configs.push(*config);
-            }
-        }
-    }
+    // In the order they run, whichever run was left out as invalid in the first round.
+    let configs: Vec<Config> = [Config::Baseline, Config::CaptureOnly, Config::Full]
+        .into_iter()
+        .filter(|c| rounds.iter().any(|round| round.runs.iter().any(|(config, _)| config == c)))
+        .collect();
     let mut rows = Vec::new();
     for config in configs {
         // (this configuration's run, the baseline of the same round)
@@ -3264,19 +3261,20 @@ req/s           :       0.00        0.00        0.00        0.00   100.00%
             |spans_built: u64| AgentRun { spans: Some((0, 0)), spans_built: Some(spans_built), ..AgentRun::default() };
         let round = |runs: Vec<(Config, Run)>| ViewRound { view: View::Saturated, runs };
         let rounds = [
+            // The first round's baseline was invalid: no ratio from that round, and the
+            // baseline row still comes first.
+            round(vec![(Config::Full, run(9000.0, 1e-3, 90_000, 2.0, Some(agent(0))))]),
             round(vec![
                 (Config::Baseline, run(2000.0, 10e-3, 20_000, 2.0, None)),
                 (Config::Full, run(1000.0, 20e-3, 10_000, 2.0, Some(agent(10_000)))),
             ]),
-            // The baseline of this round was invalid: no ratio from it.
-            round(vec![(Config::Full, run(9000.0, 1e-3, 90_000, 2.0, Some(agent(0))))]),
         ];
         let refs: Vec<&ViewRound> = rounds.iter().collect();
         let table = overhead_table(&refs, Proto::Grpc);
         let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split('|').map(str::trim).collect()).collect();
         assert_eq!(rows[0].get(11).copied(), Some("spans.built/req"), "{table}");
         assert_eq!(rows[2][1..4], ["baseline", "2000", "-"], "{table}");
-        // req/s: median of 1000 and 9000; vs baseline: only the first round's 0.5.
+        // req/s: median of 9000 and 1000; vs baseline: only the second round's 0.5.
         assert_eq!(rows[3][1..4], ["full agent", "5000", "0.500 (-50.0%)"], "{table}");
         // spans.built/req: median of 1.0 and 0.0.
         assert_eq!(rows[3][11], "0.500", "{table}");

@@ -181,7 +181,8 @@ pub enum UprobeConfig {
     /// Nothing: the cost of the call itself (libssl and Python's call around it).
     None,
     /// `ghostwire --empty-probes uprobe-ssl`: empty programs as uprobe and uretprobe on
-    /// SSL_read, SSL_read_ex, SSL_write and SSL_write_ex.
+    /// the functions the agent hooks (SSL_read, SSL_write, their `_ex` variants, which
+    /// are what Python calls, and SSL_do_handshake).
     EmptyUprobes,
     /// The agent tracing the calling process (`--pid`), exporting to /dev/null.
     Ghostwire,

@@ -1764,7 +1764,7 @@ fn overhead_run_checked(
     }
     let before = wait_no_uprobes(args.quiet_wait);
     let run = overhead_run(args, view, config, target, dir, round)?;
-    match foreign_uprobes(before, uprobe_links()) {
+    match foreign_uprobes(before, uprobe_links_after()) {
         Some(why) => Err(anyhow::Error::new(InvalidRun(why)).context("invalid run")),
         None => Ok(run),
     }
@@ -2285,6 +2285,20 @@ fn uprobe_links() -> Option<usize> {
     count_uprobe_links(&json(&["link", "show"])?, &json(&["prog", "show"])?)
 }
 
+/// Uprobe links left just after a run, once this benchmark's own agent (if any) has
+/// exited: polled for up to 3 s, because the kernel releases an exited process's links
+/// shortly after its exit, not at once.
+fn uprobe_links_after() -> Option<usize> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let n = uprobe_links();
+        if n.is_none_or(|n| n == 0) || Instant::now() >= deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Waits at most `seconds` for the machine to have no uprobe attached; the last count
 /// (`None` without bpftool).
 fn wait_no_uprobes(seconds: u64) -> Option<usize> {
@@ -2451,7 +2465,7 @@ enum UprobeOutcome {
 fn uprobe_run(args: &UprobeArgs, config: UprobeConfig, ssl: &mut SslCalls) -> Result<UprobeOutcome> {
     let before = wait_no_uprobes(args.quiet_wait);
     let outcome = uprobe_run_attached(args, config, ssl)?;
-    Ok(match (outcome, foreign_uprobes(before, uprobe_links())) {
+    Ok(match (outcome, foreign_uprobes(before, uprobe_links_after())) {
         (UprobeOutcome::Valid(_), Some(why)) => UprobeOutcome::Invalid(why),
         (outcome, _) => outcome,
     })

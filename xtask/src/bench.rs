@@ -2596,7 +2596,10 @@ fn uprobe(args: &UprobeArgs) -> Result<()> {
          disturbed by other processes. added: median of per-round differences with `none` of the same round: for \
          empty-uprobes the uprobe + uretprobe mechanism (two traps per call), for ghostwire its programs \
          (reading the arguments, copying the plaintext into the ring) and any slowdown its userspace causes. \
-         agent CPU: the agent's own CPU time per SSL call (on its own threads, not in ns/call)."
+         agent CPU: the agent's own CPU time per SSL call (on its own threads, not in ns/call). \
+         ghostwire: no socket is ever used, so the plaintext is never bound to a connection: the kernel \
+         copies it into the ring (kernel.tls_unbound) and the agent holds, then drops it (drop.tls_unbound): \
+         the probes' work is paid in full, span building is not."
     );
     if !invalid.is_empty() {
         println!("\n{} invalid runs, left out of the medians:", invalid.len());

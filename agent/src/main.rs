@@ -142,6 +142,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     let tls_line = match tls_files {
+        Some(1) => "OpenSSL uprobes on 1 file".to_owned(),
         Some(n) => format!("OpenSSL uprobes on {n} files"),
         None => "TLS not decrypted (--no-tls)".to_owned(),
     };

@@ -197,7 +197,7 @@ impl Capture {
         attach_tp(&mut ebpf, "sched_process_exec", &[("sched", "sched_process_exec")])?;
         attached += 2;
         let hooks = format!(
-            "{kind} sock_send_length, sock_recv_length, inet_sock_set_state; tracepoints sched_process_exit, sched_process_exec; syscall arguments from the task's saved registers; uprobes on OpenSSL's SSL_read/SSL_write(_ex), per library file found"
+            "{kind} sock_send_length, sock_recv_length, inet_sock_set_state; tracepoints sched_process_exit, sched_process_exec; syscall arguments from the task's saved registers; uprobes on OpenSSL's SSL_read/SSL_write(_ex) and SSL_do_handshake, per library file found"
         );
         Ok(Self { ebpf, kcfg, attached, hooks })
     }

@@ -22,6 +22,9 @@ pub const TAIL_WINDOW: usize = 4 * 1024;
 /// core writes each frame header, header block and message as its own slice (a unary
 /// call is a dozen of them); 8 lost the start of grpcio's streams.
 pub const MAX_IOVECS: usize = 64;
+/// Most records a TLS session reports before its connection is known; the agent holds
+/// as many per session.
+pub const TLS_UNBOUND_MAX_RECORDS: u32 = 1024;
 /// Longest process name (`comm`) the kernel compares for `--exe`.
 pub const COMM_LEN: usize = 16;
 /// Maximum number of `--exe` names.
@@ -141,7 +144,12 @@ pub mod counter {
     /// Plaintext reported before its connection was known (a memory-BIO TLS stack such
     /// as Node's): the agent holds it until the [`super::TlsBindEvent`].
     pub const TLS_UNBOUND: u32 = 7;
-    pub const COUNT: usize = 8;
+    /// Plaintext not reported because its session had already reported
+    /// [`super::TLS_UNBOUND_MAX_RECORDS`] records without a connection: one that never
+    /// gets one (TLS over a UNIX socket or a pipe, a memory BIO used in-process) stops
+    /// costing a copy per call.
+    pub const TLS_UNBOUND_SKIPPED: u32 = 8;
+    pub const COUNT: usize = 9;
 
     pub const NAMES: [&str; COUNT] = [
         "emitted",
@@ -152,6 +160,7 @@ pub mod counter {
         "no_user_buffer",
         "tls_ciphertext",
         "tls_unbound",
+        "tls_unbound_skipped",
     ];
 }
 

@@ -129,6 +129,8 @@ pub struct TlsSession {
     /// (`SSL_ERROR_WANT_WRITE`, partial writes) is repeated by the application with the
     /// same bytes.
     pub credit: u64,
+    /// Records reported while `sk` was 0 (see `counter::TLS_UNBOUND_SKIPPED`).
+    pub unbound_records: u64,
 }
 
 /// LRU, like [`SOCKS`]: a session whose connection close was never seen goes eventually.

@@ -23,7 +23,7 @@ use aya_ebpf::{
 };
 use ghostwire_common::{
     counter, payload, probe, Config, DataEvent, EventKind, ExecEvent, TlsBindEvent, DIR_EGRESS, DIR_INGRESS,
-    MAX_CAPTURE, TAIL_WINDOW,
+    MAX_CAPTURE, TAIL_WINDOW, TLS_UNBOUND_MAX_RECORDS,
 };
 
 use crate::{
@@ -260,7 +260,7 @@ fn session(id: u64, ssl: u64, probe: u8) -> Option<&'static mut TlsSession> {
     let p = match TLS_SESSIONS.get_ptr_mut(&key) {
         Some(p) => p,
         None => {
-            let fresh = TlsSession { sk: 0, gen: 0, seq: [0; 2], unreported: [0; 2], credit: 0 };
+            let fresh = TlsSession { sk: 0, gen: 0, seq: [0; 2], unreported: [0; 2], credit: 0, unbound_records: 0 };
             if TLS_SESSIONS.insert(&key, &fresh, 0).is_err() {
                 count(probe, counter::MAP_FULL);
                 return None;
@@ -289,9 +289,17 @@ fn report(cfg: &Config, id: u64, call: &mut SslCall, sess: &mut TlsSession, dir:
                 return;
             }
         }
-    } else if dir == DIR_EGRESS {
-        // Perhaps a memory BIO: the application sends this ciphertext itself, next.
-        call.unbound = ssl;
+    } else {
+        if sess.unbound_records >= u64::from(TLS_UNBOUND_MAX_RECORDS) {
+            // The agent could not hold it either.
+            count(probe, counter::TLS_UNBOUND_SKIPPED);
+            return;
+        }
+        sess.unbound_records += 1;
+        if dir == DIR_EGRESS {
+            // Perhaps a memory BIO: the application sends this ciphertext itself, next.
+            call.unbound = ssl;
+        }
     }
     if emit_plain(cfg, id, sess, ssl, buf, dir, offset, n, probe) {
         if sess.sk == 0 {
@@ -446,7 +454,7 @@ fn bind(id: u64, sk: u64, st: &mut SockState, ssl: u64, probe: u8, ciphertext_do
         s.sk = sk;
         s.gen = st.gen;
     } else {
-        let s = TlsSession { sk, gen: st.gen, seq: [0; 2], unreported: [0; 2], credit: 0 };
+        let s = TlsSession { sk, gen: st.gen, seq: [0; 2], unreported: [0; 2], credit: 0, unbound_records: 0 };
         if TLS_SESSIONS.insert(&key, &s, 0).is_err() {
             count(probe, counter::MAP_FULL);
         }

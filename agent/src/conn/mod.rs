@@ -143,7 +143,7 @@ struct Conn {
 /// Bounds on plaintext held until its session's connection is known.
 const MAX_UNBOUND_SESSIONS: usize = 256;
 const MAX_UNBOUND_BYTES: usize = 64 * 1024;
-const MAX_UNBOUND_RECORDS: usize = 1024;
+const MAX_UNBOUND_RECORDS: usize = ghostwire_common::TLS_UNBOUND_MAX_RECORDS as usize;
 const UNBOUND_TTL_NS: u64 = 5_000_000_000;
 /// Processes remembered as sending TLS that cannot be decrypted (counted once each).
 const MAX_UNDECRYPTED_PIDS: usize = 4096;

@@ -181,6 +181,22 @@ fn enter(ctx: &ProbeContext, dir: u8, num: u64) {
     c.active = 1;
     if dir == DIR_EGRESS && num > 0 {
         write_entry(cfg, id, c, num);
+    } else if dir == DIR_HANDSHAKE {
+        forget_unbound(id, ssl);
+    }
+}
+
+/// A handshake starts on `ssl`: state left under that address by a session that never
+/// found its connection (freed, its address reused) is not this session's. Nothing of
+/// this session was reported yet (a handshake precedes its data), so resetting is safe
+/// even when the handshake is entered several times (non-blocking). A bound session is
+/// left alone: `bind` resets a reused address when its connection differs.
+#[inline(always)]
+fn forget_unbound(id: u64, ssl: u64) {
+    let key = SessionKey { tgid: (id >> 32) as u32, _pad: 0, ssl };
+    // SAFETY: read-only lookup of a plain value.
+    if unsafe { TLS_SESSIONS.get(&key) }.is_some_and(|s| s.sk == 0) {
+        let _ = TLS_SESSIONS.remove(&key);
     }
 }
 

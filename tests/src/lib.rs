@@ -1257,54 +1257,30 @@ pub fn grpc_server(port: u16, upstream_port: Option<u16>, service_name: &str) ->
 /// The legacy grpcio client (`tests/peers/grpc_client.py`): ONE channel to
 /// 127.0.0.1:`port`, driven line by line (`unary PAYLOAD`, `stream N`, `many N`,
 /// `meta TRACEPARENT`, ...). Killed and reaped on drop.
-pub struct GrpcClient {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
+pub struct GrpcClient(LineClient);
 
 impl GrpcClient {
     /// Starts the client with `OTEL_SERVICE_NAME=service_name`. The channel connects on
     /// the first call.
     #[must_use]
     pub fn start(port: u16, service_name: &str) -> Self {
-        let mut child = Command::new(python())
-            .arg(peers_dir().join("grpc_client.py"))
+        let mut cmd = Command::new(python());
+        cmd.arg(peers_dir().join("grpc_client.py"))
             .args(["--port", &port.to_string()])
-            .env("OTEL_SERVICE_NAME", service_name)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start grpc_client.py: {e}"));
-        let out = child.stdout.take().expect("stdout piped");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Self { child, lines }
+            .env("OTEL_SERVICE_NAME", service_name);
+        // A slow call (`slow`) answers late: a longer wait than LineClient's default.
+        Self(LineClient::start("grpc_client", &mut cmd).answer_within(Duration::from_secs(60)))
     }
 
     #[must_use]
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.pid()
     }
 
     /// Sends one command and returns its answer line (`ok STATUS ...`); fails the test on
     /// `err ...`, on an exited client or after 60 s without an answer.
     pub fn cmd(&mut self, command: &str) -> String {
-        use std::io::Write as _;
-        let stdin = self.child.stdin.as_mut().expect("stdin piped");
-        writeln!(stdin, "{command}").and_then(|()| stdin.flush()).unwrap_or_else(|e| {
-            panic!("grpc_client: cannot send {command:?}: {e} (exited: {:?})", self.child.try_wait())
-        });
-        let line = self.lines.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|e| {
-            panic!("grpc_client: no answer to {command:?} ({e}; exited: {:?})", self.child.try_wait())
-        });
-        assert!(line.starts_with("ok "), "grpc_client: {command:?} answered {line:?}");
-        line
+        self.0.cmd(command)
     }
 
     /// Sends `command` and checks that the call ended with gRPC status `status` (the
@@ -1316,25 +1292,8 @@ impl GrpcClient {
     }
 
     /// `quit`: closes the channel (the connection ends) and waits (10 s) for the exit.
-    pub fn quit(mut self) {
-        let _ = self.cmd("quit");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("grpc_client did not exit within 10 s of quit");
-    }
-}
-
-impl Drop for GrpcClient {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    pub fn quit(self) {
+        self.0.quit();
     }
 }
 
@@ -1630,6 +1589,8 @@ pub struct LineClient {
     name: String,
     child: Child,
     lines: std::sync::mpsc::Receiver<String>,
+    /// How long an answer may take.
+    timeout: Duration,
 }
 
 impl LineClient {
@@ -1650,7 +1611,14 @@ impl LineClient {
                 }
             }
         });
-        Self { name: name.to_owned(), child, lines }
+        Self { name: name.to_owned(), child, lines, timeout: Duration::from_secs(30) }
+    }
+
+    /// Waits up to `timeout` for each answer (30 s by default).
+    #[must_use]
+    pub fn answer_within(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     #[must_use]
@@ -1659,14 +1627,14 @@ impl LineClient {
     }
 
     /// Sends one command and returns its answer line; fails the test on `err ...`, on an
-    /// exited client or after 30 s without an answer.
+    /// exited client or after the answer timeout (30 s unless set).
     pub fn cmd(&mut self, command: &str) -> String {
         use std::io::Write as _;
         let stdin = self.child.stdin.as_mut().expect("stdin piped");
         writeln!(stdin, "{command}").and_then(|()| stdin.flush()).unwrap_or_else(|e| {
             panic!("{}: cannot send {command:?}: {e} (exited: {:?})", self.name, self.child.try_wait())
         });
-        let line = self.lines.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|e| {
+        let line = self.lines.recv_timeout(self.timeout).unwrap_or_else(|e| {
             panic!("{}: no answer to {command:?} ({e}; exited: {:?})", self.name, self.child.try_wait())
         });
         assert!(line.starts_with("ok "), "{}: {command:?} answered {line:?}", self.name);

@@ -246,6 +246,7 @@ fn ciphertext_through_the_connection_table_gives_nothing_to_parse() {
                     tcp_seq: [0; 2],
                     comm: [0; 16],
                     ppid: 0,
+                    opened_by: None,
                     ts_ns: 1,
                 }),
                 &mut sink,

@@ -88,6 +88,8 @@ pub struct Conn {
     /// The process's parent (0: unknown).
     pub ppid: u32,
     pub ts_ns: u64,
+    /// Client connections: the thread that called `connect()`, and when.
+    pub opened_by: Option<crate::conn::Opener>,
 }
 
 /// What happened to a tracked connection.
@@ -261,6 +263,7 @@ fn conn(ev: ConnEvent) -> Result<Conn, DecodeError> {
         tcp_seq: ev.tcp_seq,
         comm: ev.comm,
         ppid: ev.ppid,
+        opened_by: None,
         ts_ns: ev.ts_ns,
     })
 }

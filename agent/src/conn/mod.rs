@@ -49,6 +49,18 @@ pub struct ConnMeta {
     pub netns: u32,
     /// `Some` for a TLS connection whose plaintext the uprobes report.
     pub tls: Option<TlsInfo>,
+    /// Client connections: the thread that called `connect()` and when (`None` for
+    /// accepted connections and those opened before the agent started).
+    pub opened_by: Option<Opener>,
+}
+
+/// Who opened a client connection: the linker attributes the connection's first
+/// request to what that thread was handling at that moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opener {
+    pub tid: u32,
+    /// Kernel monotonic time of the `connect()` call.
+    pub ts_ns: u64,
 }
 
 /// What the spans of a TLS connection say about its TLS.
@@ -403,6 +415,7 @@ impl ConnTable {
             peer: ev.peer,
             netns: ev.netns,
             tls: None,
+            opened_by: ev.opened_by,
         };
         let start = if ev.midstream { None } else { Some(0) };
         self.conns.insert(
@@ -706,6 +719,7 @@ mod tests {
             tcp_seq: [1000, 2000],
             comm: [0; 16],
             ppid: 1,
+            opened_by: None,
             ts_ns: 1,
         })
     }

@@ -410,6 +410,7 @@ mod tests {
                 peer: "127.0.0.1:50000".parse().unwrap(),
                 netns: 0,
                 tls: None,
+                opened_by: None,
             },
             exchange: Exchange {
                 seq: 0,

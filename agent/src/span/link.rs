@@ -481,7 +481,7 @@ mod tests {
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03";
 
     fn meta(pid: u32, role: Role, local: &str, peer: &str) -> ConnMeta {
-        ConnMeta { pid, role, local: local.parse().unwrap(), peer: peer.parse().unwrap(), netns: 0, tls: None }
+        ConnMeta { pid, role, local: local.parse().unwrap(), peer: peer.parse().unwrap(), netns: 0, tls: None, opened_by: None }
     }
 
     fn req(headers: &[(&str, &str)]) -> Request {

@@ -1710,6 +1710,75 @@ pub fn curl_https(port: u16, version: &str, paths: &[&str]) -> Vec<(u16, String)
     got
 }
 
+// ---------------------------------------------------------------------------------------
+// Linking fidelity models (tests/tests/link_fidelity.rs)
+
+impl Nginx {
+    /// nginx on 127.0.0.1:`port` forwarding everything to `target` (`HOST:PORT`, e.g. a
+    /// Service's virtual IP) with nginx's default upstream protocol, HTTP/1.0: a new
+    /// upstream connection per request, closed after the response.
+    #[must_use]
+    pub fn proxy_pass(port: u16, target: &str) -> Self {
+        Self::with_config(port, |d| {
+            format!(
+                "{}http {{\n  {}\n  server {{\n    listen 127.0.0.1:{port};\n    \
+                 location / {{ proxy_pass http://{target}; }}\n  }}\n}}\n",
+                Self::main_context(d),
+                Self::http_defaults(d),
+            )
+        })
+    }
+
+    /// nginx on 127.0.0.1:`port` forwarding to 127.0.0.1:`upstream_port` through an
+    /// `upstream` block with a keep-alive pool (`keepalive 16`): HTTP/1.1 upstream with
+    /// the `Connection` header cleared, which is what lets nginx reuse an idle upstream
+    /// connection for the next request (nginx's documented recipe).
+    #[must_use]
+    pub fn keepalive_pool_proxy(port: u16, upstream_port: u16) -> Self {
+        Self::with_config(port, |d| {
+            format!(
+                "{}http {{\n  {}\n  upstream fid_pool {{ server 127.0.0.1:{upstream_port}; keepalive 16; }}\n  \
+                 server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://fid_pool;\n      \
+                 proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+                Self::main_context(d),
+                Self::http_defaults(d),
+            )
+        })
+    }
+
+    /// nginx started inside `netns` (`ip netns exec`) with the configuration `conf(dir)`,
+    /// waiting until it listens on 127.0.0.1:`port` in that namespace. Drop it before the
+    /// namespace.
+    #[must_use]
+    pub fn in_netns(netns: &Netns, port: u16, conf: impl FnOnce(&Path) -> String) -> Self {
+        let dir = TempDir::new("nginx");
+        let text = conf(dir.path());
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, text).expect("write nginx.conf");
+        let mut proc = Proc::spawn(
+            "nginx",
+            netns.command("nginx").arg("-c").arg(&path).arg("-p").arg(dir.path()).arg("-e").arg("stderr"),
+        );
+        netns.wait_port(std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)), "nginx");
+        proc.assert_running();
+        Self { _proc: proc, dir }
+    }
+
+    /// nginx inside `netns` serving h2c (prior knowledge) on 127.0.0.1:`port` that answers
+    /// every path `200 ok` itself (no files, so nothing for the `nobody` workers to read).
+    #[must_use]
+    pub fn h2c_ok_in_netns(netns: &Netns, port: u16) -> Self {
+        Self::in_netns(netns, port, |d| {
+            format!(
+                "{}http {{\n  {}\n  server {{\n    listen 127.0.0.1:{port} http2;\n    \
+                 location / {{ default_type text/plain; return 200 \"ok\\n\"; }}\n  }}\n}}\n",
+                Self::main_context(d),
+                Self::http_defaults(d),
+            )
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1779,6 +1779,102 @@ impl Nginx {
     }
 }
 
+/// Builds the standard-library-only Go program tests/peers/`name` (e.g. `go_proxy`) into
+/// `dir`/`name` and returns its path. Offline on purpose: `GOPROXY=off`, since no Go module
+/// proxy is reachable from the test machines, so a peer that needed a module would fail
+/// here with go's own message rather than hang.
+#[must_use]
+pub fn build_go_peer(name: &str, dir: &Path) -> PathBuf {
+    let src = peers_dir().join(name);
+    let bin = dir.join(name);
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(".")
+        .current_dir(&src)
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOPROXY", "off")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run go (install golang-go: cargo xtask setup --peers): {e}"));
+    assert!(
+        out.status.success(),
+        "go build of {} failed ({}): {}",
+        src.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bin
+}
+
+
+/// An iptables DNAT rule that sends loopback connections to `VIP:VPORT` to
+/// `127.0.0.1:TO_PORT`, as kube-proxy does for a ClusterIP; exactly this rule is removed
+/// on drop, also when the test panics.
+pub struct Dnat {
+    rule: Vec<String>,
+}
+
+impl Dnat {
+    /// `iptables -t nat -A OUTPUT -d VIP -p tcp --dport VPORT -j DNAT --to-destination
+    /// 127.0.0.1:TO_PORT`.
+    #[must_use]
+    pub fn loopback(vip: std::net::Ipv4Addr, vport: u16, to_port: u16) -> Dnat {
+        let rule: Vec<String> = [
+            "OUTPUT",
+            "-d",
+            &vip.to_string(),
+            "-p",
+            "tcp",
+            "--dport",
+            &vport.to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &format!("127.0.0.1:{to_port}"),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let out = Command::new("iptables").args(["-w", "-t", "nat", "-A"]).args(&rule).output();
+        match out {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                panic!("iptables not found: run `cargo xtask setup` (it installs the iptables package)")
+            }
+            Err(e) => panic!("cannot run iptables: {e}"),
+            Ok(o) if !o.status.success() => panic!(
+                "iptables -t nat -A {} failed ({}): {}",
+                rule.join(" "),
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Ok(_) => Dnat { rule },
+        }
+    }
+
+    /// The rule's arguments after `-A`/`-D` (chain first), as `iptables -S` prints them
+    /// apart from the `/32` and `-m tcp` it adds.
+    #[must_use]
+    pub fn rule(&self) -> &[String] {
+        &self.rule
+    }
+}
+
+impl Drop for Dnat {
+    fn drop(&mut self) {
+        let out = Command::new("iptables").args(["-w", "-t", "nat", "-D"]).args(&self.rule).output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "warning: could not remove `iptables -t nat -A {}`: {}",
+                self.rule.join(" "),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => eprintln!("warning: could not remove `iptables -t nat -A {}`: {e}", self.rule.join(" ")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

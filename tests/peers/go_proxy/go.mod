@@ -1,0 +1,3 @@
+module ghostwire/go_proxy
+
+go 1.19

@@ -17,6 +17,13 @@ Commands (answered with exactly one line each, flushed):
   many N             N Unary calls in a row, each with the metadata
                      x-call-seq: <i> (new every call) on top of the fixed metadata
                      -> "ok STATUS calls=N failed=K" (STATUS: the first non-OK, else OK)
+  chainmany N CONC PREFIX
+                     N /demo.Echo/Chain calls with the payloads PREFIX/<i> (i = 0..N-1,
+                     so the server GETs http://127.0.0.1:UPSTREAM/PREFIX/<i>), CONC in
+                     flight at a time from a thread pool, all on the ONE channel (so
+                     they are concurrent streams of one HTTP/2 connection)
+                     -> "ok STATUS calls=N failed=K" (STATUS: the first non-OK in call
+                     order, else OK); N <= 100000, 1 <= CONC <= 256
   meta TRACEPARENT   the following calls send `traceparent: TRACEPARENT` -> "ok OK"
   header NAME [VAL]  the following calls send NAME: VAL (no VAL: stop sending NAME)
                      -> "ok OK"
@@ -29,10 +36,12 @@ Usage: grpc_client.py --port P [--timeout SECONDS] [COMMAND ...]
 """
 import argparse
 import sys
+from concurrent import futures
 
 import grpc
 
 MAX_MANY = 100000
+MAX_CONC = 256
 
 
 class Client:
@@ -106,6 +115,22 @@ class Client:
                 if status != "OK":
                     failed += 1
                     first = status if first == "OK" else first
+            return f"ok {first} calls={n} failed={failed}"
+        if (
+            cmd == "chainmany"
+            and len(args) == 3
+            and args[0].isdigit()
+            and int(args[0]) <= MAX_MANY
+            and args[1].isdigit()
+            and 1 <= int(args[1]) <= MAX_CONC
+        ):
+            n, conc, prefix = int(args[0]), int(args[1]), args[2]
+            with futures.ThreadPoolExecutor(max_workers=conc) as pool:
+                statuses = list(
+                    pool.map(lambda i: self.call(self.chain_rpc, f"{prefix}/{i}".encode())[0], range(n))
+                )
+            failed = sum(1 for s in statuses if s != "OK")
+            first = next((s for s in statuses if s != "OK"), "OK")
             return f"ok {first} calls={n} failed={failed}"
         if cmd == "meta" and len(args) == 1:
             self.metadata["traceparent"] = args[0]

@@ -629,15 +629,9 @@ fn go(jsonl: &Path, ports: &Ports, bin: &Result<PathBuf, String>) -> Row {
 fn dnat(jsonl: &Path, ports: &Ports) -> Row {
     let [p, u] = ports.dnat;
     let _backend = python_backend(u, "fid-dnat-backend");
-    // TODO(dnat): `Dnat::loopback` (tests/src/lib.rs) is being added by another helper.
-    // Until it exists this model reports "not run" and fails the test; then it is:
-    //     let _dnat = Dnat::loopback(SERVICE_VIP, SERVICE_PORT, u);
-    //     let _proxy = Nginx::proxy_pass(p, &format!("{SERVICE_VIP}:{SERVICE_PORT}"));
-    //     http_model(jsonl, MODEL_DNAT, "dnat", p, OTHER_REQUESTS, Upstream::PerRequest)
-    let _ = (jsonl, p, Nginx::proxy_pass, MODEL_DNAT);
-    panic!(
-        "not run: the Dnat guard (Dnat::loopback({SERVICE_VIP}, {SERVICE_PORT}, {u})) is not in tests/src/lib.rs yet"
-    )
+    let _dnat = Dnat::loopback(SERVICE_VIP, SERVICE_PORT, u);
+    let _proxy = Nginx::proxy_pass(p, &format!("{SERVICE_VIP}:{SERVICE_PORT}"));
+    http_model(jsonl, MODEL_DNAT, "dnat", p, OTHER_REQUESTS, Upstream::PerRequest)
 }
 
 /// One gRPC run: `calls` Chain calls from one grpcio client channel, `concurrency` at a
@@ -648,7 +642,8 @@ fn dnat(jsonl: &Path, ports: &Ports) -> Row {
 /// same path; that one's parent must be a grpc server SERVER span of `Chain` that is the
 /// parent of no other backend call; that one's parent a grpc client CLIENT span of
 /// `Chain` that is the parent of no other SERVER span; and that one a root. A parent of
-/// another kind, process or method, or one shared by two chains, is wrong.
+/// another kind, process or method, one shared by two chains, or one that does not
+/// enclose its child in time (it was not running when the child ran), is wrong.
 fn grpc(
     jsonl: &Path,
     model: &str,
@@ -688,11 +683,11 @@ fn grpc(
     let ix = spans.index();
     let mut judged = Vec::new();
     let mut proxy_clients = Vec::new();
-    // How far each parent encloses its child in time (µs), for the notes.
+    // How far (ns) each linked parent encloses its child in time, for the notes.
     let mut margins: Vec<i64> = Vec::new();
     let margin = |parent: &SpanRec, child: &SpanRec| {
-        let us = |a: u64, b: u64| (i128::from(a) - i128::from(b)) as i64 / 1000;
-        us(child.start_ns, parent.start_ns).min(us(parent.end_ns, child.end_ns))
+        let ns = |a: u64, b: u64| i64::try_from(i128::from(a) - i128::from(b)).unwrap_or(i64::MIN);
+        ns(child.start_ns, parent.start_ns).min(ns(parent.end_ns, child.end_ns))
     };
     for path in &paths {
         let mut j = Judged::new();
@@ -722,7 +717,11 @@ fn grpc(
     row.notes.push(load);
     row.notes.push(waited);
     if let (Some(lo), Some(hi)) = (margins.iter().min(), margins.iter().max()) {
-        row.notes.push(format!("time enclosure of linked gRPC hops (parent around child): {lo}..{hi} µs"));
+        row.notes.push(format!(
+            "time enclosure of linked gRPC hops (parent around child): {}..{} µs",
+            lo / 1000,
+            hi / 1000
+        ));
     }
     let servers = spans.all.iter().filter(|s| is_grpc_server(s)).count();
     let clients = spans.all.iter().filter(|s| is_grpc_client(s)).count();
@@ -776,7 +775,16 @@ fn follow_grpc<'a>(
             format!("its grpc server SERVER span {} is the parent of {siblings} backend calls", s.span_id),
         );
     }
-    margins.push(margin(s, c));
+    let m = margin(s, c);
+    margins.push(m);
+    // No path ties these hops to the chain: time does. A handler that did not run while
+    // the call was made did not make it.
+    if m < 0 {
+        return (
+            Verdict::Wrong,
+            format!("its parent, grpc server SERVER span {}, does not enclose it in time (by {m} ns)", s.span_id),
+        );
+    }
     let g = match parent(s, "grpc server SERVER") {
         Ok(g) => g,
         Err(e) => return e,
@@ -801,57 +809,60 @@ fn follow_grpc<'a>(
             format!("its grpc client CLIENT span {} is the parent of {servers} SERVER spans", g.span_id),
         );
     }
-    margins.push(margin(g, s));
+    let m = margin(g, s);
+    margins.push(m);
+    if m < 0 {
+        return (
+            Verdict::Wrong,
+            format!(
+                "the grpc server SERVER span's parent, client span {}, does not enclose it in time (by {m} ns)",
+                g.span_id
+            ),
+        );
+    }
     Index::root("grpc client CLIENT", &[g])
 }
 
 /// Two namespaces holding the same addresses; in each, nginx (h2c) on the same port and
-/// a curl from the same local port, at the same time: identical 4-tuples and identical
-/// HTTP/2 stream ids in both. A 2-hop chain: nginx's SERVER span ← its own namespace's
-/// curl CLIENT span.
+/// a client connection from the same local port, at the same time: identical 4-tuples
+/// and identical HTTP/2 stream ids (1, 3, 5, ...) in both. A 2-hop chain: nginx's SERVER
+/// span ← the CLIENT span of its own namespace's connection.
+///
+/// The client is [`h2c_sequential`] in this process, not curl: curl 7.88.1 (Debian 12)
+/// fails (exit 16) on the second URL of a reused prior-knowledge h2c connection.
 fn netns(jsonl: &Path, ports: &Ports) -> Row {
     let [port, local] = ports.netns;
     let spaces = [Netns::new(), Netns::new()];
     let slugs = ["ns1", "ns2"];
     let nginx: Vec<Nginx> = spaces.iter().map(|ns| Nginx::h2c_ok_in_netns(ns, port)).collect();
     let t0 = Instant::now();
-    let curls: Vec<std::process::Child> = spaces
-        .iter()
-        .zip(slugs)
-        .map(|(ns, slug)| {
-            let mut cmd = ns.command("curl");
-            cmd.args(["-s", "--http2-prior-knowledge", "--max-time", "30", "--local-port", &local.to_string()]);
-            for i in 0..NETNS_URLS {
-                cmd.args(["-o", "/dev/null", "-w", "%{http_code} %{num_connects} %{local_port}\\n"])
-                    .arg(format!("http://127.0.0.1:{port}/fid/{slug}/{i}"));
-            }
-            cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-            cmd.spawn().unwrap_or_else(|e| panic!("cannot run curl in {}: {e}", ns.name()))
-        })
-        .collect();
+    // Both connections at the same time, one per namespace, from the same local port.
+    let runs: Vec<Result<H2cRun, String>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = spaces
+            .iter()
+            .zip(slugs)
+            .map(|(ns, slug)| {
+                let paths: Vec<String> = (0..NETNS_URLS).map(|i| format!("/fid/{slug}/{i}")).collect();
+                sc.spawn(move || ns.run_inside(|| h2c_sequential(local, port, &paths)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| Err(format!("h2c client panicked: {}", panic_text(&*e)))))
+            .collect()
+    });
     let mut load = Vec::new();
     let mut problems = Vec::new();
-    for (child, slug) in curls.into_iter().zip(slugs) {
-        let out = child.wait_with_output().unwrap_or_else(|e| panic!("curl ({slug}): {e}"));
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
-        let ok = lines.iter().filter(|w| w.first() == Some(&"200")).count();
-        let connects: usize = lines.iter().filter_map(|w| w.get(1)?.parse::<usize>().ok()).sum();
-        let local_ports: BTreeSet<&str> = lines.iter().filter_map(|w| w.get(2).copied()).collect();
-        load.push(format!(
-            "{slug}: {ok}/{NETNS_URLS} answered 200, {connects} connection(s), local ports {local_ports:?}"
-        ));
-        if !out.status.success()
-            || ok != NETNS_URLS
-            || connects != 1
-            || local_ports.len() != 1
-            || !local_ports.contains(local.to_string().as_str())
-        {
-            problems.push(format!(
-                "curl in {slug} ({}) did not make {NETNS_URLS} requests on one connection from local port {local}: {text}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
+    for (run, slug) in runs.iter().zip(slugs) {
+        match run {
+            Ok(r) => {
+                let ok = r.statuses.iter().filter(|&&s| s == 200).count();
+                load.push(format!("{slug}: {ok}/{NETNS_URLS} answered 200 on one connection from {}", r.local));
+                if ok != NETNS_URLS || r.local.port() != local {
+                    problems.push(format!("{slug}: statuses {:?} from {}", r.statuses, r.local));
+                }
+            }
+            Err(e) => problems.push(format!("{slug}: {e}")),
         }
     }
     let took = t0.elapsed();
@@ -869,8 +880,8 @@ fn netns(jsonl: &Path, ports: &Ports) -> Row {
     for path in &paths {
         let [lg, srv] = netns_roles(&ix, path, port);
         let mut j = Judged::new();
-        j.add(Index::root("curl CLIENT", &lg));
-        j.add(ix.edge("nginx SERVER", &srv, "curl CLIENT of its namespace", &lg));
+        j.add(Index::root("load generator CLIENT", &lg));
+        j.add(ix.edge("nginx SERVER", &srv, "load generator CLIENT of its namespace", &lg));
         j.keep(&lg);
         j.keep(&srv);
         servers.extend(srv);
@@ -885,6 +896,128 @@ fn netns(jsonl: &Path, ports: &Ports) -> Row {
         row.problem = Some(problems.join("\n"));
     }
     row
+}
+
+/// One [`h2c_sequential`] connection.
+struct H2cRun {
+    local: std::net::SocketAddr,
+    /// Per path: 200 when the response head starts with the static-table `:status: 200`
+    /// (nginx's encoding of it), 0 for anything else or a reset stream.
+    statuses: Vec<u16>,
+}
+
+/// A TCP connection to 127.0.0.1:`port` from 127.0.0.1:`local` (SO_REUSEADDR, so a
+/// local port in TIME_WAIT from an earlier run binds too).
+fn connect_from(local: u16, port: u16) -> std::io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd as _;
+    let addr = |p: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: p.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: socket(2) takes no pointers; the fd is owned by the TcpStream at once, so
+    // every error path closes it.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    let (from, to) = (addr(local), addr(port));
+    // SAFETY: valid fd; each pointer is to a live local of the size passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            std::ptr::from_ref(&one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::bind(fd, std::ptr::from_ref(&from).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::connect(fd, std::ptr::from_ref(&to).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
+/// The smallest HTTP/2 client that does what the namespace model needs: prior-knowledge
+/// h2c to 127.0.0.1:`port` from local port `local`, one GET per path, one after the other
+/// on the one connection (streams 1, 3, 5, ...). Headers are HPACK literals without
+/// Huffman coding and never indexed, so the bytes on the wire are the same in every run.
+fn h2c_sequential(local: u16, port: u16, paths: &[String]) -> Result<H2cRun, String> {
+    use std::io::{Read as _, Write as _};
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    const ACK: u8 = 0x1;
+    let mut s = connect_from(local, port).map_err(|e| format!("connect 127.0.0.1:{port} from :{local}: {e}"))?;
+    let io = |e: std::io::Error| e.to_string();
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+    let local_addr = s.local_addr().map_err(io)?;
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX).to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    s.write_all(&out).map_err(io)?;
+    let authority = format!("127.0.0.1:{port}");
+    let mut statuses = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (k, path) in paths.iter().enumerate() {
+        let sid = u32::try_from(2 * k + 1).map_err(|e| e.to_string())?;
+        // :method GET (static 2), :scheme http (static 6), then :path (name 4) and
+        // :authority (name 1) as literals without indexing.
+        let mut block = vec![0x82, 0x86];
+        for (name, value) in [(4u8, path.as_str()), (1, authority.as_str())] {
+            let len = u8::try_from(value.len()).ok().filter(|&l| l < 0x7f).ok_or("header value too long")?;
+            block.extend([name, len]);
+            block.extend_from_slice(value.as_bytes());
+        }
+        s.write_all(&frame(1, END_STREAM | END_HEADERS, sid, &block)).map_err(io)?;
+        let mut status = 0;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(format!("no end of stream {sid} within 20 s"));
+            }
+            let mut head = [0u8; 9];
+            s.read_exact(&mut head).map_err(|e| format!("stream {sid}: read frame: {e}"))?;
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            if len > 1 << 20 {
+                return Err(format!("stream {sid}: frame of {len} bytes"));
+            }
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).map_err(|e| format!("stream {sid}: read payload: {e}"))?;
+            match kind {
+                4 if flags & ACK == 0 => s.write_all(&frame(4, ACK, 0, &[])).map_err(io)?,
+                6 if flags & ACK == 0 => s.write_all(&frame(6, ACK, 0, &payload)).map_err(io)?,
+                7 => return Err(format!("GOAWAY on stream {sid}: {payload:?}")),
+                1 if stream == sid && payload.first() == Some(&0x88) => status = 200,
+                3 if stream == sid => break,
+                _ => {}
+            }
+            if stream == sid && (kind == 0 || kind == 1) && flags & END_STREAM != 0 {
+                break;
+            }
+        }
+        statuses.push(status);
+    }
+    Ok(H2cRun { local: local_addr, statuses })
 }
 
 const MODEL_NGINX_CONN: &str = "nginx (new upstream connection per request)";
@@ -905,35 +1038,6 @@ fn guarded(model: &str, concurrency: &str, f: impl FnOnce() -> Row) -> Row {
         .unwrap_or_else(|e| Row::failed_to_run(model, concurrency, format!("could not run: {}", panic_text(&*e))));
     row.notes.push(format!("model took {:.1} s", t0.elapsed().as_secs_f64()));
     row
-}
-
-/// Builds tests/peers/go_proxy (standard library only) into `dir`.
-fn build_go_proxy(dir: &Path) -> Result<PathBuf, String> {
-    // TODO(go_proxy): use `build_go_peer` from tests/src/lib.rs once it lands.
-    let src = peers_dir().join("go_proxy");
-    if !src.exists() {
-        return Err(format!("not run: {} is not there yet", src.display()));
-    }
-    let bin = dir.join("go_proxy");
-    let out = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&bin)
-        .arg(".")
-        .current_dir(&src)
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOPROXY", "off")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run `go build` (install golang: cargo xtask setup --peers): {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "go build of {} failed ({}): {}",
-            src.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(bin)
 }
 
 fn print_report(rows: &[Row], link_counters: &str) {
@@ -967,7 +1071,7 @@ fn every_server_model_links_its_chains() {
     let dir = TempDir::new("fidelity");
     let ports = Ports::new();
     // Built before the agent runs: the compiler's own sockets are none of its business.
-    let go_bin = build_go_proxy(dir.path());
+    let go_bin = catch_unwind(|| build_go_peer("go_proxy", dir.path())).map_err(|e| panic_text(&*e));
     let jsonl = dir.path().join("spans.jsonl");
     let mut args: Vec<String> = ports.all().iter().flat_map(|p| ["--port".to_owned(), p.to_string()]).collect();
     args.extend(["--output".to_owned(), format!("jsonl:{}", jsonl.display())]);

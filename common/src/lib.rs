@@ -253,7 +253,16 @@ pub struct ConnEvent {
     /// The process's parent (tgid): a forked child that is gone before the agent reads
     /// its `/proc` entry is described from its parent's.
     pub ppid: u32,
+    /// Client connections: the thread (kernel tid) that called `connect()`, and
+    /// `bpf_ktime_get_ns` then; both 0 when unknown (accepted connections, connections
+    /// joined mid-stream). An event-loop proxy connects to its upstream while handling
+    /// the request that needs it, but writes to it later: this says which request.
+    pub connect_tid: u32,
+    pub _pad1: u32,
+    pub connect_ns: u64,
 }
+// Every byte is a named field (no implicit padding the kernel side would leave unset).
+const _: () = assert!(size_of::<ConnEvent>() == 128 && align_of::<ConnEvent>() == 8);
 
 /// A tracked connection stopped sending or closed.
 #[repr(C)]

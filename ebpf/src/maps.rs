@@ -65,12 +65,39 @@ pub struct SockState {
     /// by the next connection).
     pub tls_tgid: u32,
     pub tls_ssl: u64,
+    /// Client connections: the thread that called `connect()` and when (from
+    /// [`CONNECTING`]); 0 when unknown.
+    pub connect_tid: u32,
+    pub _pad1: u32,
+    pub connect_ns: u64,
 }
+// Padding explicit: the whole value is initialised before it is inserted.
+const _: () = assert!(size_of::<SockState>() == 128);
 
 /// Key: kernel `struct sock *`. LRU, so connections whose close was missed cannot fill
 /// it for good. Size set by the agent.
 #[map]
 pub static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(65536, 0);
+
+/// A `connect()` in progress: the calling thread and when. The handshake completes in
+/// softirq context, where the current task is whoever was interrupted, so the caller is
+/// recorded at CLOSE → SYN_SENT (inside `tcp_v4_connect`/`tcp_v6_connect`, in the
+/// caller's context) and taken out at SYN_SENT → ESTABLISHED.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Connecting {
+    /// Kernel thread id (the low half of `bpf_get_current_pid_tgid`).
+    pub tid: u32,
+    pub _pad: u32,
+    pub ts_ns: u64,
+}
+
+/// Key: `struct sock *`. LRU: a connect that fails (SYN_SENT → CLOSE) leaves its entry
+/// behind to age out. A stale entry is harmless: every later connect on the same socket
+/// address passes CLOSE → SYN_SENT first and overwrites it. Sized for the connects in
+/// flight at once (handshakes take a round trip), not for connections.
+#[map]
+pub static CONNECTING: LruHashMap<u64, Connecting> = LruHashMap::with_max_entries(8192, 0);
 
 /// One thread's OpenSSL call: saved at `SSL_read*`/`SSL_write*` entry, used by its
 /// return probe and, while `active`, by the socket hooks to bind the session to the

@@ -29,8 +29,8 @@ use ghostwire_common::{
 };
 
 use crate::maps::{
-    config, count, output, port_allowed, scratch, traced, Iovec, Scratch, SockState, SCRATCH_BYTES, SOCKS,
-    SOCK_IGNORED_PORT, SOCK_IGNORED_PROC, SOCK_MIDSTREAM, SOCK_TLS,
+    config, count, output, port_allowed, scratch, traced, Connecting, Iovec, Scratch, SockState, CONNECTING,
+    SCRATCH_BYTES, SOCKS, SOCK_IGNORED_PORT, SOCK_IGNORED_PROC, SOCK_MIDSTREAM, SOCK_TLS,
 };
 
 const AF_INET: u16 = 2;
@@ -281,6 +281,9 @@ fn new_sock(
         _pad: [0; 2],
         tls_tgid: 0,
         tls_ssl: 0,
+        connect_tid: 0,
+        _pad1: 0,
+        connect_ns: 0,
     })
 }
 
@@ -340,6 +343,9 @@ fn announce(cfg: &Config, id: u64, sk: u64, st: &mut SockState, probe: u8) -> bo
         flags: if st.flags & SOCK_MIDSTREAM != 0 { CONN_MIDSTREAM } else { 0 },
         _pad: [0; 2],
         ppid: parent_tgid(cfg),
+        connect_tid: st.connect_tid,
+        _pad1: 0,
+        connect_ns: st.connect_ns,
     };
     if !output(probe, core::ptr::addr_of!(ev).cast(), size_of::<ConnEvent>() as u64, true) {
         return false;
@@ -623,17 +629,44 @@ fn copy_iov(s: &mut Scratch, iov: u64, iovcnt: u64, prefix: u64, tail_start: u64
 
 // ---- connection lifecycle ----------------------------------------------------------
 
+/// The `connect()` of a socket that just completed its handshake, removed from
+/// [`CONNECTING`] (zeros if it was not seen).
+#[inline(always)]
+fn take_connecting(sk: u64) -> Connecting {
+    // SAFETY: the value is copied out before the entry is removed.
+    match unsafe { CONNECTING.get(&sk) }.copied() {
+        Some(c) => {
+            let _ = CONNECTING.remove(&sk);
+            c
+        }
+        None => Connecting { tid: 0, _pad: 0, ts_ns: 0 },
+    }
+}
+
 #[inline(always)]
 fn on_state(sk: u64, old: i64, new: i64) {
     let Some(cfg) = config() else { return };
     let o = &cfg.offsets;
-    if new == TCP_ESTABLISHED && (old == TCP_SYN_SENT || old == TCP_SYN_RECV) {
+    if new == TCP_SYN_SENT && old == TCP_CLOSE {
+        // connect(): runs in the caller's context. One map update per connect.
+        let id = bpf_get_current_pid_tgid();
+        if (id >> 32) as u32 == cfg.agent_tgid || kread::<u16>(sk, o.sk_protocol) != Some(IPPROTO_TCP) {
+            return;
+        }
+        // SAFETY: helper without preconditions.
+        let c = Connecting { tid: id as u32, _pad: 0, ts_ns: unsafe { bpf_ktime_get_ns() } };
+        // A full LRU evicts; an error leaves the connection without its opener (0).
+        let _ = CONNECTING.insert(&sk, &c, 0);
+    } else if new == TCP_ESTABLISHED && (old == TCP_SYN_SENT || old == TCP_SYN_RECV) {
         if kread::<u16>(sk, o.sk_protocol) != Some(IPPROTO_TCP) {
             return;
         }
         let Some(family) = kread::<u16>(sk, o.skc_family) else { return };
         let role = if old == TCP_SYN_SENT { ROLE_CLIENT } else { ROLE_SERVER };
-        let Some(info) = new_sock(cfg, sk, family, role, 0, 0, 0) else { return };
+        let opener = if old == TCP_SYN_SENT { take_connecting(sk) } else { Connecting { tid: 0, _pad: 0, ts_ns: 0 } };
+        let Some(mut info) = new_sock(cfg, sk, family, role, 0, 0, 0) else { return };
+        info.connect_tid = opener.tid;
+        info.connect_ns = opener.ts_ns;
         if SOCKS.insert(&sk, &info, 0).is_err() {
             count(probe::SOCK_STATE, counter::MAP_FULL);
         }

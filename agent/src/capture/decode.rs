@@ -263,7 +263,9 @@ fn conn(ev: ConnEvent) -> Result<Conn, DecodeError> {
         tcp_seq: ev.tcp_seq,
         comm: ev.comm,
         ppid: ev.ppid,
-        opened_by: None,
+        // Only a connection seen going SYN_SENT → ESTABLISHED has an opener.
+        opened_by: (role == Some(Role::Client) && ev.connect_ns != 0)
+            .then_some(crate::conn::Opener { tid: ev.connect_tid, ts_ns: ev.connect_ns }),
         ts_ns: ev.ts_ns,
     })
 }
@@ -378,11 +380,25 @@ pub(crate) mod tests {
             flags: CONN_MIDSTREAM,
             _pad: [0; 2],
             ppid: 1,
+            // Not a client connection: an opener it might carry is not believed.
+            connect_tid: 12,
+            _pad1: 0,
+            connect_ns: 13,
         };
         let Ok(Event::Conn(c)) = decode(as_bytes(&ev)) else { panic!("not a conn") };
         assert_eq!(c.local, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.peer, "127.0.0.1:40000".parse().unwrap());
-        assert_eq!((c.role, c.midstream, c.netns), (None, true, 4_026_531_840));
+        assert_eq!((c.role, c.midstream, c.netns, c.opened_by), (None, true, 4_026_531_840, None));
+
+        // A client connection carries the thread that called connect(), and when.
+        let client = ConnEvent { role: ROLE_CLIENT, flags: 0, ..ev };
+        let Ok(Event::Conn(c)) = decode(as_bytes(&client)) else { panic!("not a conn") };
+        assert_eq!(c.role, Some(Role::Client));
+        assert_eq!(c.opened_by, Some(crate::conn::Opener { tid: 12, ts_ns: 13 }));
+        // 0 = the connect was not seen (evicted, or before the agent started).
+        let unseen = ConnEvent { connect_tid: 0, connect_ns: 0, ..client };
+        let Ok(Event::Conn(c)) = decode(as_bytes(&unseen)) else { panic!("not a conn") };
+        assert_eq!(c.opened_by, None);
     }
 
     #[test]

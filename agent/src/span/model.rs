@@ -60,6 +60,14 @@ pub struct Resource {
 }
 
 impl Resource {
+    /// Whether the process is a Go program (`process.runtime.name` = `go`, from its
+    /// executable): goroutines move between OS threads, so which thread did what says
+    /// nothing about which request it served.
+    #[must_use]
+    pub fn is_go(&self) -> bool {
+        self.attributes.iter().any(|(k, v)| k == "process.runtime.name" && matches!(v, AttrValue::Str(s) if s == "go"))
+    }
+
     /// The same resource for another process (a forked child of this one).
     #[must_use]
     pub fn with_pid(&self, pid: u32) -> Resource {

@@ -2,8 +2,14 @@
 //! once per process — when its first connection is announced, not per event — and
 //! forgotten when it exits.
 use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::sync::Arc;
+
+use object::read::elf::{FileHeader, SectionHeader as _};
+use object::read::{ReadCache, ReadRef};
+use object::{Endianness, FileKind};
 
 use super::model::{AttrValue, Attribute, Resource};
 
@@ -11,11 +17,23 @@ pub struct ResourceCache {
     proc_root: std::path::PathBuf,
     host_name: String,
     by_pid: HashMap<u32, Arc<Resource>>,
+    /// The language runtime of each executable seen, by (device, inode): the processes
+    /// of one program (workers, restarts) parse its ELF headers once.
+    runtimes: HashMap<(u64, u64), Option<Runtime>>,
+}
+
+/// A language runtime found in an executable (OTel `process.runtime.*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Runtime {
+    pub name: &'static str,
+    pub version: Option<String>,
 }
 
 /// Most processes of a node fit; beyond it the oldest-looked-up entries are not kept and
 /// are simply read again.
 const MAX_PROCESSES: usize = 16_384;
+/// Distinct executables remembered; beyond it the cache starts over.
+const MAX_EXECUTABLES: usize = 4096;
 
 impl Default for ResourceCache {
     fn default() -> Self {
@@ -26,7 +44,7 @@ impl Default for ResourceCache {
 impl ResourceCache {
     #[must_use]
     pub fn new(proc_root: impl Into<std::path::PathBuf>) -> Self {
-        Self { proc_root: proc_root.into(), host_name: host_name(), by_pid: HashMap::new() }
+        Self { proc_root: proc_root.into(), host_name: host_name(), by_pid: HashMap::new(), runtimes: HashMap::new() }
     }
 
     /// The resource of `pid`, read from `/proc` the first time. `comm` (the kernel's
@@ -99,8 +117,26 @@ impl ResourceCache {
         self.by_pid.remove(&pid);
     }
 
+    /// The runtime of the executable behind `exe` (`/proc/PID/exe`, which opens the
+    /// process's file even when it is deleted or in another mount namespace). `None`
+    /// when it is not one ghostwire knows or cannot be read.
+    fn runtime(&mut self, exe: &Path) -> Option<Runtime> {
+        let file = File::open(exe).ok()?;
+        let meta = file.metadata().ok()?;
+        let key = (meta.dev(), meta.ino());
+        if let Some(r) = self.runtimes.get(&key) {
+            return r.clone();
+        }
+        let r = go_runtime(file);
+        if self.runtimes.len() >= MAX_EXECUTABLES {
+            self.runtimes.clear();
+        }
+        self.runtimes.insert(key, r.clone());
+        r
+    }
+
     /// `None` when the process's `/proc` entry is gone.
-    fn read(&self, pid: u32, comm: &str) -> Option<Resource> {
+    fn read(&mut self, pid: u32, comm: &str) -> Option<Resource> {
         let dir = self.proc_root.join(pid.to_string());
         let exe_path = std::fs::read_link(dir.join("exe")).ok();
         let exe_name = exe_path
@@ -146,8 +182,73 @@ impl ResourceCache {
         if !cmdline.is_empty() {
             attributes.push(("process.command_line".into(), AttrValue::Str(cmdline)));
         }
+        if let Some(rt) = self.runtime(&dir.join("exe")) {
+            attributes.push(("process.runtime.name".into(), AttrValue::Str(rt.name.to_owned())));
+            if let Some(version) = rt.version {
+                attributes.push(("process.runtime.version".into(), AttrValue::Str(version)));
+            }
+        }
         Some(Resource { pid, service_name, attributes })
     }
+}
+
+/// Whether `file` is a Go executable, and which Go built it. Go's goroutines move
+/// between OS threads, so the linker must not read anything into which thread did what
+/// in such a process.
+///
+/// Reads only the ELF header, the section table and its names, and the start of
+/// `.go.buildinfo`, through `object`'s `ReadCache` (a few KB of a many-MB binary; no
+/// memory map, see `capture::tls_libs`). The Go linker writes `.go.buildinfo` (and
+/// `.note.go.buildid`) into every executable, `strip` keeps both. Not ELF, or a
+/// malformed one: `None`.
+#[must_use]
+pub fn go_runtime(file: File) -> Option<Runtime> {
+    let data = ReadCache::new(file);
+    match FileKind::parse(&data).ok()? {
+        FileKind::Elf64 => go_runtime_in::<object::elf::FileHeader64<Endianness>, _>(&data),
+        FileKind::Elf32 => go_runtime_in::<object::elf::FileHeader32<Endianness>, _>(&data),
+        _ => None,
+    }
+}
+
+fn go_runtime_in<'data, Elf: FileHeader<Endian = Endianness>, R: ReadRef<'data>>(data: R) -> Option<Runtime> {
+    let header = Elf::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    let sections = header.sections(endian, data).ok()?;
+    let mut go = false;
+    let mut version = None;
+    for section in sections.iter() {
+        let Ok(name) = sections.section_name(endian, section) else { continue };
+        if name == b".note.go.buildid" {
+            go = true;
+        } else if name == b".go.buildinfo" {
+            go = true;
+            let len = section.sh_size(endian).into().min(BUILDINFO_PREFIX);
+            version = data.read_bytes_at(section.sh_offset(endian).into(), len).ok().and_then(buildinfo_version);
+        }
+    }
+    go.then_some(Runtime { name: "go", version })
+}
+
+/// Bytes of `.go.buildinfo` read: its 32-byte header and the version string after it.
+const BUILDINFO_PREFIX: u64 = 32 + 1 + 64;
+
+/// The Go version (`go1.19.8`) in the start of a `.go.buildinfo` section: the magic
+/// `\xff Go buildinf:`, pointer size, flags, padding to 32 bytes, then (Go 1.18 on,
+/// flag bit 1) the version as a varint-length-prefixed string. Older Go stores
+/// pointers to it instead: `None`, the process still counts as Go.
+fn buildinfo_version(b: &[u8]) -> Option<String> {
+    const MAGIC: &[u8] = b"\xff Go buildinf:";
+    if !b.starts_with(MAGIC) || b.get(15)? & 2 == 0 {
+        return None;
+    }
+    // A one-byte varint: any version string is shorter than 128 bytes.
+    let len = usize::from(*b.get(32)?);
+    if len >= 0x80 {
+        return None;
+    }
+    let v = std::str::from_utf8(b.get(33..33 + len)?).ok()?;
+    (v.starts_with("go") || v.starts_with("devel")).then(|| v.to_owned())
 }
 
 /// `OTEL_SERVICE_NAME`, else `service.name` inside `OTEL_RESOURCE_ATTRIBUTES`, from a
@@ -202,6 +303,64 @@ mod tests {
         assert!(matches!(exe, Some(AttrValue::Str(ref s)) if !s.is_empty()), "{exe:?}");
         // Cached: the same Arc comes back.
         assert!(Arc::ptr_eq(&r, &cache.get(std::process::id(), "")));
+    }
+
+    /// `gofmt` from golang-go is a real Go binary (stripped, as Debian ships it).
+    fn gofmt() -> std::path::PathBuf {
+        let dirs = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&dirs)
+            .map(|d| d.join("gofmt"))
+            .chain([std::path::PathBuf::from("/usr/lib/go/bin/gofmt")])
+            .find(|p| p.exists())
+            .expect("gofmt not found: install golang-go")
+    }
+
+    #[test]
+    fn go_executables_are_detected() {
+        let go = go_runtime(File::open(gofmt()).unwrap()).expect("gofmt is a Go binary");
+        assert_eq!(go.name, "go");
+        // The version golang-go's `go version` reports, e.g. go1.19.8.
+        let version = go.version.expect("Go 1.18+ buildinfo carries its version");
+        assert!(version.starts_with("go1.") && version.len() > 4, "{version}");
+        for not_go in ["/bin/true", "/bin/sh", "/etc/hostname"] {
+            assert_eq!(go_runtime(File::open(not_go).unwrap()), None, "{not_go}");
+        }
+    }
+
+    #[test]
+    fn buildinfo_versions() {
+        let mut b = b"\xff Go buildinf:\x08\x02".to_vec();
+        b.resize(32, 0);
+        b.push(8);
+        b.extend_from_slice(b"go1.21.5\x20\x00");
+        assert_eq!(buildinfo_version(&b).as_deref(), Some("go1.21.5"));
+        // Pre-1.18 (pointers, not inline strings), cut short, or not buildinfo at all.
+        let mut old = b.clone();
+        old[15] = 0;
+        assert_eq!(buildinfo_version(&old), None);
+        assert_eq!(buildinfo_version(&b[..36]), None);
+        assert_eq!(buildinfo_version(&b[1..]), None);
+    }
+
+    #[test]
+    fn a_go_process_says_so_in_its_resource() {
+        // A fake /proc whose entry's `exe` leads to gofmt; another's to /bin/true.
+        let root = std::env::temp_dir().join(format!("ghostwire-proc-go-{}", std::process::id()));
+        for (pid, exe) in [("20", gofmt()), ("21", "/bin/true".into()), ("22", gofmt())] {
+            let dir = root.join(pid);
+            std::fs::create_dir_all(&dir).unwrap();
+            let _ = std::fs::remove_file(dir.join("exe"));
+            std::os::unix::fs::symlink(exe, dir.join("exe")).unwrap();
+            std::fs::write(dir.join("cmdline"), b"x\0").unwrap();
+        }
+        let mut cache = ResourceCache::new(&root);
+        let go = cache.get(20, "");
+        assert!(go.is_go(), "{:?}", go.attributes);
+        assert!(!cache.get(21, "").is_go());
+        // The second process of the same executable comes from the cache.
+        assert!(cache.get(22, "").is_go());
+        assert_eq!(cache.runtimes.len(), 2);
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -32,6 +32,7 @@ use std::net::Ipv4Addr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -45,8 +46,10 @@ const OTHER_REQUESTS: usize = 60;
 const GRPC_CONCURRENCY: usize = 8;
 const GRPC_CALLS: usize = 60;
 const GRPC_SEQUENTIAL_CALLS: usize = 20;
-/// URLs per curl (HTTP/2 streams 1, 3, 5, ... on one connection) in each namespace.
-const NETNS_URLS: usize = 30;
+/// URLs per connection (HTTP/2 streams 1, 3, 5, ...) in each namespace...
+const NETNS_URLS: usize = 20;
+/// ...and connections per namespace, one round after the other.
+const NETNS_ROUNDS: usize = 3;
 /// Time a model's load may take before the rest of its requests are not sent.
 const LOAD_BUDGET: Duration = Duration::from_secs(60);
 /// At most this long for a model's spans to reach the JSONL...
@@ -121,6 +124,8 @@ enum Verdict {
 
 /// One scored chain.
 struct Judged {
+    /// The chain's request path.
+    chain: String,
     verdict: Verdict,
     /// What made it less than correct.
     why: Vec<String>,
@@ -129,8 +134,8 @@ struct Judged {
 }
 
 impl Judged {
-    fn new() -> Self {
-        Self { verdict: Verdict::Correct, why: Vec::new(), spans: Vec::new() }
+    fn new(chain: &str) -> Self {
+        Self { chain: chain.to_owned(), verdict: Verdict::Correct, why: Vec::new(), spans: Vec::new() }
     }
 
     fn add(&mut self, (v, why): (Verdict, String)) {
@@ -195,8 +200,9 @@ impl Row {
             .take(3)
             .map(|j| {
                 format!(
-                    "{:?}: {}\n{}",
+                    "{:?} {}: {}\n{}",
                     j.verdict,
+                    j.chain,
                     j.why.join("; "),
                     describe_rpc(&j.spans).lines().map(|l| format!("      {l}")).collect::<Vec<_>>().join("\n")
                 )
@@ -512,7 +518,7 @@ fn http_model(jsonl: &Path, model: &str, slug: &str, proxy_port: u16, n: usize, 
     let mut proxy_clients = Vec::new();
     for path in &paths {
         let [lg, ps, pc, bs] = http_roles(&ix, path, proxy_port);
-        let mut j = Judged::new();
+        let mut j = Judged::new(path);
         j.add(Index::root("load generator CLIENT", &lg));
         j.add(ix.edge("proxy SERVER", &ps, "load generator CLIENT", &lg));
         j.add(ix.edge("proxy CLIENT", &pc, "proxy SERVER", &ps));
@@ -692,7 +698,7 @@ fn grpc(
         ns(child.start_ns, parent.start_ns).min(ns(parent.end_ns, child.end_ns))
     };
     for path in &paths {
-        let mut j = Judged::new();
+        let mut j = Judged::new(path);
         let bs = ix.with_path(path, backend_server);
         let cs = ix.with_path(path, backend_call);
         j.keep(&bs);
@@ -838,38 +844,50 @@ fn netns(jsonl: &Path, ports: &Ports) -> Row {
     let slugs = ["ns1", "ns2"];
     let nginx: Vec<Nginx> = spaces.iter().map(|ns| Nginx::h2c_ok_in_netns(ns, port)).collect();
     let t0 = Instant::now();
-    // Both connections at the same time, one per namespace, from the same local port.
-    let runs: Vec<Result<H2cRun, String>> = std::thread::scope(|sc| {
-        let handles: Vec<_> = spaces
-            .iter()
-            .zip(slugs)
-            .map(|(ns, slug)| {
-                let paths: Vec<String> = (0..NETNS_URLS).map(|i| format!("/fid/{slug}/{i}")).collect();
-                sc.spawn(move || ns.run_inside(|| h2c_sequential(local, port, &paths)))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| Err(format!("h2c client panicked: {}", panic_text(&*e)))))
-            .collect()
-    });
     let mut load = Vec::new();
     let mut problems = Vec::new();
-    for (run, slug) in runs.iter().zip(slugs) {
-        match run {
-            Ok(r) => {
-                let ok = r.statuses.iter().filter(|&&s| s == 200).count();
-                load.push(format!("{slug}: {ok}/{NETNS_URLS} answered 200 on one connection from {}", r.local));
-                if ok != NETNS_URLS || r.local.port() != local {
-                    problems.push(format!("{slug}: statuses {:?} from {}", r.statuses, r.local));
+    for round in 0..NETNS_ROUNDS {
+        // Both connections at the same time, one per namespace, from the same local port
+        // (a fresh one per round: nothing else binds in these namespaces).
+        let from = local + u16::try_from(round).unwrap_or(0);
+        let ready = AtomicUsize::new(0);
+        let runs: Vec<Result<H2cRun, String>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = spaces
+                .iter()
+                .zip(slugs)
+                .map(|(ns, slug)| {
+                    let paths: Vec<String> =
+                        (0..NETNS_URLS).map(|i| format!("/fid/{slug}/{}", round * NETNS_URLS + i)).collect();
+                    let ready = &ready;
+                    sc.spawn(move || {
+                        ns.run_inside(|| {
+                            rendezvous(ready, slugs.len());
+                            h2c_sequential(from, port, &paths)
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| Err(format!("h2c client panicked: {}", panic_text(&*e)))))
+                .collect()
+        });
+        for (run, slug) in runs.iter().zip(slugs) {
+            match run {
+                Ok(r) => {
+                    let ok = r.statuses.iter().filter(|&&s| s == 200).count();
+                    load.push(format!("{slug}: {ok}/{NETNS_URLS} answered 200 on one connection from {}", r.local));
+                    if ok != NETNS_URLS || r.local.port() != from {
+                        problems.push(format!("{slug}: statuses {:?} from {}", r.statuses, r.local));
+                    }
                 }
+                Err(e) => problems.push(format!("round {round}, {slug}: {e}")),
             }
-            Err(e) => problems.push(format!("{slug}: {e}")),
         }
     }
     let took = t0.elapsed();
     let paths: Vec<String> =
-        slugs.iter().flat_map(|slug| (0..NETNS_URLS).map(move |i| format!("/fid/{slug}/{i}"))).collect();
+        slugs.iter().flat_map(|slug| (0..NETNS_ROUNDS * NETNS_URLS).map(move |i| format!("/fid/{slug}/{i}"))).collect();
     let roles = |ix: &Index<'_>, path: &str| netns_roles(ix, path, port).map(|r| r.len());
     let (spans, waited) = wait_spans(jsonl, |sp| {
         let ix = sp.index();
@@ -881,7 +899,7 @@ fn netns(jsonl: &Path, ports: &Ports) -> Row {
     let mut servers = Vec::new();
     for path in &paths {
         let [lg, srv] = netns_roles(&ix, path, port);
-        let mut j = Judged::new();
+        let mut j = Judged::new(path);
         j.add(Index::root("load generator CLIENT", &lg));
         j.add(ix.edge("nginx SERVER", &srv, "load generator CLIENT of its namespace", &lg));
         j.keep(&lg);
@@ -898,6 +916,15 @@ fn netns(jsonl: &Path, ports: &Ports) -> Row {
         row.problem = Some(problems.join("\n"));
     }
     row
+}
+
+/// Waits until `n` threads called it (at most 5 s), so that they start together.
+fn rendezvous(count: &AtomicUsize, n: usize) {
+    count.fetch_add(1, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count.load(Ordering::SeqCst) < n && Instant::now() < deadline {
+        std::hint::spin_loop();
+    }
 }
 
 /// One [`h2c_sequential`] connection.

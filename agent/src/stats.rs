@@ -145,6 +145,21 @@ counters! {
     /// Exec notifications the TLS discovery queue had no room for: a full rescan of
     /// the processes follows instead.
     DropTlsExecQueueFull => "drop.tls_exec_queue_full",
+    /// Conntrack lookups of an accepted connection's original destination (Service NAT).
+    NatLookups => "nat.lookups",
+    /// Lookups that found a rewritten address (the client connected to a virtual IP).
+    NatTranslated => "nat.translated",
+    /// Lookups that found no conntrack entry (untracked traffic, or the entry expired).
+    NatNotFound => "nat.not_found",
+    /// Lookups that failed: timeout, netlink error, undecodable reply (first one logged).
+    NatLookupFailed => "nat.lookup_failed",
+    /// Of those, entries whose source was rewritten too (SNAT, masquerade, a clash remap):
+    /// the server's peer is not the client's own address, so only the client's full view
+    /// (`original_connection`) can pair them; `original_destination` answers nothing.
+    NatSourceTranslated => "nat.source_translated",
+    /// Lookups not made: the connection is in another network namespace than the agent,
+    /// whose conntrack table the agent's socket does not see.
+    NatOtherNetns => "nat.other_netns",
 }
 
 const N: usize = Counter::ALL.len();

@@ -1807,7 +1807,6 @@ pub fn build_go_peer(name: &str, dir: &Path) -> PathBuf {
     bin
 }
 
-
 /// An iptables DNAT rule that sends loopback connections to `VIP:VPORT` to
 /// `127.0.0.1:TO_PORT`, as kube-proxy does for a ClusterIP; exactly this rule is removed
 /// on drop, also when the test panics.

@@ -20,9 +20,10 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Debian packages for building (bpf-linker's LLVM) and running (`ip`, `curl`).
 const BUILD_DEBS: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "iproute2", "curl"];
 /// Debian packages the end-to-end tests and benchmarks run against (the TLS tests make
-/// their certificates with the `openssl` CLI and run a Node.js HTTPS peer).
+/// their certificates with the `openssl` CLI and run a Node.js HTTPS peer; the Service NAT
+/// tests add iptables DNAT rules).
 const PEER_DEBS: &[&str] =
-    &["nginx", "wrk", "golang-go", "nghttp2-client", "hey", "apache2-utils", "curl", "openssl", "nodejs"];
+    &["nginx", "wrk", "golang-go", "nghttp2-client", "hey", "apache2-utils", "curl", "openssl", "nodejs", "iptables"];
 
 /// Python peers, pinned (unpinned, pip backtracks for ever on the OpenTelemetry set).
 pub const PEER_REQUIREMENTS: &[&str] = &[

@@ -4,6 +4,7 @@ pub mod build;
 pub mod context;
 pub mod link;
 pub mod model;
+pub mod nat;
 pub mod redact;
 pub mod resource;
 

@@ -166,7 +166,10 @@ impl Conntrack {
         self.own_netns
     }
 
-    /// The conntrack entry whose reply tuple is `local -> peer` (TCP), if there is one.
+    /// The conntrack entry (TCP) with the tuple `local -> peer`, if there is one. The
+    /// request names it as the reply tuple, but the kernel finds a tuple in either
+    /// direction: [`classify`] tells an accepted connection's entry from the entry of a
+    /// connection `local` opened itself.
     pub fn lookup(&mut self, local: SocketAddr, peer: SocketAddr) -> Result<Option<Entry>, NatError> {
         let seq = self.send_request(local, peer)?;
         self.read_answer(seq)

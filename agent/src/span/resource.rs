@@ -215,10 +215,16 @@ fn go_runtime_in<'data, Elf: FileHeader<Endian = Endianness>, R: ReadRef<'data>>
     let header = Elf::parse(data).ok()?;
     let endian = header.endian().ok()?;
     let sections = header.sections(endian, data).ok()?;
+    // The section names in one read (`object` would read each name on its own).
+    let index = header.shstrndx(endian, data).ok()?;
+    let strtab = sections.section(object::SectionIndex(index as usize)).ok()?;
+    let names =
+        data.read_bytes_at(strtab.sh_offset(endian).into(), strtab.sh_size(endian).into().min(MAX_NAMES)).ok()?;
+    let names = object::read::StringTable::new(names, 0, names.len() as u64);
     let mut go = false;
     let mut version = None;
     for section in sections.iter() {
-        let Ok(name) = sections.section_name(endian, section) else { continue };
+        let Ok(name) = section.name(endian, names) else { continue };
         if name == b".note.go.buildid" {
             go = true;
         } else if name == b".go.buildinfo" {
@@ -229,6 +235,10 @@ fn go_runtime_in<'data, Elf: FileHeader<Endian = Endianness>, R: ReadRef<'data>>
     }
     go.then_some(Runtime { name: "go", version })
 }
+
+/// Bytes of section names read at most (a Go binary has about 300, a large C++ one a
+/// few KB).
+const MAX_NAMES: u64 = 64 * 1024;
 
 /// Bytes of `.go.buildinfo` read: its 32-byte header and the version string after it.
 const BUILDINFO_PREFIX: u64 = 32 + 1 + 64;

@@ -90,7 +90,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             queue_capacity: cli.queue_size,
             ..ExportConfig::default()
         })?;
-        Sink::Pipeline(Box::new(Pipeline::new(exporters, cli.instrumented.clone(), scan.listening)))
+        let mut pipeline = Pipeline::new(exporters, cli.instrumented.clone(), scan.listening);
+        match ghostwire::span::nat::Conntrack::open() {
+            Ok(ct) => pipeline.set_nat(Box::new(ct)),
+            // Without it only NATed connections (Services) lose their socket link.
+            Err(e) => log::info!("conntrack unavailable ({e}): calls through a Service NAT are not socket-linked"),
+        }
+        Sink::Pipeline(Box::new(pipeline))
     };
 
     let ring = capture.take_ring()?;

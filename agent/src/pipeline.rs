@@ -2,13 +2,15 @@
 //! started requests and exchanges → linker → spans → export queues. Runs on one task;
 //! nothing here blocks or awaits.
 use crate::capture::{self, Event};
-use crate::conn::{ConnKey, ConnMeta, ConnSink, ConnTable, ExchangeRecord, ListenTable, ReqKey};
+use std::collections::{HashMap, VecDeque};
+
+use crate::conn::{ConnKey, ConnMeta, ConnSink, ConnTable, ExchangeRecord, ListenTable, ReqKey, Start};
 use crate::export::Exporters;
 use crate::protocol::Request;
 use crate::span::build::{self, Clock};
-use crate::span::link::{LinkKind, Linker};
+use crate::span::link::{Confidence, Evidence, LinkKind, Linker, Resolution};
 use crate::span::resource::ResourceCache;
-use crate::span::Resource;
+use crate::span::{Resource, Span};
 use crate::stats::{self, Counter};
 
 pub struct Pipeline {
@@ -24,7 +26,15 @@ struct Spans {
     resources: ResourceCache,
     clock: Clock,
     exporters: Exporters,
+    /// Spans whose trace waits for a deferred call's parent, per provisional trace id.
+    held: HashMap<[u8; 16], Vec<Span>>,
+    /// Held traces, oldest first (the bound evicts from the front).
+    held_order: VecDeque<[u8; 16]>,
+    held_spans: usize,
 }
+
+/// Spans held for deferred links, at most (beyond it the oldest are released unlinked).
+const MAX_HELD_SPANS: usize = 8192;
 
 impl Pipeline {
     /// `instrumented`: service or executable names whose processes export their own
@@ -39,9 +49,17 @@ impl Pipeline {
                 resources: ResourceCache::default(),
                 clock: Clock::now(),
                 exporters,
+                held: HashMap::new(),
+                held_order: VecDeque::new(),
+                held_spans: 0,
             },
             execs: None,
         }
+    }
+
+    /// Lets the socket link see through NAT (conntrack).
+    pub fn set_nat(&mut self, nat: Box<dyn crate::span::nat::NatLookup + Send>) {
+        self.spans.linker.set_nat(nat);
     }
 
     /// Forwards every exec event's pid to `execs` (without blocking).
@@ -90,12 +108,19 @@ impl Pipeline {
     /// plaintext held too long for a connection never named.
     pub fn tick(&mut self) {
         self.spans.clock = Clock::now();
-        self.conns.tick(monotonic_ns());
+        let now = monotonic_ns();
+        self.conns.tick(now);
+        self.spans.linker.expire(now);
+        self.spans.settle();
     }
 
-    /// Gives the exporters back for shutdown.
+    /// Gives the exporters back for shutdown (held spans go out as they are).
     #[must_use]
-    pub fn into_exporters(self) -> Exporters {
+    pub fn into_exporters(mut self) -> Exporters {
+        let traces: Vec<[u8; 16]> = self.spans.held_order.drain(..).collect();
+        for t in traces {
+            self.spans.release(t, None);
+        }
         self.spans.exporters
     }
 }
@@ -107,26 +132,75 @@ impl Spans {
             crate::span::AttrValue::Str(s) => Some(s.as_str()),
             _ => None,
         });
-        self.linker.observe_process(r.pid, &[r.service_name.as_str(), exe.unwrap_or_default()]);
+        self.linker.observe_process(r.pid, &[r.service_name.as_str(), exe.unwrap_or_default()], r.is_go());
+    }
+
+    /// Applies the linker's decisions on deferred calls to the spans held for them.
+    fn settle(&mut self) {
+        for r in self.linker.take_resolved() {
+            let from = r.from;
+            self.release(from, Some(&r));
+        }
+        for t in self.linker.take_abandoned() {
+            self.release(t, None);
+        }
+    }
+
+    /// Exports the spans held for provisional trace `trace`, moved into the trace the
+    /// resolution names (or as they are).
+    fn release(&mut self, trace: [u8; 16], resolution: Option<&Resolution>) {
+        let Some(spans) = self.held.remove(&trace) else { return };
+        self.held_order.retain(|t| *t != trace);
+        self.held_spans -= spans.len();
+        for mut span in spans {
+            if let Some(r) = resolution {
+                span.trace_id = r.to;
+                span.flags = r.flags;
+                if span.span_id == r.root {
+                    span.parent_span_id = r.parent;
+                    span.trace_state.clone_from(&r.trace_state);
+                    build::set_link(&mut span, LinkKind::Handoff, Evidence::RESPONSE, Some(Confidence::Medium));
+                    stats::global().incr(Counter::LinkHandoff);
+                }
+            } else if span.is_root() {
+                stats::global().incr(Counter::LinkNone);
+            }
+            self.exporters.submit(span);
+        }
+    }
+
+    /// Holds a span whose trace is provisional (bounded: the oldest trace goes out).
+    fn hold(&mut self, span: Span) {
+        while self.held_spans >= MAX_HELD_SPANS {
+            let Some(oldest) = self.held_order.front().copied() else { break };
+            let n = self.held.get(&oldest).map_or(0, Vec::len);
+            stats::global().add(Counter::DropLinkHeld, n as u64);
+            self.release(oldest, None);
+        }
+        let trace = span.trace_id;
+        let list = self.held.entry(trace).or_default();
+        if list.is_empty() {
+            self.held_order.push_back(trace);
+        }
+        list.push(span);
+        self.held_spans += 1;
     }
 }
 
 impl ConnSink for Spans {
-    fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, request: &Request, wire_key: u64) {
-        self.linker.request_started(key, conn, tid, request, wire_key);
+    fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, start: Start, request: &Request) {
+        self.linker.request_started(key, conn, start, request);
     }
 
     fn exchange(&mut self, rec: ExchangeRecord) {
         let Some(identity) = self.linker.exchange_done(&rec) else { return };
         let resource = self.resources.get(rec.conn.pid, "");
         let s = stats::global();
-        s.incr(match identity.link {
-            LinkKind::Header => Counter::LinkHeader,
-            LinkKind::Thread => Counter::LinkThread,
-            LinkKind::Process => Counter::LinkProcess,
-            LinkKind::Socket => Counter::LinkSocket,
-            LinkKind::None => Counter::LinkNone,
-        });
+        // A deferred call is counted when its parent is decided (in `release`).
+        let provisional = self.linker.is_provisional(&identity.trace_id);
+        if !(provisional && identity.link == LinkKind::None) {
+            s.incr(link_counter(identity.link));
+        }
         let caller = identity.propagation_break.map(|pid| self.resources.get(pid, ""));
         if let Some(caller) = &caller {
             stats::propagation_break(&caller.service_name, &resource.service_name);
@@ -137,11 +211,33 @@ impl ConnSink for Spans {
             span.attributes.push(("ghostwire.propagation_break.caller".into(), caller.service_name.as_str().into()));
         }
         s.incr(Counter::SpansBuilt);
-        self.exporters.submit(span);
+        if provisional {
+            self.hold(span);
+        } else {
+            self.exporters.submit(span);
+        }
     }
 
     fn connection_closed(&mut self, key: ConnKey, conn: &ConnMeta) {
         self.linker.connection_closed(key, conn);
+    }
+
+    fn batch_end(&mut self) {
+        self.linker.batch_end();
+        self.settle();
+    }
+}
+
+fn link_counter(link: LinkKind) -> Counter {
+    match link {
+        LinkKind::Header => Counter::LinkHeader,
+        LinkKind::Thread => Counter::LinkThread,
+        LinkKind::Process => Counter::LinkProcess,
+        LinkKind::Socket => Counter::LinkSocket,
+        LinkKind::Content => Counter::LinkContent,
+        LinkKind::Order => Counter::LinkOrder,
+        LinkKind::Handoff => Counter::LinkHandoff,
+        LinkKind::None => Counter::LinkNone,
     }
 }
 

@@ -103,11 +103,28 @@ counters! {
     LinkThread => "link.thread",
     LinkSocket => "link.socket",
     LinkProcess => "link.process",
+    LinkContent => "link.content",
+    LinkOrder => "link.order",
+    LinkHandoff => "link.handoff",
     LinkNone => "link.none",
-    /// Outbound calls made while the thread handled no inbound request.
+    /// Outbound calls left unlinked: no evidence named one inbound request.
     LinkUnlinkedClient => "link.unlinked_client",
-    /// Outbound calls on a thread with several inbound requests in flight (event loop).
-    LinkAmbiguousThread => "link.ambiguous_thread",
+    /// Outbound calls whose process had several inbound requests in flight and no
+    /// evidence singled one out (left unlinked).
+    LinkAmbiguousThread => "link.ambiguous",
+    /// Outbound calls where two kinds of evidence named different inbound requests
+    /// (left unlinked: a wrong parent is worse than none).
+    LinkEvidenceConflict => "link.evidence_conflict",
+    /// Outbound calls made on a worker thread whose parent was decided later, by which
+    /// request that thread answered next (their spans wait until then).
+    LinkDeferred => "link.deferred",
+    /// Deferred calls whose thread answered no candidate request, answered several in
+    /// one write, or took too long: exported unlinked.
+    LinkDeferredUnresolved => "link.deferred_unresolved",
+    /// Spans held for a deferred parent, released unlinked because the hold was full.
+    DropLinkHeld => "drop.link_held",
+    /// Socket links found through a NAT translation (conntrack).
+    LinkSocketNat => "link.socket_nat",
     /// A passed-on header and the socket named different traces (the header won).
     LinkHeaderSocketDisagree => "link.header_socket_disagree",
     /// Requests forgotten before they were answered (linker state bound).

@@ -212,7 +212,7 @@ struct Sink {
 }
 
 impl ConnSink for Sink {
-    fn request_started(&mut self, _: ReqKey, _: &ConnMeta, _: u32, _: &Request, _: u64) {
+    fn request_started(&mut self, _: ReqKey, _: &ConnMeta, _: ghostwire::conn::Start, _: &Request) {
         self.started += 1;
     }
     fn exchange(&mut self, _: ExchangeRecord) {

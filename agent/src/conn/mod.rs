@@ -94,14 +94,27 @@ pub struct ExchangeRecord {
 
 /// What the connection table reports, in order.
 pub trait ConnSink {
-    /// A request's head was parsed (before its response exists). `tid` is the thread
-    /// that read (server) or wrote (client) it; `wire_key` names the request the same way
-    /// at both ends of the connection ([`Session::wire_key`]).
-    fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, request: &Request, wire_key: u64);
+    /// A request's head was parsed (before its response exists).
+    fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, start: Start, request: &Request);
     /// A request was answered.
     fn exchange(&mut self, rec: ExchangeRecord);
     /// A connection ended.
     fn connection_closed(&mut self, key: ConnKey, conn: &ConnMeta);
+    /// Everything one capture event caused has been reported (several exchanges
+    /// completed by one syscall are one batch).
+    fn batch_end(&mut self) {}
+}
+
+/// Where and when a request's head was seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Start {
+    /// The thread that read (server) or wrote (client) the syscall completing the head.
+    pub tid: u32,
+    /// Kernel monotonic time of that syscall.
+    pub ts_ns: u64,
+    /// Names the request the same way at both ends of the connection
+    /// ([`Session::wire_key`]).
+    pub wire_key: u64,
 }
 
 /// How many syscalls of a connection joined mid-stream are searched for a message
@@ -255,6 +268,7 @@ impl ConnTable {
             Event::TlsBind { pid, ssl, conn, .. } => self.on_tls_bind(*pid, *ssl, *conn, sink),
             Event::Exec { .. } => {}
         }
+        sink.batch_end();
     }
 
     /// Drops the held sessions `pred` selects, counting their records.
@@ -621,7 +635,8 @@ impl ConnTable {
                 // HTTP/2 keys are stream ids: both ends agree even mid-stream.
                 wire_key ^= conn.wire_salt;
             }
-            sink.request_started(ReqKey { conn: d.conn, stream: started.stream }, &conn.meta, d.tid, request, wire_key);
+            let start = Start { tid: d.tid, ts_ns: d.ts_ns, wire_key };
+            sink.request_started(ReqKey { conn: d.conn, stream: started.stream }, &conn.meta, start, request);
         }
         report(d.conn, conn, d.tid, &mut self.scratch, sink);
     }
@@ -692,9 +707,9 @@ mod tests {
     }
 
     impl ConnSink for Sink {
-        fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, _tid: u32, request: &Request, wire_key: u64) {
+        fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, start: Start, request: &Request) {
             self.started.push((key, *conn, request.target.clone()));
-            self.wire_keys.push(wire_key);
+            self.wire_keys.push(start.wire_key);
         }
         fn exchange(&mut self, rec: ExchangeRecord) {
             self.exchanges.push(rec);

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::context;
-use super::link::Identity;
+use super::link::{Confidence, Evidence, Identity, LinkKind};
 use super::model::{AttrValue, Attribute, Resource, Span, SpanKind, Status};
 use super::redact;
 use crate::conn::ExchangeRecord;
@@ -41,6 +41,22 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
+/// Rewrites how a span was linked (a deferred link decided after the span was built).
+pub fn set_link(span: &mut Span, link: LinkKind, evidence: Evidence, confidence: Option<Confidence>) {
+    span.attributes.retain(|(k, _)| !matches!(k.as_ref(), "ghostwire.link.evidence" | "ghostwire.link.confidence"));
+    for (k, v) in &mut span.attributes {
+        if k == "ghostwire.link" {
+            *v = link.name().into();
+        }
+    }
+    if !evidence.is_empty() {
+        span.attributes.push((Cow::Borrowed("ghostwire.link.evidence"), evidence.names().into()));
+    }
+    if let Some(c) = confidence {
+        span.attributes.push((Cow::Borrowed("ghostwire.link.confidence"), c.name().into()));
+    }
+}
+
 const KNOWN_METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
 
 /// Builds one span from one exchange, with the identity the linker gave it: an HTTP
@@ -61,6 +77,12 @@ pub fn build(rec: &ExchangeRecord, id: Identity, resource: Arc<Resource>, clock:
     };
     let mut put = |k: &'static str, v: AttrValue| attrs.push((Cow::Borrowed(k), v));
     put("ghostwire.link", id.link.name().into());
+    if !id.evidence.is_empty() {
+        put("ghostwire.link.evidence", id.evidence.names().into());
+    }
+    if let Some(c) = id.confidence {
+        put("ghostwire.link.confidence", c.name().into());
+    }
     if let Some(format) = id.format {
         put("ghostwire.context.format", format.name().into());
     }
@@ -451,6 +473,8 @@ mod tests {
             link,
             format: None,
             propagation_break: Some(77),
+            evidence: Evidence::default(),
+            confidence: None,
         }
     }
 

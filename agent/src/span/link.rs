@@ -1,24 +1,46 @@
 //! The linker: gives every request a place in a trace, and says how it got it.
 //!
-//! Three ways to link, tried in this order of authority:
+//! A SERVER span's parent comes from outside the process:
 //!
 //! * **header** — the request carried a trace context (W3C, B3 or Jaeger) that its
 //!   sender created: the span joins that trace with the sender's span as parent.
-//! * **thread** — a CLIENT request written by a thread that is, at that moment, handling
-//!   exactly one inbound request: the client span is a child of that SERVER span. Works
-//!   for thread-per-request and thread-pool servers (the thread that read the request
-//!   calls out and answers); an event loop with several requests in flight on one thread
-//!   is ambiguous and left unlinked (counted).
-//! * **process** — a CLIENT request written by a thread handling no inbound request, in
-//!   a process that is handling exactly one: the client span is a child of that one.
-//!   This is what links servers that read on one thread and run the handler on another
-//!   (grpcio: a completion-queue thread reads, a pool thread handles) when they are not
-//!   busy; with two or more requests in flight the call is left unlinked.
 //! * **socket** — the agent saw both ends of a TCP connection: the SERVER span of the
-//!   accepting process is a child of the CLIENT span of the connecting one (its socket
-//!   has the reverse 4-tuple), header or not. Both ends name the request the same way
-//!   (the "wire key"): HTTP/1 by the TCP sequence number of its first byte, HTTP/2 by
-//!   its stream id.
+//!   accepting process is a child of the CLIENT span of the connecting one, header or
+//!   not. The two ends are the reversed 4-tuple, in the same network namespace when the
+//!   address is loopback (identical tuples in two namespaces are two connections);
+//!   through a Service NAT (iptables DNAT, kube-proxy) conntrack gives the address the
+//!   client connected to. Both ends name the request the same way (the "wire key"):
+//!   HTTP/1 by the TCP sequence number of its first byte, HTTP/2 by its stream id.
+//!
+//! A CLIENT span's parent is the inbound request its process was handling when it made
+//! the call. The candidates are the process's inbound requests in flight; the evidence
+//! that picks one, combined:
+//!
+//! * **thread** — the calling thread is handling exactly one inbound request
+//!   (thread-per-request and thread-pool servers).
+//! * **order** — the inbound request this thread read most recently before the call
+//!   (DeepFlow's syscall-trace idea), timed at `connect()` for a connection's first
+//!   request (nginx connects in the handler that read the request but writes later,
+//!   after reading others) and at the write for a pooled connection reused. It is
+//!   trusted only when no other inbound request was read on the thread since the last
+//!   outbound action: a burst of reads before any call (asyncio runs its handlers after
+//!   reading all ready sockets) leaves order ambiguous.
+//! * **content** — what a proxy forwards: the same method and target (or one a prefix
+//!   longer or shorter), the same `X-Request-Id`, the `traceparent` it received;
+//!   `X-Forwarded-For`/`X-Real-IP` naming another client's address rules a candidate out.
+//! * **process** — the process is handling exactly one inbound request (a handler on
+//!   another thread than the one that read, e.g. grpcio's pool), when nothing else tells.
+//! * **handoff** — a call from a worker thread that read no request itself (grpcio: a
+//!   completion-queue thread reads, a pool thread handles and then writes the answer),
+//!   with several requests in flight: its parent is the request whose response that
+//!   same thread writes next. Decided after the fact: the call's spans (and those of the
+//!   servers it reached) are held until then, bounded in count and time.
+//!
+//! Evidence that disagrees leaves the call unlinked, as does evidence that does not
+//! single out one request: a wrong parent is worse than none. Go programs move
+//! goroutines between threads, so thread and order evidence are not used for them.
+//! Each inferred link says on its span what picked it (`ghostwire.link`), what agreed
+//! (`ghostwire.link.evidence`) and how sure it is (`ghostwire.link.confidence`).
 //!
 //! A request's ids are decided when its head is parsed, before its response exists,
 //! because the calls it makes meanwhile need their parent. The socket link is resolved
@@ -29,12 +51,13 @@
 //! own spans, so ghostwire emits none for it (`--instrumented` declares such processes
 //! up front) but still uses its headers to link its neighbours.
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use rand::Rng as _;
 
 use super::context::{self, Format, SpanContext};
-use crate::conn::{ConnKey, ConnMeta, ExchangeRecord, ReqKey};
+use super::nat::NatLookup;
+use crate::conn::{ConnKey, ConnMeta, ExchangeRecord, ReqKey, Start};
 use crate::protocol::{Request, Role};
 use crate::stats::{self, Counter};
 
@@ -45,6 +68,12 @@ pub enum LinkKind {
     Thread,
     Process,
     Socket,
+    /// Forwarded content (method and target, request id) named the inbound request.
+    Content,
+    /// The inbound request read on the thread just before the call.
+    Order,
+    /// The request whose response the calling worker thread wrote next.
+    Handoff,
     /// A root span.
     None,
 }
@@ -57,8 +86,82 @@ impl LinkKind {
             LinkKind::Thread => "thread",
             LinkKind::Process => "process",
             LinkKind::Socket => "socket",
+            LinkKind::Content => "content",
+            LinkKind::Order => "order",
+            LinkKind::Handoff => "handoff",
             LinkKind::None => "none",
         }
+    }
+}
+
+/// How sure an inferred (thread, order, content, process, handoff) link is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confidence {
+    /// Structural (the thread handles one request) or two independent kinds of
+    /// evidence agree.
+    High,
+    /// One kind of evidence alone.
+    Medium,
+}
+
+impl Confidence {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Confidence::High => "high",
+            Confidence::Medium => "medium",
+        }
+    }
+}
+
+/// Which kinds of evidence named the parent of an inferred link (a set).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evidence(u8);
+
+impl Evidence {
+    pub const THREAD: Evidence = Evidence(1);
+    pub const ORDER: Evidence = Evidence(2);
+    /// Order, timed at the connection's `connect()`.
+    pub const CONNECT: Evidence = Evidence(4);
+    pub const CONTENT: Evidence = Evidence(8);
+    pub const PROCESS: Evidence = Evidence(16);
+    pub const RESPONSE: Evidence = Evidence(32);
+    const NAMES: [&'static str; 6] = ["thread", "order", "connect", "content", "process", "response"];
+
+    #[must_use]
+    pub fn contains(self, e: Evidence) -> bool {
+        self.0 & e.0 == e.0
+    }
+
+    #[must_use]
+    pub fn with(self, e: Evidence) -> Evidence {
+        Evidence(self.0 | e.0)
+    }
+
+    #[must_use]
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Independent kinds in the set (order timed at connect counts as order).
+    fn kinds(self) -> u32 {
+        (self.0 & !Self::CONNECT.0).count_ones()
+            + u32::from(self.contains(Self::CONNECT) && !self.contains(Self::ORDER))
+    }
+
+    /// Comma-separated names, e.g. `content,order`.
+    #[must_use]
+    pub fn names(self) -> String {
+        let mut out = String::new();
+        for (i, name) in Self::NAMES.iter().enumerate() {
+            if self.0 & (1 << i) != 0 {
+                if !out.is_empty() {
+                    out.push(',');
+                }
+                out.push_str(name);
+            }
+        }
+        out
     }
 }
 
@@ -77,6 +180,9 @@ pub struct Identity {
     /// The caller received a context and did not forward it: this span repairs the chain.
     /// Holds the caller's pid.
     pub propagation_break: Option<u32>,
+    /// For inferred links: what named the parent, and how sure that is.
+    pub evidence: Evidence,
+    pub confidence: Option<Confidence>,
 }
 
 /// What a server request learns from the client request at the other end of its socket.
@@ -85,6 +191,7 @@ struct PeerRequest {
     /// TCP sequence number of the request's first byte.
     wire_key: u64,
     pid: u32,
+    netns: u32,
     trace_id: [u8; 16],
     span_id: [u8; 8],
     flags: u8,
@@ -98,12 +205,23 @@ struct PeerRequest {
     handling_received_context: bool,
 }
 
+/// What a proxy forwarding a server request would carry, to recognise it in a call.
+#[derive(Debug)]
+struct Content {
+    method: String,
+    target: String,
+    request_id: Option<String>,
+    /// The client's address (what `X-Forwarded-For` names).
+    client: IpAddr,
+}
+
 struct Pending {
     pid: u32,
     role: Role,
     identity: Identity,
     local: SocketAddr,
     peer: SocketAddr,
+    netns: u32,
     /// Server: the context received in a header.
     received: Option<SpanContext>,
     /// Server: the socket link may still come (the peer's request not yet seen).
@@ -112,6 +230,70 @@ struct Pending {
     tid: u32,
     /// TCP sequence number of the request's first byte.
     wire_key: u64,
+    /// Server: what a proxy would forward of it.
+    content: Option<Box<Content>>,
+}
+
+/// A server request read on a thread, for order evidence.
+#[derive(Clone, Copy, Debug)]
+struct Read {
+    ts_ns: u64,
+    key: ReqKey,
+    /// A call was attributed to it (its handler has run).
+    acted: bool,
+}
+
+/// One thread's inbound requests in flight and its recent syscall order.
+#[derive(Default)]
+struct ThreadLog {
+    in_flight: Vec<ReqKey>,
+    /// The last server requests read on the thread, oldest first.
+    reads: VecDeque<Read>,
+}
+
+/// Order evidence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Order {
+    None,
+    One(ReqKey),
+    /// A burst of reads before the action: one of these two (or earlier).
+    Ambiguous,
+}
+
+/// A call whose parent is decided by what its thread answers next.
+struct Deferred {
+    pid: u32,
+    tid: u32,
+    /// The call's span id (its provisional trace id is the key).
+    span_id: [u8; 8],
+    candidates: Vec<ReqKey>,
+    /// The call's response was seen (its span is built and held).
+    done: bool,
+    since_ns: u64,
+}
+
+/// A server response written in a process with deferred calls.
+#[derive(Clone)]
+struct Answered {
+    pid: u32,
+    tid: u32,
+    key: ReqKey,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    flags: u8,
+    trace_state: String,
+}
+
+/// A provisional trace resolved: held spans of trace `from` belong to trace `to`, and
+/// the span `root` gets `parent` (and the link it says).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolution {
+    pub from: [u8; 16],
+    pub to: [u8; 16],
+    pub flags: u8,
+    pub trace_state: String,
+    pub root: [u8; 8],
+    pub parent: [u8; 8],
 }
 
 /// Bounds, so no input can grow the linker without limit.
@@ -119,25 +301,62 @@ const MAX_PENDING: usize = 65_536;
 const MAX_PEER_QUEUE: usize = 64;
 const MAX_PER_THREAD: usize = 16;
 const MAX_PER_PROCESS: usize = 64;
+const MAX_THREAD_HISTORY: usize = 16;
+const MAX_DEFERRED: usize = 1024;
+const MAX_UNASSIGNED: usize = 64;
+const MAX_ALIASES: usize = 4096;
+/// A deferred call not resolved within this is exported unlinked.
+pub const DEFER_TTL_NS: u64 = 5_000_000_000;
+/// Shortest target a prefix-rewriting proxy match may rest on.
+const MIN_SUFFIX_MATCH: usize = 6;
+/// NAT translations remembered per server connection.
+const MAX_NAT_CACHE: usize = 16_384;
 
 #[derive(Default)]
 pub struct Linker {
     pending: HashMap<ReqKey, Pending>,
     /// Requests in `pending` per connection, so a close finds its own without a scan.
     per_conn: HashMap<ConnKey, Vec<u64>>,
-    /// In-flight server requests per (pid, tid).
-    threads: HashMap<(u32, u32), Vec<ReqKey>>,
+    /// In-flight server requests and syscall order per (pid, tid).
+    threads: HashMap<(u32, u32), ThreadLog>,
     /// In-flight server requests per process.
     processes: HashMap<u32, Vec<ReqKey>>,
     /// Client requests not yet matched to a server request, per connection
     /// (client's local address, client's peer address).
     peers: HashMap<(SocketAddr, SocketAddr), VecDeque<PeerRequest>>,
+    /// How many `peers` queues each client IP has (a NAT lookup is only worth making
+    /// for a server connection whose client runs on this node).
+    client_ips: HashMap<IpAddr, u32>,
+    nat: Option<Box<dyn NatLookup + Send>>,
+    /// Per server connection: the address its client connected to, when NAT rewrote it.
+    nat_cache: HashMap<ConnKey, Option<(SocketAddr, SocketAddr)>>,
     /// Parent span ids received by each process's in-flight server requests: a header
     /// with one of these on an outbound request is passed through, not made.
     received: HashMap<u32, HashMap<[u8; 8], u32>>,
     /// SDK-instrumented processes (detected, or declared by name).
     instrumented: HashSet<u32>,
     instrumented_names: Vec<String>,
+    /// Processes whose threads run many tasks (Go): no thread or order evidence.
+    goroutines: HashSet<u32>,
+    /// Client connections whose first request was seen (connect-time order used).
+    opened_seen: HashSet<ConnKey>,
+    /// Calls waiting for their parent, by provisional trace id.
+    deferred: HashMap<[u8; 16], Deferred>,
+    /// Provisional trace ids per calling thread, oldest first.
+    deferred_on: HashMap<(u32, u32), Vec<[u8; 16]>>,
+    /// Deferred calls per process.
+    deferred_in: HashMap<u32, usize>,
+    /// Responses written by a thread without calls of its own while several calls
+    /// waited: each belongs to one of them, found by elimination.
+    unassigned: Vec<(Answered, Vec<[u8; 16]>)>,
+    /// Server responses completed in the current batch by threads with deferred calls.
+    batch: Vec<Answered>,
+    /// Resolved provisional traces, for spans still to come.
+    aliases: HashMap<[u8; 16], ([u8; 16], u8)>,
+    alias_order: VecDeque<[u8; 16]>,
+    /// For the pipeline: held traces to rewrite, and to release as they are.
+    resolved: Vec<Resolution>,
+    abandoned: Vec<[u8; 16]>,
 }
 
 impl Linker {
@@ -147,10 +366,19 @@ impl Linker {
         Self { instrumented_names, ..Self::default() }
     }
 
-    /// Marks `pid` instrumented if one of its names was declared so.
-    pub fn observe_process(&mut self, pid: u32, names: &[&str]) {
+    /// Where the socket link looks up NAT translations (conntrack).
+    pub fn set_nat(&mut self, nat: Box<dyn NatLookup + Send>) {
+        self.nat = Some(nat);
+    }
+
+    /// Marks `pid` instrumented if one of its names was declared so; `goroutines`: its
+    /// runtime moves tasks between threads (Go), so its threads say nothing.
+    pub fn observe_process(&mut self, pid: u32, names: &[&str], goroutines: bool) {
         if names.iter().any(|n| !n.is_empty() && self.instrumented_names.iter().any(|d| d == n)) {
             self.instrumented.insert(pid);
+        }
+        if goroutines {
+            self.goroutines.insert(pid);
         }
     }
 
@@ -159,24 +387,36 @@ impl Linker {
         self.instrumented.contains(&pid)
     }
 
-    /// A request's head was parsed. `wire_key`: the TCP sequence number of its first byte,
-    /// which the other end of the connection sees for the same request.
-    pub fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, req: &Request, wire_key: u64) {
+    /// A request's head was parsed.
+    pub fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, start: Start, req: &Request) {
         if self.pending.len() >= MAX_PENDING {
             self.evict();
         }
         let headers = || req.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
         let header_ctx = context::extract(headers());
         match conn.role {
-            Role::Server => self.server_started(key, conn, tid, header_ctx, wire_key),
-            Role::Client => self.client_started(key, conn, tid, header_ctx, wire_key),
+            Role::Server => self.server_started(key, conn, start, header_ctx, req),
+            Role::Client => self.client_started(key, conn, start, header_ctx, req),
         }
     }
 
-    fn server_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, received: Option<SpanContext>, wire_key: u64) {
+    fn server_started(
+        &mut self,
+        key: ReqKey,
+        conn: &ConnMeta,
+        start: Start,
+        received: Option<SpanContext>,
+        req: &Request,
+    ) {
         if let Some(ctx) = &received {
             *self.received.entry(conn.pid).or_default().entry(ctx.span_id).or_insert(0) += 1;
         }
+        let content = Content {
+            method: req.method.clone(),
+            target: req.target.clone(),
+            request_id: req.header("x-request-id").map(str::to_owned),
+            client: conn.peer.ip(),
+        };
         self.insert(
             key,
             Pending {
@@ -186,17 +426,23 @@ impl Linker {
                 identity: root_identity(),
                 local: conn.local,
                 peer: conn.peer,
+                netns: conn.netns,
                 received,
                 unresolved: true,
-                tid,
-                wire_key,
+                tid: start.tid,
+                wire_key: start.wire_key,
+                content: Some(Box::new(content)),
             },
         );
-        let on_thread = self.threads.entry((conn.pid, tid)).or_default();
-        if on_thread.len() >= MAX_PER_THREAD {
-            on_thread.remove(0);
+        let log = self.threads.entry((conn.pid, start.tid)).or_default();
+        if log.in_flight.len() >= MAX_PER_THREAD {
+            log.in_flight.remove(0);
         }
-        on_thread.push(key);
+        log.in_flight.push(key);
+        if log.reads.len() >= MAX_THREAD_HISTORY {
+            log.reads.pop_front();
+        }
+        log.reads.push_back(Read { ts_ns: start.ts_ns, key, acted: false });
         let in_process = self.processes.entry(conn.pid).or_default();
         if in_process.len() >= MAX_PER_PROCESS {
             in_process.remove(0);
@@ -206,27 +452,28 @@ impl Linker {
         self.resolve_server(key, false);
     }
 
-    fn client_started(&mut self, key: ReqKey, conn: &ConnMeta, tid: u32, sent: Option<SpanContext>, wire_key: u64) {
+    fn client_started(&mut self, key: ReqKey, conn: &ConnMeta, start: Start, sent: Option<SpanContext>, req: &Request) {
         let s = stats::global();
-        // Thread link: the one inbound request this thread is handling. Failing that,
-        // process link: the one inbound request the whole process is handling.
-        let parent_key = match self.threads.get(&(conn.pid, tid)).map(Vec::as_slice) {
-            Some([only]) => Some((*only, LinkKind::Thread)),
-            Some([_, _, ..]) => {
-                s.incr(Counter::LinkAmbiguousThread);
+        let (pid, tid) = (conn.pid, start.tid);
+        // Order is timed at connect() for a connection's first request, on the thread
+        // that connected; at the write for later ones (a pooled connection reused).
+        let opened = conn.opened_by.filter(|_| self.opened_seen.insert(key.conn));
+        let choice = self.choose_parent(pid, tid, start.ts_ns, opened, sent.as_ref(), req);
+        let mut deferred = None;
+        let parent = match choice {
+            Choice::Link(k, how, evidence) => {
+                self.mark_acted(k);
+                self.resolve_server(k, true);
+                self.pending.get(&k).map(|p| (p, how, evidence))
+            }
+            Choice::Defer(candidates) => {
+                deferred = Some(candidates);
                 None
             }
-            _ => match self.processes.get(&conn.pid).map(Vec::as_slice) {
-                Some([only]) => Some((*only, LinkKind::Process)),
-                _ => None,
-            },
+            Choice::Unlinked => None,
         };
-        let parent = parent_key.and_then(|(k, how)| {
-            self.resolve_server(k, true);
-            self.pending.get(&k).map(|p| (p, how))
-        });
         let (identity, handling_received_context) = match parent {
-            Some((p, how)) => (
+            Some((p, how, evidence)) => (
                 Identity {
                     trace_id: p.identity.trace_id,
                     span_id: random_span_id(),
@@ -236,35 +483,42 @@ impl Linker {
                     link: how,
                     format: None,
                     propagation_break: None,
+                    evidence,
+                    confidence: Some(confidence(how, evidence)),
                 },
                 p.received.is_some(),
             ),
             None => {
-                s.incr(Counter::LinkUnlinkedClient);
+                if deferred.is_none() {
+                    s.incr(Counter::LinkUnlinkedClient);
+                }
                 (root_identity(), false)
             }
         };
-        // A context this process did not receive was made by an SDK inside it.
-        let sent_is_pass_through = sent
-            .as_ref()
-            .is_some_and(|ctx| self.received.get(&conn.pid).is_some_and(|ids| ids.contains_key(&ctx.span_id)));
-        if sent.is_some() && !sent_is_pass_through && self.instrumented.insert(conn.pid) {
-            log::info!(
-                "process {} sends trace context of its own: SDK-instrumented, its spans come from its SDK",
-                conn.pid
-            );
+        if let Some(candidates) = deferred {
+            self.defer(pid, tid, &identity, candidates, start.ts_ns);
         }
-        let queue = self.peers.entry((conn.local, conn.peer)).or_default();
+        // A context this process did not receive was made by an SDK inside it.
+        let sent_is_pass_through =
+            sent.as_ref().is_some_and(|ctx| self.received.get(&pid).is_some_and(|ids| ids.contains_key(&ctx.span_id)));
+        if sent.is_some() && !sent_is_pass_through && self.instrumented.insert(pid) {
+            log::info!("process {pid} sends trace context of its own: SDK-instrumented, its spans come from its SDK");
+        }
+        let queue = self.peers.entry((conn.local, conn.peer)).or_insert_with(|| {
+            *self.client_ips.entry(conn.local.ip()).or_insert(0) += 1;
+            VecDeque::new()
+        });
         if queue.len() >= MAX_PEER_QUEUE {
             queue.pop_front();
         }
         queue.push_back(PeerRequest {
-            wire_key,
-            pid: conn.pid,
+            wire_key: start.wire_key,
+            pid,
+            netns: conn.netns,
             trace_id: identity.trace_id,
             span_id: identity.span_id,
             flags: identity.flags,
-            instrumented: self.instrumented.contains(&conn.pid),
+            instrumented: self.instrumented.contains(&pid),
             sent,
             sent_is_pass_through,
             handling_received_context,
@@ -272,17 +526,353 @@ impl Linker {
         self.insert(
             key,
             Pending {
-                pid: conn.pid,
+                pid,
                 role: Role::Client,
                 identity,
                 local: conn.local,
                 peer: conn.peer,
+                netns: conn.netns,
                 received: None,
                 unresolved: false,
                 tid,
-                wire_key,
+                wire_key: start.wire_key,
+                content: None,
             },
         );
+    }
+
+    /// Weighs the evidence for a call made by thread `tid` of `pid` at `at_ns`.
+    fn choose_parent(
+        &self,
+        pid: u32,
+        tid: u32,
+        at_ns: u64,
+        opened: Option<crate::conn::Opener>,
+        sent: Option<&SpanContext>,
+        req: &Request,
+    ) -> Choice {
+        let s = stats::global();
+        let Some(in_process) = self.processes.get(&pid).filter(|v| !v.is_empty()) else {
+            return Choice::Unlinked;
+        };
+        // Content: which candidates the call could be forwarding, which it cannot be.
+        let mut eligible: Vec<ReqKey> = Vec::with_capacity(in_process.len());
+        let mut matched: Vec<ReqKey> = Vec::new();
+        for k in in_process {
+            let Some(c) = self.pending.get(k).and_then(|p| p.content.as_deref()) else { continue };
+            let received = self.pending.get(k).and_then(|p| p.received.as_ref());
+            match content_match(req, sent, c, received) {
+                Match::Excluded => {}
+                Match::Neutral => eligible.push(*k),
+                Match::Matched => {
+                    eligible.push(*k);
+                    matched.push(*k);
+                }
+            }
+        }
+        let threads_say = !self.goroutines.contains(&pid);
+        // Thread: the calling thread handles exactly one request.
+        let thread = threads_say
+            .then(|| match self.threads.get(&(pid, tid)).map(|l| l.in_flight.as_slice()) {
+                Some([only]) if eligible.contains(only) => Some(*only),
+                _ => None,
+            })
+            .flatten();
+        // Order: timed at connect() on the connecting thread, else at this write.
+        let (order, order_kind) = if !threads_say {
+            (Order::None, Evidence::ORDER)
+        } else if let Some(o) = opened {
+            (self.order_pick(pid, o.tid, o.ts_ns), Evidence::CONNECT)
+        } else {
+            (self.order_pick(pid, tid, at_ns), Evidence::ORDER)
+        };
+        let order = match order {
+            Order::One(k) if !eligible.contains(&k) => Order::None,
+            o => o,
+        };
+        let agree = |k: ReqKey| {
+            let mut e = Evidence::default();
+            if thread == Some(k) {
+                e = e.with(Evidence::THREAD);
+            }
+            if order == Order::One(k) {
+                e = e.with(order_kind);
+            }
+            if matched.contains(&k) {
+                e = e.with(Evidence::CONTENT);
+            }
+            e
+        };
+        // The calling thread handles one request: structural, the rest corroborates.
+        if let Some(t) = thread {
+            return Choice::Link(t, LinkKind::Thread, agree(t));
+        }
+        // Order and content naming different requests: no link.
+        let content = if let [only] = matched.as_slice() { Some(*only) } else { None };
+        match (order, content) {
+            (Order::One(o), Some(c)) if o != c => {
+                s.incr(Counter::LinkEvidenceConflict);
+                return Choice::Unlinked;
+            }
+            (_, Some(c)) => return Choice::Link(c, LinkKind::Content, agree(c)),
+            (Order::One(o), None) if matched.is_empty() || matched.contains(&o) => {
+                return Choice::Link(o, LinkKind::Order, agree(o));
+            }
+            (Order::One(_), None) => {
+                s.incr(Counter::LinkEvidenceConflict);
+                return Choice::Unlinked;
+            }
+            _ => {}
+        }
+        if let [only] = eligible.as_slice() {
+            return Choice::Link(*only, LinkKind::Process, Evidence::PROCESS.with(agree(*only)));
+        }
+        // A worker thread that read nothing itself: its next answer will tell.
+        let reads_here = self.threads.get(&(pid, tid)).is_some_and(|l| !l.in_flight.is_empty());
+        if threads_say && !reads_here && eligible.len() > 1 {
+            let candidates = if matched.is_empty() { eligible } else { matched };
+            return Choice::Defer(candidates);
+        }
+        s.incr(Counter::LinkAmbiguousThread);
+        Choice::Unlinked
+    }
+
+    /// The inbound request thread `tid` read last before `at_ns`, if every other one
+    /// it read before and still has in flight has had a call attributed: otherwise the
+    /// thread read several before running their handlers (a burst), and the last read
+    /// is not necessarily the one calling.
+    fn order_pick(&self, pid: u32, tid: u32, at_ns: u64) -> Order {
+        let Some(log) = self.threads.get(&(pid, tid)) else { return Order::None };
+        let in_flight = |k: &ReqKey| log.in_flight.contains(k);
+        let mut before = log.reads.iter().rev().filter(|r| r.ts_ns < at_ns);
+        let Some(last) = before.next() else { return Order::None };
+        if !in_flight(&last.key) {
+            // The request read last was answered already: the call is not its.
+            return Order::None;
+        }
+        for r in before.filter(|r| in_flight(&r.key)) {
+            if r.ts_ns == last.ts_ns || !r.acted {
+                // Read in the same syscall (HTTP/2 streams), or not handled yet.
+                return Order::Ambiguous;
+            }
+        }
+        Order::One(last.key)
+    }
+
+    /// A call was attributed to `key`: its handler ran, so it no longer makes the
+    /// reads after it ambiguous.
+    fn mark_acted(&mut self, key: ReqKey) {
+        let Some(tid) = self.pending.get(&key).map(|p| p.tid) else { return };
+        let Some(pid) = self.pending.get(&key).map(|p| p.pid) else { return };
+        if let Some(log) = self.threads.get_mut(&(pid, tid)) {
+            if let Some(r) = log.reads.iter_mut().rev().find(|r| r.key == key) {
+                r.acted = true;
+            }
+        }
+    }
+
+    fn defer(&mut self, pid: u32, tid: u32, identity: &Identity, candidates: Vec<ReqKey>, since_ns: u64) {
+        if self.deferred.len() >= MAX_DEFERRED {
+            let oldest = self.deferred.iter().min_by_key(|(_, d)| d.since_ns).map(|(t, _)| *t);
+            if let Some(t) = oldest {
+                self.abandon(t);
+            }
+        }
+        stats::global().incr(Counter::LinkDeferred);
+        self.deferred.insert(
+            identity.trace_id,
+            Deferred { pid, tid, span_id: identity.span_id, candidates, done: false, since_ns },
+        );
+        self.deferred_on.entry((pid, tid)).or_default().push(identity.trace_id);
+        *self.deferred_in.entry(pid).or_insert(0) += 1;
+    }
+
+    fn abandon(&mut self, trace: [u8; 16]) {
+        let Some(d) = self.deferred.remove(&trace) else { return };
+        self.unassigned.retain_mut(|(_, waiting)| {
+            waiting.retain(|t| *t != trace);
+            !waiting.is_empty()
+        });
+        stats::global().incr(Counter::LinkDeferredUnresolved);
+        stats::global().incr(Counter::LinkUnlinkedClient);
+        self.unlist_deferred(d.pid, d.tid, trace);
+        self.abandoned.push(trace);
+    }
+
+    fn unlist_deferred(&mut self, pid: u32, tid: u32, trace: [u8; 16]) {
+        if let Some(n) = self.deferred_in.get_mut(&pid) {
+            *n -= 1;
+            if *n == 0 {
+                self.deferred_in.remove(&pid);
+            }
+        }
+        if let Some(list) = self.deferred_on.get_mut(&(pid, tid)) {
+            list.retain(|t| *t != trace);
+            if list.is_empty() {
+                self.deferred_on.remove(&(pid, tid));
+            }
+        }
+    }
+
+    /// Whether spans of `trace` must wait: a deferred call's parent is not known yet.
+    #[must_use]
+    pub fn is_provisional(&self, trace: &[u8; 16]) -> bool {
+        self.deferred.contains_key(trace)
+    }
+
+    /// Provisional traces resolved since the last call.
+    pub fn take_resolved(&mut self) -> Vec<Resolution> {
+        std::mem::take(&mut self.resolved)
+    }
+
+    /// Provisional traces given up since the last call: release their spans as they are.
+    pub fn take_abandoned(&mut self) -> Vec<[u8; 16]> {
+        std::mem::take(&mut self.abandoned)
+    }
+
+    /// Deferred calls older than [`DEFER_TTL_NS`] are given up. `now_ns`: CLOCK_MONOTONIC.
+    pub fn expire(&mut self, now_ns: u64) {
+        let old: Vec<[u8; 16]> = self
+            .deferred
+            .iter()
+            .filter(|(_, d)| now_ns.saturating_sub(d.since_ns) > DEFER_TTL_NS)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in old {
+            if let Some(d) = self.deferred.get(&t) {
+                log::debug!("deferred call on {}/{} given up: unresolved for 5 s (done: {})", d.pid, d.tid, d.done);
+            }
+            self.abandon(t);
+        }
+    }
+
+    /// All exchanges of one capture event were reported: settle deferred calls against
+    /// the responses their threads wrote in it.
+    pub fn batch_end(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        for a in &batch {
+            // One write answering several requests says nothing about which one the
+            // thread worked for.
+            let several = batch.iter().any(|b| b.pid == a.pid && b.tid == a.tid && b.key != a.key);
+            let Some(list) = self.deferred_on.get(&(a.pid, a.tid)).cloned() else {
+                if !several {
+                    self.orphan_answer(a);
+                }
+                continue;
+            };
+            for trace in list {
+                let Some(d) = self.deferred.get(&trace) else { continue };
+                if !d.done {
+                    continue;
+                }
+                if several || !d.candidates.contains(&a.key) {
+                    // The thread moved on: the call's parent was answered by another
+                    // thread's write, one of those waiting for a call.
+                    log::debug!(
+                        "deferred call on {}/{}: the thread answered {} ({} candidates)",
+                        a.pid,
+                        a.tid,
+                        if several { "several requests in one write" } else { "a request that is not a candidate" },
+                        d.candidates.len()
+                    );
+                    self.moved_on(trace);
+                    continue;
+                }
+                self.resolve_deferred(trace, a);
+            }
+        }
+        batch.clear();
+        self.batch = batch;
+    }
+
+    /// A response written by a thread that made no deferred call (grpcio's poller
+    /// writing for a pool thread that found the transport busy): it belongs to the one
+    /// call whose response is in and that waits for a parent among its candidates, if
+    /// there is exactly one such call.
+    fn orphan_answer(&mut self, a: &Answered) {
+        let mut waiting = self
+            .deferred
+            .iter()
+            .filter(|(_, d)| d.pid == a.pid && d.done && d.candidates.contains(&a.key))
+            .map(|(t, _)| *t);
+        let first = waiting.next();
+        let rest: Vec<[u8; 16]> = waiting.collect();
+        log::debug!("answer {:?} by {} with {} calls waiting", a.key, a.tid, rest.len() + usize::from(first.is_some()));
+        match first {
+            Some(only) if rest.is_empty() => self.resolve_deferred(only, a),
+            Some(one) => {
+                if self.unassigned.len() >= MAX_UNASSIGNED {
+                    self.unassigned.remove(0);
+                }
+                let mut all = rest;
+                all.push(one);
+                self.unassigned.push((a.clone(), all));
+            }
+            None => {}
+        }
+    }
+
+    /// A deferred call whose thread went on to another request: its parent is the one
+    /// unassigned answer it waits in, if only one.
+    fn moved_on(&mut self, trace: [u8; 16]) {
+        let mut holding = self.unassigned.iter().enumerate().filter(|(_, (_, w))| w.contains(&trace)).map(|(i, _)| i);
+        match (holding.next(), holding.next()) {
+            (Some(i), None) => {
+                let (answer, _) = self.unassigned.remove(i);
+                self.resolve_deferred(trace, &answer);
+            }
+            (h, _) => {
+                log::debug!(
+                    "deferred call given up: its thread moved on, and {} unassigned answers hold it",
+                    if h.is_some() { "several" } else { "no" }
+                );
+                self.abandon(trace);
+            }
+        }
+    }
+
+    /// `trace` is settled: it no longer waits for any unassigned answer, and an answer
+    /// left with one waiting call is that call's.
+    fn eliminate(&mut self, trace: [u8; 16]) {
+        let mut settle = None;
+        self.unassigned.retain_mut(|(answer, waiting)| {
+            waiting.retain(|t| *t != trace);
+            match waiting.as_slice() {
+                [] => false,
+                [only] if settle.is_none() => {
+                    settle = Some((*only, answer.clone()));
+                    false
+                }
+                _ => true,
+            }
+        });
+        if let Some((only, answer)) = settle {
+            self.resolve_deferred(only, &answer);
+        }
+    }
+
+    fn resolve_deferred(&mut self, trace: [u8; 16], parent: &Answered) {
+        let Some(d) = self.deferred.remove(&trace) else { return };
+        self.unlist_deferred(d.pid, d.tid, trace);
+        self.eliminate(trace);
+        if self.alias_order.len() >= MAX_ALIASES {
+            if let Some(old) = self.alias_order.pop_front() {
+                self.aliases.remove(&old);
+            }
+        }
+        self.aliases.insert(trace, (parent.trace_id, parent.flags));
+        self.alias_order.push_back(trace);
+        self.resolved.push(Resolution {
+            from: trace,
+            to: parent.trace_id,
+            flags: parent.flags,
+            trace_state: parent.trace_state.clone(),
+            root: d.span_id,
+            parent: parent.span_id,
+        });
     }
 
     /// Decides a server request's identity from its header and the client request at
@@ -293,15 +883,22 @@ impl Linker {
         if !p.unresolved {
             return;
         }
+        let (local, peer, netns, seq) = (p.local, p.peer, p.netns, p.wire_key);
         // The client request that starts at the same byte of the same connection: exact,
         // whatever either end missed (a request lost at one end shifts nothing).
-        let seq = p.wire_key;
-        let peer = self.peers.get_mut(&(p.peer, p.local)).and_then(|q| {
-            let i = q.iter().position(|c| c.wire_key == seq)?;
-            q.remove(i)
-        });
-        if peer.is_none() && !last_chance {
+        let mut found = take_peer(&mut self.peers, (peer, local), seq, netns, last_chance);
+        let mut via_nat = false;
+        if found.is_none() {
+            if let Some(client_view) = self.nat_connection(key.conn, netns, local, peer) {
+                found = take_peer(&mut self.peers, client_view, seq, netns, last_chance);
+                via_nat = found.is_some();
+            }
+        }
+        if found.is_none() && !last_chance {
             return;
+        }
+        if via_nat {
+            stats::global().incr(Counter::LinkSocketNat);
         }
         let s = stats::global();
         let Some(p) = self.pending.get_mut(&key) else { return };
@@ -316,6 +913,8 @@ impl Linker {
             link: LinkKind::Header,
             format: Some(h.format),
             propagation_break: None,
+            evidence: Evidence::default(),
+            confidence: None,
         };
         let from_socket = |peer: &PeerRequest, broke: bool| Identity {
             trace_id: peer.trace_id,
@@ -326,8 +925,10 @@ impl Linker {
             link: LinkKind::Socket,
             format: None,
             propagation_break: broke.then_some(peer.pid),
+            evidence: Evidence::default(),
+            confidence: None,
         };
-        p.identity = match (&p.received, &peer) {
+        p.identity = match (&p.received, &found) {
             // A legacy proxy passed on the header it received: the socket says which of
             // its calls this is. Both must name the same trace; if not, the header wins.
             (Some(h), Some(peer)) if !peer.instrumented && peer.sent_is_pass_through => {
@@ -351,15 +952,67 @@ impl Linker {
         };
     }
 
+    /// The client's view (its local address, the address it connected to) of server
+    /// connection `conn`, when NAT rewrote it. Asked of conntrack once per connection,
+    /// and only when a client on that IP is known (so not for clients off the node).
+    fn nat_connection(
+        &mut self,
+        conn: ConnKey,
+        netns: u32,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) -> Option<(SocketAddr, SocketAddr)> {
+        if let Some(known) = self.nat_cache.get(&conn) {
+            return *known;
+        }
+        if !self.client_ips.contains_key(&peer.ip()) {
+            return None;
+        }
+        let nat = self.nat.as_mut()?;
+        let found = nat.original_connection(netns, local, peer);
+        if self.nat_cache.len() >= MAX_NAT_CACHE {
+            self.nat_cache.clear();
+        }
+        self.nat_cache.insert(conn, found);
+        found
+    }
+
     /// A request was answered: its span's identity, or `None` when the process is
     /// SDK-instrumented (its SDK reports this request).
     pub fn exchange_done(&mut self, rec: &ExchangeRecord) -> Option<Identity> {
         self.resolve_server(rec.key, true);
-        let identity = match self.remove(rec.key) {
+        let mut identity = match self.remove(rec.key) {
             Some(p) => p.identity,
             // Its start was never seen (evicted): a root of its own.
             None => root_identity(),
         };
+        if let Some((trace, flags)) = self.aliases.get(&identity.trace_id) {
+            // Its trace was provisional, and has been resolved since.
+            identity.trace_id = *trace;
+            identity.flags = *flags;
+        }
+        match rec.conn.role {
+            Role::Client => {
+                if let Some(d) = self.deferred.get_mut(&identity.trace_id) {
+                    if d.span_id == identity.span_id {
+                        d.done = true;
+                    }
+                }
+            }
+            Role::Server => {
+                if self.deferred_in.contains_key(&rec.conn.pid) {
+                    self.batch.push(Answered {
+                        pid: rec.conn.pid,
+                        tid: rec.tid,
+                        key: rec.key,
+                        trace_id: identity.trace_id,
+                        span_id: identity.span_id,
+                        flags: identity.flags,
+                        trace_state: identity.trace_state.clone(),
+                    });
+                }
+            }
+        }
         if self.instrumented.contains(&rec.conn.pid) {
             stats::global().incr(Counter::SpansSuppressedInstrumented);
             return None;
@@ -388,9 +1041,10 @@ impl Linker {
     }
 
     fn forget_server(&mut self, key: ReqKey, pid: u32, tid: u32, received: Option<&SpanContext>) {
-        if let Some(on_thread) = self.threads.get_mut(&(pid, tid)) {
-            on_thread.retain(|k| *k != key);
-            if on_thread.is_empty() {
+        if let Some(log) = self.threads.get_mut(&(pid, tid)) {
+            log.in_flight.retain(|k| *k != key);
+            if log.in_flight.is_empty() {
+                // Nothing in flight: its history cannot name a parent any more.
                 self.threads.remove(&(pid, tid));
             }
         }
@@ -418,7 +1072,25 @@ impl Linker {
     /// A connection ended: its unanswered requests and unmatched client calls go.
     pub fn connection_closed(&mut self, key: ConnKey, conn: &ConnMeta) {
         if conn.role == Role::Client {
-            self.peers.remove(&(conn.local, conn.peer));
+            // Only this connection's calls: the same tuple in another namespace is
+            // another connection.
+            let queue = self.peers.get_mut(&(conn.local, conn.peer));
+            let emptied = queue.is_some_and(|q| {
+                q.retain(|c| c.netns != conn.netns);
+                q.is_empty()
+            });
+            if emptied {
+                self.peers.remove(&(conn.local, conn.peer));
+                if let Some(n) = self.client_ips.get_mut(&conn.local.ip()) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.client_ips.remove(&conn.local.ip());
+                    }
+                }
+            }
+            self.opened_seen.remove(&key);
+        } else {
+            self.nat_cache.remove(&key);
         }
         for stream in self.per_conn.remove(&key).unwrap_or_default() {
             self.remove(ReqKey { conn: key, stream });
@@ -428,9 +1100,14 @@ impl Linker {
     /// A process exited.
     pub fn process_exited(&mut self, pid: u32) {
         self.instrumented.remove(&pid);
+        self.goroutines.remove(&pid);
         self.received.remove(&pid);
         self.threads.retain(|(p, _), _| *p != pid);
         self.processes.remove(&pid);
+        let gone: Vec<[u8; 16]> = self.deferred.iter().filter(|(_, d)| d.pid == pid).map(|(t, _)| *t).collect();
+        for t in gone {
+            self.abandon(t);
+        }
     }
 
     /// Drops the oldest half of pending requests (a flood of requests never answered).
@@ -441,6 +1118,100 @@ impl Linker {
             self.remove(*k);
         }
         stats::global().add(Counter::LinkEvicted, (keys.len() / 2) as u64);
+    }
+}
+
+/// What the evidence decided for one call.
+enum Choice {
+    Link(ReqKey, LinkKind, Evidence),
+    /// Decided by the next response the calling thread writes, among these.
+    Defer(Vec<ReqKey>),
+    Unlinked,
+}
+
+/// How a call's content relates to one candidate inbound request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Match {
+    /// The call forwards it (same target, request id, or its received context).
+    Matched,
+    /// Nothing either way.
+    Neutral,
+    /// The call cannot be its (another request id, another client's address).
+    Excluded,
+}
+
+fn content_match(call: &Request, sent: Option<&SpanContext>, s: &Content, received: Option<&SpanContext>) -> Match {
+    if let (Some(sent), Some(received)) = (sent, received) {
+        // A proxy passing on the context it received: exact.
+        if sent.span_id == received.span_id && sent.trace_id == received.trace_id {
+            return Match::Matched;
+        }
+    }
+    if let (Some(theirs), Some(ours)) = (call.header("x-request-id"), s.request_id.as_deref()) {
+        return if theirs.trim() == ours.trim() { Match::Matched } else { Match::Excluded };
+    }
+    if let Some(forwarded) = forwarded_client(call) {
+        if forwarded != s.client {
+            return Match::Excluded;
+        }
+    }
+    if call.method == s.method && same_target(&call.target, &s.target) {
+        Match::Matched
+    } else {
+        Match::Neutral
+    }
+}
+
+/// The client address a proxy says it forwards for: the last `X-Forwarded-For` hop
+/// (the one the proxy itself added), else `X-Real-IP`.
+fn forwarded_client(call: &Request) -> Option<IpAddr> {
+    if let Some(xff) = call.header("x-forwarded-for") {
+        return xff.rsplit(',').next().and_then(|a| a.trim().parse().ok());
+    }
+    call.header("x-real-ip").and_then(|a| a.trim().parse().ok())
+}
+
+/// The same target, or one that a proxy adding or stripping a path prefix would make
+/// of it (`/api/items/7` and `/items/7`); never a bare `/`.
+fn same_target(call: &str, inbound: &str) -> bool {
+    if call == inbound {
+        // A bare `/` (or `*`) names no particular request.
+        return call.len() > 1;
+    }
+    let (short, long) = if call.len() < inbound.len() { (call, inbound) } else { (inbound, call) };
+    short.len() >= MIN_SUFFIX_MATCH && short.starts_with('/') && long.ends_with(short)
+}
+
+/// The client request in `peers[key]` with wire key `seq`: in namespace `netns` when
+/// the connection is loopback (it cannot leave its namespace); across namespaces
+/// (pods on one node) only when exactly one matches and no better one can come.
+fn take_peer(
+    peers: &mut HashMap<(SocketAddr, SocketAddr), VecDeque<PeerRequest>>,
+    key: (SocketAddr, SocketAddr),
+    seq: u64,
+    netns: u32,
+    last_chance: bool,
+) -> Option<PeerRequest> {
+    let q = peers.get_mut(&key)?;
+    if let Some(i) = q.iter().position(|c| c.wire_key == seq && c.netns == netns) {
+        return q.remove(i);
+    }
+    if key.0.ip().is_loopback() || !last_chance {
+        return None;
+    }
+    let mut others = q.iter().enumerate().filter(|(_, c)| c.wire_key == seq);
+    let (i, _) = others.next()?;
+    if others.next().is_some() {
+        return None;
+    }
+    q.remove(i)
+}
+
+fn confidence(how: LinkKind, evidence: Evidence) -> Confidence {
+    match how {
+        LinkKind::Thread => Confidence::High,
+        _ if evidence.kinds() >= 2 => Confidence::High,
+        _ => Confidence::Medium,
     }
 }
 
@@ -466,6 +1237,8 @@ fn root_identity_with(span_id: [u8; 8]) -> Identity {
         link: LinkKind::None,
         format: None,
         propagation_break: None,
+        evidence: Evidence::default(),
+        confidence: None,
     }
 }
 
@@ -481,7 +1254,15 @@ mod tests {
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03";
 
     fn meta(pid: u32, role: Role, local: &str, peer: &str) -> ConnMeta {
-        ConnMeta { pid, role, local: local.parse().unwrap(), peer: peer.parse().unwrap(), netns: 0, tls: None, opened_by: None }
+        ConnMeta {
+            pid,
+            role,
+            local: local.parse().unwrap(),
+            peer: peer.parse().unwrap(),
+            netns: 0,
+            tls: None,
+            opened_by: None,
+        }
     }
 
     fn req(headers: &[(&str, &str)]) -> Request {
@@ -496,11 +1277,30 @@ mod tests {
         }
     }
 
+    /// Started on thread `tid`, wire key `wire`, at a time that grows with each call.
+    fn st(tid: u32, wire: u64) -> Start {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static CLOCK: AtomicU64 = AtomicU64::new(1_000);
+        Start { tid, ts_ns: CLOCK.fetch_add(1_000, Ordering::Relaxed), wire_key: wire }
+    }
+
     fn key(conn: u64, seq: u64) -> ReqKey {
         ReqKey { conn: crate::capture::ConnId { sock: conn, gen: 1 }, stream: seq }
     }
 
     fn done(l: &mut Linker, k: ReqKey, conn: ConnMeta) -> Option<Identity> {
+        done_on(l, k, conn, 0)
+    }
+
+    /// Answered, the response written (server) or read (client) by thread `tid`; the
+    /// batch ends with it.
+    fn done_on(l: &mut Linker, k: ReqKey, conn: ConnMeta, tid: u32) -> Option<Identity> {
+        let id = answered(l, k, conn, tid);
+        l.batch_end();
+        id
+    }
+
+    fn answered(l: &mut Linker, k: ReqKey, conn: ConnMeta, tid: u32) -> Option<Identity> {
         let rec = ExchangeRecord {
             key: k,
             conn,
@@ -514,9 +1314,30 @@ mod tests {
                 response_last: Timing::default(),
                 h2: None,
             },
-            tid: 0,
+            tid,
         };
         l.exchange_done(&rec)
+    }
+
+    fn get(target: &str, headers: &[(&str, &str)]) -> Request {
+        Request { target: target.into(), ..req(headers) }
+    }
+
+    fn server(port: u16) -> ConnMeta {
+        meta(1, Role::Server, "127.0.0.1:80", &format!("127.0.0.1:{port}"))
+    }
+
+    fn upstream(port: u16) -> ConnMeta {
+        meta(1, Role::Client, &format!("127.0.0.1:{port}"), "127.0.0.1:90")
+    }
+
+    fn opened(mut conn: ConnMeta, tid: u32, ts_ns: u64) -> ConnMeta {
+        conn.opened_by = Some(crate::conn::Opener { tid, ts_ns });
+        conn
+    }
+
+    fn at(tid: u32, ts_ns: u64, wire: u64) -> Start {
+        Start { tid, ts_ns, wire_key: wire }
     }
 
     /// Process 1 (a proxy) serves on :80 and calls :90 (process 2) from thread 11.
@@ -534,9 +1355,9 @@ mod tests {
     fn thread_socket_and_break_along_a_chain() {
         let mut l = Linker::default();
         // The proxy receives context, calls out without it, the backend answers.
-        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[("traceparent", TP)]), 0);
-        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[]), 0);
-        l.request_started(key(3, 0), &backend_in(), 21, &req(&[]), 0);
+        l.request_started(key(1, 0), &proxy_in(), st(11, 0), &req(&[("traceparent", TP)]));
+        l.request_started(key(2, 0), &proxy_out(), st(11, 0), &req(&[]));
+        l.request_started(key(3, 0), &backend_in(), st(21, 0), &req(&[]));
         let backend = done(&mut l, key(3, 0), backend_in()).unwrap();
         let call = done(&mut l, key(2, 0), proxy_out()).unwrap();
         let server = done(&mut l, key(1, 0), proxy_in()).unwrap();
@@ -557,9 +1378,9 @@ mod tests {
         let mut l = Linker::default();
         // The proxy sent two requests on one connection; the backend's record of the
         // first was lost, so it sees only the second (TCP sequence 900).
-        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[]), 100);
-        l.request_started(key(2, 1), &proxy_out(), 11, &req(&[]), 900);
-        l.request_started(key(3, 1), &backend_in(), 21, &req(&[]), 900);
+        l.request_started(key(2, 0), &proxy_out(), st(11, 100), &req(&[]));
+        l.request_started(key(2, 1), &proxy_out(), st(11, 900), &req(&[]));
+        l.request_started(key(3, 1), &backend_in(), st(21, 900), &req(&[]));
         let backend = done(&mut l, key(3, 1), backend_in()).unwrap();
         let first = done(&mut l, key(2, 0), proxy_out()).unwrap();
         let second = done(&mut l, key(2, 1), proxy_out()).unwrap();
@@ -567,18 +1388,18 @@ mod tests {
         assert_eq!(backend.parent_span_id, second.span_id);
         assert_ne!(backend.parent_span_id, first.span_id);
         // A server request with no client request at its position is not guessed.
-        l.request_started(key(2, 2), &proxy_out(), 11, &req(&[]), 1700);
-        l.request_started(key(3, 3), &backend_in(), 21, &req(&[]), 2500);
+        l.request_started(key(2, 2), &proxy_out(), st(11, 1700), &req(&[]));
+        l.request_started(key(3, 3), &backend_in(), st(21, 2500), &req(&[]));
         assert_eq!(done(&mut l, key(3, 3), backend_in()).unwrap().link, LinkKind::None);
     }
 
     #[test]
     fn socket_link_when_the_server_side_is_seen_first() {
         let mut l = Linker::default();
-        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[]), 0);
+        l.request_started(key(1, 0), &proxy_in(), st(11, 0), &req(&[]));
         // The backend's read reaches the agent before the proxy's write.
-        l.request_started(key(3, 0), &backend_in(), 21, &req(&[]), 0);
-        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[]), 0);
+        l.request_started(key(3, 0), &backend_in(), st(21, 0), &req(&[]));
+        l.request_started(key(2, 0), &proxy_out(), st(11, 0), &req(&[]));
         let backend = done(&mut l, key(3, 0), backend_in()).unwrap();
         let call = done(&mut l, key(2, 0), proxy_out()).unwrap();
         assert_eq!(backend.link, LinkKind::Socket);
@@ -591,16 +1412,16 @@ mod tests {
     #[test]
     fn sequential_keep_alive_requests_on_one_thread_link_to_the_current_one() {
         let mut l = Linker::default();
-        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[]), 0);
+        l.request_started(key(1, 0), &proxy_in(), st(11, 0), &req(&[]));
         let first = done(&mut l, key(1, 0), proxy_in()).unwrap();
-        l.request_started(key(1, 1), &proxy_in(), 11, &req(&[]), 1);
-        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[]), 0);
+        l.request_started(key(1, 1), &proxy_in(), st(11, 1), &req(&[]));
+        l.request_started(key(2, 0), &proxy_out(), st(11, 0), &req(&[]));
         let call = done(&mut l, key(2, 0), proxy_out()).unwrap();
         let second = done(&mut l, key(1, 1), proxy_in()).unwrap();
         assert_eq!(call.parent_span_id, second.span_id);
         assert_ne!(call.parent_span_id, first.span_id);
         // A call after the response went out belongs to no request.
-        l.request_started(key(2, 1), &proxy_out(), 11, &req(&[]), 1);
+        l.request_started(key(2, 1), &proxy_out(), st(11, 1), &req(&[]));
         assert_eq!(done(&mut l, key(2, 1), proxy_out()).unwrap().link, LinkKind::None);
     }
 
@@ -609,12 +1430,12 @@ mod tests {
         let mut l = Linker::default();
         let a = meta(1, Role::Server, "127.0.0.1:80", "127.0.0.1:5001");
         let b = meta(1, Role::Server, "127.0.0.1:80", "127.0.0.1:5002");
-        l.request_started(key(1, 0), &a, 11, &req(&[]), 0);
-        l.request_started(key(4, 0), &b, 12, &req(&[]), 0);
+        l.request_started(key(1, 0), &a, st(11, 0), &req(&[]));
+        l.request_started(key(4, 0), &b, st(12, 0), &req(&[]));
         let out_b = meta(1, Role::Client, "127.0.0.1:6002", "127.0.0.1:90");
         let out_a = meta(1, Role::Client, "127.0.0.1:6001", "127.0.0.1:90");
-        l.request_started(key(5, 0), &out_b, 12, &req(&[]), 0);
-        l.request_started(key(6, 0), &out_a, 11, &req(&[]), 0);
+        l.request_started(key(5, 0), &out_b, st(12, 0), &req(&[]));
+        l.request_started(key(6, 0), &out_a, st(11, 0), &req(&[]));
         let call_b = done(&mut l, key(5, 0), out_b).unwrap();
         let call_a = done(&mut l, key(6, 0), out_a).unwrap();
         let srv_a = done(&mut l, key(1, 0), a).unwrap();
@@ -630,9 +1451,9 @@ mod tests {
         let before = stats::global().get(Counter::LinkAmbiguousThread);
         let a = meta(1, Role::Server, "127.0.0.1:80", "127.0.0.1:5001");
         let b = meta(1, Role::Server, "127.0.0.1:80", "127.0.0.1:5002");
-        l.request_started(key(1, 0), &a, 11, &req(&[]), 0);
-        l.request_started(key(4, 0), &b, 11, &req(&[]), 0);
-        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[]), 0);
+        l.request_started(key(1, 0), &a, st(11, 0), &req(&[]));
+        l.request_started(key(4, 0), &b, st(11, 0), &req(&[]));
+        l.request_started(key(2, 0), &proxy_out(), st(11, 0), &req(&[]));
         assert_eq!(done(&mut l, key(2, 0), proxy_out()).unwrap().link, LinkKind::None);
         assert!(stats::global().get(Counter::LinkAmbiguousThread) > before);
     }
@@ -641,26 +1462,26 @@ mod tests {
     fn a_handler_on_another_thread_links_to_the_only_request_of_its_process() {
         let mut l = Linker::default();
         // Read on thread 11, handled on thread 31 (grpcio's completion queue and pool).
-        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[]), 0);
-        l.request_started(key(2, 0), &proxy_out(), 31, &req(&[]), 0);
+        l.request_started(key(1, 0), &proxy_in(), st(11, 0), &req(&[]));
+        l.request_started(key(2, 0), &proxy_out(), st(31, 0), &req(&[]));
         let call = done(&mut l, key(2, 0), proxy_out()).unwrap();
         let server = done(&mut l, key(1, 0), proxy_in()).unwrap();
         assert_eq!(call.link, LinkKind::Process);
         assert_eq!((call.trace_id, call.parent_span_id), (server.trace_id, server.span_id));
         // Two requests in flight in the process: no parent is guessed.
         let other = meta(1, Role::Server, "127.0.0.1:80", "127.0.0.1:5009");
-        l.request_started(key(1, 1), &proxy_in(), 11, &req(&[]), 1);
-        l.request_started(key(7, 0), &other, 12, &req(&[]), 0);
-        l.request_started(key(2, 1), &proxy_out(), 31, &req(&[]), 1);
+        l.request_started(key(1, 1), &proxy_in(), st(11, 1), &req(&[]));
+        l.request_started(key(7, 0), &other, st(12, 0), &req(&[]));
+        l.request_started(key(2, 1), &proxy_out(), st(31, 1), &req(&[]));
         assert_eq!(done(&mut l, key(2, 1), proxy_out()).unwrap().link, LinkKind::None);
     }
 
     #[test]
     fn a_proxy_passing_the_header_on_is_legacy_and_linked_by_socket() {
         let mut l = Linker::default();
-        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[("traceparent", TP)]), 0);
-        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[("traceparent", TP)]), 0);
-        l.request_started(key(3, 0), &backend_in(), 21, &req(&[("traceparent", TP)]), 0);
+        l.request_started(key(1, 0), &proxy_in(), st(11, 0), &req(&[("traceparent", TP)]));
+        l.request_started(key(2, 0), &proxy_out(), st(11, 0), &req(&[("traceparent", TP)]));
+        l.request_started(key(3, 0), &backend_in(), st(21, 0), &req(&[("traceparent", TP)]));
         assert!(!l.is_instrumented(1));
         let backend = done(&mut l, key(3, 0), backend_in()).unwrap();
         let call = done(&mut l, key(2, 0), proxy_out()).unwrap();
@@ -673,10 +1494,10 @@ mod tests {
     fn an_sdk_process_gets_no_spans_and_its_header_links_the_callee() {
         let mut l = Linker::default();
         let sdk_parent = "00-11111111111111111111111111111111-2222222222222222-01";
-        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[]), 0);
-        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[("traceparent", sdk_parent)]), 0);
+        l.request_started(key(1, 0), &proxy_in(), st(11, 0), &req(&[]));
+        l.request_started(key(2, 0), &proxy_out(), st(11, 0), &req(&[("traceparent", sdk_parent)]));
         assert!(l.is_instrumented(1));
-        l.request_started(key(3, 0), &backend_in(), 21, &req(&[("traceparent", sdk_parent)]), 0);
+        l.request_started(key(3, 0), &backend_in(), st(21, 0), &req(&[("traceparent", sdk_parent)]));
         let backend = done(&mut l, key(3, 0), backend_in()).unwrap();
         assert_eq!(backend.link, LinkKind::Header);
         assert_eq!(crate::span::hex(&backend.parent_span_id), "2222222222222222");
@@ -688,8 +1509,8 @@ mod tests {
     #[test]
     fn declared_instrumented_processes_get_no_spans() {
         let mut l = Linker::new(vec!["svc-a".into()]);
-        l.observe_process(1, &["svc-a", "python3"]);
-        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[]), 0);
+        l.observe_process(1, &["svc-a", "python3"], false);
+        l.request_started(key(1, 0), &proxy_in(), st(11, 0), &req(&[]));
         assert_eq!(done(&mut l, key(1, 0), proxy_in()), None);
     }
 
@@ -697,13 +1518,14 @@ mod tests {
     fn header_and_socket_disagreeing_is_counted_and_the_header_wins() {
         let mut l = Linker::default();
         let before = stats::global().get(Counter::LinkHeaderSocketDisagree);
-        // Two requests in flight on one thread: the call cannot be thread-linked, so
-        // its own trace differs from the header it passes on.
+        // Two requests in flight on one thread, both with the same context (a client
+        // retrying): nothing tells which one the call forwards, so its own trace
+        // differs from the header it passes on.
         let other = meta(1, Role::Server, "127.0.0.1:80", "127.0.0.1:5009");
-        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[("traceparent", TP)]), 0);
-        l.request_started(key(7, 0), &other, 11, &req(&[]), 0);
-        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[("traceparent", TP)]), 0);
-        l.request_started(key(3, 0), &backend_in(), 21, &req(&[("traceparent", TP)]), 0);
+        l.request_started(key(1, 0), &proxy_in(), st(11, 0), &req(&[("traceparent", TP)]));
+        l.request_started(key(7, 0), &other, st(11, 0), &req(&[("traceparent", TP)]));
+        l.request_started(key(2, 0), &proxy_out(), st(11, 0), &req(&[("traceparent", TP)]));
+        l.request_started(key(3, 0), &backend_in(), st(21, 0), &req(&[("traceparent", TP)]));
         let backend = done(&mut l, key(3, 0), backend_in()).unwrap();
         assert_eq!(backend.link, LinkKind::Header);
         assert_eq!(crate::span::hex(&backend.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
@@ -713,12 +1535,272 @@ mod tests {
     #[test]
     fn closed_connections_and_exited_processes_leave_nothing_behind() {
         let mut l = Linker::default();
-        l.request_started(key(1, 0), &proxy_in(), 11, &req(&[("traceparent", TP)]), 0);
-        l.request_started(key(2, 0), &proxy_out(), 11, &req(&[]), 0);
+        l.request_started(key(1, 0), &proxy_in(), st(11, 0), &req(&[("traceparent", TP)]));
+        l.request_started(key(2, 0), &proxy_out(), st(11, 0), &req(&[]));
         l.connection_closed(crate::capture::ConnId { sock: 2, gen: 1 }, &proxy_out());
         l.connection_closed(crate::capture::ConnId { sock: 1, gen: 1 }, &proxy_in());
         l.process_exited(1);
         assert!(l.pending.is_empty() && l.per_conn.is_empty() && l.threads.is_empty() && l.processes.is_empty());
         assert!(l.peers.is_empty() && l.received.is_empty());
+    }
+
+    #[test]
+    fn an_event_loop_call_is_attributed_at_connect_time() {
+        let mut l = Linker::default();
+        // nginx: read A, connect for A, read B, connect for B, then the writes (in
+        // connect order). All targets are `/`: only the order can tell.
+        l.request_started(key(1, 0), &server(5001), at(11, 100, 0), &req(&[]));
+        l.request_started(key(2, 0), &server(5002), at(11, 300, 0), &req(&[]));
+        let (ua, ub) = (opened(upstream(6001), 11, 200), opened(upstream(6002), 11, 400));
+        l.request_started(key(3, 0), &ua, at(11, 500, 0), &req(&[]));
+        l.request_started(key(4, 0), &ub, at(11, 600, 0), &req(&[]));
+        let call_b = done(&mut l, key(4, 0), ub).unwrap();
+        let call_a = done(&mut l, key(3, 0), ua).unwrap();
+        let a = done(&mut l, key(1, 0), server(5001)).unwrap();
+        let b = done(&mut l, key(2, 0), server(5002)).unwrap();
+        assert_eq!((call_a.parent_span_id, call_a.link), (a.span_id, LinkKind::Order));
+        assert_eq!((call_b.parent_span_id, call_b.link), (b.span_id, LinkKind::Order));
+        assert!(call_a.evidence.contains(Evidence::CONNECT));
+        assert_eq!(call_a.confidence, Some(Confidence::Medium));
+    }
+
+    #[test]
+    fn a_connection_written_before_an_earlier_one_is_not_guessed() {
+        let mut l = Linker::default();
+        // As above, but B's connection is written first: A's connect (between the two
+        // reads) is not known yet, so the two reads look like a burst.
+        l.request_started(key(1, 0), &server(5001), at(11, 100, 0), &req(&[]));
+        l.request_started(key(2, 0), &server(5002), at(11, 300, 0), &req(&[]));
+        let (ua, ub) = (opened(upstream(6001), 11, 200), opened(upstream(6002), 11, 400));
+        l.request_started(key(4, 0), &ub, at(11, 500, 0), &req(&[]));
+        l.request_started(key(3, 0), &ua, at(11, 600, 0), &req(&[]));
+        assert_eq!(done(&mut l, key(4, 0), ub).unwrap().link, LinkKind::None);
+        let call_a = done(&mut l, key(3, 0), ua).unwrap();
+        let a = done(&mut l, key(1, 0), server(5001)).unwrap();
+        assert_eq!(call_a.parent_span_id, a.span_id);
+    }
+
+    #[test]
+    fn a_pooled_connection_reused_is_attributed_at_the_write() {
+        let mut l = Linker::default();
+        let pooled = opened(upstream(6001), 11, 50);
+        // Its first request, for A (connected while handling A).
+        l.request_started(key(1, 0), &server(5001), at(11, 40, 0), &req(&[]));
+        l.request_started(key(3, 0), &pooled, at(11, 60, 0), &req(&[]));
+        let first = done(&mut l, key(3, 0), pooled).unwrap();
+        let a = done(&mut l, key(1, 0), server(5001)).unwrap();
+        assert_eq!(first.parent_span_id, a.span_id);
+        // Reused by B while C (read earlier, with its own call made) is in flight.
+        l.request_started(key(5, 0), &server(5003), at(11, 100, 0), &req(&[]));
+        l.request_started(key(6, 0), &upstream(6003), at(11, 150, 0), &req(&[]));
+        l.request_started(key(2, 0), &server(5002), at(11, 200, 0), &req(&[]));
+        l.request_started(key(3, 1), &pooled, at(11, 250, 1), &req(&[]));
+        let second = done(&mut l, key(3, 1), pooled).unwrap();
+        let b = done(&mut l, key(2, 0), server(5002)).unwrap();
+        assert_eq!((second.parent_span_id, second.link), (b.span_id, LinkKind::Order));
+    }
+
+    #[test]
+    fn a_burst_of_reads_before_any_call_is_order_ambiguous_and_content_decides() {
+        let mut l = Linker::default();
+        // asyncio: read A, read B, then the handlers run and call out.
+        l.request_started(key(1, 0), &server(5001), at(11, 100, 0), &get("/items/a1", &[]));
+        l.request_started(key(2, 0), &server(5002), at(11, 200, 0), &get("/items/b2", &[]));
+        // Order alone says B (read last), but A's handler has not run: no guess.
+        l.request_started(key(4, 0), &upstream(6002), at(11, 300, 0), &get("/other", &[]));
+        l.request_started(key(3, 0), &upstream(6001), at(11, 400, 0), &get("/items/a1", &[]));
+        // A's handler ran (its call is attributed): the next call is B's.
+        l.request_started(key(5, 0), &upstream(6003), at(11, 500, 0), &get("/other", &[]));
+        let unknown = done(&mut l, key(4, 0), upstream(6002)).unwrap();
+        let call_a = done(&mut l, key(3, 0), upstream(6001)).unwrap();
+        let call_b = done(&mut l, key(5, 0), upstream(6003)).unwrap();
+        let a = done(&mut l, key(1, 0), server(5001)).unwrap();
+        let b = done(&mut l, key(2, 0), server(5002)).unwrap();
+        assert_eq!(unknown.link, LinkKind::None);
+        assert_eq!((call_a.parent_span_id, call_a.link), (a.span_id, LinkKind::Content));
+        assert_eq!((call_b.parent_span_id, call_b.link), (b.span_id, LinkKind::Order));
+    }
+
+    #[test]
+    fn order_and_content_disagreeing_leave_the_call_unlinked() {
+        let mut l = Linker::default();
+        let before = stats::global().get(Counter::LinkEvidenceConflict);
+        l.request_started(key(1, 0), &server(5001), at(11, 100, 0), &get("/api/users", &[]));
+        l.request_started(key(5, 0), &upstream(6005), at(11, 150, 0), &get("/api/x", &[]));
+        l.request_started(key(2, 0), &server(5002), at(11, 200, 0), &get("/api/orders", &[]));
+        // B's handler (read last, after A's call) calls /api/users: content says A.
+        l.request_started(key(3, 0), &upstream(6001), at(11, 300, 0), &get("/api/users", &[]));
+        assert_eq!(done(&mut l, key(3, 0), upstream(6001)).unwrap().link, LinkKind::None);
+        assert!(stats::global().get(Counter::LinkEvidenceConflict) > before);
+    }
+
+    #[test]
+    fn request_ids_and_forwarded_for_select_and_exclude() {
+        let mut l = Linker::default();
+        let a = meta(1, Role::Server, "127.0.0.1:80", "10.0.0.1:5001");
+        let b = meta(1, Role::Server, "127.0.0.1:80", "10.0.0.2:5002");
+        l.request_started(key(1, 0), &a, at(11, 100, 0), &get("/", &[("x-request-id", "r-1")]));
+        l.request_started(key(2, 0), &b, at(11, 200, 0), &get("/", &[("x-request-id", "r-2")]));
+        l.request_started(key(3, 0), &upstream(6001), at(11, 300, 0), &get("/", &[("x-request-id", "r-1")]));
+        let by_id = done(&mut l, key(3, 0), upstream(6001)).unwrap();
+        // From a worker thread, no request id, but forwarded for 10.0.0.2: only B
+        // remains, by elimination.
+        l.request_started(key(4, 0), &upstream(6002), at(13, 400, 0), &get("/", &[("x-forwarded-for", "10.0.0.2")]));
+        let by_xff = done(&mut l, key(4, 0), upstream(6002)).unwrap();
+        let a = done(&mut l, key(1, 0), a).unwrap();
+        let b = done(&mut l, key(2, 0), b).unwrap();
+        assert_eq!((by_id.parent_span_id, by_id.link), (a.span_id, LinkKind::Content));
+        assert_eq!((by_xff.parent_span_id, by_xff.link), (b.span_id, LinkKind::Process));
+    }
+
+    #[test]
+    fn go_threads_are_not_evidence() {
+        let mut l = Linker::default();
+        l.observe_process(1, &["proxy"], true);
+        // A goroutine on thread 11 read A; another goroutine, now on thread 11, calls
+        // out for B.
+        l.request_started(key(1, 0), &server(5001), at(11, 100, 0), &get("/a/1", &[]));
+        l.request_started(key(2, 0), &server(5002), at(12, 200, 0), &get("/b/2", &[]));
+        l.request_started(key(3, 0), &upstream(6001), at(11, 300, 0), &get("/b/2", &[]));
+        let call = done(&mut l, key(3, 0), upstream(6001)).unwrap();
+        let b = done(&mut l, key(2, 0), server(5002)).unwrap();
+        assert_eq!((call.parent_span_id, call.link), (b.span_id, LinkKind::Content));
+        assert_eq!(call.evidence, Evidence::CONTENT);
+    }
+
+    #[test]
+    fn a_worker_thread_call_is_decided_by_the_response_it_writes_next() {
+        let mut l = Linker::default();
+        // grpcio: thread 11 reads A and B; pool threads 31 and 32 handle them.
+        l.request_started(key(1, 1), &server(5001), at(11, 100, 1), &req(&[]));
+        l.request_started(key(1, 3), &server(5001), at(11, 200, 3), &req(&[]));
+        l.request_started(key(3, 0), &upstream(6001), at(31, 300, 0), &req(&[]));
+        l.request_started(key(4, 0), &upstream(6002), at(32, 310, 0), &req(&[]));
+        let call_b = done_on(&mut l, key(4, 0), upstream(6002), 32).unwrap();
+        let call_a = done_on(&mut l, key(3, 0), upstream(6001), 31).unwrap();
+        assert!(l.is_provisional(&call_a.trace_id) && l.is_provisional(&call_b.trace_id));
+        // Thread 32 answers B, then 31 answers A.
+        let b = done_on(&mut l, key(1, 3), server(5001), 32).unwrap();
+        let a = done_on(&mut l, key(1, 1), server(5001), 31).unwrap();
+        let resolved = l.take_resolved();
+        let of = |trace: [u8; 16]| resolved.iter().find(|r| r.from == trace).cloned().unwrap();
+        let (ra, rb) = (of(call_a.trace_id), of(call_b.trace_id));
+        assert_eq!((ra.to, ra.root, ra.parent), (a.trace_id, call_a.span_id, a.span_id));
+        assert_eq!((rb.to, rb.root, rb.parent), (b.trace_id, call_b.span_id, b.span_id));
+        assert!(!l.is_provisional(&call_a.trace_id));
+    }
+
+    #[test]
+    fn one_write_answering_two_requests_resolves_no_deferred_call() {
+        let mut l = Linker::default();
+        l.request_started(key(1, 1), &server(5001), at(11, 100, 1), &req(&[]));
+        l.request_started(key(1, 3), &server(5001), at(11, 200, 3), &req(&[]));
+        l.request_started(key(3, 0), &upstream(6001), at(31, 300, 0), &req(&[]));
+        let call = done_on(&mut l, key(3, 0), upstream(6001), 31).unwrap();
+        // Thread 31 writes both responses in one syscall (one batch).
+        answered(&mut l, key(1, 1), server(5001), 31);
+        answered(&mut l, key(1, 3), server(5001), 31);
+        l.batch_end();
+        assert!(l.take_resolved().is_empty());
+        assert_eq!(l.take_abandoned(), vec![call.trace_id]);
+    }
+
+    #[test]
+    fn a_response_written_for_a_worker_by_another_thread_resolves_the_only_waiting_call() {
+        let mut l = Linker::default();
+        l.request_started(key(1, 1), &server(5001), at(11, 100, 1), &req(&[]));
+        l.request_started(key(1, 3), &server(5001), at(11, 200, 3), &req(&[]));
+        l.request_started(key(3, 0), &upstream(6001), at(31, 300, 0), &req(&[]));
+        l.request_started(key(4, 0), &upstream(6002), at(32, 310, 0), &req(&[]));
+        let call_a = done_on(&mut l, key(3, 0), upstream(6001), 31).unwrap();
+        // Thread 11 (the poller, no calls of its own) writes A's response for 31: the
+        // only call whose response is in is 31's.
+        let a = done_on(&mut l, key(1, 1), server(5001), 11).unwrap();
+        let resolved = l.take_resolved();
+        assert_eq!(resolved.len(), 1);
+        assert_eq!((resolved[0].from, resolved[0].parent), (call_a.trace_id, a.span_id));
+        // With two calls waiting, the poller's write names neither.
+        let call_b = done_on(&mut l, key(4, 0), upstream(6002), 32).unwrap();
+        l.request_started(key(1, 5), &server(5001), at(11, 400, 5), &req(&[]));
+        l.request_started(key(5, 0), &upstream(6003), at(33, 500, 0), &req(&[]));
+        let call_c = done_on(&mut l, key(5, 0), upstream(6003), 33).unwrap();
+        done_on(&mut l, key(1, 3), server(5001), 11).unwrap();
+        assert!(l.take_resolved().is_empty());
+        assert!(l.is_provisional(&call_b.trace_id) && l.is_provisional(&call_c.trace_id));
+    }
+
+    #[test]
+    fn an_answer_two_calls_wait_for_goes_to_the_one_left_by_elimination() {
+        let mut l = Linker::default();
+        l.request_started(key(1, 1), &server(5001), at(11, 100, 1), &req(&[]));
+        l.request_started(key(1, 3), &server(5001), at(11, 200, 3), &req(&[]));
+        l.request_started(key(3, 0), &upstream(6001), at(31, 300, 0), &req(&[]));
+        l.request_started(key(4, 0), &upstream(6002), at(32, 310, 0), &req(&[]));
+        let call_a = done_on(&mut l, key(3, 0), upstream(6001), 31).unwrap();
+        let call_b = done_on(&mut l, key(4, 0), upstream(6002), 32).unwrap();
+        // The poller writes A's response while both calls wait: it names neither yet.
+        let a = done_on(&mut l, key(1, 1), server(5001), 11).unwrap();
+        assert!(l.take_resolved().is_empty());
+        // Thread 32 answers B itself: B is 32's call, so A's answer was 31's.
+        let b = done_on(&mut l, key(1, 3), server(5001), 32).unwrap();
+        let resolved = l.take_resolved();
+        let of = |trace: [u8; 16]| resolved.iter().find(|r| r.from == trace).map(|r| r.parent);
+        assert_eq!(of(call_b.trace_id), Some(b.span_id));
+        assert_eq!(of(call_a.trace_id), Some(a.span_id));
+    }
+
+    #[test]
+    fn identical_loopback_tuples_in_two_namespaces_are_two_connections() {
+        let mut l = Linker::default();
+        let ns = |mut c: ConnMeta, netns: u32, pid: u32| {
+            c.netns = netns;
+            c.pid = pid;
+            c
+        };
+        let (client1, client2) = (ns(proxy_out(), 1, 1), ns(proxy_out(), 2, 3));
+        let (server1, server2) = (ns(backend_in(), 1, 2), ns(backend_in(), 2, 4));
+        // HTTP/2: both connections' first stream is 1.
+        l.request_started(key(2, 1), &client1, st(11, 1), &req(&[]));
+        l.request_started(key(5, 1), &client2, st(31, 1), &req(&[]));
+        l.request_started(key(6, 1), &server2, st(41, 1), &req(&[]));
+        l.request_started(key(3, 1), &server1, st(21, 1), &req(&[]));
+        let s1 = done(&mut l, key(3, 1), server1).unwrap();
+        let s2 = done(&mut l, key(6, 1), server2).unwrap();
+        let c1 = done(&mut l, key(2, 1), client1).unwrap();
+        let c2 = done(&mut l, key(5, 1), client2).unwrap();
+        assert_eq!(s1.parent_span_id, c1.span_id);
+        assert_eq!(s2.parent_span_id, c2.span_id);
+    }
+
+    struct FakeNat(SocketAddr, usize);
+    impl NatLookup for FakeNat {
+        fn original_destination(&mut self, _netns: u32, _local: SocketAddr, _peer: SocketAddr) -> Option<SocketAddr> {
+            self.1 += 1;
+            Some(self.0)
+        }
+    }
+
+    #[test]
+    fn a_socket_link_through_service_nat_asks_conntrack_once_per_connection() {
+        let mut l = Linker::default();
+        l.set_nat(Box::new(FakeNat("127.0.0.100:80".parse().unwrap(), 0)));
+        let client = meta(1, Role::Client, "127.0.0.1:6000", "127.0.0.100:80");
+        let backend = meta(2, Role::Server, "127.0.0.1:9090", "127.0.0.1:6000");
+        l.request_started(key(2, 0), &client, st(11, 100), &req(&[]));
+        l.request_started(key(2, 1), &client, st(11, 900), &req(&[]));
+        l.request_started(key(3, 0), &backend, st(21, 100), &req(&[]));
+        l.request_started(key(3, 1), &backend, st(21, 900), &req(&[]));
+        let first = done(&mut l, key(3, 0), backend).unwrap();
+        let second = done(&mut l, key(3, 1), backend).unwrap();
+        let c0 = done(&mut l, key(2, 0), client).unwrap();
+        let c1 = done(&mut l, key(2, 1), client).unwrap();
+        assert_eq!((first.link, first.parent_span_id), (LinkKind::Socket, c0.span_id));
+        assert_eq!((second.link, second.parent_span_id), (LinkKind::Socket, c1.span_id));
+        assert_eq!(l.nat_cache.len(), 1);
+        // A server connection from a client off the node costs no lookup.
+        let outside = meta(2, Role::Server, "127.0.0.1:9090", "10.1.1.1:7000");
+        l.request_started(key(7, 0), &outside, st(21, 5), &req(&[]));
+        assert_eq!(done(&mut l, key(7, 0), outside).unwrap().link, LinkKind::None);
+        assert_eq!(l.nat_cache.len(), 1);
     }
 }

@@ -9,8 +9,10 @@
 //! *original* tuple `client -> virtual IP` (what the client's socket sees). One ctnetlink
 //! GET by the reply tuple returns the entry, and with it the original destination.
 //!
-//! Conntrack tables are per network namespace and this socket sees the agent's own, so
-//! connections in other namespaces are not looked up (counted as `nat.other_netns`).
+//! Conntrack tables are per network namespace and this socket sees the agent's own (the
+//! node's, in a DaemonSet): pod traffic to a ClusterIP is translated there, so routable
+//! addresses are looked up whatever namespace the socket is in; loopback connections of
+//! other namespaces are not (counted as `nat.other_netns`).
 //!
 //! A lookup is one request and one answer on a blocking netlink socket with a short
 //! receive timeout, so the caller's drain loop never stalls for long. Requests carry
@@ -45,8 +47,9 @@ pub trait NatLookup {
     /// the client's), the destination the client actually connected to when NAT
     /// rewrote it: the conntrack entry whose reply tuple is local -> peer has an
     /// original tuple peer -> X; returns Some(X) when X != local. None when there is no
-    /// entry, no translation, the lookup failed, or `netns` is not the agent's own
-    /// network namespace (conntrack tables are per namespace).
+    /// entry, no translation, the lookup failed, or the connection is loopback in
+    /// another network namespace than the agent's (conntrack tables are per namespace;
+    /// routable addresses of other namespaces are translated in the node's).
     ///
     /// IPv4-mapped IPv6 addresses are looked up (and answered) as IPv4, which is how
     /// conntrack tracks them. When the source was rewritten too (SNAT, masquerade, or
@@ -236,7 +239,10 @@ impl NatLookup for Conntrack {
         peer: SocketAddr,
     ) -> Option<(SocketAddr, SocketAddr)> {
         let s = stats::global();
-        if netns != self.own_netns {
+        // Another namespace's loopback is its own; routable addresses of other
+        // namespaces (pods) are NATed in the agent's (the node's) table, where
+        // kube-proxy's rules are.
+        if netns != self.own_netns && (local.ip().is_loopback() || peer.ip().is_loopback()) {
             s.incr(Counter::NatOtherNetns);
             return None;
         }

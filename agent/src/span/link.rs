@@ -232,6 +232,8 @@ struct Pending {
     wire_key: u64,
     /// Server: what a proxy would forward of it.
     content: Option<Box<Content>>,
+    /// Server: a call was linked to it.
+    has_calls: bool,
 }
 
 /// A server request read on a thread, for order evidence.
@@ -270,6 +272,8 @@ struct Deferred {
     /// The call's response was seen (its span is built and held).
     done: bool,
     since_ns: u64,
+    /// Responses written for one of several waiting calls, this one among them.
+    answers_seen: u32,
 }
 
 /// A server response written in a process with deferred calls.
@@ -282,6 +286,8 @@ struct Answered {
     span_id: [u8; 8],
     flags: u8,
     trace_state: String,
+    /// A call of its handler was linked already (not deferred).
+    has_calls: bool,
 }
 
 /// A provisional trace resolved: held spans of trace `from` belong to trace `to`, and
@@ -432,6 +438,7 @@ impl Linker {
                 tid: start.tid,
                 wire_key: start.wire_key,
                 content: Some(Box::new(content)),
+                has_calls: false,
             },
         );
         let log = self.threads.entry((conn.pid, start.tid)).or_default();
@@ -537,6 +544,7 @@ impl Linker {
                 tid,
                 wire_key: start.wire_key,
                 content: None,
+                has_calls: false,
             },
         );
     }
@@ -662,8 +670,9 @@ impl Linker {
     /// A call was attributed to `key`: its handler ran, so it no longer makes the
     /// reads after it ambiguous.
     fn mark_acted(&mut self, key: ReqKey) {
-        let Some(tid) = self.pending.get(&key).map(|p| p.tid) else { return };
-        let Some(pid) = self.pending.get(&key).map(|p| p.pid) else { return };
+        let Some(p) = self.pending.get_mut(&key) else { return };
+        p.has_calls = true;
+        let (pid, tid) = (p.pid, p.tid);
         if let Some(log) = self.threads.get_mut(&(pid, tid)) {
             if let Some(r) = log.reads.iter_mut().rev().find(|r| r.key == key) {
                 r.acted = true;
@@ -678,10 +687,24 @@ impl Linker {
                 self.abandon(t);
             }
         }
+        // An earlier call of this thread whose response is in, while an answer it may
+        // own was written elsewhere: the thread has moved on to another request (a
+        // second call of the same handler sees no such answer).
+        let moved: Vec<[u8; 16]> = self
+            .deferred_on
+            .get(&(pid, tid))
+            .into_iter()
+            .flatten()
+            .filter(|t| self.deferred.get(*t).is_some_and(|d| d.done && d.answers_seen > 0))
+            .copied()
+            .collect();
+        for t in moved {
+            self.moved_on(t);
+        }
         stats::global().incr(Counter::LinkDeferred);
         self.deferred.insert(
             identity.trace_id,
-            Deferred { pid, tid, span_id: identity.span_id, candidates, done: false, since_ns },
+            Deferred { pid, tid, span_id: identity.span_id, candidates, done: false, since_ns, answers_seen: 0 },
         );
         self.deferred_on.entry((pid, tid)).or_default().push(identity.trace_id);
         *self.deferred_in.entry(pid).or_insert(0) += 1;
@@ -747,7 +770,14 @@ impl Linker {
     }
 
     /// All exchanges of one capture event were reported: settle deferred calls against
-    /// the responses their threads wrote in it.
+    /// the responses written in it.
+    ///
+    /// A response goes to the calls waiting for it: done (their own response is in),
+    /// not yet resolved, and with it among their candidates. The writing thread's own
+    /// waiting calls take it (the handler wrote its answer). A write by another thread
+    /// (grpcio writes a pool thread's answer from whichever thread holds the transport)
+    /// goes to the only call waiting, or, with several waiting, is kept unassigned
+    /// until all but one of them are resolved otherwise (elimination).
     pub fn batch_end(&mut self) {
         if self.batch.is_empty() {
             return;
@@ -757,62 +787,53 @@ impl Linker {
             // One write answering several requests says nothing about which one the
             // thread worked for.
             let several = batch.iter().any(|b| b.pid == a.pid && b.tid == a.tid && b.key != a.key);
-            let Some(list) = self.deferred_on.get(&(a.pid, a.tid)).cloned() else {
-                if !several {
-                    self.orphan_answer(a);
+            // The writer's own done calls that cannot be this answer's: it moved on.
+            let stale: Vec<[u8; 16]> = self
+                .deferred_on
+                .get(&(a.pid, a.tid))
+                .into_iter()
+                .flatten()
+                .filter(|t| self.deferred.get(*t).is_some_and(|d| d.done && !d.candidates.contains(&a.key)))
+                .copied()
+                .collect();
+            for t in stale {
+                self.moved_on(t);
+            }
+            let waiting: Vec<[u8; 16]> = self
+                .deferred
+                .iter()
+                .filter(|(_, d)| d.pid == a.pid && d.done && d.candidates.contains(&a.key))
+                .map(|(t, _)| *t)
+                .collect();
+            if waiting.is_empty() || a.has_calls {
+                // Nobody waits for it, or its handler's call is known already.
+                continue;
+            }
+            let own: Vec<[u8; 16]> =
+                waiting.iter().filter(|t| self.deferred.get(*t).is_some_and(|d| d.tid == a.tid)).copied().collect();
+            if !several && !own.is_empty() {
+                // The handler's thread wrote its answer.
+                for t in own {
+                    self.resolve_deferred(t, a);
                 }
                 continue;
-            };
-            for trace in list {
-                let Some(d) = self.deferred.get(&trace) else { continue };
-                if !d.done {
-                    continue;
-                }
-                if several || !d.candidates.contains(&a.key) {
-                    // The thread moved on: the call's parent was answered by another
-                    // thread's write, one of those waiting for a call.
-                    log::debug!(
-                        "deferred call on {}/{}: the thread answered {} ({} candidates)",
-                        a.pid,
-                        a.tid,
-                        if several { "several requests in one write" } else { "a request that is not a candidate" },
-                        d.candidates.len()
-                    );
-                    self.moved_on(trace);
-                    continue;
-                }
-                self.resolve_deferred(trace, a);
             }
+            if !several && waiting.len() == 1 {
+                self.resolve_deferred(waiting[0], a);
+                continue;
+            }
+            for t in &waiting {
+                if let Some(d) = self.deferred.get_mut(t) {
+                    d.answers_seen += 1;
+                }
+            }
+            if self.unassigned.len() >= MAX_UNASSIGNED {
+                self.unassigned.remove(0);
+            }
+            self.unassigned.push((a.clone(), waiting));
         }
         batch.clear();
         self.batch = batch;
-    }
-
-    /// A response written by a thread that made no deferred call (grpcio's poller
-    /// writing for a pool thread that found the transport busy): it belongs to the one
-    /// call whose response is in and that waits for a parent among its candidates, if
-    /// there is exactly one such call.
-    fn orphan_answer(&mut self, a: &Answered) {
-        let mut waiting = self
-            .deferred
-            .iter()
-            .filter(|(_, d)| d.pid == a.pid && d.done && d.candidates.contains(&a.key))
-            .map(|(t, _)| *t);
-        let first = waiting.next();
-        let rest: Vec<[u8; 16]> = waiting.collect();
-        log::debug!("answer {:?} by {} with {} calls waiting", a.key, a.tid, rest.len() + usize::from(first.is_some()));
-        match first {
-            Some(only) if rest.is_empty() => self.resolve_deferred(only, a),
-            Some(one) => {
-                if self.unassigned.len() >= MAX_UNASSIGNED {
-                    self.unassigned.remove(0);
-                }
-                let mut all = rest;
-                all.push(one);
-                self.unassigned.push((a.clone(), all));
-            }
-            None => {}
-        }
     }
 
     /// A deferred call whose thread went on to another request: its parent is the one
@@ -981,10 +1002,10 @@ impl Linker {
     /// SDK-instrumented (its SDK reports this request).
     pub fn exchange_done(&mut self, rec: &ExchangeRecord) -> Option<Identity> {
         self.resolve_server(rec.key, true);
-        let mut identity = match self.remove(rec.key) {
-            Some(p) => p.identity,
+        let (mut identity, has_calls) = match self.remove(rec.key) {
+            Some(p) => (p.identity, p.has_calls),
             // Its start was never seen (evicted): a root of its own.
-            None => root_identity(),
+            None => (root_identity(), false),
         };
         if let Some((trace, flags)) = self.aliases.get(&identity.trace_id) {
             // Its trace was provisional, and has been resolved since.
@@ -1009,6 +1030,7 @@ impl Linker {
                         span_id: identity.span_id,
                         flags: identity.flags,
                         trace_state: identity.trace_state.clone(),
+                        has_calls,
                     });
                 }
             }
@@ -1702,6 +1724,9 @@ mod tests {
         answered(&mut l, key(1, 3), server(5001), 31);
         l.batch_end();
         assert!(l.take_resolved().is_empty());
+        assert!(l.is_provisional(&call.trace_id));
+        // Nothing else tells: it goes out unlinked when its time is up.
+        l.expire(300 + DEFER_TTL_NS + 1);
         assert_eq!(l.take_abandoned(), vec![call.trace_id]);
     }
 

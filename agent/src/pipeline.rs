@@ -162,6 +162,12 @@ impl Spans {
                     build::set_link(&mut span, LinkKind::Handoff, Evidence::RESPONSE, Some(Confidence::Medium));
                     stats::global().incr(Counter::LinkHandoff);
                 }
+                if self.linker.is_provisional(&r.to) {
+                    // The parent's own trace waits for a deferred call upstream (a
+                    // proxy in front of a pool): wait with it.
+                    self.hold(span);
+                    continue;
+                }
             } else if span.is_root() {
                 stats::global().incr(Counter::LinkNone);
             }

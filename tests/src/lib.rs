@@ -1714,6 +1714,20 @@ pub fn curl_https(port: u16, version: &str, paths: &[&str]) -> Vec<(u16, String)
 // Linking fidelity models (tests/tests/link_fidelity.rs)
 
 impl Nginx {
+    /// nginx on 127.0.0.1:`port` (h2c) proxying gRPC to 127.0.0.1:`upstream_port` with
+    /// `grpc_pass`: each stream in is a new upstream connection out.
+    #[must_use]
+    pub fn grpc_pass(port: u16, upstream_port: u16) -> Self {
+        Self::with_config(port, |d| {
+            format!(
+                "{}http {{\n  {}\n  server {{\n    listen 127.0.0.1:{port} http2;\n    \
+                     location / {{ grpc_pass grpc://127.0.0.1:{upstream_port}; }}\n  }}\n}}\n",
+                Self::main_context(d),
+                Self::http_defaults(d),
+            )
+        })
+    }
+
     /// nginx on 127.0.0.1:`port` forwarding everything to `target` (`HOST:PORT`, e.g. a
     /// Service's virtual IP) with nginx's default upstream protocol, HTTP/1.0: a new
     /// upstream connection per request, closed after the response.

@@ -81,6 +81,8 @@ struct Ports {
     go: [u16; 2],
     /// Sequential gRPC server, concurrent gRPC server, their shared HTTP/1 backend.
     grpc: [u16; 3],
+    /// nginx grpc_pass, and the grpcio server behind it.
+    grpc_proxy: [u16; 2],
     /// nginx (dialling the Service VIP) and the backend the DNAT rule points at.
     dnat: [u16; 2],
     /// nginx's port and curl's local port, the same in both namespaces.
@@ -89,7 +91,7 @@ struct Ports {
 
 impl Ports {
     fn new() -> Self {
-        let p: [u16; 19] = free_ports();
+        let p: [u16; 21] = free_ports();
         Self {
             nginx_conn: [p[0], p[1]],
             nginx_pool: [p[2], p[3]],
@@ -100,6 +102,7 @@ impl Ports {
             grpc: [p[12], p[13], p[14]],
             dnat: [p[15], p[16]],
             netns: [p[17], p[18]],
+            grpc_proxy: [p[19], p[20]],
         }
     }
 
@@ -114,6 +117,7 @@ impl Ports {
             &self.grpc,
             &self.dnat,
             &self.netns,
+            &self.grpc_proxy,
         ]
         .concat();
         v.push(SERVICE_PORT);
@@ -240,7 +244,7 @@ impl Row {
 
     /// The recall this model must reach.
     fn min_recall(&self) -> f64 {
-        if self.model == MODEL_GRPC && self.concurrency != "1" {
+        if (self.model == MODEL_GRPC || self.model == MODEL_GRPC_PROXY) && self.concurrency != "1" {
             HANDOFF_MIN_RECALL
         } else {
             MIN_RECALL
@@ -669,6 +673,7 @@ fn dnat(jsonl: &Path, ports: &Ports) -> Row {
 /// `Chain` that is the parent of no other SERVER span; and that one a root. A parent of
 /// another kind, process or method, one shared by two chains, or one that does not
 /// enclose its child in time (it was not running when the child ran), is wrong.
+#[expect(clippy::too_many_arguments, reason = "one gRPC run's ports and load")]
 fn grpc(
     jsonl: &Path,
     model: &str,
@@ -677,9 +682,13 @@ fn grpc(
     backend_port: u16,
     calls: usize,
     concurrency: usize,
+    proxy_port: Option<u16>,
 ) -> Row {
     let _server = grpc_server(grpc_port, Some(backend_port), "fid-grpc-server");
-    let mut client = GrpcClient::start(grpc_port, "fid-grpc-client");
+    // With a proxy: nginx `grpc_pass` (HTTP/2 streams in, a new upstream connection per
+    // stream out) between the client and the server.
+    let _proxy = proxy_port.map(|p| Nginx::grpc_pass(p, grpc_port));
+    let mut client = GrpcClient::start(proxy_port.unwrap_or(grpc_port), "fid-grpc-client");
     let t0 = Instant::now();
     // The server GETs `/<payload>`: payload `fid/<slug>/<i>` gives `/fid/<slug>/<i>`.
     let answer = client.cmd(&format!("chainmany {calls} {concurrency} fid/{slug}"));
@@ -688,8 +697,14 @@ fn grpc(
     let paths: Vec<String> = (0..calls).map(|i| format!("/fid/{slug}/{i}")).collect();
     let is_grpc_server =
         |s: &SpanRec| s.kind == KIND_SERVER && local_port(s) == Some(grpc_port) && s.name == GRPC_METHOD;
-    let is_grpc_client =
-        |s: &SpanRec| s.kind == KIND_CLIENT && peer_port(s) == Some(grpc_port) && s.name == GRPC_METHOD;
+    let front = proxy_port.unwrap_or(grpc_port);
+    let is_grpc_client = |s: &SpanRec| s.kind == KIND_CLIENT && peer_port(s) == Some(front) && s.name == GRPC_METHOD;
+    let is_proxy_server = |s: &SpanRec| {
+        proxy_port.is_some() && s.kind == KIND_SERVER && local_port(s) == proxy_port && s.name == GRPC_METHOD
+    };
+    let is_proxy_client = |s: &SpanRec| {
+        proxy_port.is_some() && s.kind == KIND_CLIENT && peer_port(s) == Some(grpc_port) && s.name == GRPC_METHOD
+    };
     let backend_server = |s: &SpanRec| s.kind == KIND_SERVER && local_port(s) == Some(backend_port);
     let backend_call = |s: &SpanRec| s.kind == KIND_CLIENT && peer_port(s) == Some(backend_port);
     let (spans, waited) = wait_spans(jsonl, |sp| {
@@ -701,9 +716,10 @@ fn grpc(
                     + usize::from(!ix.with_path(p, backend_call).is_empty())
             })
             .sum();
-        let servers = sp.all.iter().filter(|s| is_grpc_server(s)).count().min(calls);
-        let clients = sp.all.iter().filter(|s| is_grpc_client(s)).count().min(calls);
-        (http + servers + clients, 4 * calls)
+        let count = |f: &dyn Fn(&SpanRec) -> bool| sp.all.iter().filter(|s| f(s)).count().min(calls);
+        let proxied = count(&is_proxy_server) + count(&is_proxy_client);
+        let hops = if proxy_port.is_some() { 6 } else { 4 };
+        (http + count(&is_grpc_server) + count(&is_grpc_client) + proxied, hops * calls)
     });
     let ix = spans.index();
     let mut judged = Vec::new();
@@ -724,16 +740,28 @@ fn grpc(
         if let [c] = cs.as_slice() {
             proxy_clients.push(*c);
             let mut followed = Vec::new();
-            j.add(follow_grpc(
-                &ix,
-                &mut followed,
-                c,
-                &is_grpc_server,
-                &is_grpc_client,
-                backend_call,
-                &mut margins,
-                margin,
-            ));
+            let is_server_kind = |k: &SpanRec| k.kind == KIND_SERVER;
+            // Each hop up from the backend call: the parent's role, and which of its
+            // children may be only one; `slack`: how early a socket-linked child may
+            // end (the two ends of a connection are timed by different syscalls).
+            let mut hops =
+                vec![Hop { role: "grpc server SERVER", is: &is_grpc_server, one_child: &backend_call, slack: 0 }];
+            if proxy_port.is_some() {
+                hops.push(Hop {
+                    role: "nginx CLIENT",
+                    is: &is_proxy_client,
+                    one_child: &is_server_kind,
+                    slack: SOCKET_HOP_SLACK_NS,
+                });
+                hops.push(Hop { role: "nginx SERVER", is: &is_proxy_server, one_child: &is_proxy_client, slack: 0 });
+            }
+            hops.push(Hop {
+                role: "grpc client CLIENT",
+                is: &is_grpc_client,
+                one_child: &is_server_kind,
+                slack: SOCKET_HOP_SLACK_NS,
+            });
+            j.add(follow_grpc(&ix, &mut followed, c, &hops, &mut margins, margin));
             j.keep(&followed.iter().collect::<Vec<_>>());
         }
         judged.push(j);
@@ -754,100 +782,68 @@ fn grpc(
     row
 }
 
-/// The gRPC hops above the server's backend call `c`: c ← grpc server SERVER ← grpc
-/// client CLIENT (a root). Adds the spans it follows to `keep`.
-#[expect(clippy::too_many_arguments, reason = "the role predicates of one gRPC run")]
+/// One hop of a gRPC chain, seen from the child: what its parent must be.
+struct Hop<'p> {
+    role: &'static str,
+    is: &'p dyn Fn(&SpanRec) -> bool,
+    /// Children of the parent of this kind: more than one is a shared parent (wrong).
+    one_child: &'p dyn Fn(&SpanRec) -> bool,
+    /// How far (ns) the child may end after the parent (socket hops: syscall timing).
+    slack: i64,
+}
+
+/// The gRPC hops above the server's backend call `c`, one per `hops` entry (c ← grpc
+/// server SERVER ← [nginx CLIENT ← nginx SERVER ←] grpc client CLIENT, a root). Adds
+/// the spans it follows to `keep`. No path ties these hops to the chain: time does (a
+/// handler that did not run while the call was made did not make it), and no parent
+/// may serve two chains.
 fn follow_grpc<'a>(
     ix: &Index<'a>,
     keep: &mut Vec<SpanRec>,
     c: &'a SpanRec,
-    is_server: &dyn Fn(&SpanRec) -> bool,
-    is_client: &dyn Fn(&SpanRec) -> bool,
-    backend_call: impl Fn(&SpanRec) -> bool,
+    hops: &[Hop<'_>],
     margins: &mut Vec<i64>,
     margin: impl Fn(&SpanRec, &SpanRec) -> i64,
 ) -> (Verdict, String) {
-    let parent = |s: &SpanRec, role: &str| -> Result<&'a SpanRec, (Verdict, String)> {
-        if s.parent_span_id.is_empty() {
-            return Err((Verdict::Unlinked, format!("{role} has no parent")));
+    let mut child = c;
+    let mut child_role = "grpc server CLIENT";
+    for hop in hops {
+        if child.parent_span_id.is_empty() {
+            return (Verdict::Unlinked, format!("{child_role} has no parent"));
         }
-        ix.by_id
-            .get(s.parent_span_id.as_str())
-            .copied()
-            .ok_or_else(|| (Verdict::Missing, format!("{role}'s parent {} is not in the output", s.parent_span_id)))
-    };
-    let s = match parent(c, "grpc server CLIENT") {
-        Ok(s) => s,
-        Err(e) => return e,
-    };
-    keep.push(s.clone());
-    if !is_server(s) {
-        return (
-            Verdict::Wrong,
-            format!("grpc server CLIENT's parent is {}, not a grpc server SERVER span of {GRPC_METHOD}", brief(s)),
-        );
+        let Some(p) = ix.by_id.get(child.parent_span_id.as_str()).copied() else {
+            return (Verdict::Missing, format!("{child_role}'s parent {} is not in the output", child.parent_span_id));
+        };
+        keep.push(p.clone());
+        if !(hop.is)(p) {
+            return (Verdict::Wrong, format!("{child_role}'s parent is {}, not a {} span", brief(p), hop.role));
+        }
+        if p.trace_id != child.trace_id {
+            return (
+                Verdict::Wrong,
+                format!("{child_role} is in trace {}, its parent in {}", child.trace_id, p.trace_id),
+            );
+        }
+        let siblings =
+            ix.children.get(p.span_id.as_str()).map_or(0, |v| v.iter().filter(|k| (hop.one_child)(k)).count());
+        if siblings > 1 {
+            return (Verdict::Wrong, format!("its {} span {} is the parent of {siblings} chains", hop.role, p.span_id));
+        }
+        let m = margin(p, child);
+        margins.push(m);
+        if m < -hop.slack {
+            return (
+                Verdict::Wrong,
+                format!(
+                    "{child_role}'s parent, {} span {}, does not enclose it in time (by {m} ns)",
+                    hop.role, p.span_id
+                ),
+            );
+        }
+        child = p;
+        child_role = hop.role;
     }
-    if s.trace_id != c.trace_id {
-        return (
-            Verdict::Wrong,
-            format!("grpc server CLIENT is in trace {}, its parent in {}", c.trace_id, s.trace_id),
-        );
-    }
-    let siblings = ix.children.get(s.span_id.as_str()).map_or(0, |v| v.iter().filter(|k| backend_call(k)).count());
-    if siblings > 1 {
-        return (
-            Verdict::Wrong,
-            format!("its grpc server SERVER span {} is the parent of {siblings} backend calls", s.span_id),
-        );
-    }
-    let m = margin(s, c);
-    margins.push(m);
-    // No path ties these hops to the chain: time does. A handler that did not run while
-    // the call was made did not make it.
-    if m < 0 {
-        return (
-            Verdict::Wrong,
-            format!("its parent, grpc server SERVER span {}, does not enclose it in time (by {m} ns)", s.span_id),
-        );
-    }
-    let g = match parent(s, "grpc server SERVER") {
-        Ok(g) => g,
-        Err(e) => return e,
-    };
-    keep.push(g.clone());
-    if !is_client(g) {
-        return (
-            Verdict::Wrong,
-            format!("grpc server SERVER's parent is {}, not a grpc client CLIENT span of {GRPC_METHOD}", brief(g)),
-        );
-    }
-    if g.trace_id != s.trace_id {
-        return (
-            Verdict::Wrong,
-            format!("grpc server SERVER is in trace {}, its parent in {}", s.trace_id, g.trace_id),
-        );
-    }
-    let servers = ix.children.get(g.span_id.as_str()).map_or(0, |v| v.iter().filter(|k| k.kind == KIND_SERVER).count());
-    if servers > 1 {
-        return (
-            Verdict::Wrong,
-            format!("its grpc client CLIENT span {} is the parent of {servers} SERVER spans", g.span_id),
-        );
-    }
-    let m = margin(g, s);
-    margins.push(m);
-    // The two ends of one connection are timed by different syscalls: the server's
-    // write of its last byte can return after the client's read of it did.
-    if m < -SOCKET_HOP_SLACK_NS {
-        return (
-            Verdict::Wrong,
-            format!(
-                "the grpc server SERVER span's parent, client span {}, does not enclose it in time (by {m} ns)",
-                g.span_id
-            ),
-        );
-    }
-    Index::root("grpc client CLIENT", &[g])
+    Index::root(child_role, &[child])
 }
 
 /// Two namespaces holding the same addresses; in each, nginx (h2c) on the same port and
@@ -1075,6 +1071,7 @@ const MODEL_ASYNCIO_POOL: &str = "Python asyncio proxy (pooled)";
 const MODEL_NODE: &str = "Node http proxy, keep-alive agent";
 const MODEL_GO: &str = "Go net/http reverse proxy";
 const MODEL_GRPC: &str = "grpcio server calling an HTTP/1 backend";
+const MODEL_GRPC_PROXY: &str = "nginx gRPC proxy (grpc_pass) in front of it";
 const MODEL_DNAT: &str = "Service DNAT (iptables, as kube-proxy does)";
 const MODEL_NETNS: &str = "Network namespaces with identical 4-tuples";
 /// One connection per namespace, both at once.
@@ -1143,10 +1140,19 @@ fn every_server_model_links_its_chains() {
         for (calls, conc, port, slug) in runs {
             let c = conc.to_string();
             rows.push(match &backend {
-                Ok(_) => guarded(MODEL_GRPC, &c, || grpc(j, MODEL_GRPC, slug, port, g_backend, calls, conc)),
+                Ok(_) => guarded(MODEL_GRPC, &c, || grpc(j, MODEL_GRPC, slug, port, g_backend, calls, conc, None)),
                 Err(e) => Row::failed_to_run(MODEL_GRPC, &c, format!("backend could not start: {}", panic_text(&**e))),
             });
         }
+        let [proxy, server] = ports.grpc_proxy;
+        let c = GRPC_CONCURRENCY.to_string();
+        let run = || grpc(j, MODEL_GRPC_PROXY, "grpcp", server, g_backend, GRPC_CALLS, GRPC_CONCURRENCY, Some(proxy));
+        rows.push(match &backend {
+            Ok(_) => guarded(MODEL_GRPC_PROXY, &c, run),
+            Err(e) => {
+                Row::failed_to_run(MODEL_GRPC_PROXY, &c, format!("backend could not start: {}", panic_text(&**e)))
+            }
+        });
     }
     rows.push(guarded(MODEL_DNAT, &http, || dnat(j, &ports)));
     rows.push(guarded(MODEL_NETNS, NETNS_CONCURRENCY, || netns(j, &ports)));

@@ -274,6 +274,8 @@ struct Deferred {
     since_ns: u64,
     /// Responses written for one of several waiting calls, this one among them.
     answers_seen: u32,
+    /// Made on an event-loop thread: settled by adjacency only (see `batch_end`).
+    event_loop: bool,
 }
 
 /// A server response written in a process with deferred calls.
@@ -311,6 +313,8 @@ const MAX_THREAD_HISTORY: usize = 16;
 const MAX_DEFERRED: usize = 1024;
 const MAX_UNASSIGNED: usize = 64;
 const MAX_ALIASES: usize = 4096;
+/// Provisional traces resolved into provisional traces, followed this deep at most.
+const MAX_ALIAS_CHAIN: usize = 8;
 /// A deferred call not resolved within this is exported unlinked.
 pub const DEFER_TTL_NS: u64 = 5_000_000_000;
 /// Shortest target a prefix-rewriting proxy match may rest on.
@@ -352,6 +356,9 @@ pub struct Linker {
     deferred_on: HashMap<(u32, u32), Vec<[u8; 16]>>,
     /// Deferred calls per process.
     deferred_in: HashMap<u32, usize>,
+    /// Per event-loop thread: the deferred call whose response it read last, waiting for
+    /// the thread's next answer.
+    last_response: HashMap<(u32, u32), [u8; 16]>,
     /// Responses written by a thread without calls of its own while several calls
     /// waited: each belongs to one of them, found by elimination.
     unassigned: Vec<(Answered, Vec<[u8; 16]>)>,
@@ -473,8 +480,8 @@ impl Linker {
                 self.resolve_server(k, true);
                 self.pending.get(&k).map(|p| (p, how, evidence))
             }
-            Choice::Defer(candidates) => {
-                deferred = Some(candidates);
+            Choice::Defer(candidates, event_loop) => {
+                deferred = Some((candidates, event_loop));
                 None
             }
             Choice::Unlinked => None,
@@ -502,8 +509,8 @@ impl Linker {
                 (root_identity(), false)
             }
         };
-        if let Some(candidates) = deferred {
-            self.defer(pid, tid, &identity, candidates, start.ts_ns);
+        if let Some((candidates, event_loop)) = deferred {
+            self.defer(pid, tid, &identity, candidates, start.ts_ns, event_loop);
         }
         // A context this process did not receive was made by an SDK inside it.
         let sent_is_pass_through =
@@ -635,11 +642,13 @@ impl Linker {
         if let [only] = eligible.as_slice() {
             return Choice::Link(*only, LinkKind::Process, Evidence::PROCESS.with(agree(*only)));
         }
-        // A worker thread that read nothing itself: its next answer will tell.
+        // The thread's next answer will tell: a worker thread that read nothing itself
+        // answers its handler's request; an event loop (it reads requests) answers the
+        // request whose call's response it read just before.
         let reads_here = self.threads.get(&(pid, tid)).is_some_and(|l| !l.in_flight.is_empty());
-        if threads_say && !reads_here && eligible.len() > 1 {
+        if threads_say && eligible.len() > 1 {
             let candidates = if matched.is_empty() { eligible } else { matched };
-            return Choice::Defer(candidates);
+            return Choice::Defer(candidates, reads_here);
         }
         s.incr(Counter::LinkAmbiguousThread);
         Choice::Unlinked
@@ -680,7 +689,15 @@ impl Linker {
         }
     }
 
-    fn defer(&mut self, pid: u32, tid: u32, identity: &Identity, candidates: Vec<ReqKey>, since_ns: u64) {
+    fn defer(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        identity: &Identity,
+        candidates: Vec<ReqKey>,
+        since_ns: u64,
+        event_loop: bool,
+    ) {
         if self.deferred.len() >= MAX_DEFERRED {
             let oldest = self.deferred.iter().min_by_key(|(_, d)| d.since_ns).map(|(t, _)| *t);
             if let Some(t) = oldest {
@@ -695,7 +712,7 @@ impl Linker {
             .get(&(pid, tid))
             .into_iter()
             .flatten()
-            .filter(|t| self.deferred.get(*t).is_some_and(|d| d.done && d.answers_seen > 0))
+            .filter(|t| self.deferred.get(*t).is_some_and(|d| !d.event_loop && d.done && d.answers_seen > 0))
             .copied()
             .collect();
         for t in moved {
@@ -704,7 +721,16 @@ impl Linker {
         stats::global().incr(Counter::LinkDeferred);
         self.deferred.insert(
             identity.trace_id,
-            Deferred { pid, tid, span_id: identity.span_id, candidates, done: false, since_ns, answers_seen: 0 },
+            Deferred {
+                pid,
+                tid,
+                span_id: identity.span_id,
+                candidates,
+                done: false,
+                since_ns,
+                answers_seen: 0,
+                event_loop,
+            },
         );
         self.deferred_on.entry((pid, tid)).or_default().push(identity.trace_id);
         *self.deferred_in.entry(pid).or_insert(0) += 1;
@@ -712,6 +738,9 @@ impl Linker {
 
     fn abandon(&mut self, trace: [u8; 16]) {
         let Some(d) = self.deferred.remove(&trace) else { return };
+        if self.last_response.get(&(d.pid, d.tid)) == Some(&trace) {
+            self.last_response.remove(&(d.pid, d.tid));
+        }
         self.unassigned.retain_mut(|(_, waiting)| {
             waiting.retain(|t| *t != trace);
             !waiting.is_empty()
@@ -787,13 +816,26 @@ impl Linker {
             // One write answering several requests says nothing about which one the
             // thread worked for.
             let several = batch.iter().any(|b| b.pid == a.pid && b.tid == a.tid && b.key != a.key);
+            // An event loop answering right after it read a deferred call's response:
+            // a proxy relaying that response (nginx, Node). Anything else in between,
+            // or a write answering several, and the chance is gone.
+            if let Some(trace) = self.last_response.remove(&(a.pid, a.tid)) {
+                let fits = self.deferred.get(&trace).is_some_and(|d| d.done && d.candidates.contains(&a.key));
+                if fits && !several {
+                    self.resolve_deferred(trace, a);
+                } else {
+                    self.abandon(trace);
+                }
+            }
             // The writer's own done calls that cannot be this answer's: it moved on.
             let stale: Vec<[u8; 16]> = self
                 .deferred_on
                 .get(&(a.pid, a.tid))
                 .into_iter()
                 .flatten()
-                .filter(|t| self.deferred.get(*t).is_some_and(|d| d.done && !d.candidates.contains(&a.key)))
+                .filter(|t| {
+                    self.deferred.get(*t).is_some_and(|d| !d.event_loop && d.done && !d.candidates.contains(&a.key))
+                })
                 .copied()
                 .collect();
             for t in stale {
@@ -802,7 +844,7 @@ impl Linker {
             let waiting: Vec<[u8; 16]> = self
                 .deferred
                 .iter()
-                .filter(|(_, d)| d.pid == a.pid && d.done && d.candidates.contains(&a.key))
+                .filter(|(_, d)| !d.event_loop && d.pid == a.pid && d.done && d.candidates.contains(&a.key))
                 .map(|(t, _)| *t)
                 .collect();
             if waiting.is_empty() || a.has_calls {
@@ -875,8 +917,21 @@ impl Linker {
         }
     }
 
+    /// `trace` through the resolutions made since (a provisional trace resolved into one
+    /// that was provisional itself: a deferred call behind a deferred call).
+    fn canonical(&self, mut trace: [u8; 16], mut flags: u8) -> ([u8; 16], u8) {
+        for _ in 0..MAX_ALIAS_CHAIN {
+            let Some((t, f)) = self.aliases.get(&trace) else { break };
+            (trace, flags) = (*t, *f);
+        }
+        (trace, flags)
+    }
+
     fn resolve_deferred(&mut self, trace: [u8; 16], parent: &Answered) {
         let Some(d) = self.deferred.remove(&trace) else { return };
+        if self.last_response.get(&(d.pid, d.tid)) == Some(&trace) {
+            self.last_response.remove(&(d.pid, d.tid));
+        }
         self.unlist_deferred(d.pid, d.tid, trace);
         self.eliminate(trace);
         if self.alias_order.len() >= MAX_ALIASES {
@@ -884,12 +939,14 @@ impl Linker {
                 self.aliases.remove(&old);
             }
         }
-        self.aliases.insert(trace, (parent.trace_id, parent.flags));
+        // The parent's trace may have been resolved since it answered.
+        let (to, flags) = self.canonical(parent.trace_id, parent.flags);
+        self.aliases.insert(trace, (to, flags));
         self.alias_order.push_back(trace);
         self.resolved.push(Resolution {
             from: trace,
-            to: parent.trace_id,
-            flags: parent.flags,
+            to,
+            flags,
             trace_state: parent.trace_state.clone(),
             root: d.span_id,
             parent: parent.span_id,
@@ -1007,16 +1064,22 @@ impl Linker {
             // Its start was never seen (evicted): a root of its own.
             None => (root_identity(), false),
         };
-        if let Some((trace, flags)) = self.aliases.get(&identity.trace_id) {
-            // Its trace was provisional, and has been resolved since.
-            identity.trace_id = *trace;
-            identity.flags = *flags;
-        }
+        // Its trace was provisional, and has been resolved since.
+        (identity.trace_id, identity.flags) = self.canonical(identity.trace_id, identity.flags);
         match rec.conn.role {
             Role::Client => {
+                let key = (rec.conn.pid, rec.tid);
+                // The thread read another response: an event-loop call waiting for its
+                // answer to follow its own response has missed it.
+                if let Some(prev) = self.last_response.remove(&key) {
+                    self.abandon(prev);
+                }
                 if let Some(d) = self.deferred.get_mut(&identity.trace_id) {
                     if d.span_id == identity.span_id {
                         d.done = true;
+                        if d.event_loop && d.tid == rec.tid {
+                            self.last_response.insert(key, identity.trace_id);
+                        }
                     }
                 }
             }
@@ -1146,8 +1209,10 @@ impl Linker {
 /// What the evidence decided for one call.
 enum Choice {
     Link(ReqKey, LinkKind, Evidence),
-    /// Decided by the next response the calling thread writes, among these.
-    Defer(Vec<ReqKey>),
+    /// Decided by the next response the calling thread writes, among these; `true`: the
+    /// thread is an event loop (only a response written right after the call's own
+    /// response was read counts).
+    Defer(Vec<ReqKey>, bool),
     Unlinked,
 }
 
@@ -1468,16 +1533,29 @@ mod tests {
     }
 
     #[test]
-    fn an_event_loop_with_two_requests_in_flight_is_not_guessed() {
+    fn an_event_loop_call_nothing_names_waits_for_the_answer_that_relays_its_response() {
         let mut l = Linker::default();
-        let before = stats::global().get(Counter::LinkAmbiguousThread);
-        let a = meta(1, Role::Server, "127.0.0.1:80", "127.0.0.1:5001");
-        let b = meta(1, Role::Server, "127.0.0.1:80", "127.0.0.1:5002");
-        l.request_started(key(1, 0), &a, st(11, 0), &req(&[]));
-        l.request_started(key(4, 0), &b, st(11, 0), &req(&[]));
-        l.request_started(key(2, 0), &proxy_out(), st(11, 0), &req(&[]));
-        assert_eq!(done(&mut l, key(2, 0), proxy_out()).unwrap().link, LinkKind::None);
-        assert!(stats::global().get(Counter::LinkAmbiguousThread) > before);
+        // Two requests read in one syscall (HTTP/2 streams), same target: neither order
+        // nor content can tell which one the call is for.
+        l.request_started(key(1, 1), &server(5001), at(11, 100, 1), &req(&[]));
+        l.request_started(key(1, 3), &server(5001), at(11, 100, 3), &req(&[]));
+        l.request_started(key(2, 0), &upstream(6001), at(11, 200, 0), &req(&[]));
+        l.request_started(key(3, 0), &upstream(6002), at(11, 210, 0), &req(&[]));
+        let first = done_on(&mut l, key(2, 0), upstream(6001), 11).unwrap();
+        assert_eq!(first.link, LinkKind::None);
+        assert!(l.is_provisional(&first.trace_id));
+        // The loop relays the first call's response: it answers stream 3 right after.
+        let s3 = done_on(&mut l, key(1, 3), server(5001), 11).unwrap();
+        let r = l.take_resolved();
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].from, r[0].parent), (first.trace_id, s3.span_id));
+        // The second call's response is read, then another one before any answer: the
+        // chance is gone, it goes out unlinked.
+        let second = done_on(&mut l, key(3, 0), upstream(6002), 11).unwrap();
+        l.request_started(key(4, 0), &upstream(6003), at(11, 300, 0), &req(&[]));
+        done_on(&mut l, key(4, 0), upstream(6003), 11);
+        assert_eq!(l.take_abandoned(), vec![second.trace_id]);
+        done_on(&mut l, key(1, 1), server(5001), 11).unwrap();
     }
 
     #[test]

@@ -1071,15 +1071,25 @@ impl Linker {
                 let key = (rec.conn.pid, rec.tid);
                 // The thread read another response: an event-loop call waiting for its
                 // answer to follow its own response has missed it.
-                if let Some(prev) = self.last_response.remove(&key) {
+                let missed = self.last_response.remove(&key);
+                if let Some(prev) = missed {
                     self.abandon(prev);
                 }
+                let mut waits = false;
                 if let Some(d) = self.deferred.get_mut(&identity.trace_id) {
                     if d.span_id == identity.span_id {
                         d.done = true;
-                        if d.event_loop && d.tid == rec.tid {
-                            self.last_response.insert(key, identity.trace_id);
-                        }
+                        waits = d.event_loop && d.tid == rec.tid;
+                    }
+                }
+                if waits {
+                    if missed.is_some() {
+                        // Two deferred calls' responses read in a row (asyncio reads
+                        // every ready socket before its handlers run): the next answer
+                        // may be either's.
+                        self.abandon(identity.trace_id);
+                    } else {
+                        self.last_response.insert(key, identity.trace_id);
                     }
                 }
             }
@@ -1556,6 +1566,25 @@ mod tests {
         done_on(&mut l, key(4, 0), upstream(6003), 11);
         assert_eq!(l.take_abandoned(), vec![second.trace_id]);
         done_on(&mut l, key(1, 1), server(5001), 11).unwrap();
+    }
+
+    #[test]
+    fn two_deferred_responses_read_in_a_row_leave_both_calls_unlinked() {
+        let mut l = Linker::default();
+        l.request_started(key(1, 1), &server(5001), at(11, 100, 1), &req(&[]));
+        l.request_started(key(1, 3), &server(5001), at(11, 100, 3), &req(&[]));
+        l.request_started(key(2, 0), &upstream(6001), at(11, 200, 0), &req(&[]));
+        l.request_started(key(3, 0), &upstream(6002), at(11, 210, 0), &req(&[]));
+        // asyncio: both responses are read, then the handlers answer in turn.
+        let one = done_on(&mut l, key(2, 0), upstream(6001), 11).unwrap();
+        let two = done_on(&mut l, key(3, 0), upstream(6002), 11).unwrap();
+        done_on(&mut l, key(1, 1), server(5001), 11).unwrap();
+        assert!(l.take_resolved().is_empty(), "the first answer could be either call's");
+        let mut gone = l.take_abandoned();
+        gone.sort_unstable();
+        let mut want = vec![one.trace_id, two.trace_id];
+        want.sort_unstable();
+        assert_eq!(gone, want);
     }
 
     #[test]

@@ -251,6 +251,9 @@ struct ThreadLog {
     in_flight: Vec<ReqKey>,
     /// The last server requests read on the thread, oldest first.
     reads: VecDeque<Read>,
+    /// An in-flight request was forgotten (bound): order evidence is off until the
+    /// thread has nothing in flight.
+    overflowed: bool,
 }
 
 /// Order evidence.
@@ -307,9 +310,10 @@ pub struct Resolution {
 /// Bounds, so no input can grow the linker without limit.
 const MAX_PENDING: usize = 65_536;
 const MAX_PEER_QUEUE: usize = 64;
-const MAX_PER_THREAD: usize = 16;
-const MAX_PER_PROCESS: usize = 64;
-const MAX_THREAD_HISTORY: usize = 16;
+const MAX_PER_THREAD: usize = 64;
+const MAX_PER_PROCESS: usize = 128;
+/// As many as a thread can have in flight: order evidence needs every one's read.
+const MAX_THREAD_HISTORY: usize = MAX_PER_THREAD;
 const MAX_DEFERRED: usize = 1024;
 const MAX_UNASSIGNED: usize = 64;
 const MAX_ALIASES: usize = 4096;
@@ -348,6 +352,9 @@ pub struct Linker {
     instrumented_names: Vec<String>,
     /// Processes whose threads run many tasks (Go): no thread or order evidence.
     goroutines: HashSet<u32>,
+    /// Processes whose in-flight list overflowed: their candidate lists are partial, so
+    /// only thread evidence links their calls until the list empties.
+    overflowed: HashSet<u32>,
     /// Client connections whose first request was seen (connect-time order used).
     opened_seen: HashSet<ConnKey>,
     /// Calls waiting for their parent, by provisional trace id.
@@ -450,7 +457,9 @@ impl Linker {
         );
         let log = self.threads.entry((conn.pid, start.tid)).or_default();
         if log.in_flight.len() >= MAX_PER_THREAD {
+            // A request forgotten while in flight: the thread's order is not complete.
             log.in_flight.remove(0);
+            log.overflowed = true;
         }
         log.in_flight.push(key);
         if log.reads.len() >= MAX_THREAD_HISTORY {
@@ -460,6 +469,9 @@ impl Linker {
         let in_process = self.processes.entry(conn.pid).or_default();
         if in_process.len() >= MAX_PER_PROCESS {
             in_process.remove(0);
+            // The candidates are no longer all the requests in flight: uniqueness
+            // arguments (process, content) would rest on a partial list.
+            self.overflowed.insert(conn.pid);
         }
         in_process.push(key);
         // The peer's request is usually known already; if not, this is retried.
@@ -586,6 +598,16 @@ impl Linker {
             }
         }
         let threads_say = !self.goroutines.contains(&pid);
+        if self.overflowed.contains(&pid) {
+            let s = stats::global();
+            return match self.threads.get(&(pid, tid)).map(|l| l.in_flight.as_slice()) {
+                Some([only]) if threads_say => Choice::Link(*only, LinkKind::Thread, Evidence::THREAD),
+                _ => {
+                    s.incr(Counter::LinkAmbiguousThread);
+                    Choice::Unlinked
+                }
+            };
+        }
         // Thread: the calling thread handles exactly one request.
         let thread = threads_say
             .then(|| match self.threads.get(&(pid, tid)).map(|l| l.in_flight.as_slice()) {
@@ -660,6 +682,9 @@ impl Linker {
     /// is not necessarily the one calling.
     fn order_pick(&self, pid: u32, tid: u32, at_ns: u64) -> Order {
         let Some(log) = self.threads.get(&(pid, tid)) else { return Order::None };
+        if log.overflowed {
+            return Order::Ambiguous;
+        }
         let in_flight = |k: &ReqKey| log.in_flight.contains(k);
         let mut before = log.reads.iter().rev().filter(|r| r.ts_ns < at_ns);
         let Some(last) = before.next() else { return Order::None };
@@ -667,10 +692,15 @@ impl Linker {
             // The request read last was answered already: the call is not its.
             return Order::None;
         }
-        for r in before.filter(|r| in_flight(&r.key)) {
-            if r.ts_ns == last.ts_ns || !r.acted {
+        for k in log.in_flight.iter().filter(|k| **k != last.key) {
+            match log.reads.iter().rev().find(|r| r.key == *k) {
+                // Read after the call: not a candidate of order.
+                Some(r) if r.ts_ns >= at_ns && r.ts_ns != last.ts_ns => {}
                 // Read in the same syscall (HTTP/2 streams), or not handled yet.
-                return Order::Ambiguous;
+                Some(r) if r.ts_ns == last.ts_ns || !r.acted => return Order::Ambiguous,
+                Some(_) => {}
+                // Its read is no longer in the history: unknown, so no order.
+                None => return Order::Ambiguous,
             }
         }
         Order::One(last.key)
@@ -1147,6 +1177,7 @@ impl Linker {
             in_process.retain(|k| *k != key);
             if in_process.is_empty() {
                 self.processes.remove(&pid);
+                self.overflowed.remove(&pid);
             }
         }
         if let Some(ctx) = received {
@@ -1196,6 +1227,7 @@ impl Linker {
     pub fn process_exited(&mut self, pid: u32) {
         self.instrumented.remove(&pid);
         self.goroutines.remove(&pid);
+        self.overflowed.remove(&pid);
         self.received.remove(&pid);
         self.threads.retain(|(p, _), _| *p != pid);
         self.processes.remove(&pid);

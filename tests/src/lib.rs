@@ -363,15 +363,19 @@ impl Nginx {
     /// until it listens on 127.0.0.1:`port`.
     #[must_use]
     pub fn with_config(port: u16, conf: impl FnOnce(&Path) -> String) -> Self {
+        Self::spawn(Command::new("nginx"), conf, || wait_port(port, "nginx"))
+    }
+
+    /// Writes `conf(dir)`, runs `nginx` (the command given, e.g. inside a namespace) on
+    /// it in the foreground, and waits with `ready`.
+    fn spawn(mut nginx: Command, conf: impl FnOnce(&Path) -> String, ready: impl FnOnce()) -> Self {
         let dir = TempDir::new("nginx");
         let text = conf(dir.path());
         let path = dir.path().join("nginx.conf");
         std::fs::write(&path, text).expect("write nginx.conf");
-        let mut proc = Proc::spawn(
-            "nginx",
-            Command::new("nginx").arg("-c").arg(&path).arg("-p").arg(dir.path()).arg("-e").arg("stderr"),
-        );
-        wait_port(port, "nginx");
+        let mut proc =
+            Proc::spawn("nginx", nginx.arg("-c").arg(&path).arg("-p").arg(dir.path()).arg("-e").arg("stderr"));
+        ready();
         proc.assert_running();
         Self { _proc: proc, dir }
     }
@@ -1765,17 +1769,9 @@ impl Nginx {
     /// namespace.
     #[must_use]
     pub fn in_netns(netns: &Netns, port: u16, conf: impl FnOnce(&Path) -> String) -> Self {
-        let dir = TempDir::new("nginx");
-        let text = conf(dir.path());
-        let path = dir.path().join("nginx.conf");
-        std::fs::write(&path, text).expect("write nginx.conf");
-        let mut proc = Proc::spawn(
-            "nginx",
-            netns.command("nginx").arg("-c").arg(&path).arg("-p").arg(dir.path()).arg("-e").arg("stderr"),
-        );
-        netns.wait_port(std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)), "nginx");
-        proc.assert_running();
-        Self { _proc: proc, dir }
+        Self::spawn(netns.command("nginx"), conf, || {
+            netns.wait_port(std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)), "nginx");
+        })
     }
 
     /// nginx inside `netns` serving h2c (prior knowledge) on 127.0.0.1:`port` that answers

@@ -71,6 +71,13 @@ pub struct Cli {
     #[arg(long)]
     pub no_tls: bool,
 
+    /// Run the agent at this lower CPU priority (nice value 0..=19). Under a saturated
+    /// node the traced services then win the CPU from the agent; the price is that the
+    /// agent falls behind under saturation (its queues and the ring absorb it, and
+    /// whatever overflows is counted as dropped).
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub nice: i32,
+
     /// Attach only empty programs to one candidate hook set (syscalls, raw-syscalls,
     /// sock, raw-sock, cgroup-skb) and wait: what the hooks cost by themselves, for
     /// `cargo xtask bench hooks`.

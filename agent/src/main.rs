@@ -30,6 +30,16 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     let cli = Cli::parse();
+    if cli.nice > 0 {
+        // Before any thread starts: Linux applies a nice value per thread, and threads
+        // inherit their creator's.
+        // SAFETY: setpriority has no memory-safety preconditions.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, cli.nice) } != 0 {
+            let e = std::io::Error::last_os_error();
+            eprintln!("error: cannot lower the agent's priority to nice {} ({e}): run without --nice", cli.nice);
+            return ExitCode::FAILURE;
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("ghostwire")

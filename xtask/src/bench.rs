@@ -38,7 +38,7 @@
 //! guards even when a step fails.
 
 use std::fmt::Write as _;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -123,6 +123,15 @@ pub struct OverheadArgs {
     /// gRPC: bytes of the request message's one protobuf field (the server echoes it).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub message_bytes: u32,
+    /// Configurations to run in each round and view, comma-separated: `baseline`,
+    /// `capture-only`, `full`, `full-nice` (the full agent with `--nice 10`). They run in
+    /// that order; the baseline is required (everything is compared with it).
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["baseline", "capture-only", "full"])]
+    pub configs: Vec<Config>,
+    /// Where the full agent exports: `otlp` (OTLP/gRPC to rotel with the blackhole
+    /// exporter, started once for the benchmark) or `jsonl` (a file).
+    #[arg(long, value_enum, default_value = "otlp")]
+    pub export: Export,
     /// Only the runs without the agent (to try the harness without root or an agent).
     #[arg(long, hide = true)]
     pub no_agent: bool,
@@ -258,25 +267,62 @@ impl View {
     }
 }
 
-/// What `bench overhead` runs nginx with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What `bench overhead` runs the load with (`--configs`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Config {
-    /// No agent.
+    /// No agent: what every other configuration is compared with.
     Baseline,
-    /// `ghostwire --capture-only --port P`.
+    /// `ghostwire --capture-only --port P`: the kernel programs and the ring drain.
     CaptureOnly,
-    /// `ghostwire --port P --output jsonl:...`.
+    /// `ghostwire --port P`, exporting as `--export` says (OTLP/gRPC to rotel, or JSONL).
     Full,
+    /// The full agent at a lower CPU priority (`--nice 10`): what giving the traced
+    /// services the CPU first costs in drops and buys in latency.
+    FullNice,
 }
 
+/// The nice value of the `full-nice` configuration: well below the services' 0, but not
+/// the lowest (19), so that the agent still runs on a node that is merely busy.
+pub const FULL_NICE: i32 = 10;
+
 impl Config {
+    /// The order configurations run in within a round, the baseline first.
+    const ALL: [Config; 4] = [Config::Baseline, Config::CaptureOnly, Config::Full, Config::FullNice];
+
+    /// The name on the command line.
     fn name(self) -> &'static str {
         match self {
             Config::Baseline => "baseline",
             Config::CaptureOnly => "capture-only",
-            Config::Full => "full agent",
+            Config::Full => "full",
+            Config::FullNice => "full-nice",
         }
     }
+
+    /// The row label of the table.
+    fn label(self) -> &'static str {
+        match self {
+            Config::Baseline => "baseline",
+            Config::CaptureOnly => "capture-only",
+            Config::Full => "full agent",
+            Config::FullNice => "full agent, nice 10",
+        }
+    }
+
+    /// Whether the agent builds and exports spans (and must have exported some).
+    fn exports(self) -> bool {
+        matches!(self, Config::Full | Config::FullNice)
+    }
+}
+
+/// Where the full agent sends its spans (`--export`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Export {
+    /// OTLP/gRPC protobuf to a real receiver on loopback: rotel with its blackhole
+    /// exporter (it decodes every request and discards the spans), as users deploy.
+    Otlp,
+    /// One OTLP-JSON line per batch to a file (`--output jsonl:PATH`).
+    Jsonl,
 }
 
 /// A hook set of `bench hooks`: one of the agent's `--empty-probes` sets, or the agent.
@@ -467,14 +513,15 @@ pub fn events_dropped(stats: &[(String, u64)]) -> u64 {
 
 /// Spans in an OTLP-JSON JSONL text: one `{"resourceSpans":[{"scopeSpans":[{"spans":[..]}]}]}`
 /// per line (snake_case keys and bare span objects are accepted too).
-/// Returns `(spans, lines that are not JSON)`.
-pub fn count_spans(jsonl: &str) -> (u64, u64) {
+/// Returns `(spans, lines that are not JSON)`. Read a line at a time (a saturated run
+/// writes gigabytes); a read error ends the count.
+pub fn count_spans_in(reader: impl BufRead) -> (u64, u64) {
     fn array<'a>(v: &'a serde_json::Value, camel: &str, snake: &str) -> &'a [serde_json::Value] {
         v.get(camel).or_else(|| v.get(snake)).and_then(serde_json::Value::as_array).map_or(&[], Vec::as_slice)
     }
     let (mut spans, mut bad) = (0u64, 0u64);
-    for line in jsonl.lines().filter(|l| !l.trim().is_empty()) {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+    for line in reader.lines().map_while(Result::ok).filter(|l| !l.trim().is_empty()) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
             bad += 1;
             continue;
         };
@@ -851,6 +898,14 @@ pub fn stat_value(stats: &[(String, u64)], key: &str) -> Option<u64> {
     stats.iter().find(|(k, _)| k == key).map(|&(_, v)| v)
 }
 
+/// A `Name:   1234 kB` field of the text of /proc/PID/status, in KiB.
+pub fn status_kib(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.split_once(':').is_some_and(|(name, _)| name == field))?;
+    let mut words = line.split_once(':')?.1.split_whitespace();
+    let kib = words.next()?.parse().ok()?;
+    (words.next() == Some("kB") && words.next().is_none()).then_some(kib)
+}
+
 /// A markdown table, columns padded to their widest cell.
 pub fn markdown_table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -1063,15 +1118,164 @@ fn check_served(addr: SocketAddr, len: usize) -> Result<()> {
     Ok(())
 }
 
-/// The Python of the peers venv: `$GHOSTWIRE_PEERS_VENV/bin/python`, else the venv
-/// `setup --peers` installed.
-fn peers_python(peers: Option<&crate::setup::Peers>) -> PathBuf {
-    let venv = std::env::var_os("GHOSTWIRE_PEERS_VENV")
+/// The peers venv: `$GHOSTWIRE_PEERS_VENV`, else the venv `setup --peers` installed.
+fn peers_venv(peers: Option<&crate::setup::Peers>) -> PathBuf {
+    std::env::var_os("GHOSTWIRE_PEERS_VENV")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| peers.map(|p| p.venv.clone()))
-        .unwrap_or_else(crate::setup::peers_venv);
-    venv.join("bin/python")
+        .unwrap_or_else(crate::setup::peers_venv)
+}
+
+/// The Python of the peers venv ([`peers_venv`]).
+fn peers_python(peers: Option<&crate::setup::Peers>) -> PathBuf {
+    peers_venv(peers).join("bin/python")
+}
+
+/// The arguments of `rotel-agent` as the benchmark's OTLP receiver: OTLP/gRPC on
+/// 127.0.0.1:`grpc_port`, OTLP/HTTP on 127.0.0.1:`http_port` (its only other listener;
+/// its default is `localhost:4318`, which could be taken or reach beyond loopback), the
+/// blackhole exporter (every request decoded, the spans discarded), and its pid and log
+/// files in `dir` (their defaults are fixed paths in /tmp that concurrent tests share).
+pub fn rotel_args(grpc_port: u16, http_port: u16, dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = ["start", "--exporter", "blackhole"].map(Into::into).into();
+    args.push("--otlp-grpc-endpoint".into());
+    args.push(format!("127.0.0.1:{grpc_port}").into());
+    args.push("--otlp-http-endpoint".into());
+    args.push(format!("127.0.0.1:{http_port}").into());
+    args.push("--pid-file".into());
+    args.push(dir.join("rotel.pid").into());
+    args.push("--log-file".into());
+    args.push(dir.join("rotel.log").into());
+    args
+}
+
+/// The OTLP receiver the full agent exports to: rotel with the blackhole exporter on
+/// loopback, started once per benchmark; stopped when dropped.
+struct Receiver {
+    grpc_port: u16,
+    guard: ChildGuard,
+    shown: String,
+    log_path: PathBuf,
+}
+
+impl Receiver {
+    /// Starts `rotel` ([`rotel_args`]) and waits (at most 30 s) for its OTLP/gRPC port;
+    /// fails if it listens on anything but loopback.
+    fn start(rotel: &Path, dir: &Path) -> Result<Self> {
+        let (grpc_port, http_port) = (free_port()?, free_port()?);
+        ensure!(grpc_port != http_port, "two free ports were the same; run the benchmark again");
+        let log_path = dir.join("rotel.stderr");
+        let log = std::fs::File::create(&log_path).context("creating rotel.stderr")?;
+        let mut cmd = Command::new(rotel);
+        cmd.args(rotel_args(grpc_port, http_port, dir));
+        let shown = util::display(&cmd);
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("rotel.stderr")?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("could not start `{shown}` (run `cargo xtask setup --peers`)"))?;
+        let guard = ChildGuard::new("rotel", child, libc::SIGTERM, Duration::from_secs(5));
+        let mut receiver = Receiver { grpc_port, guard, shown, log_path };
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, grpc_port));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            receiver.check_running()?;
+            ensure!(Instant::now() < deadline, "rotel did not listen on {addr} within 30 s: `{}`", receiver.shown);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let listening = listeners(receiver.pid());
+        let outside: Vec<&SocketAddr> = listening.iter().filter(|a| !a.ip().to_canonical().is_loopback()).collect();
+        ensure!(
+            outside.is_empty(),
+            "rotel listens beyond loopback on {outside:?}: the benchmark sends traffic to loopback only (`{}`)",
+            receiver.shown
+        );
+        Ok(receiver)
+    }
+
+    fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    /// What the agent's `--otlp-endpoint` is.
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// An error, with rotel's output, if it has exited.
+    fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.guard.try_wait()? {
+            let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+            bail!("rotel exited ({status}): `{}`\n{}", self.shown, log.trim_end());
+        }
+        Ok(())
+    }
+}
+
+/// The TCP addresses process `pid` listens on: its socket inodes (/proc/PID/fd) looked
+/// up among the LISTEN sockets of /proc/net/tcp and tcp6.
+fn listeners(pid: u32) -> Vec<SocketAddr> {
+    let inodes: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect();
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .flat_map(|path| tcp_listeners(&std::fs::read_to_string(path).unwrap_or_default()))
+        .filter(|(_, inode)| inodes.contains(inode))
+        .map(|(addr, _)| addr)
+        .collect()
+}
+
+/// The LISTEN sockets (state 0A) of the text of /proc/net/tcp or tcp6: (local address,
+/// inode). Addresses are hex in the kernel's byte order (little-endian 32-bit words).
+pub fn tcp_listeners(table: &str) -> Vec<(SocketAddr, u64)> {
+    let parse_addr = |s: &str| -> Option<SocketAddr> {
+        let (ip, port) = s.split_once(':')?;
+        let port = u16::from_str_radix(port, 16).ok()?;
+        let words: Vec<u32> = (0..ip.len() / 8)
+            .map(|i| u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok())
+            .collect::<Option<_>>()?;
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let ip: std::net::IpAddr = match bytes.len() {
+            4 => <[u8; 4]>::try_from(bytes.as_slice()).ok()?.into(),
+            16 => <[u8; 16]>::try_from(bytes.as_slice()).ok()?.into(),
+            _ => return None,
+        };
+        Some(SocketAddr::new(ip, port))
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            if fields.get(3) != Some(&"0A") {
+                return None;
+            }
+            Some((parse_addr(fields.get(1)?)?, fields.get(9)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// rotel-agent: the setup's, else the one in the peers venv ([`peers_venv`]).
+fn rotel_binary(peers: Option<&crate::setup::Peers>) -> Result<PathBuf> {
+    let venv = peers_venv(peers);
+    crate::setup::find_rotel(&venv).or_else(|| peers.map(|p| p.rotel.clone()).filter(|p| p.is_file())).with_context(
+        || {
+            format!(
+                "rotel-agent not found in {}: run `cargo xtask setup --peers`, or use --export jsonl",
+                venv.display()
+            )
+        },
+    )
 }
 
 /// Starts `tests/peers/grpc_server.py` on a free port and waits (at most 60 s) for its
@@ -1523,8 +1727,39 @@ impl Agent {
 }
 
 /// The agent binary: `--agent-bin`, else target/release/ghostwire.
+/// The standard OTLP variables are removed: the agent exports where its flags say, not
+/// also to whatever the environment names.
 fn agent_command(agent_bin: Option<&Path>) -> Command {
-    Command::new(agent_bin.map_or_else(util::agent_bin, Path::to_path_buf))
+    let mut cmd = Command::new(agent_bin.map_or_else(util::agent_bin, Path::to_path_buf));
+    cmd.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT").env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    cmd
+}
+
+/// The export counters of one run's final `stats:` line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportCounters {
+    /// `drop.export_queue_full`: spans evicted because the export queue was full.
+    pub queue_full: u64,
+    /// `drop.export_failed`: spans given up on after failed exports (or at shutdown).
+    pub failed: u64,
+    /// `export.errors`: failed export attempts (each retry counts).
+    pub errors: u64,
+}
+
+impl ExportCounters {
+    pub fn from_stats(stats: &[(String, u64)]) -> Self {
+        let value = |key: &str| stat_value(stats, key).unwrap_or(0);
+        ExportCounters {
+            queue_full: value("drop.export_queue_full"),
+            failed: value("drop.export_failed"),
+            errors: value("export.errors"),
+        }
+    }
+
+    /// Spans lost on the way out.
+    pub fn dropped(self) -> u64 {
+        self.queue_full + self.failed
+    }
 }
 
 /// What the agent did during one load run.
@@ -1537,19 +1772,38 @@ pub struct AgentRun {
     pub dropped: u64,
     /// `events.discarded` (capture-only).
     pub discarded: Option<u64>,
-    /// Spans in the JSONL output and lines of it that are not JSON (full agent).
+    /// Spans in the JSONL output and lines of it that are not JSON (full agent,
+    /// `--export jsonl`).
     pub spans: Option<(u64, u64)>,
     /// `spans.built` of the `stats:` line.
     pub spans_built: Option<u64>,
+    /// `spans.exported` of the `stats:` line: spans the exporter handed over (to rotel,
+    /// or to the file).
+    pub spans_exported: Option<u64>,
+    pub export: ExportCounters,
+    /// The OTLP receiver's utime + stime over exactly the load run, seconds (`None`
+    /// when the run exported to no receiver).
+    pub receiver_cpu_seconds: Option<f64>,
+    /// The agent's VmRSS at the end of the load run and its VmHWM (peak RSS), KiB.
+    pub rss_kib: Option<u64>,
+    pub hwm_kib: Option<u64>,
 }
 
 /// Starts the agent (which must reach `ready`), runs `load`, measures the agent's CPU
-/// time over exactly the load, stops it with SIGINT and reads its final counters.
-fn with_agent(cmd: &mut Command, load: impl FnOnce() -> Result<Load>) -> Result<(Load, AgentRun)> {
+/// time (and the receiver's, the process `receiver`) over exactly the load and the
+/// agent's memory at its end, stops it with SIGINT and reads its final counters.
+fn with_agent(
+    cmd: &mut Command,
+    receiver: Option<u32>,
+    load: impl FnOnce() -> Result<Load>,
+) -> Result<(Load, AgentRun)> {
     let agent = start_agent(cmd)?.map_err(NotReady::into_error)?;
     let cpu_before = agent.cpu_seconds()?;
+    let receiver_before = receiver.map(cpu_seconds).transpose()?;
     let result = load()?;
     let cpu_after = agent.cpu_seconds()?;
+    let receiver_after = receiver.map(cpu_seconds).transpose()?;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.guard.pid())).unwrap_or_default();
     let lines = agent.finish()?;
     let stats_line = lines.iter().rev().find(|l| l.starts_with("stats:")).cloned();
     let stats = stats_line.as_deref().and_then(parse_stats_line).unwrap_or_default();
@@ -1560,6 +1814,11 @@ fn with_agent(cmd: &mut Command, load: impl FnOnce() -> Result<Load>) -> Result<
             dropped: events_dropped(&stats),
             discarded: stat_value(&stats, "events.discarded"),
             spans_built: stat_value(&stats, "spans.built"),
+            spans_exported: stat_value(&stats, "spans.exported"),
+            export: ExportCounters::from_stats(&stats),
+            receiver_cpu_seconds: receiver_before.zip(receiver_after).map(|(before, after)| after - before),
+            rss_kib: status_kib(&status, "VmRSS"),
+            hwm_kib: status_kib(&status, "VmHWM"),
             stats_line,
             spans: None,
         },
@@ -1643,6 +1902,18 @@ fn start_target(args: &OverheadArgs, dir: &Path, peers: Option<&crate::setup::Pe
     }
 }
 
+/// The configurations to run, in [`Config::ALL`] order; an error without the baseline.
+fn overhead_configs(args: &OverheadArgs) -> Result<Vec<Config>> {
+    if args.no_agent {
+        return Ok(vec![Config::Baseline]);
+    }
+    ensure!(
+        args.configs.contains(&Config::Baseline),
+        "--configs: include `baseline`: every other configuration is compared with the baseline of its round"
+    );
+    Ok(Config::ALL.into_iter().filter(|c| args.configs.contains(c)).collect())
+}
+
 fn overhead(args: &OverheadArgs) -> Result<()> {
     let real_agent = !args.no_agent && args.agent_bin.is_none();
     if real_agent && !util::is_root() {
@@ -1650,6 +1921,7 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
     }
     let views = dedup(&args.views);
     ensure!(!views.is_empty(), "--views: name at least one of saturated, fixed");
+    let configs = overhead_configs(args)?;
     let peers = crate::setup::setup(true)?;
     if real_agent {
         crate::build_agent()?;
@@ -1657,8 +1929,19 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
     let dir = TempDir::new("ghostwire-bench")?;
     let (_server, target) = start_target(args, dir.path(), peers.as_ref())?;
     let port = target.port();
-    let configs: &[Config] =
-        if args.no_agent { &[Config::Baseline] } else { &[Config::Baseline, Config::CaptureOnly, Config::Full] };
+    let mut receiver = match (args.export, configs.iter().any(|c| c.exports())) {
+        (Export::Otlp, true) => {
+            let rotel = rotel_binary(peers.as_ref())?;
+            let receiver = Receiver::start(&rotel, dir.path())?;
+            println!(
+                "==> OTLP receiver: rotel with the blackhole exporter ({}), OTLP/gRPC on {}",
+                rotel.display(),
+                receiver.endpoint()
+            );
+            Some(receiver)
+        }
+        _ => None,
+    };
     for &view in &views {
         println!("    {} load: {}", view.name(), view_command(args, view, &target));
     }
@@ -1667,14 +1950,19 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
     args.load.warm_up(|seconds| run_view(args, View::Saturated, &target, seconds))?;
 
     let mut rounds: Vec<ViewRound> = Vec::new();
-    // Runs left out of the medians (gRPC: a request not answered 2xx or not echoed).
+    // Runs left out of the medians (a request not answered 2xx or not echoed, TLS not
+    // decrypted, no span exported).
     let mut invalid: Vec<String> = Vec::new();
     for r in 1..=args.load.rounds {
         for &view in &views {
             let mut runs: Vec<(Config, Run)> = Vec::new();
-            for &config in configs {
+            for &config in &configs {
                 let label = format!("round {r}/{} {} {}:", args.load.rounds, view.name(), config.name());
-                let run = match overhead_run_checked(args, view, config, &target, dir.path(), r) {
+                let outcome = overhead_run_checked(args, view, config, &target, receiver.as_ref(), dir.path(), r);
+                if let Some(receiver) = receiver.as_mut() {
+                    receiver.check_running()?;
+                }
+                let run = match outcome {
                     Ok(run) => run,
                     Err(e) if e.downcast_ref::<InvalidRun>().is_some() => {
                         let why = e.downcast_ref::<InvalidRun>().map(ToString::to_string).unwrap_or_default();
@@ -1692,11 +1980,14 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
                         None => println!("    agent printed no `stats:` line"),
                     }
                     if let Some((spans, bad_lines)) = agent.spans {
-                        if spans == 0 {
-                            eprintln!("warning: the agent exported no spans: is it tracing port {port}?");
-                        }
                         if bad_lines > 0 {
                             eprintln!("warning: {bad_lines} lines of the spans file are not JSON");
+                        }
+                        if agent.spans_exported.is_some_and(|exported| exported != spans) {
+                            eprintln!(
+                                "warning: the spans file holds {spans} spans, the agent counted {} exported",
+                                agent.spans_exported.unwrap_or(0)
+                            );
                         }
                     }
                 }
@@ -1705,27 +1996,18 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
             rounds.push(ViewRound { view, runs });
         }
     }
+    println!("\n{}, medians over {} rounds:", proto_title(args.proto, args.export), args.load.rounds);
     for &view in &views {
-        let of_view: Vec<&ViewRound> = rounds.iter().filter(|r| r.view == view).collect();
-        println!(
-            "\n{} load ({}), medians over {} rounds:\n",
-            view.name(),
-            view_command(args, view, &target),
-            of_view.len()
-        );
-        print!("{}", overhead_table(&of_view, args.proto));
+        println!("    {}: {}", view.name(), view_command(args, view, &target));
     }
-    println!(
-        "\nvs baseline and `added`: medians of per-round comparisons with the baseline of the same \
-         round and view. CPU per request: CPU time over exactly the load run / requests \
-         completed (agent: its utime + stime; node: busy time of every core, from /proc/stat)."
-    );
+    println!();
+    print!("{}", overhead_table(&rounds));
+    println!("\n{}", table_notes(args.export));
     if args.proto == Proto::Grpc {
         println!(
-            "gRPC: p99 from h2load's per-request log. spans/req: spans exported (JSONL) per request; \
-             spans.built/req: the agent's `spans.built` per request. The agent traces port {port}, which \
-             both h2load's and the server's sockets use, like the HTTP/1 run (2 spans per request there); \
-             0 means the agent built no span from HTTP/2."
+            "gRPC: p99 from h2load's per-request log. The agent traces port {port}, which both h2load's and the \
+             server's sockets use (2 spans per request); spans.built in the per-run lines: 0 means the agent \
+             built no span from HTTP/2."
         );
     }
     if args.proto == Proto::Https {
@@ -1748,6 +2030,42 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
     Ok(())
 }
 
+/// The heading of the table: what was served, loaded and exported.
+fn proto_title(proto: Proto, export: Export) -> String {
+    let served = match proto {
+        Proto::Http1 => "HTTP/1.1: nginx serving 1 KiB over keep-alive",
+        Proto::Https => "HTTPS: nginx serving 1 KiB over TLS 1.3, keep-alive",
+        Proto::Grpc => "gRPC: the grpcio server answering unary /demo.Echo/Unary over h2c",
+    };
+    let exported = match export {
+        Export::Otlp => "the full agent exporting OTLP/gRPC to rotel (blackhole exporter)",
+        Export::Jsonl => "the full agent writing JSONL",
+    };
+    format!("{served}; {exported}")
+}
+
+/// What the columns of [`overhead_table`] mean.
+fn table_notes(export: Export) -> String {
+    let receiver = match export {
+        Export::Otlp => {
+            "receiver CPU: rotel's utime + stime over the same window (decoding the OTLP requests, then \
+             discarding the spans), reported apart and not added to the agent's."
+        }
+        Export::Jsonl => "receiver CPU: none (--export jsonl writes a file).",
+    };
+    format!(
+        "Each figure is the median over the rounds of a comparison with the baseline run of the same round and \
+         view: throughput and p99 as ratios (the baseline row gives req/s and ms). CPU per request: CPU time over \
+         exactly the load run / requests completed. agent CPU: the agent's utime + stime. {receiver} node CPU: \
+         busy time of every core from /proc/stat (the baseline row: all of it per request; the others: added \
+         over the baseline), so it includes the kernel programs, the agent, the receiver, the server and the \
+         load generator. RSS: the agent's VmRSS at the end of the load run / its VmHWM (peak). spans/req: the \
+         agent's spans.exported per request. dropped: events and spans lost over all rounds (every drop.* \
+         counter and the kernel's ring_full/read_failed; `export`: drop.export_queue_full + \
+         drop.export_failed). A full-agent run that exported no span is invalid."
+    )
+}
+
 /// [`overhead_run`]; for HTTPS, a run with other processes' uprobes attached just before
 /// or after it (when this benchmark had none) is an [`InvalidRun`]: a uprobe on libssl
 /// fires in nginx and wrk too, baseline included.
@@ -1756,14 +2074,15 @@ fn overhead_run_checked(
     view: View,
     config: Config,
     target: &Target,
+    receiver: Option<&Receiver>,
     dir: &Path,
     round: u32,
 ) -> Result<Run> {
     if args.proto != Proto::Https {
-        return overhead_run(args, view, config, target, dir, round);
+        return overhead_run(args, view, config, target, receiver, dir, round);
     }
     let before = wait_no_uprobes(args.quiet_wait);
-    let run = overhead_run(args, view, config, target, dir, round)?;
+    let run = overhead_run(args, view, config, target, receiver, dir, round)?;
     match foreign_uprobes(before, uprobe_links_after()) {
         Some(why) => Err(anyhow::Error::new(InvalidRun(why)).context("invalid run")),
         None => Ok(run),
@@ -1775,44 +2094,80 @@ fn overhead_run(
     view: View,
     config: Config,
     target: &Target,
+    receiver: Option<&Receiver>,
     dir: &Path,
     round: u32,
 ) -> Result<Run> {
     let port = target.port();
     let load = || run_view(args, view, target, args.load.duration);
     let mut cmd = agent_command(args.agent_bin.as_deref());
+    cmd.arg("--port").arg(port.to_string()).args(["--stats-interval", "0"]);
     match config {
         Config::Baseline => Ok(Run { load: load()?, agent: None }),
         Config::CaptureOnly => {
-            cmd.arg("--capture-only")
-                .arg("--port")
-                .arg(port.to_string())
-                .args(["--stats-interval", "0"])
-                .args(&args.agent_args);
-            let (load, agent) = with_agent(&mut cmd, load)?;
+            cmd.arg("--capture-only").args(&args.agent_args);
+            let (load, agent) = with_agent(&mut cmd, None, load)?;
             if args.proto == Proto::Https {
                 check_decrypted(config, &agent)?;
             }
             Ok(Run { load, agent: Some(agent) })
         }
-        Config::Full => {
+        Config::Full | Config::FullNice => {
+            if config == Config::FullNice {
+                cmd.arg("--nice").arg(FULL_NICE.to_string());
+            }
             let spans_path = dir.join(format!("spans-{}-{round}.jsonl", view.name()));
-            cmd.arg("--port")
-                .arg(port.to_string())
-                .arg("--output")
-                .arg(format!("jsonl:{}", spans_path.display()))
-                .args(["--stats-interval", "0"])
-                .args(&args.agent_args);
-            let (load, mut agent) = with_agent(&mut cmd, load)?;
-            let jsonl = std::fs::read_to_string(&spans_path).unwrap_or_default();
-            agent.spans = Some(count_spans(&jsonl));
-            let _ = std::fs::remove_file(&spans_path);
+            let receiver_pid = match (args.export, receiver) {
+                (Export::Otlp, Some(receiver)) => {
+                    cmd.arg("--otlp-endpoint").arg(receiver.endpoint());
+                    Some(receiver.pid())
+                }
+                (Export::Otlp, None) => bail!("no OTLP receiver was started for the full agent"),
+                (Export::Jsonl, _) => {
+                    cmd.arg("--output").arg(format!("jsonl:{}", spans_path.display()));
+                    None
+                }
+            };
+            cmd.args(&args.agent_args);
+            let (load, mut agent) = with_agent(&mut cmd, receiver_pid, load)?;
+            if args.export == Export::Jsonl {
+                if let Ok(file) = std::fs::File::open(&spans_path) {
+                    agent.spans = Some(count_spans_in(BufReader::new(file)));
+                }
+                let _ = std::fs::remove_file(&spans_path);
+            }
             if args.proto == Proto::Https {
                 check_decrypted(config, &agent)?;
+            }
+            if let Some(why) = export_invalid(&agent, args.export) {
+                return Err(anyhow::Error::new(InvalidRun(why)).context("invalid run"));
             }
             Ok(Run { load, agent: Some(agent) })
         }
     }
+}
+
+/// Why a full-agent run does not measure exporting: it exported no span (`spans.exported`
+/// 0 or absent), so the cost of encoding and sending was never paid.
+pub fn export_invalid(agent: &AgentRun, export: Export) -> Option<String> {
+    let to = match export {
+        Export::Otlp => "to rotel",
+        Export::Jsonl => "to the JSONL file",
+    };
+    if agent.stats_line.is_none() {
+        return Some(format!("the agent printed no `stats:` line: whether it exported spans {to} is unknown"));
+    }
+    let e = agent.export;
+    (agent.spans_exported.unwrap_or(0) == 0).then(|| {
+        format!(
+            "the agent exported no span {to} (spans.built={} export.errors={} drop.export_failed={} \
+             drop.export_queue_full={})",
+            agent.spans_built.unwrap_or(0),
+            e.errors,
+            e.failed,
+            e.queue_full
+        )
+    })
 }
 
 /// An [`InvalidRun`] error when an HTTPS run of the agent did not decrypt TLS: the full
@@ -1834,18 +2189,24 @@ pub fn check_decrypted(config: Config, agent: &AgentRun) -> Result<()> {
     };
     let why = match config {
         Config::Baseline => None,
-        Config::Full if value("spans.built") == 0 => {
+        Config::Full | Config::FullNice if value("spans.built") == 0 => {
             Some(format!("the agent built no span: TLS was not decrypted ({})", tls()))
         }
         Config::CaptureOnly if value("kernel.tls_ciphertext") == 0 => {
             Some(format!("the kernel bound no TLS session to its socket: the uprobes did not run ({})", tls()))
         }
-        Config::Full | Config::CaptureOnly => None,
+        Config::Full | Config::FullNice | Config::CaptureOnly => None,
     };
     match why {
         Some(why) => Err(anyhow::Error::new(InvalidRun(why)).context("invalid run")),
         None => Ok(()),
     }
+}
+
+/// KiB as MiB with one decimal.
+#[expect(clippy::cast_precision_loss, reason = "memory sizes are far below 2^52")]
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
 }
 
 /// The line printed for one run, compared with the baseline of its round when given.
@@ -1880,99 +2241,127 @@ fn run_line(run: &Run, baseline: Option<&Run>, proto: Proto) -> String {
             agent.cpu_seconds,
             fmt_us(load.per_request(agent.cpu_seconds), false)
         );
+        if let Some(receiver) = agent.receiver_cpu_seconds {
+            let _ =
+                write!(s, ", receiver CPU {receiver:.2} s ({} us/request)", fmt_us(load.per_request(receiver), false));
+        }
+        if let (Some(rss), Some(hwm)) = (agent.rss_kib, agent.hwm_kib) {
+            let _ = write!(s, ", RSS {:.1} MiB (peak {:.1})", mib(rss), mib(hwm));
+        }
         if let Some(discarded) = agent.discarded {
             let _ = write!(s, ", {discarded} events discarded");
         }
-        if let Some((spans, _)) = agent.spans {
-            let _ = write!(s, ", {spans} spans exported");
-        }
         if let (true, Some(built)) = (proto.shows_spans_built(), agent.spans_built) {
             let _ = write!(s, ", spans.built {built}");
+        }
+        if let Some(exported) = agent.spans_exported {
+            #[expect(clippy::cast_precision_loss, reason = "counts are far below 2^52")]
+            let per_request = exported as f64 / load.requests.max(1) as f64;
+            let e = agent.export;
+            let _ = write!(
+                s,
+                ", {exported} spans exported ({per_request:.2}/request; export: {} queue full, {} failed, {} errors)",
+                e.queue_full, e.failed, e.errors
+            );
         }
         let _ = write!(s, ", {} events dropped", agent.dropped);
     }
     s
 }
 
-/// The summary table of one view: a row per configuration, medians over the rounds
-/// (gRPC and HTTPS add the agent's `spans.built` per request).
-#[expect(clippy::cast_precision_loss, reason = "counts are far below 2^52")]
-pub fn overhead_table(rounds: &[&ViewRound], proto: Proto) -> String {
-    // In the order they run, whichever run was left out as invalid in the first round.
-    let configs: Vec<Config> = [Config::Baseline, Config::CaptureOnly, Config::Full]
-        .into_iter()
-        .filter(|c| rounds.iter().any(|round| round.runs.iter().any(|(config, _)| config == c)))
-        .collect();
+/// The summary table: for each view (in the order of `rounds`), a row per configuration
+/// (baseline first), medians over the rounds of per-round comparisons with the baseline.
+pub fn overhead_table(rounds: &[ViewRound]) -> String {
+    let views = dedup(&rounds.iter().map(|r| r.view).collect::<Vec<_>>());
     let mut rows = Vec::new();
-    for config in configs {
-        // (this configuration's run, the baseline of the same round)
-        let pairs: Vec<(&Run, Option<&Run>)> = rounds
-            .iter()
-            .filter_map(|round| {
-                let base = round.runs.iter().find(|(c, _)| *c == Config::Baseline).map(|(_, r)| r);
-                let run = round.runs.iter().find(|(c, _)| *c == config)?;
-                Some((&run.1, base))
-            })
-            .collect();
-        let med = |f: &dyn Fn(&Run, Option<&Run>) -> Option<f64>| {
-            median(&pairs.iter().filter_map(|&(r, b)| f(r, b)).collect::<Vec<_>>())
-        };
-        let compared =
-            |f: &dyn Fn(&Run, &Run) -> f64| med(&|r, b| b.filter(|_| config != Config::Baseline).map(|b| f(r, b)));
-        let node_per_req = |r: &Run| r.load.per_request(r.load.node_cpu_seconds);
-        let rps = med(&|r, _| Some(r.load.requests_per_sec));
-        let rps_ratio = compared(&|r, b| r.load.requests_per_sec / b.load.requests_per_sec);
-        let p99 = med(&|r, _| Some(r.load.p99));
-        let p99_ratio = compared(&|r, b| r.load.p99 / b.load.p99);
-        let agent_cpu = med(&|r, _| r.agent.as_ref().map(|a| r.load.per_request(a.cpu_seconds)));
-        let node = med(&|r, _| Some(node_per_req(r)));
-        let node_added = compared(&|r, b| node_per_req(r) - node_per_req(b));
-        let spans = med(&|r, _| {
-            let (spans, _) = r.agent.as_ref()?.spans?;
-            Some(spans as f64 / r.load.requests.max(1) as f64)
-        });
-        let built = med(&|r, _| Some(r.agent.as_ref()?.spans_built? as f64 / r.load.requests.max(1) as f64));
-        let dropped = pairs.iter().filter_map(|(r, _)| r.agent.as_ref().map(|a| a.dropped)).reduce(|a, b| a + b);
-        let or_dash = |v: f64, f: &dyn Fn(f64) -> String| {
-            if v.is_finite() {
-                f(v)
-            } else {
-                "-".to_owned()
+    for view in views {
+        let of_view: Vec<&ViewRound> = rounds.iter().filter(|r| r.view == view).collect();
+        for config in Config::ALL {
+            // (this configuration's run, the baseline of the same round)
+            let pairs: Vec<(&Run, Option<&Run>)> = of_view
+                .iter()
+                .filter_map(|round| {
+                    let base = round.runs.iter().find(|(c, _)| *c == Config::Baseline).map(|(_, r)| r);
+                    let run = round.runs.iter().find(|(c, _)| *c == config)?;
+                    Some((&run.1, base))
+                })
+                .collect();
+            if !pairs.is_empty() {
+                let mut row = vec![view.name().to_owned(), config.label().to_owned()];
+                row.extend(table_cells(config, &pairs));
+                rows.push(row);
             }
-        };
-        let mut row = vec![
-            config.name().to_owned(),
-            or_dash(rps, &|v| format!("{v:.0}")),
-            fmt_ratio(rps_ratio),
-            or_dash(p99, &fmt_latency),
-            fmt_ratio(p99_ratio),
-            fmt_us(agent_cpu, false),
-            fmt_us(node, false),
-            fmt_us(node_added, true),
-            or_dash(spans, &|v| format!("{v:.3}")),
-            dropped.map_or_else(|| "-".to_owned(), |d| d.to_string()),
-        ];
-        if proto.shows_spans_built() {
-            row.push(or_dash(built, &|v| format!("{v:.3}")));
         }
-        rows.push(row);
     }
-    let mut header = vec![
-        "configuration",
-        "req/s",
-        "vs baseline",
-        "p99",
-        "vs baseline",
-        "agent CPU us/req",
-        "node CPU us/req",
-        "node CPU added us/req",
-        "spans/req",
-        "events dropped",
-    ];
-    if proto.shows_spans_built() {
-        header.push("spans.built/req");
-    }
-    markdown_table(&header, &rows)
+    markdown_table(
+        &[
+            "view",
+            "configuration",
+            "throughput",
+            "p99",
+            "agent CPU µs/req",
+            "receiver CPU µs/req",
+            "node CPU µs/req (added)",
+            "agent RSS MiB (end / peak)",
+            "spans/req",
+            "dropped",
+        ],
+        &rows,
+    )
+}
+
+/// The cells after the view and configuration of one row of [`overhead_table`]: the
+/// baseline's absolute figures, every other configuration's ratio or difference to the
+/// baseline of its round.
+#[expect(clippy::cast_precision_loss, reason = "counts are far below 2^52")]
+fn table_cells(config: Config, pairs: &[(&Run, Option<&Run>)]) -> Vec<String> {
+    let med = |f: &dyn Fn(&Run, Option<&Run>) -> Option<f64>| {
+        median(&pairs.iter().filter_map(|&(r, b)| f(r, b)).collect::<Vec<_>>())
+    };
+    let compared = |f: &dyn Fn(&Run, &Run) -> f64| med(&|r, b| b.map(|b| f(r, b)));
+    let or_dash = |v: f64, f: &dyn Fn(f64) -> String| if v.is_finite() { f(v) } else { "-".to_owned() };
+    let times = |v: f64| format!("{v:.2}×");
+    let node_per_req = |r: &Run| r.load.per_request(r.load.node_cpu_seconds);
+    let agent = |f: &dyn Fn(&Run, &AgentRun) -> Option<f64>| med(&|r, _| f(r, r.agent.as_ref()?));
+    let (throughput, p99, node) = if config == Config::Baseline {
+        (
+            or_dash(med(&|r, _| Some(r.load.requests_per_sec)), &|v| format!("{v:.0} req/s")),
+            or_dash(med(&|r, _| Some(r.load.p99)), &fmt_latency),
+            fmt_us(med(&|r, _| Some(node_per_req(r))), false),
+        )
+    } else {
+        (
+            or_dash(compared(&|r, b| r.load.requests_per_sec / b.load.requests_per_sec), &times),
+            or_dash(compared(&|r, b| r.load.p99 / b.load.p99), &times),
+            fmt_us(compared(&|r, b| node_per_req(r) - node_per_req(b)), true),
+        )
+    };
+    let rss = agent(&|_, a| a.rss_kib.map(mib));
+    let hwm = agent(&|_, a| a.hwm_kib.map(mib));
+    let memory = if rss.is_finite() && hwm.is_finite() { format!("{rss:.1} / {hwm:.1}") } else { "-".to_owned() };
+    let spans = agent(&|r, a| Some(a.spans_exported? as f64 / r.load.requests.max(1) as f64));
+    let agents: Vec<&AgentRun> = pairs.iter().filter_map(|(r, _)| r.agent.as_ref()).collect();
+    let dropped = if agents.is_empty() {
+        "-".to_owned()
+    } else {
+        let all: u64 = agents.iter().map(|a| a.dropped).sum();
+        let export: u64 = agents.iter().map(|a| a.export.dropped()).sum();
+        if export > 0 {
+            format!("{all} (export {export})")
+        } else {
+            all.to_string()
+        }
+    };
+    vec![
+        throughput,
+        p99,
+        fmt_us(agent(&|r, a| Some(r.load.per_request(a.cpu_seconds))), false),
+        fmt_us(agent(&|r, a| Some(r.load.per_request(a.receiver_cpu_seconds?))), false),
+        node,
+        memory,
+        or_dash(spans, &|v| format!("{v:.2}")),
+        dropped,
+    ]
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2700,7 +3089,7 @@ Transfer/sec:     59.52MB
 {"traceId":"b","spanId":"6"}
 not json
 "#;
-        assert_eq!(count_spans(jsonl), (6, 1));
+        assert_eq!(count_spans_in(jsonl.as_bytes()), (6, 1));
     }
 
     #[test]
@@ -3214,90 +3603,221 @@ req/s           :       0.00        0.00        0.00        0.00   100.00%
         Run { load: Load { requests_per_sec: rps, p99, requests, node_cpu_seconds: node }, agent }
     }
 
+    /// The cells of a markdown table's rows, trimmed, without the outer empty cells.
+    fn cells(table: &str) -> Vec<Vec<String>> {
+        table
+            .lines()
+            .map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                cells[1..cells.len() - 1].iter().map(|c| (*c).to_owned()).collect()
+            })
+            .collect()
+    }
+
     #[test]
-    fn overhead_table_compares_with_the_same_round() {
+    fn overhead_table_has_both_views_and_compares_with_the_same_round() {
         let capture = |cpu: f64| AgentRun { cpu_seconds: cpu, discarded: Some(10), ..AgentRun::default() };
-        let full = |cpu: f64, spans: u64, dropped: u64| AgentRun {
-            cpu_seconds: cpu,
-            spans: Some((spans, 0)),
-            dropped,
+        let full = AgentRun {
+            cpu_seconds: 0.5,
+            receiver_cpu_seconds: Some(0.25),
+            rss_kib: Some(40 * 1024),
+            hwm_kib: Some(48 * 1024),
+            spans_exported: Some(100_000),
+            export: ExportCounters { queue_full: 2, failed: 0, errors: 5 },
+            dropped: 3,
             ..AgentRun::default()
         };
-        let round = |base: f64, scale: f64| ViewRound {
+        let saturated = |base: f64| ViewRound {
             view: View::Saturated,
             runs: vec![
-                (Config::Baseline, run(base, 1e-3, 100_000, 2.0 * scale, None)),
-                (Config::CaptureOnly, run(base * 0.9, 1.2e-3, 100_000, 2.2 * scale, Some(capture(0.1)))),
-                (Config::Full, run(base * 0.5, 2e-3, 50_000, 1.5 * scale, Some(full(0.5, 50_000, 3)))),
+                (Config::Baseline, run(base, 1e-3, 100_000, 2.0, None)),
+                (Config::CaptureOnly, run(base * 0.9, 1.2e-3, 100_000, 2.2, Some(capture(0.1)))),
+                (Config::Full, run(base * 0.5, 2e-3, 50_000, 1.5, Some(full.clone()))),
             ],
         };
-        let rounds = [round(40_000.0, 1.0), round(50_000.0, 1.0), round(60_000.0, 1.0)];
-        let refs: Vec<&ViewRound> = rounds.iter().collect();
-        let table = overhead_table(&refs, Proto::Http1);
-        let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split('|').map(str::trim).collect()).collect();
-        assert_eq!(rows.len(), 5, "{table}");
-        assert_eq!(rows[2], ["", "baseline", "50000", "-", "1.00 ms", "-", "-", "20.00", "-", "-", "-", ""]);
+        let nice = AgentRun { cpu_seconds: 0.099, spans_exported: Some(9_900), ..AgentRun::default() };
+        let fixed = || ViewRound {
+            view: View::Fixed,
+            runs: vec![
+                (Config::Baseline, run(1000.0, 0.5e-3, 10_000, 0.3, None)),
+                (Config::FullNice, run(990.0, 0.6e-3, 9_900, 0.4, Some(nice.clone()))),
+            ],
+        };
+        // As the benchmark records them: each round, one view after the other.
+        let rounds = [saturated(40_000.0), fixed(), saturated(50_000.0), fixed(), saturated(60_000.0), fixed()];
+        let table = overhead_table(&rounds);
+        let rows = cells(&table);
+        assert_eq!(rows.len(), 7, "{table}");
         assert_eq!(
-            rows[3],
+            rows[0],
             [
-                "",
-                "capture-only",
-                "45000",
-                "0.900 (-10.0%)",
-                "1.20 ms",
-                "1.200 (+20.0%)",
-                "1.00",
-                "22.00",
-                "+2.00",
-                "-",
-                "0",
-                ""
+                "view",
+                "configuration",
+                "throughput",
+                "p99",
+                "agent CPU µs/req",
+                "receiver CPU µs/req",
+                "node CPU µs/req (added)",
+                "agent RSS MiB (end / peak)",
+                "spans/req",
+                "dropped"
             ]
         );
+        assert_eq!(rows[2], ["saturated", "baseline", "50000 req/s", "1.00 ms", "-", "-", "20.00", "-", "-", "-"]);
+        assert_eq!(rows[3], ["saturated", "capture-only", "0.90×", "1.20×", "1.00", "-", "+2.00", "-", "-", "0"]);
         assert_eq!(
             rows[4],
             [
-                "",
+                "saturated",
                 "full agent",
-                "25000",
-                "0.500 (-50.0%)",
-                "2.00 ms",
-                "2.000 (+100.0%)",
+                "0.50×",
+                "2.00×",
                 "10.00",
-                "30.00",
+                "5.00",
                 "+10.00",
-                "1.000",
-                "9",
-                ""
+                "40.0 / 48.0",
+                "2.00",
+                "9 (export 6)"
             ]
+        );
+        assert_eq!(rows[5], ["fixed", "baseline", "1000 req/s", "500 us", "-", "-", "30.00", "-", "-", "-"]);
+        assert_eq!(
+            rows[6],
+            ["fixed", "full agent, nice 10", "0.99×", "1.20×", "10.00", "-", "+10.40", "-", "1.00", "0"]
         );
     }
 
     #[test]
-    fn grpc_table_adds_spans_built_and_leaves_out_invalid_runs() {
-        let agent =
-            |spans_built: u64| AgentRun { spans: Some((0, 0)), spans_built: Some(spans_built), ..AgentRun::default() };
+    fn overhead_table_leaves_out_invalid_runs() {
+        let agent = AgentRun { spans_exported: Some(20_000), ..AgentRun::default() };
         let round = |runs: Vec<(Config, Run)>| ViewRound { view: View::Saturated, runs };
         let rounds = [
             // The first round's baseline was invalid: no ratio from that round, and the
             // baseline row still comes first.
-            round(vec![(Config::Full, run(9000.0, 1e-3, 90_000, 2.0, Some(agent(0))))]),
+            round(vec![(Config::Full, run(9000.0, 1e-3, 90_000, 2.0, Some(AgentRun::default())))]),
             round(vec![
                 (Config::Baseline, run(2000.0, 10e-3, 20_000, 2.0, None)),
-                (Config::Full, run(1000.0, 20e-3, 10_000, 2.0, Some(agent(10_000)))),
+                (Config::Full, run(1000.0, 20e-3, 10_000, 2.0, Some(agent))),
             ]),
         ];
-        let refs: Vec<&ViewRound> = rounds.iter().collect();
-        let table = overhead_table(&refs, Proto::Grpc);
-        let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split('|').map(str::trim).collect()).collect();
-        assert_eq!(rows[0].get(11).copied(), Some("spans.built/req"), "{table}");
-        assert_eq!(rows[2][1..4], ["baseline", "2000", "-"], "{table}");
-        // req/s: median of 9000 and 1000; vs baseline: only the second round's 0.5.
-        assert_eq!(rows[3][1..4], ["full agent", "5000", "0.500 (-50.0%)"], "{table}");
-        // spans.built/req: median of 1.0 and 0.0.
-        assert_eq!(rows[3][11], "0.500", "{table}");
-        assert!(!overhead_table(&refs, Proto::Http1).contains("spans.built"));
-        assert_eq!(overhead_table(&refs, Proto::Https), table);
+        let rows = cells(&overhead_table(&rounds));
+        assert_eq!(rows.len(), 4, "{rows:?}");
+        assert_eq!(rows[2][..4], ["saturated", "baseline", "2000 req/s", "10.00 ms"]);
+        // Ratios from the second round only; spans/req the median of 2.0 and none.
+        assert_eq!(rows[3][..4], ["saturated", "full agent", "0.50×", "2.00×"]);
+        assert_eq!(rows[3][8], "2.00");
+        // No baseline in any round: no ratio at all.
+        let rows = cells(&overhead_table(&rounds[..1]));
+        assert_eq!(rows[2][1..4], ["full agent", "-", "-"]);
+        assert_eq!(cells(&overhead_table(&[])).len(), 2);
+    }
+
+    #[test]
+    fn export_counters_and_invalid_exports() {
+        let stats = parse_stats_line(
+            "stats: spans.built=90 spans.exported=88 drop.export_queue_full=1 drop.export_failed=2 export.errors=3",
+        )
+        .expect("stats line");
+        let counters = ExportCounters::from_stats(&stats);
+        assert_eq!(counters, ExportCounters { queue_full: 1, failed: 2, errors: 3 });
+        assert_eq!(counters.dropped(), 3);
+        assert_eq!(ExportCounters::from_stats(&[]), ExportCounters::default());
+
+        let agent = |line: Option<&str>| {
+            let stats = line.and_then(parse_stats_line).unwrap_or_default();
+            AgentRun {
+                stats_line: line.map(str::to_owned),
+                spans_built: stat_value(&stats, "spans.built"),
+                spans_exported: stat_value(&stats, "spans.exported"),
+                export: ExportCounters::from_stats(&stats),
+                ..AgentRun::default()
+            }
+        };
+        assert_eq!(export_invalid(&agent(Some("stats: spans.exported=2")), Export::Otlp), None);
+        let why = export_invalid(
+            &agent(Some("stats: spans.built=5 spans.exported=0 export.errors=4 drop.export_failed=5")),
+            Export::Otlp,
+        )
+        .expect("invalid");
+        assert_eq!(
+            why,
+            "the agent exported no span to rotel (spans.built=5 export.errors=4 drop.export_failed=5 \
+             drop.export_queue_full=0)"
+        );
+        let why = export_invalid(&agent(Some("stats: spans.built=5")), Export::Jsonl).expect("invalid");
+        assert!(why.contains("no span to the JSONL file"), "{why}");
+        assert!(export_invalid(&agent(None), Export::Otlp).expect("invalid").contains("no `stats:` line"));
+    }
+
+    #[test]
+    fn proc_status_memory() {
+        let status = "Name:\tghostwire\nVmPeak:\t  900000 kB\nVmHWM:\t   20012 kB\nVmRSS:\t   19000 kB\n\
+                      VmRSSx:\t 1 kB\nThreads:\t5\nVmSwap:\t x kB\nVmLib:\t 12\n";
+        assert_eq!(status_kib(status, "VmRSS"), Some(19_000));
+        assert_eq!(status_kib(status, "VmHWM"), Some(20_012));
+        assert_eq!(status_kib(status, "VmSwap"), None);
+        assert_eq!(status_kib(status, "VmLib"), None);
+        assert_eq!(status_kib(status, "VmData"), None);
+        assert_eq!(status_kib("", "VmRSS"), None);
+        assert!((mib(40 * 1024) - 40.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn tcp_listeners_from_proc_net() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:37ED 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1704877 1 00000000670a4035 100 0 0 10 0\n\
+   1: 00000000:07E8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1681 1 00000000c6c9a8a5 100 0 0 10 0\n\
+   2: 0100007F:37ED 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 3333 1 0000000000000000 20 4 30 10 -1\n";
+        let found = tcp_listeners(tcp);
+        assert_eq!(
+            found,
+            [("127.0.0.1:14317".parse().expect("addr"), 1_704_877), ("0.0.0.0:2024".parse().expect("addr"), 1681)]
+        );
+        if cfg!(target_endian = "little") {
+            let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1 0000000000000000 100 0 0 10 0\n\
+   1: 0000000000000000FFFF00000100007F:1F91 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5555 1 0000000000000000 100 0 0 10 0\n\
+   2: 00000000000000000000000000000000:1F92 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 6666 1 0000000000000000 100 0 0 10 0\n";
+            let found: Vec<(String, bool)> = tcp_listeners(tcp6)
+                .into_iter()
+                .map(|(a, _)| (a.to_string(), a.ip().to_canonical().is_loopback()))
+                .collect();
+            let want = [("[::1]:8080", true), ("[::ffff:127.0.0.1]:8081", true), ("[::]:8082", false)];
+            assert_eq!(found, want.map(|(a, l)| (a.to_owned(), l)));
+        }
+        assert!(tcp_listeners("").is_empty());
+        assert!(tcp_listeners("header\n   0: zz:zz 00000000:0000 0A a b c 0 0 1\n").is_empty());
+    }
+
+    #[test]
+    fn finds_this_process_listening() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        assert!(listeners(std::process::id()).contains(&addr));
+        drop(listener);
+        assert!(!listeners(std::process::id()).contains(&addr));
+    }
+
+    #[test]
+    fn rotel_listens_on_loopback_only() {
+        let args: Vec<String> =
+            rotel_args(4317, 4318, Path::new("/tmp/d")).iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            args,
+            [
+                "start",
+                "--exporter",
+                "blackhole",
+                "--otlp-grpc-endpoint",
+                "127.0.0.1:4317",
+                "--otlp-http-endpoint",
+                "127.0.0.1:4318",
+                "--pid-file",
+                "/tmp/d/rotel.pid",
+                "--log-file",
+                "/tmp/d/rotel.log"
+            ]
+        );
     }
 
     #[test]
@@ -3500,6 +4020,31 @@ req/s           :       0.00        0.00        0.00        0.00   100.00%
         assert_eq!(o.views, [View::Fixed]);
         assert_eq!(o.agent_args, ["--pid", "1"]);
         assert!(parse(&["overhead", "--views", "slow"]).is_err());
+
+        let Ok(BenchCmd::Overhead(o)) = parse(&["overhead"]) else { panic!("not overhead") };
+        assert_eq!(o.configs, [Config::Baseline, Config::CaptureOnly, Config::Full]);
+        assert_eq!(o.export, Export::Otlp);
+        assert_eq!(overhead_configs(&o).expect("configs"), o.configs);
+        let Ok(BenchCmd::Overhead(o)) =
+            parse(&["overhead", "--configs", "full-nice,baseline,full-nice", "--export", "jsonl"])
+        else {
+            panic!("not overhead")
+        };
+        assert_eq!(o.export, Export::Jsonl);
+        // In the order they run, the baseline first, each once.
+        assert_eq!(overhead_configs(&o).expect("configs"), [Config::Baseline, Config::FullNice]);
+        let Ok(BenchCmd::Overhead(o)) = parse(&["overhead", "--configs", "full"]) else { panic!("not overhead") };
+        let err = overhead_configs(&o).expect_err("no baseline");
+        assert!(err.to_string().contains("include `baseline`"), "{err}");
+        let Ok(BenchCmd::Overhead(o)) = parse(&["overhead", "--configs", "full", "--no-agent"]) else {
+            panic!("not overhead")
+        };
+        assert_eq!(overhead_configs(&o).expect("configs"), [Config::Baseline]);
+        assert!(parse(&["overhead", "--configs", "nice"]).is_err());
+        assert!(parse(&["overhead", "--export", "zipkin"]).is_err());
+        for config in Config::ALL {
+            assert_eq!(clap::ValueEnum::to_possible_value(&config).expect("a value").get_name(), config.name());
+        }
 
         let Ok(BenchCmd::Hooks(h)) = parse(&["hooks"]) else { panic!("not hooks") };
         assert_eq!((h.load.rounds, h.load.duration, h.load.warmup), (3, 10, 2));

@@ -59,6 +59,8 @@ pub enum BenchCmd {
     /// Nanoseconds per OpenSSL SSL_write and SSL_read call, without network I/O: nothing
     /// attached, empty uprobes + uretprobes, the full agent.
     Uprobe(UprobeArgs),
+    /// Agent memory under connection churn, a collector outage and idle connections.
+    Soak(crate::soak::SoakArgs),
 }
 
 /// Rounds and the saturating load (wrk, or h2load for gRPC), shared by both benchmarks.
@@ -374,6 +376,7 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
         BenchCmd::Overhead(args) => overhead(args),
         BenchCmd::Hooks(args) => hooks(args),
         BenchCmd::Uprobe(args) => uprobe(args),
+        BenchCmd::Soak(args) => crate::soak::soak(args),
     }
 }
 

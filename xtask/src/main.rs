@@ -3,6 +3,7 @@
 
 mod bench;
 mod setup;
+mod soak;
 mod test;
 mod util;
 

@@ -13,11 +13,16 @@
 //! the benchmark.
 //!
 //! `overhead` alternates, in each round and for each load view (wrk saturating nginx;
-//! hey holding a fixed rate), three configurations: no agent (the baseline), the agent
-//! with `--capture-only` (the kernel side and the ring drain) and the full agent. It
-//! compares throughput and p99 latency with the baseline of the same round, and reports
-//! the agent's CPU time per request, the node's CPU time per request added over the
-//! baseline, the spans exported and the events dropped.
+//! hey holding a fixed rate), the configurations of `--configs`: no agent (the
+//! baseline), the agent with `--capture-only` (the kernel side and the ring drain), the
+//! full agent, and the full agent at nice 10. The full agent exports as users deploy it:
+//! OTLP/gRPC protobuf to a real receiver, rotel with its blackhole exporter, started once
+//! per benchmark on loopback (`--export jsonl` writes a file instead). It compares
+//! throughput and p99 latency with the baseline of the same round, and reports the
+//! agent's CPU time per request, the receiver's apart from it, the node's CPU time per
+//! request added over the baseline, the agent's RSS and peak RSS, the spans exported per
+//! request and what was dropped, in one table with both views. A full-agent run that
+//! exported no span is invalid.
 //!
 //! `hooks` runs wrk without anything attached, then with `ghostwire --empty-probes SET`
 //! for each hook set, then with the real agent tracing a port nothing uses, and reports
@@ -51,8 +56,9 @@ use crate::util::{self, ChildGuard, Step, TempDir};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCmd {
-    /// Throughput, p99 latency and CPU cost of tracing nginx: no agent, capture-only and
-    /// the full agent, under wrk (saturated) and hey (fixed rate) load.
+    /// Throughput, p99 latency, CPU and memory cost of tracing a server: no agent,
+    /// capture-only, the full agent exporting OTLP to rotel (and at nice 10), under a
+    /// saturating and a fixed-rate load.
     Overhead(OverheadArgs),
     /// Saturated throughput of nginx with empty programs on each candidate hook set.
     Hooks(HooksArgs),
@@ -137,11 +143,11 @@ pub struct OverheadArgs {
     /// Only the runs without the agent (to try the harness without root or an agent).
     #[arg(long, hide = true)]
     pub no_agent: bool,
-    /// Run this binary as the agent (both agent configurations) instead of building
+    /// Run this binary as the agent (every agent configuration) instead of building
     /// target/release/ghostwire (to try the harness with a stand-in).
     #[arg(long, hide = true, value_name = "PATH")]
     pub agent_bin: Option<PathBuf>,
-    /// Extra agent arguments (both agent configurations), after `--`.
+    /// Extra agent arguments (every agent configuration), after `--`.
     #[arg(last = true)]
     pub agent_args: Vec<String>,
 }

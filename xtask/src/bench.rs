@@ -1169,7 +1169,7 @@ struct Receiver {
 }
 
 impl Receiver {
-    /// Starts `rotel` ([`rotel_args`]) and waits (at most 30 s) for its OTLP/gRPC port;
+    /// Starts `rotel` ([`rotel_args`]) and waits (at most 30 s) for its two ports;
     /// fails if it listens on anything but loopback.
     fn start(rotel: &Path, dir: &Path) -> Result<Self> {
         let (grpc_port, http_port) = (free_port()?, free_port()?);
@@ -1187,12 +1187,15 @@ impl Receiver {
             .with_context(|| format!("could not start `{shown}` (run `cargo xtask setup --peers`)"))?;
         let guard = ChildGuard::new("rotel", child, libc::SIGTERM, Duration::from_secs(5));
         let mut receiver = Receiver { grpc_port, guard, shown, log_path };
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, grpc_port));
+        // Both listeners up before their addresses are checked.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            receiver.check_running()?;
-            ensure!(Instant::now() < deadline, "rotel did not listen on {addr} within 30 s: `{}`", receiver.shown);
-            std::thread::sleep(Duration::from_millis(50));
+        for port in [grpc_port, http_port] {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                receiver.check_running()?;
+                ensure!(Instant::now() < deadline, "rotel did not listen on {addr} within 30 s: `{}`", receiver.shown);
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         let listening = listeners(receiver.pid());
         let outside: Vec<&SocketAddr> = listening.iter().filter(|a| !a.ip().to_canonical().is_loopback()).collect();

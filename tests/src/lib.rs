@@ -113,6 +113,11 @@ impl Proc {
         }
     }
 
+    /// The exit status if the process has exited (reaping it), else `None`.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Sends `signal` and waits up to `timeout` for the exit.
     pub fn signal_and_wait(&mut self, signal: i32, timeout: Duration) -> Option<ExitStatus> {
         // SAFETY: signalling our own child.
@@ -1884,9 +1889,194 @@ impl Drop for Dnat {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Soak helpers (tests/tests/soak.rs): memory and counters of a running agent, a static
+// nginx, a rotel that can be killed and brought back on the same ports, ab.
+
+/// `VmRSS` of process `pid` in KiB (`None` once it is gone).
+#[must_use]
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+}
+
+impl Agent {
+    /// The agent's process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// The agent's resident memory now, KiB. Fails the test if the agent is gone.
+    #[must_use]
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid()).unwrap_or_else(|| panic!("ghostwire (pid {}) is gone:\n{}", self.pid(), self.stderr_text()))
+    }
+
+    /// The last periodic `stats:` line so far (`--stats-interval`), parsed; empty before
+    /// the first one.
+    #[must_use]
+    pub fn last_stats(&self) -> BTreeMap<String, u64> {
+        let lines = self.stderr.lock().expect("stderr lock");
+        lines.iter().rev().find(|l| l.starts_with("stats:")).map(|l| parse_stats_line(l)).unwrap_or_default()
+    }
+
+    /// Number of `stats:` lines printed so far.
+    #[must_use]
+    pub fn stats_lines(&self) -> usize {
+        self.stderr.lock().expect("stderr lock").iter().filter(|l| l.starts_with("stats:")).count()
+    }
+
+    /// Waits (at most `timeout`) until every span built so far has left the export queue
+    /// (`spans.exported + drop.export_queue_full + drop.export_failed == spans.built` in
+    /// a periodic `stats:` line printed after this call, with `spans.built` unchanged
+    /// from the line before it). Needs `--stats-interval`. Returns that line.
+    #[must_use]
+    pub fn wait_exported(&self, timeout: Duration) -> Option<BTreeMap<String, u64>> {
+        let from = self.stats_lines();
+        let mut last_built = None;
+        let mut seen = from;
+        wait_for(timeout, || {
+            let n = self.stats_lines();
+            if n == seen {
+                return None;
+            }
+            seen = n;
+            let s = self.last_stats();
+            let get = |k: &str| s.get(k).copied().unwrap_or(0);
+            let built = get("spans.built");
+            let settled = get("spans.exported") + get("drop.export_queue_full") + get("drop.export_failed") == built;
+            let quiet = last_built == Some(built);
+            last_built = Some(built);
+            (n > from + 1 && settled && quiet).then_some(s)
+        })
+    }
+}
+
+impl Nginx {
+    /// nginx serving a 1 KiB file at /1k.bin on 127.0.0.1:`port` (keep-alive, no access
+    /// log), the file the benchmarks serve.
+    #[must_use]
+    pub fn static_1k(port: u16) -> Self {
+        Self::with_config(port, |d| {
+            let www = d.join("www");
+            std::fs::create_dir_all(&www).expect("create www");
+            std::fs::write(www.join("1k.bin"), [b'a'; 1024]).expect("write 1k.bin");
+            // nginx's workers run as nobody: the scratch directory must be readable.
+            use std::os::unix::fs::PermissionsExt as _;
+            for p in [d, www.as_path()] {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            }
+            format!(
+                "{}http {{\n  {}\n  sendfile off;\n  keepalive_requests 1000000;\n  server {{\n    \
+                 listen 127.0.0.1:{port};\n    location / {{ root {}; }}\n  }}\n}}\n",
+                Self::main_context(d),
+                Self::http_defaults(d),
+                www.display()
+            )
+        })
+    }
+}
+
+/// rotel on 127.0.0.1:`grpc_port` (OTLP/gRPC) and `http_port`, exporting to its
+/// blackhole; with `out`, its trace processor (`tests/peers/rotel_processor.py`) appends
+/// every span it receives to that file. Its pid and log files live in `dir`, so that
+/// several rotels (one killed, then one started again on the same ports) never share
+/// them.
+#[must_use]
+pub fn rotel_blackhole(grpc_port: u16, http_port: u16, out: Option<&Path>, dir: &Path) -> Proc {
+    let mut cmd = Command::new(rotel_binary());
+    cmd.args(["start", "--exporter", "blackhole"])
+        .arg("--otlp-grpc-endpoint")
+        .arg(format!("127.0.0.1:{grpc_port}"))
+        .arg("--otlp-http-endpoint")
+        .arg(format!("127.0.0.1:{http_port}"))
+        .arg("--pid-file")
+        .arg(dir.join("rotel.pid"))
+        .arg("--log-file")
+        .arg(dir.join("rotel.log"));
+    if let Some(out) = out {
+        cmd.arg("--otlp-with-trace-processor")
+            .arg(peers_dir().join("rotel_processor.py"))
+            .env("GHOSTWIRE_ROTEL_OUT", out);
+    }
+    let proc = Proc::spawn("rotel", &mut cmd);
+    wait_port(grpc_port, "rotel");
+    proc
+}
+
+/// What one `ab` run reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AbReport {
+    pub complete: u64,
+    pub failed: u64,
+    /// Responses other than 2xx.
+    pub non_2xx: u64,
+}
+
+/// `ab -n requests -c concurrency url` (no keep-alive: one connection per request),
+/// killed after `timeout`. Fails the test if ab cannot run or prints no summary.
+#[must_use]
+pub fn ab(requests: u64, concurrency: u32, url: &str, timeout: Duration) -> AbReport {
+    let mut cmd = Command::new("ab");
+    cmd.args(["-q", "-n", &requests.to_string(), "-c", &concurrency.to_string(), "-s", "10", url]);
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).spawn();
+    let mut child = child.unwrap_or_else(|e| panic!("cannot run ab (apache2-utils; `cargo xtask setup --peers`): {e}"));
+    let stdout = child.stdout.take().expect("ab stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stdout), &mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ab -n {requests} -c {concurrency} {url} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = reader.join().unwrap_or_default();
+    let report = parse_ab(&out);
+    assert!(status.success() && report.is_some(), "ab failed ({status}):\n{out}");
+    report.unwrap_or_default()
+}
+
+/// The counts of ab's summary (`Complete requests:`, `Failed requests:`, `Non-2xx
+/// responses:`); `None` without a `Complete requests:` line.
+#[must_use]
+pub fn parse_ab(out: &str) -> Option<AbReport> {
+    let mut report = AbReport::default();
+    let mut complete = None;
+    for line in out.lines() {
+        let value = |prefix: &str| line.strip_prefix(prefix).and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(n) = value("Complete requests:") {
+            complete = Some(n);
+        } else if let Some(n) = value("Failed requests:") {
+            report.failed = n;
+        } else if let Some(n) = value("Non-2xx responses:") {
+            report.non_2xx = n;
+        }
+    }
+    report.complete = complete?;
+    Some(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ab_summary_counts() {
+        let out = "Concurrency Level:      16\nComplete requests:      30000\nFailed requests:        3\n   \
+                   (Connect: 0, Receive: 0, Length: 3, Exceptions: 0)\nNon-2xx responses:      2\n";
+        assert_eq!(parse_ab(out), Some(AbReport { complete: 30000, failed: 3, non_2xx: 2 }));
+        assert_eq!(parse_ab("Failed requests: 0\n"), None);
+    }
 
     #[test]
     fn stat_keys_are_checked_against_what_the_agent_can_print() {

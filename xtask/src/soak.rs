@@ -25,7 +25,7 @@
 //! Every child is stopped by a `Drop` guard, every wait and load is bounded.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -74,9 +74,6 @@ pub struct SoakArgs {
 }
 
 const MIB: f64 = 1024.0;
-/// Clients per source address in `idle`: under the 28 232 ports of the default
-/// ephemeral range.
-const PER_SOURCE: u64 = 20_000;
 /// Longest the `idle` scenario spends opening connections.
 const IDLE_OPEN_LIMIT: Duration = Duration::from_secs(300);
 
@@ -93,7 +90,10 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
     let peers = crate::setup::setup(true)?.context("the peers (rotel) were not set up")?;
     crate::build_agent()?;
     println!("==> agent at commit {}", commit());
+    // Each scenario's figures are printed when it ends, and a failed scenario does not
+    // take the others' figures with it: all of them are in the final table.
     let mut rows: Vec<Row> = Vec::new();
+    let mut failed: Vec<String> = Vec::new();
     for scenario in dedup(&args.scenarios) {
         let dir = TempDir::new("ghostwire-soak")?;
         let got = match scenario {
@@ -101,9 +101,20 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
             Scenario::Outage => outage(args, dir.path(), &peers.rotel),
             Scenario::Idle => idle(args, dir.path(), &peers.rotel),
         };
-        rows.extend(got?);
+        match got {
+            Ok(got) => {
+                println!("\n{}", markdown_table(&["scenario", "figure", "value"], &got));
+                rows.extend(got);
+            }
+            Err(e) => {
+                eprintln!("error: soak {scenario:?}: {e:#}");
+                failed.push(format!("{scenario:?}"));
+            }
+        }
     }
-    println!("\n{}", markdown_table(&["scenario", "figure", "value"], &rows));
+    println!("\n==> agent at commit {}", commit());
+    println!("{}", markdown_table(&["scenario", "figure", "value"], &rows));
+    ensure!(failed.is_empty(), "soak scenarios that could not measure: {}", failed.join(", "));
     Ok(())
 }
 
@@ -197,13 +208,6 @@ pub fn drop_counters(stats: &BTreeMap<String, u64>) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// The i-th idle client's source address: 127.1.x.y, a new one every [`PER_SOURCE`]
-/// clients (never 127.1.0.0).
-pub fn idle_source(i: u64) -> Ipv4Addr {
-    let n = i / PER_SOURCE + 1;
-    Ipv4Addr::new(127, 1, u8::try_from((n >> 8) & 0xff).unwrap_or(0), u8::try_from(n & 0xff).unwrap_or(1))
-}
-
 #[expect(clippy::cast_precision_loss, reason = "KiB counts are far below 2^52")]
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / MIB)
@@ -257,22 +261,51 @@ struct Nginx {
     _guard: ChildGuard,
 }
 
+/// This process's RLIMIT_NOFILE hard limit (what nginx's workers can get without
+/// CAP_SYS_RESOURCE).
+fn nofile_hard_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    lim.rlim_max
+}
+
+/// Workers for `connections` clients when each may hold `per_worker`: one, or enough
+/// that a `reuseport` spread (uneven by a few percent) still fits, plus one.
+pub fn nginx_workers(connections: u64, per_worker: u64) -> u64 {
+    if connections + 1024 <= per_worker {
+        1
+    } else {
+        (connections * 5 / 4).div_ceil(per_worker.max(1)) + 1
+    }
+}
+
 fn start_nginx(dir: &Path, connections: u64) -> Result<Nginx> {
     let www = dir.join("www");
     std::fs::create_dir_all(&www).with_context(|| format!("creating {}", www.display()))?;
     std::fs::write(www.join("1k.bin"), [b'a'; 1024]).context("writing 1k.bin")?;
     let port = free_port()?;
     let d = dir.display();
-    let worker_connections = connections + 1024;
+    // Each worker holds a descriptor per connection and may not pass the hard limit.
+    let nofile = nofile_hard_limit().min(1 << 20);
+    let per_worker = nofile.saturating_sub(64).max(512);
+    let workers = nginx_workers(connections, per_worker);
+    let reuseport = if workers > 1 { " reuseport" } else { "" };
     let conf = format!(
-        "daemon off;\nmaster_process on;\nworker_processes 1;\nerror_log stderr;\npid {d}/nginx.pid;\n\
-         worker_rlimit_nofile {};\nevents {{ worker_connections {worker_connections}; }}\n\
+        "daemon off;\nmaster_process on;\nworker_processes {workers};\nerror_log stderr;\npid {d}/nginx.pid;\n\
+         worker_rlimit_nofile {nofile};\nevents {{ worker_connections {per_worker}; }}\n\
          http {{\n  access_log off;\n  sendfile off;\n  keepalive_requests 1000000;\n  keepalive_timeout 3600s;\n  \
          client_body_temp_path {d}/client_body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
          uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
-         server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    location / {{ root {d}/www; }}\n  }}\n}}\n",
-        worker_connections + 1024
+         server {{\n    listen 127.0.0.1:{port} backlog=4096{reuseport};\n    location / {{ root {d}/www; }}\n  }}\n}}\n"
     );
+    if workers > 1 {
+        println!(
+            "    nginx: {workers} workers of {per_worker} connections (RLIMIT_NOFILE hard limit {nofile}), reuseport"
+        );
+    }
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf).context("writing nginx.conf")?;
     let log = std::fs::File::create(dir.join("nginx.stderr")).context("creating nginx.stderr")?;
@@ -413,6 +446,18 @@ impl SoakAgent {
         last_stats(&self.lines)
     }
 
+    /// The agent's CPU time so far (utime + stime), seconds.
+    fn cpu_seconds(&self) -> Result<f64> {
+        let path = format!("/proc/{}/stat", self.guard.pid());
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let ticks = crate::bench::parse_proc_stat_ticks(&stat).with_context(|| format!("parsing {path}"))?;
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        ensure!(per_second > 0, "sysconf(_SC_CLK_TCK) failed");
+        #[expect(clippy::cast_precision_loss, reason = "tick counts are far below 2^52")]
+        Ok(ticks as f64 / per_second as f64)
+    }
+
     fn elapsed(&self) -> f64 {
         self.ready_at.elapsed().as_secs_f64()
     }
@@ -459,6 +504,9 @@ impl SoakAgent {
         std::thread::sleep(Duration::from_millis(300));
         let lines = lock(&self.lines).clone();
         ensure!(status.success(), "the agent exited with {status}: `{}`\n{}", self.shown, lines.join("\n"));
+        if let Some(line) = lines.iter().rev().find(|l| l.starts_with("stats:")) {
+            println!("    agent {line}");
+        }
         Ok(last_stats(&self.lines))
     }
 }
@@ -751,83 +799,114 @@ fn outage(args: &SoakArgs, dir: &Path, rotel: &Path) -> Result<Vec<Row>> {
 // ---------------------------------------------------------------------------------------
 // idle
 
-/// Raises this process's RLIMIT_NOFILE (soft and hard) to at least `want`; what it got.
-fn raise_nofile(want: u64) -> Result<u64> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: valid pointer to an rlimit.
-    ensure!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0, "getrlimit(RLIMIT_NOFILE) failed");
-    if lim.rlim_cur >= want {
-        return Ok(lim.rlim_cur);
-    }
-    let nr_open =
-        std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(want);
-    let target = want.min(nr_open);
-    let new = libc::rlimit { rlim_cur: target, rlim_max: target.max(lim.rlim_max) };
-    // SAFETY: valid pointer to an rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
-        bail!("setrlimit(RLIMIT_NOFILE, {target}): {}", std::io::Error::last_os_error());
-    }
-    Ok(target)
+/// One holder: opens up to N connections from one source address to nginx, makes one
+/// request on each (in chunks of 500, so the round trips overlap), prints `open K` per
+/// chunk, then `done K why`, and holds them until its stdin closes. A process of its own
+/// because one process may hold at most RLIMIT_NOFILE descriptors, whose hard limit this
+/// benchmark may not be allowed to raise (no CAP_SYS_RESOURCE in a container).
+const HOLDER: &str = r#"
+import socket, sys
+src, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+req = b"GET /1k.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+held, why = [], "all opened"
+try:
+    while len(held) < n:
+        chunk = []
+        try:
+            for _ in range(min(500, n - len(held))):
+                s = socket.socket()
+                chunk.append(s)
+                s.bind((src, 0))
+                s.connect(("127.0.0.1", port))
+                s.sendall(req)
+            for s in chunk:
+                s.settimeout(10)
+                buf = b""
+                while True:
+                    d = s.recv(4096)
+                    if not d:
+                        raise OSError("nginx closed the connection")
+                    buf += d
+                    h = buf.find(b"\r\n\r\n")
+                    if h >= 0 and len(buf) >= h + 4 + 1024:
+                        if not buf.startswith(b"HTTP/1.1 200"):
+                            raise OSError("not 200: " + buf[:h].decode(errors="replace"))
+                        break
+                held.append(s)
+        finally:
+            for s in chunk:
+                if s not in held:
+                    s.close()
+        print("open", len(held), flush=True)
+except Exception as e:
+    why = f"{type(e).__name__}: {e}".replace("\n", " ")
+print("done", len(held), why, flush=True)
+sys.stdin.read()
+"#;
+
+/// Connections per holder: under the 20 000 descriptors a process may usually open and
+/// under the 28 232 ports of the default ephemeral range of its one source address.
+const PER_HOLDER: u64 = 19_000;
+
+/// The k-th holder's source address: 127.1.x.y (never 127.1.0.0).
+pub fn holder_source(k: u64) -> Ipv4Addr {
+    let n = k + 1;
+    Ipv4Addr::new(127, 1, u8::try_from((n >> 8) & 0xff).unwrap_or(0), u8::try_from(n & 0xff).unwrap_or(1))
 }
 
-/// A TCP connection from `src` (port chosen by the kernel) to `dst`, blocking.
-fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<TcpStream> {
-    use std::os::fd::FromRawFd as _;
-    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
-        sin_zero: [0; 8],
-    };
-    let SocketAddr::V4(dst) = dst else { return Err(std::io::Error::other("IPv4 only")) };
-    // SAFETY: plain socket call; the fd is owned by the TcpStream below or closed.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh socket we own.
-    let stream = unsafe { TcpStream::from_raw_fd(fd) };
-    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(16);
-    let from = sockaddr(src, 0);
-    // SAFETY: valid sockaddr_in of the given length.
-    if unsafe { libc::bind(fd, std::ptr::from_ref(&from).cast(), len) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let to = sockaddr(*dst.ip(), dst.port());
-    // SAFETY: valid sockaddr_in of the given length.
-    if unsafe { libc::connect(fd, std::ptr::from_ref(&to).cast(), len) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(stream)
+/// A holder's last line: `done K why`.
+pub fn parse_holder_done(line: &str) -> Option<(u64, String)> {
+    let rest = line.strip_prefix("done ")?;
+    let (n, why) = rest.split_once(' ').unwrap_or((rest, ""));
+    Some((n.parse().ok()?, why.to_owned()))
 }
 
-const REQUEST: &[u8] = b"GET /1k.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
-
-/// Reads one response to [`REQUEST`]: the head, then its 1024-byte body.
-fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    buf.clear();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "nginx closed the connection"));
+/// Starts one holder and waits (bounded by `deadline`) until it has opened what it can;
+/// the guard (closing its stdin or stopping it closes its connections), how many it
+/// holds, and why it stopped.
+fn start_holder(k: u64, port: u16, n: u64, deadline: Instant) -> Result<(ChildGuard, u64, String)> {
+    let src = holder_source(k);
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(HOLDER).arg(src.to_string()).arg(port.to_string()).arg(n.to_string());
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("could not start python3 (the idle connection holder)")?;
+    let stdout = child.stdout.take().context("holder stdout")?;
+    let guard = ChildGuard::new(format!("holder {src}"), child, libc::SIGTERM, Duration::from_secs(5));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
         }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            if !buf.starts_with(b"HTTP/1.1 200") {
-                return Err(std::io::Error::other(format!("not 200: {}", String::from_utf8_lossy(&buf[..end]))));
+    });
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some((held, why)) = parse_holder_done(&line) {
+                    return Ok((guard, held, why));
+                }
             }
-            if buf.len() >= end + 4 + 1024 {
-                return Ok(());
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                bail!("holder {src} had not finished opening connections within the time limit")
             }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => bail!("holder {src} exited without a `done` line"),
         }
     }
 }
 
 fn idle(args: &SoakArgs, dir: &Path, rotel: &Path) -> Result<Vec<Row>> {
     let want = args.idle;
-    println!("\n==> idle: {want} keep-alive connections, one request each, then held open");
-    let limit = raise_nofile(want + 4096)?;
+    let holders = want.div_ceil(PER_HOLDER);
+    println!(
+        "\n==> idle: {want} keep-alive connections, one request each, then held open ({holders} python3 holders of up to \
+         {PER_HOLDER}, sources 127.1.0.1..)"
+    );
     let nginx = start_nginx(dir, want)?;
     let (otlp, otlp_http) = (free_port()?, free_port()?);
     let _rotel = start_rotel(rotel, otlp, otlp_http, dir)?;
@@ -836,62 +915,50 @@ fn idle(args: &SoakArgs, dir: &Path, rotel: &Path) -> Result<Vec<Row>> {
     let agent = SoakAgent::start(&agent_args)?;
     std::thread::sleep(Duration::from_secs(3));
     let rss_before = agent.rss()?;
-    let dst = SocketAddr::from((Ipv4Addr::LOCALHOST, nginx.port));
 
-    // In chunks: connect and send on 500 connections, then read their answers, so the
-    // round trips overlap without a poller.
-    let mut open: Vec<TcpStream> = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
-    let mut checkpoints: Vec<(u64, u64, f64)> = Vec::new();
-    let mut stopped: Option<String> = None;
-    let mut buf = Vec::with_capacity(2048);
     let started = Instant::now();
-    let mut i = 0u64;
-    'open: while i < want {
-        if started.elapsed() > IDLE_OPEN_LIMIT {
-            stopped = Some(format!("time limit ({})", util::fmt_duration(IDLE_OPEN_LIMIT)));
-            break;
-        }
-        let chunk_start = open.len();
-        for _ in 0..500.min(want - i) {
-            let src = idle_source(i);
-            let mut s = match connect_from(src, dst) {
-                Ok(s) => s,
-                Err(e) => {
-                    stopped = Some(format!("connect from {src} (connection {}): {e}", i + 1));
-                    break;
-                }
-            };
-            if let Err(e) = s.write_all(REQUEST) {
-                stopped = Some(format!("send on connection {}: {e}", i + 1));
+    let deadline = started + IDLE_OPEN_LIMIT;
+    let mut guards = Vec::new();
+    let mut n = 0u64;
+    let mut checkpoints: Vec<(u64, u64)> = Vec::new();
+    let mut stopped = "all opened".to_owned();
+    // Per holder: how long its connections took to open and the agent CPU they cost.
+    let mut steps: Vec<String> = Vec::new();
+    for k in 0..holders {
+        let ask = PER_HOLDER.min(want - n);
+        let (t, cpu) = (Instant::now(), agent.cpu_seconds()?);
+        let (guard, held, why) = match start_holder(k, nginx.port, ask, deadline) {
+            Ok(got) => got,
+            Err(e) => {
+                stopped = format!("{e:#}");
                 break;
             }
-            open.push(s);
-            i += 1;
-        }
-        for (k, s) in open[chunk_start..].iter_mut().enumerate() {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-            if let Err(e) = read_response(s, &mut buf) {
-                stopped = Some(format!("response on connection {}: {e}", chunk_start + k + 1));
-                open.truncate(chunk_start + k);
-                break 'open;
-            }
-        }
-        if stopped.is_some() {
+        };
+        guards.push(guard);
+        n += held;
+        let rss = agent.rss()?;
+        checkpoints.push((n, rss));
+        let (secs, cpu) = (t.elapsed().as_secs_f64(), agent.cpu_seconds()? - cpu);
+        #[expect(clippy::cast_precision_loss, reason = "connection counts are far below 2^52")]
+        let cpu_per = cpu * 1e6 / held.max(1) as f64;
+        steps.push(format!("{}k: {secs:.0} s, {cpu_per:.0} µs", n / 1000));
+        println!(
+            "    {n} open, agent RSS {} ({}); these {held} took {secs:.1} s and {cpu:.1} s of agent CPU \
+             ({cpu_per:.0} µs each)",
+            mib(rss),
+            signed_mib(rss_before, rss)
+        );
+        if held < ask {
+            stopped = format!("holder {}: {why}", holder_source(k));
             break;
         }
-        if i.is_multiple_of(10_000) {
-            let rss = agent.rss()?;
-            checkpoints.push((i, rss, started.elapsed().as_secs_f64()));
-            println!("    {i} open, agent RSS {} ({})", mib(rss), signed_mib(rss_before, rss));
-        }
     }
-    let n = open.len() as u64;
     let open_seconds = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(5));
     let settled = agent.wait_exported(Duration::from_secs(30));
     let rss_open = agent.rss()?;
     let at_open = agent.stats();
-    drop(open);
+    drop(guards);
     std::thread::sleep(Duration::from_secs(5));
     let rss_closed = agent.rss()?;
     let stats = agent.finish()?;
@@ -899,9 +966,10 @@ fn idle(args: &SoakArgs, dir: &Path, rotel: &Path) -> Result<Vec<Row>> {
     let get = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
     let s = "idle";
     let mut rows = vec![
-        row(s, "connections held open", format!("{n} of {want} (RLIMIT_NOFILE {limit})")),
-        row(s, "stopped because", stopped.unwrap_or_else(|| "all opened".into())),
+        row(s, "connections held open", format!("{n} of {want}")),
+        row(s, "stopped because", stopped),
         row(s, "time to open them", format!("{open_seconds:.0} s")),
+        row(s, "per step: open time, agent CPU per connection", steps.join("; ")),
         row(s, "RSS before", mib(rss_before)),
         row(
             s,
@@ -915,9 +983,9 @@ fn idle(args: &SoakArgs, dir: &Path, rotel: &Path) -> Result<Vec<Row>> {
         ),
         row(s, "RSS per connection", per_item(rss_before, rss_open, n)),
     ];
-    // Below the connection table's bound (65 536) every connection is tracked; the
-    // cost per connection there is the slope up to the last checkpoint below it.
-    if let Some(&(k, rss, _)) = checkpoints.iter().rev().find(|(k, _, _)| *k <= 60_000) {
+    // Below the connection table's bound (65 536) every connection is tracked: the cost
+    // per connection there is the slope up to the last checkpoint below it.
+    if let Some(&(k, rss)) = checkpoints.iter().rev().find(|(k, _)| *k <= 65_536) {
         if k < n {
             rows.push(row(s, &format!("RSS per connection, first {k}"), per_item(rss_before, rss, k)));
         }
@@ -973,11 +1041,20 @@ mod tests {
     }
 
     #[test]
-    fn idle_sources_change_before_the_ephemeral_ports_run_out() {
-        assert_eq!(idle_source(0), Ipv4Addr::new(127, 1, 0, 1));
-        assert_eq!(idle_source(PER_SOURCE - 1), Ipv4Addr::new(127, 1, 0, 1));
-        assert_eq!(idle_source(PER_SOURCE), Ipv4Addr::new(127, 1, 0, 2));
-        assert_eq!(idle_source(255 * PER_SOURCE), Ipv4Addr::new(127, 1, 1, 0));
-        assert!((0..100).all(|k| idle_source(k * PER_SOURCE) != Ipv4Addr::new(127, 1, 0, 0)));
+    fn nginx_gets_enough_workers_for_the_connections() {
+        assert_eq!(nginx_workers(4096, 19_936), 1);
+        assert_eq!(nginx_workers(100_000, 19_936), 8);
+        assert!(nginx_workers(100_000, 19_936) * 19_936 > 100_000 * 5 / 4);
+    }
+
+    #[test]
+    fn holders_have_their_own_source_address() {
+        assert_eq!(holder_source(0), Ipv4Addr::new(127, 1, 0, 1));
+        assert_eq!(holder_source(1), Ipv4Addr::new(127, 1, 0, 2));
+        assert_eq!(holder_source(255), Ipv4Addr::new(127, 1, 1, 0));
+        assert!((0..1000).all(|k| holder_source(k) != Ipv4Addr::new(127, 1, 0, 0)));
+        assert_eq!(parse_holder_done("done 19000 all opened"), Some((19000, "all opened".into())));
+        assert_eq!(parse_holder_done("done 7 OSError: [Errno 24] Too many open files").map(|d| d.0), Some(7));
+        assert_eq!(parse_holder_done("open 500"), None);
     }
 }

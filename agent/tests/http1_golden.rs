@@ -22,7 +22,7 @@
 use std::path::PathBuf;
 
 use ghostwire::protocol::http1::{Http1Session, ParseError};
-use ghostwire::protocol::{Direction, Exchange, Role};
+use ghostwire::protocol::{Direction, Exchange, Headers, Role};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -129,8 +129,8 @@ const REQUEST_HEADERS: &[&str] = &[
 const RESPONSE_HEADERS: &[&str] =
     &["server", "content-length", "transfer-encoding", "content-type", "connection", "upgrade", "trailer"];
 
-fn selected(headers: &[(String, String)], names: &[&str]) -> Vec<String> {
-    headers.iter().filter(|(n, _)| names.contains(&n.as_str())).map(|(n, v)| format!("{n}: {v}")).collect()
+fn selected(headers: &Headers, names: &[&str]) -> Vec<String> {
+    headers.iter().filter(|(n, _)| names.contains(n)).map(|(n, v)| format!("{n}: {v}")).collect()
 }
 
 /// Error summary that depends neither on how the bytes were split nor on which side the

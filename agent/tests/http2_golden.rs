@@ -23,7 +23,7 @@
 use std::path::PathBuf;
 
 use ghostwire::protocol::http2::{Error, Http2Session, MAX_STREAMS};
-use ghostwire::protocol::{Direction, Exchange, Output, Role, Started};
+use ghostwire::protocol::{Direction, Exchange, Headers, Output, Role, Started};
 use ghostwire::stats::{self, Counter};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -157,8 +157,8 @@ const REQUEST_HEADERS: &[&str] =
 const RESPONSE_HEADERS: &[&str] =
     &["server", "content-type", "content-length", "grpc-status", "grpc-message", "grpc-encoding"];
 
-fn selected(headers: &[(String, String)], names: &[&str]) -> Vec<String> {
-    headers.iter().filter(|(n, _)| names.contains(&n.as_str())).map(|(n, v)| format!("{n}: {v}")).collect()
+fn selected(headers: &Headers, names: &[&str]) -> Vec<String> {
+    headers.iter().filter(|(n, _)| names.contains(n)).map(|(n, v)| format!("{n}: {v}")).collect()
 }
 
 /// Error summary that does not depend on the role (the direction flips with it).

@@ -198,14 +198,123 @@ struct Held {
 /// Upper bound on tracked connections; beyond it the least recently active is dropped.
 pub const DEFAULT_MAX_CONNS: usize = 65_536;
 
+/// Hashes the table's keys: kernel socket addresses and timestamps, which no peer
+/// chooses, so the DoS-resistant default (SipHash, 2 % of the agent's CPU under load)
+/// buys nothing here. One multiply-rotate per word (as rustc's FxHash).
+#[derive(Clone, Copy, Default)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0xf135_7aea_2e62_a9c5);
+    }
+
+    fn write_u32(&mut self, word: u32) {
+        self.write_u64(u64::from(word));
+    }
+}
+
+type KeyMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
+/// TLS plaintext of sessions not yet bound to a connection, by process then `SSL*`: a
+/// process's exit drops its sessions without looking at any other process's.
+#[derive(Default)]
+struct Unbound {
+    by_pid: KeyMap<u32, KeyMap<u64, Held>>,
+    /// Sessions held, all processes.
+    sessions: usize,
+    /// Sessions looked at by [`Unbound::remove_process`] (tests check it stays O(its own)).
+    #[cfg(test)]
+    visited: usize,
+}
+
+impl Unbound {
+    fn is_empty(&self) -> bool {
+        self.sessions == 0
+    }
+
+    fn get_mut(&mut self, pid: u32, ssl: u64) -> Option<&mut Held> {
+        self.by_pid.get_mut(&pid)?.get_mut(&ssl)
+    }
+
+    fn insert(&mut self, pid: u32, ssl: u64, held: Held) -> &mut Held {
+        let sessions = self.by_pid.entry(pid).or_default();
+        if !sessions.contains_key(&ssl) {
+            self.sessions += 1;
+        }
+        sessions.entry(ssl).or_insert(held)
+    }
+
+    fn remove(&mut self, pid: u32, ssl: u64) -> Option<Held> {
+        let sessions = self.by_pid.get_mut(&pid)?;
+        let held = sessions.remove(&ssl)?;
+        if sessions.is_empty() {
+            self.by_pid.remove(&pid);
+        }
+        self.sessions -= 1;
+        Some(held)
+    }
+
+    /// Drops every session of `pid`, counting their records.
+    fn remove_process(&mut self, pid: u32, why: &str) {
+        let Some(sessions) = self.by_pid.remove(&pid) else { return };
+        self.sessions -= sessions.len();
+        for (ssl, held) in sessions {
+            #[cfg(test)]
+            {
+                self.visited += 1;
+            }
+            count_unbound_drop(pid, ssl, &held, why);
+        }
+    }
+
+    /// Drops the sessions `pred` selects, counting their records.
+    fn retain(&mut self, mut keep: impl FnMut(&Held) -> bool, why: &str) {
+        let mut dropped = 0;
+        self.by_pid.retain(|&pid, sessions| {
+            sessions.retain(|&ssl, held| {
+                if keep(held) {
+                    return true;
+                }
+                dropped += 1;
+                count_unbound_drop(pid, ssl, held, why);
+                false
+            });
+            !sessions.is_empty()
+        });
+        self.sessions -= dropped;
+    }
+}
+
+fn count_unbound_drop(pid: u32, ssl: u64, held: &Held, why: &str) {
+    stats::global().add(Counter::DropTlsUnbound, held.records.len() as u64);
+    log::debug!(
+        "{}: pid {pid} TLS session {ssl:#x}: {} plaintext records never bound to a connection: {why}",
+        Counter::DropTlsUnbound.name(),
+        held.records.len()
+    );
+}
+
 pub struct ConnTable {
-    conns: HashMap<ConnKey, Conn>,
+    conns: KeyMap<ConnKey, Conn>,
     max_conns: usize,
     listening: ListenTable,
     /// Reused output buffer of the parsers.
     scratch: Output,
     /// TLS plaintext of sessions not yet bound to a connection, per (pid, `SSL*`).
-    unbound: HashMap<(u32, u64), Held>,
+    unbound: Unbound,
     /// Processes already reported as sending TLS that cannot be decrypted.
     undecrypted: HashSet<u32>,
     /// Wire salts handed out so far.
@@ -229,11 +338,11 @@ impl ConnTable {
     #[must_use]
     pub fn new(max_conns: usize, listening: ListenTable) -> Self {
         Self {
-            conns: HashMap::with_capacity(1024.min(max_conns)),
+            conns: KeyMap::with_capacity_and_hasher(1024.min(max_conns), Default::default()),
             max_conns,
             listening,
             scratch: Output::default(),
-            unbound: HashMap::new(),
+            unbound: Unbound::default(),
             undecrypted: HashSet::new(),
             salts: 0,
         }
@@ -264,58 +373,31 @@ impl ConnTable {
             Event::Listen(Listen { netns, port, listening }) => self.listening.set(*netns, *port, *listening),
             // Its sockets close by themselves (and tell); a socket it shared lives on.
             // Its sessions never bound now never will be.
-            Event::Exit { pid, .. } => self.drop_unbound(|(p, _)| p == *pid, "its process exited"),
+            Event::Exit { pid, .. } => self.unbound.remove_process(*pid, "its process exited"),
             Event::TlsBind { pid, ssl, conn, .. } => self.on_tls_bind(*pid, *ssl, *conn, sink),
             Event::Exec { .. } => {}
         }
         sink.batch_end();
     }
 
-    /// Drops the held sessions `pred` selects, counting their records.
-    fn drop_unbound(&mut self, pred: impl Fn((u32, u64)) -> bool, why: &str) {
-        if self.unbound.is_empty() {
-            return;
-        }
-        self.unbound.retain(|&key, held| {
-            if !pred(key) {
-                return true;
-            }
-            stats::global().add(Counter::DropTlsUnbound, held.records.len() as u64);
-            log::debug!(
-                "{}: pid {} TLS session {:#x}: {} plaintext records never bound to a connection: {why}",
-                Counter::DropTlsUnbound.name(),
-                key.0,
-                key.1,
-                held.records.len()
-            );
-            false
-        });
-    }
-
     fn expire_unbound(&mut self, now_ns: u64) {
-        let unbound = &self.unbound;
-        if unbound.values().any(|h| now_ns.saturating_sub(h.since_ns) > UNBOUND_TTL_NS) {
-            let since: HashMap<(u32, u64), u64> = unbound.iter().map(|(k, h)| (*k, h.since_ns)).collect();
-            self.drop_unbound(
-                |k| since.get(&k).is_some_and(|&s| now_ns.saturating_sub(s) > UNBOUND_TTL_NS),
-                "held too long",
-            );
+        if !self.unbound.is_empty() {
+            self.unbound.retain(|h| now_ns.saturating_sub(h.since_ns) <= UNBOUND_TTL_NS, "held too long");
         }
     }
 
     /// Plaintext of a session whose connection is not known yet: keep a copy.
     fn hold(&mut self, d: &Data<'_>, ssl: u64) {
         self.expire_unbound(d.ts_ns);
-        let key = (d.pid, ssl);
         let size = d.prefix.len() + d.tail.len();
-        if !self.unbound.contains_key(&key) && self.unbound.len() >= MAX_UNBOUND_SESSIONS {
+        if self.unbound.get_mut(d.pid, ssl).is_none() && self.unbound.sessions >= MAX_UNBOUND_SESSIONS {
             stats::global().drop_event(
                 Counter::DropTlsUnbound,
                 format_args!("pid {}: TLS session {ssl:#x}: {MAX_UNBOUND_SESSIONS} sessions wait already", d.pid),
             );
             return;
         }
-        let held = self.unbound.entry(key).or_insert_with(|| Held { since_ns: d.ts_ns, bytes: 0, records: Vec::new() });
+        let held = self.unbound.insert(d.pid, ssl, Held { since_ns: d.ts_ns, bytes: 0, records: Vec::new() });
         if held.bytes + size > MAX_UNBOUND_BYTES || held.records.len() >= MAX_UNBOUND_RECORDS {
             stats::global().drop_event(
                 Counter::DropTlsUnbound,
@@ -343,7 +425,7 @@ impl ConnTable {
     /// Session `ssl` of `pid` runs over `conn`: its held plaintext is replayed, in order,
     /// as if it had carried `conn`.
     fn on_tls_bind(&mut self, pid: u32, ssl: u64, conn: ConnId, sink: &mut impl ConnSink) {
-        let Some(held) = self.unbound.remove(&(pid, ssl)) else { return };
+        let Some(held) = self.unbound.remove(pid, ssl) else { return };
         for r in &held.records {
             let (prefix, tail) = r.bytes.split_at(r.prefix_len);
             let d = Data {
@@ -1128,6 +1210,37 @@ mod tests {
         assert!(sink.exchanges.iter().all(|e| e.conn.tls == Some(TlsInfo { version: None })));
     }
 
+    /// A process's exit drops its own held sessions and looks at no other process's.
+    #[test]
+    fn an_exit_touches_only_the_sessions_of_its_process() {
+        let mut table = ConnTable::new(16, ListenTable::default());
+        let mut sink = Sink::default();
+        let unbound = ConnId { sock: 0, gen: 0 };
+        let mut held = |pid: u32, ssl: u64| {
+            let Event::Data(mut d) = plain(unbound, Direction::Ingress, 0, REQ) else { unreachable!() };
+            d.pid = pid;
+            d.tls = Some(ssl);
+            table.on_event(&Event::Data(d), &mut sink);
+        };
+        for pid in 100..300 {
+            held(pid, 1);
+        }
+        held(42, 1);
+        held(42, 2);
+        assert_eq!(table.unbound.sessions, 202);
+        let s = stats::global();
+        let before = s.get(Counter::DropTlsUnbound);
+        table.on_event(&Event::Exit { pid: 42, ts_ns: now() }, &mut sink);
+        assert_eq!(table.unbound.visited, 2, "only pid 42's two sessions were looked at");
+        assert_eq!(table.unbound.sessions, 200);
+        assert!(s.get(Counter::DropTlsUnbound) >= before + 2);
+        assert!(table.unbound.get_mut(42, 1).is_none() && table.unbound.get_mut(42, 2).is_none());
+        assert!((100..300).all(|pid| table.unbound.get_mut(pid, 1).is_some()), "other processes keep theirs");
+        // An exit of a process that holds nothing looks at nothing.
+        table.on_event(&Event::Exit { pid: 7, ts_ns: now() }, &mut sink);
+        assert_eq!((table.unbound.visited, table.unbound.sessions), (2, 200));
+    }
+
     #[test]
     fn unbound_plaintext_is_bounded_and_expires() {
         let s = stats::global();
@@ -1141,7 +1254,7 @@ mod tests {
         // Over the per-session bound: dropped.
         table.on_event(&plain(unbound, Direction::Ingress, big.len() as u64, &big), &mut sink);
         assert_eq!(s.get(Counter::DropTlsUnbound), before + 1);
-        assert_eq!(table.unbound[&(42, SSL)].records.len(), 1);
+        assert_eq!(table.unbound.get_mut(42, SSL).map(|h| h.records.len()), Some(1));
         // Too old: dropped on the next tick.
         table.tick(now() + UNBOUND_TTL_NS + 1);
         assert!(table.unbound.is_empty());

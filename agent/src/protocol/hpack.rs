@@ -31,6 +31,7 @@
 //! counted with a zero-length name, a lower bound, so evictions come late (harmless, as
 //! above) and the proofs that use sizes stay sound.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 /// Largest dynamic-table size a size update may set (bounds memory per decoder).
@@ -96,7 +97,7 @@ impl std::error::Error for Error {}
 #[derive(Clone, Debug)]
 struct Entry {
     /// `None` when it was inserted under the name of an entry this decoder never saw.
-    name: Option<String>,
+    name: Option<Cow<'static, str>>,
     /// Octets of the name as sent (before cutting and UTF-8 repair); 0 when unknown.
     name_len: usize,
     value: String,
@@ -118,6 +119,8 @@ pub struct Decoder {
     max_exact: bool,
     /// No entry older than ours can exist in the peer's table.
     synced: bool,
+    /// Huffman-decoded name and value of the literal being read, reused.
+    scratch: [Vec<u8>; 2],
 }
 
 impl Default for Decoder {
@@ -143,6 +146,7 @@ impl Decoder {
             max_size: max_size.min(MAX_TABLE_SIZE),
             max_exact: true,
             synced: true,
+            scratch: [Vec::new(), Vec::new()],
         }
     }
 
@@ -175,11 +179,87 @@ impl Decoder {
     /// nothing is appended (the table may have changed: see [`Error`]).
     pub fn decode(&mut self, block: &[u8], out: &mut Vec<Field>) -> Result<(), Error> {
         let start = out.len();
-        let result = self.decode_fields(block, out);
+        let result = self.decode_with(block, |name, value| {
+            out.push(Field { name: name.map(str::to_owned), value: value.map(str::to_owned) });
+        });
         if result.is_err() {
             out.truncate(start);
         }
         result
+    }
+
+    /// As [`decode`](Self::decode), handing each field to `field` as `(name, value)`
+    /// (`None`: unknown, as in [`Field`]) borrowed from the block, the tables or a buffer
+    /// the decoder reuses: a field costs no allocation unless the block inserts it into
+    /// the dynamic table. On error `field` has seen the fields before it: the caller
+    /// discards them.
+    pub fn decode_with(
+        &mut self,
+        block: &[u8],
+        mut field: impl FnMut(Option<&str>, Option<&str>),
+    ) -> Result<(), Error> {
+        let mut input = Reader { buf: block, pos: 0 };
+        let mut fields = 0usize;
+        while let Some(first) = input.peek() {
+            if first & 0xe0 == 0x20 {
+                // Dynamic table size update (§6.3): only before the first field.
+                let size = input.integer(5)?;
+                if fields > 0 {
+                    return Err(Error::BadSizeUpdate(size));
+                }
+                let Some(size) = usize::try_from(size).ok().filter(|&s| s <= MAX_TABLE_SIZE) else {
+                    return Err(Error::BadSizeUpdate(size));
+                };
+                self.set_max_size(size);
+                continue;
+            }
+            if fields == MAX_FIELDS {
+                return Err(Error::TooManyFields);
+            }
+            fields += 1;
+            if first & 0x80 != 0 {
+                // Indexed field (§6.1).
+                let index = input.integer(7)?;
+                match self.lookup(index)? {
+                    Slot::Static(name, value) => field(Some(name), Some(value)),
+                    Slot::Dynamic(entry) => field(entry.name.as_deref(), Some(&entry.value)),
+                    Slot::Unknown => field(None, None),
+                }
+                continue;
+            }
+            // A literal (§6.2): with incremental indexing (6-bit name index), else
+            // without indexing or never indexed (4-bit).
+            let indexing = first & 0x40 != 0;
+            let name = self.literal_name(&mut input, if indexing { 6 } else { 4 })?;
+            let value = input.string(&mut self.scratch[1])?;
+            let name_len = match name {
+                Name::Literal(lit) => lit.len,
+                Name::Static(n) => n.len(),
+                Name::Dynamic(i) => self.entries.get(i).map_or(0, |e| e.name_len),
+                Name::Unknown => 0,
+            };
+            let name_text: Option<Cow<'_, str>> = match name {
+                Name::Literal(lit) => Some(lit.text(block, &self.scratch[0])),
+                Name::Static(n) => Some(Cow::Borrowed(n)),
+                Name::Dynamic(i) => self.entries.get(i).and_then(|e| e.name.as_deref()).map(Cow::Borrowed),
+                Name::Unknown => None,
+            };
+            let value_text = value.text(block, &self.scratch[1]);
+            field(name_text.as_deref(), Some(&value_text));
+            if indexing {
+                let entry = Entry {
+                    name: name_text.map(|n| match (name, n) {
+                        (Name::Static(n), _) => Cow::Borrowed(n),
+                        (_, n) => Cow::Owned(n.into_owned()),
+                    }),
+                    name_len,
+                    value: value_text.into_owned(),
+                    size: name_len + value.len + ENTRY_OVERHEAD,
+                };
+                self.insert(entry);
+            }
+        }
+        Ok(())
     }
 
     /// Entries currently known in the dynamic table.
@@ -194,63 +274,17 @@ impl Decoder {
         self.max_size
     }
 
-    fn decode_fields(&mut self, block: &[u8], out: &mut Vec<Field>) -> Result<(), Error> {
-        let mut input = Reader { buf: block, pos: 0 };
-        let mut fields = 0usize;
-        while let Some(first) = input.peek() {
-            let field = if first & 0x80 != 0 {
-                // Indexed field (§6.1).
-                let index = input.integer(7)?;
-                match self.lookup(index)? {
-                    Slot::Static(name, value) => Field { name: Some(name.to_owned()), value: Some(value.to_owned()) },
-                    Slot::Dynamic(entry) => Field { name: entry.name.clone(), value: Some(entry.value.clone()) },
-                    Slot::Unknown => Field { name: None, value: None },
-                }
-            } else if first & 0x40 != 0 {
-                // Literal with incremental indexing (§6.2.1).
-                let (name, name_len) = self.literal_name(&mut input, 6)?;
-                let value = input.string()?;
-                let field = Field { name: name.clone(), value: Some(value.text.clone()) };
-                self.insert(Entry { name, name_len, value: value.text, size: name_len + value.len + ENTRY_OVERHEAD });
-                field
-            } else if first & 0x20 != 0 {
-                // Dynamic table size update (§6.3): only before the first field.
-                let size = input.integer(5)?;
-                if fields > 0 {
-                    return Err(Error::BadSizeUpdate(size));
-                }
-                let Some(size) = usize::try_from(size).ok().filter(|&s| s <= MAX_TABLE_SIZE) else {
-                    return Err(Error::BadSizeUpdate(size));
-                };
-                self.set_max_size(size);
-                continue;
-            } else {
-                // Literal without indexing (§6.2.2) or never indexed (§6.2.3).
-                let (name, _) = self.literal_name(&mut input, 4)?;
-                let value = input.string()?;
-                Field { name, value: Some(value.text) }
-            };
-            if fields == MAX_FIELDS {
-                return Err(Error::TooManyFields);
-            }
-            fields += 1;
-            out.push(field);
-        }
-        Ok(())
-    }
-
     /// The name of a literal: a string when the index is 0, else the name at that index.
-    /// Returns it with its length as sent (0 when unknown).
-    fn literal_name(&self, input: &mut Reader<'_>, prefix: u32) -> Result<(Option<String>, usize), Error> {
+    fn literal_name(&mut self, input: &mut Reader<'_>, prefix: u32) -> Result<Name, Error> {
         let index = input.integer(prefix)?;
         if index == 0 {
-            let name = input.string()?;
-            return Ok((Some(name.text), name.len));
+            return input.string(&mut self.scratch[0]).map(Name::Literal);
         }
         Ok(match self.lookup(index)? {
-            Slot::Static(name, _) => (Some(name.to_owned()), name.len()),
-            Slot::Dynamic(entry) => (entry.name.clone(), entry.name_len),
-            Slot::Unknown => (None, 0),
+            Slot::Static(name, _) => Name::Static(name),
+            // `lookup` found it at this position.
+            Slot::Dynamic(_) => Name::Dynamic(usize::try_from(index).map_or(0, |i| i - STATIC_TABLE.len() - 1)),
+            Slot::Unknown => Name::Unknown,
         })
     }
 
@@ -328,11 +362,33 @@ enum Slot<'a> {
     Unknown,
 }
 
-/// A decoded string literal: the text kept (cut at [`MAX_STRING`], lossy UTF-8) and the
+/// A literal's name: where it is.
+#[derive(Clone, Copy)]
+enum Name {
+    Literal(Literal),
+    Static(&'static str),
+    /// Position in the decoder's dynamic table.
+    Dynamic(usize),
+    Unknown,
+}
+
+/// A decoded string literal: where its kept octets are (cut at [`MAX_STRING`]) and the
 /// real decoded length in octets, which is what the table accounting uses.
+#[derive(Clone, Copy)]
 struct Literal {
-    text: String,
+    /// Octets `start..end` of the block (raw), or of the reader's scratch (Huffman).
+    start: usize,
+    end: usize,
+    huffman: bool,
     len: usize,
+}
+
+impl Literal {
+    /// The kept octets as lossy UTF-8: borrowed unless they are not valid UTF-8.
+    fn text<'a>(&self, block: &'a [u8], scratch: &'a [u8]) -> Cow<'a, str> {
+        let from = if self.huffman { scratch } else { block };
+        String::from_utf8_lossy(from.get(self.start..self.end).unwrap_or_default())
+    }
 }
 
 /// Reads representations from one header block.
@@ -376,17 +432,18 @@ impl<'a> Reader<'a> {
         Err(Error::IntegerOverflow)
     }
 
-    /// A string literal (§5.2), raw or Huffman-coded. The length is checked against the
-    /// block before anything is allocated.
-    fn string(&mut self) -> Result<Literal, Error> {
+    /// A string literal (§5.2), raw or Huffman-coded (decoded into `scratch`). The length
+    /// is checked against the block before anything is decoded.
+    fn string(&mut self, scratch: &mut Vec<u8>) -> Result<Literal, Error> {
         let huffman = self.peek().ok_or(Error::Truncated)? & 0x80 != 0;
         let len = usize::try_from(self.integer(7)?).map_err(|_| Error::Truncated)?;
+        let start = self.pos;
         let bytes = self.take(len)?;
         if huffman {
-            return huffman_decode(bytes);
+            let len = huffman_decode_into(bytes, scratch)?;
+            return Ok(Literal { start: 0, end: scratch.len(), huffman: true, len });
         }
-        let kept = bytes.get(..MAX_STRING).unwrap_or(bytes);
-        Ok(Literal { text: String::from_utf8_lossy(kept).into_owned(), len })
+        Ok(Literal { start, end: start + len.min(MAX_STRING), huffman: false, len })
     }
 }
 
@@ -396,9 +453,13 @@ impl<'a> Reader<'a> {
 /// and each length's first code follows the previous length's last. So the decoder
 /// needs only how many codes each length has and the symbols in code order. It reads
 /// one bit at a time, keeping the code read so far and the first code of its length.
-fn huffman_decode(src: &[u8]) -> Result<Literal, Error> {
+///
+/// The octets kept (at most [`MAX_STRING`]) replace `kept`'s content; returns the real
+/// decoded length.
+fn huffman_decode_into(src: &[u8], kept: &mut Vec<u8>) -> Result<usize, Error> {
+    kept.clear();
     // The shortest code is 5 bits: at most 8 symbols per 5 octets.
-    let mut kept = Vec::with_capacity((src.len() / 5 * 8 + 8).min(MAX_STRING));
+    kept.reserve((src.len() / 5 * 8 + 8).min(MAX_STRING));
     let mut len = 0usize;
     let mut code = 0u32;
     let mut first = 0u32;
@@ -432,7 +493,7 @@ fn huffman_decode(src: &[u8]) -> Result<Literal, Error> {
     if bits > 7 || !all_ones {
         return Err(Error::Huffman);
     }
-    Ok(Literal { text: String::from_utf8_lossy(&kept).into_owned(), len })
+    Ok(len)
 }
 
 /// Longest Huffman code, in bits (EOS and a few rare octets).
@@ -566,6 +627,18 @@ const STATIC_TABLE: [(&str, &str); 61] = [
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    /// A Huffman string decoded: (kept text, real length).
+    struct Decoded {
+        text: String,
+        len: usize,
+    }
+
+    fn huffman_decode(src: &[u8]) -> Result<Decoded, Error> {
+        let mut kept = vec![b'x'; 3];
+        let len = huffman_decode_into(src, &mut kept)?;
+        Ok(Decoded { text: String::from_utf8_lossy(&kept).into_owned(), len })
+    }
 
     fn hex(text: &str) -> Vec<u8> {
         let digits: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
@@ -1045,7 +1118,7 @@ mod tests {
         decode(&mut d, &insert_literal(&long_name, b"a")).unwrap();
         decode(&mut d, &[0x7e, 0x01, b'b']).unwrap();
         assert_eq!(d.entries[0].size, MAX_STRING + 1 + 1 + 32);
-        assert_eq!(d.entries[0].name.as_ref().map(String::len), Some(MAX_STRING));
+        assert_eq!(d.entries[0].name.as_ref().map(|n| n.len()), Some(MAX_STRING));
 
         // Huffman: ten '0's per 50 bits.
         let codes = huffman_codes();

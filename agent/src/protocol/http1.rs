@@ -90,15 +90,18 @@
 //! head is skipped, see above), at most [`MAX_PARSED_HEADERS`] header fields are accepted
 //! and [`MAX_STORED_HEADERS`] stored, and at most [`MAX_PENDING_REQUESTS`] requests wait
 //! for a response (beyond that the oldest is dropped). A head fed in small pieces costs
-//! O(size × lines), not O(size²). In the steady state a `feed` allocates only the strings
-//! of the [`Request`]/[`Response`] it completes; the per-direction head buffer is reused
+//! O(size × lines), not O(size²). In the steady state a `feed` allocates only what the
+//! [`Request`]/[`Response`] it completes keeps: a request's method and target, and per
+//! head one [`Headers`] buffer and its index (not one string per field); a head complete
+//! in one syscall is parsed where it lies, and the per-direction head buffer is reused
 //! (a truncated head costs one copy of its first [`MAX_HEAD_BYTES`]).
 use std::collections::VecDeque;
 use std::fmt;
+use std::mem::MaybeUninit;
 
-use httparse::{Header, ParserConfig, Status, EMPTY_HEADER};
+use httparse::{Header, ParserConfig, Status};
 
-use super::{Direction, Exchange, Request, Response, Role, Timing};
+use super::{Direction, Exchange, Headers, Request, Response, Role, Timing};
 
 /// Largest head (start line + header fields + blank line) buffered per direction; the
 /// rest of a longer head is skipped (the message is then truncated).
@@ -1322,19 +1325,21 @@ impl Http1Session {
             self.parse_work += bytes.len();
         }
         let config = parser_config();
-        let mut headers = [EMPTY_HEADER; MAX_PARSED_HEADERS];
+        // Left uninitialised: httparse writes the fields it finds (zeroing 128 fields on
+        // every attempt cost more than parsing a typical head).
+        let mut headers = [const { MaybeUninit::<Header<'_>>::uninit() }; MAX_PARSED_HEADERS];
         let parsed = match kind {
             MessageKind::Request => {
-                let mut req = httparse::Request::new(&mut headers);
-                match config.parse_request(&mut req, bytes) {
+                let mut req = httparse::Request::new(&mut []);
+                match config.parse_request_with_uninit_headers(&mut req, bytes, &mut headers) {
                     Ok(Status::Complete(n)) => self.on_request_head(cx, &req, truncated).map(|()| Some(n)),
                     Ok(Status::Partial) => Ok(None),
                     Err(e) => Err(httparse_error(cx, e, bytes.len())),
                 }
             }
             MessageKind::Response => {
-                let mut resp = httparse::Response::new(&mut headers);
-                match config.parse_response(&mut resp, bytes) {
+                let mut resp = httparse::Response::new(&mut []);
+                match config.parse_response_with_uninit_headers(&mut resp, bytes, &mut headers) {
                     Ok(Status::Complete(n)) => self.on_response_head(cx, &resp, truncated).map(|()| Some(n)),
                     Ok(Status::Partial) => Ok(None),
                     Err(e) => Err(httparse_error(cx, e, bytes.len())),
@@ -1452,7 +1457,7 @@ impl Http1Session {
             response: Response {
                 status,
                 version_minor: resp.version.unwrap_or(1),
-                headers: if answers.is_some() { stored_headers(resp.headers) } else { Vec::new() },
+                headers: if answers.is_some() { stored_headers(resp.headers) } else { Headers::default() },
                 body_len: 0,
                 truncated,
             },
@@ -1759,17 +1764,21 @@ fn httparse_error(cx: &Ctx<'_>, e: httparse::Error, buffered: usize) -> ParseErr
     ParseError::MalformedHead { dir, kind, buffered, reason }
 }
 
-fn stored_headers(raw: &[Header<'_>]) -> Vec<(String, String)> {
-    let mut headers = Vec::new();
-    for h in raw {
-        if headers.len() >= MAX_STORED_HEADERS {
-            break;
-        }
-        if let Some(name) = KEPT_HEADERS.iter().find(|k| h.name.eq_ignore_ascii_case(k)) {
-            headers.push(((*name).to_owned(), String::from_utf8_lossy(h.value).into_owned()));
-        }
+/// The [`KEPT_HEADERS`] among `raw`, the first [`MAX_STORED_HEADERS`] of them, in one
+/// buffer sized exactly (a first pass finds them: two allocations per head).
+fn stored_headers(raw: &[Header<'_>]) -> Headers {
+    let kept = || raw.iter().filter_map(|h| kept_name(h.name).map(|name| (name, h.value))).take(MAX_STORED_HEADERS);
+    let (fields, bytes) = kept().fold((0, 0), |(n, b), (name, value)| (n + 1, b + name.len() + value.len()));
+    let mut headers = Headers::with_capacity(fields, bytes);
+    for (name, value) in kept() {
+        headers.push_lossy(name, value);
     }
     headers
+}
+
+/// The [`KEPT_HEADERS`] entry (lower-case) that `name` is, in any case.
+fn kept_name(name: &str) -> Option<&'static str> {
+    KEPT_HEADERS.iter().find(|k| name.eq_ignore_ascii_case(k)).copied()
 }
 
 /// `Transfer-Encoding` as far as framing goes.
@@ -2040,12 +2049,8 @@ mod tests {
         let e = &r.ex[0];
         assert_eq!(e.request.version_minor, 0);
         assert_eq!(
-            e.request.headers,
-            [
-                ("x-request-id".to_owned(), "V a l".to_owned()),
-                ("content-length".to_owned(), "0".to_owned()),
-                ("user-agent".to_owned(), "a\u{fffd}b".to_owned()),
-            ]
+            e.request.headers.iter().collect::<Vec<_>>(),
+            [("x-request-id", "V a l"), ("content-length", "0"), ("user-agent", "a\u{fffd}b")]
         );
     }
 
@@ -2527,7 +2532,7 @@ mod tests {
     fn secrets_in_headers_are_never_kept() {
         let req = b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer s3cret\r\nCookie: sid=1\r\nX-Api-Key: k\r\nTraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
         let r = check(Role::Server, &[d(IN, req), d(OUT, &ok(200, ""))]);
-        let names: Vec<&str> = r.ex[0].request.headers.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = r.ex[0].request.headers.iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["host", "traceparent"]);
     }
 
@@ -2542,8 +2547,9 @@ mod tests {
         assert!(r.errors.is_empty());
         let h = &r.ex[0].request.headers;
         assert_eq!(h.len(), MAX_STORED_HEADERS);
-        assert_eq!(h[0], ("x-request-id".to_owned(), "v0".to_owned()));
-        assert_eq!(h[63], ("x-request-id".to_owned(), "v63".to_owned()));
+        assert_eq!(h.field(0), Some(("x-request-id", "v0")));
+        assert_eq!(h.field(63), Some(("x-request-id", "v63")));
+        assert_eq!(h.field(64), None);
 
         let mut req = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..=MAX_PARSED_HEADERS {

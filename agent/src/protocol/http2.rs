@@ -76,9 +76,11 @@
 //! counts. A prefix that falls into a gap leaves that direction's counts as lower bounds.
 use std::collections::BTreeMap;
 
-use super::hpack::{Decoder, Field};
+use super::hpack::Decoder;
 use super::http1::{KEPT_HEADERS, MAX_STORED_HEADERS};
-use super::{Direction, Exchange, Grpc, H2Exchange, Output, Request, Reset, Response, Role, Started, Timing, Unknown};
+use super::{
+    Direction, Exchange, Grpc, H2Exchange, Headers, Output, Request, Reset, Response, Role, Started, Timing, Unknown,
+};
 use crate::stats::{self, Counter};
 
 /// The client connection preface.
@@ -618,7 +620,59 @@ fn dir_of(index: usize) -> Direction {
 }
 
 fn kept(name: &str) -> Option<&'static str> {
-    KEPT_HEADERS.iter().chain(GRPC_KEPT_HEADERS).find(|k| name.eq_ignore_ascii_case(k)).copied()
+    let mut names = KEPT_HEADERS.iter().chain(GRPC_KEPT_HEADERS);
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        // Not as HTTP/2 requires, but as it was sent.
+        return names.find(|k| name.eq_ignore_ascii_case(k)).copied();
+    }
+    names.find(|k| k.len() == name.len() && **k == name).copied()
+}
+
+/// The fields of one decoded header block, in one buffer the session reuses (a block
+/// costs no allocation once the buffer has grown to its size).
+#[derive(Debug, Default)]
+struct Fields {
+    text: String,
+    /// Per field: where its name and its value are in `text` (`None`: unknown).
+    fields: Vec<(Option<Span>, Option<Span>)>,
+}
+
+/// `start..end` of [`Fields::text`].
+type Span = (u32, u32);
+
+impl Fields {
+    /// Past this, the buffers are given back after the block.
+    const KEEP_CAPACITY: usize = 16 * 1024;
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.fields.clear();
+        if self.text.capacity() > Self::KEEP_CAPACITY {
+            *self = Fields::default();
+        }
+    }
+
+    fn push(&mut self, name: Option<&str>, value: Option<&str>) {
+        let mut put = |s: Option<&str>| {
+            let s = s?;
+            let start = u32::try_from(self.text.len()).ok()?;
+            let end = u32::try_from(self.text.len() + s.len()).ok()?;
+            self.text.push_str(s);
+            Some((start, end))
+        };
+        let name = put(name);
+        let value = put(value);
+        self.fields.push((name, value));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (Option<&str>, Option<&str>)> + Clone {
+        let get = |r: Option<Span>| r.and_then(|(a, b)| self.text.get(a as usize..b as usize));
+        self.fields.iter().map(move |&(n, v)| (get(n), get(v)))
+    }
+
+    fn unknown(&self) -> usize {
+        self.fields.iter().filter(|(n, v)| n.is_none() || v.is_none()).count()
+    }
 }
 
 /// What a request header block says.
@@ -629,36 +683,47 @@ struct RequestHead {
     authority: Option<String>,
     /// A `:method` field was present (its value may be unknown).
     method_field: bool,
-    headers: Vec<(String, String)>,
+    headers: Headers,
     /// Some field referred to an entry never seen.
     any_unknown: bool,
 }
 
 impl RequestHead {
-    fn of(fields: Vec<Field>) -> Self {
+    /// The head, its kept fields after a `host` from `:authority` (sized exactly: two
+    /// passes over the block's fields).
+    fn of(fields: &Fields) -> Self {
         let mut head = RequestHead::default();
-        for f in fields {
-            let Some(name) = f.name else {
+        for (name, value) in fields.iter() {
+            let Some(name) = name else {
                 head.any_unknown = true;
                 continue;
             };
-            match name.as_str() {
+            match name {
                 ":method" => {
                     head.method_field = true;
-                    head.method = f.value;
+                    head.method = value.map(str::to_owned);
                 }
-                ":path" => head.path = f.value,
-                ":authority" => head.authority = f.value,
-                n if n.starts_with(':') => {}
-                n => {
-                    if let (Some(k), Some(v)) = (kept(n), f.value) {
-                        if head.headers.len() < MAX_STORED_HEADERS {
-                            head.headers.push((k.to_owned(), v));
-                        }
-                    }
-                }
+                ":path" => head.path = value.map(str::to_owned),
+                ":authority" => head.authority = value.map(str::to_owned),
+                _ => {}
             }
         }
+        let regular = || {
+            fields
+                .iter()
+                .filter_map(|(name, value)| Some((kept(name.filter(|n| !n.starts_with(':'))?)?, value?)))
+                .take(MAX_STORED_HEADERS - usize::from(head.authority.is_some()))
+        };
+        let (n, bytes) = regular().fold((0, 0), |(n, b), (k, v)| (n + 1, b + k.len() + v.len()));
+        let host = head.authority.as_deref();
+        let mut headers = Headers::with_capacity(n + 1, bytes + host.map_or(0, |a| "host".len() + a.len()));
+        if let Some(a) = host {
+            headers.push("host", a);
+        }
+        for (k, v) in regular() {
+            headers.push(k, v);
+        }
+        head.headers = headers;
         head
     }
 }
@@ -673,28 +738,28 @@ struct ResponseHead {
 }
 
 /// Adds the kept regular fields of a response (or trailer) block to `headers`.
-fn response_fields(fields: Vec<Field>, headers: &mut Vec<(String, String)>) -> ResponseHead {
+fn response_fields(fields: &Fields, headers: &mut Headers) -> ResponseHead {
     let mut status = None;
     let mut grpc_status = None;
     let mut grpc = false;
-    for f in fields {
-        let Some(name) = f.name else { continue };
+    for (name, value) in fields.iter() {
+        let Some(name) = name else { continue };
         if name == ":status" {
-            status = Some(f.value.as_deref().and_then(|v| v.parse::<u16>().ok()));
+            status = Some(value.and_then(|v| v.parse::<u16>().ok()));
             continue;
         }
         if name.starts_with(':') {
             continue;
         }
-        let Some(value) = f.value else { continue };
+        let Some(value) = value else { continue };
         if name.eq_ignore_ascii_case("grpc-status") {
             grpc_status = value.trim().parse::<u32>().ok();
         }
         grpc |= name.starts_with("grpc-")
             || (name.eq_ignore_ascii_case("content-type") && value.starts_with("application/grpc"));
-        if let Some(k) = kept(&name) {
+        if let Some(k) = kept(name) {
             if headers.len() < MAX_STORED_HEADERS {
-                headers.push((k.to_owned(), value));
+                headers.push(k, value);
             }
         }
     }
@@ -710,6 +775,8 @@ pub struct Http2Session {
     streams: BTreeMap<u32, Stream>,
     /// Highest client stream id seen opening (new streams have higher ids).
     last_opened: u32,
+    /// The fields of the block being handled, reused.
+    fields: Fields,
     /// Counters incremented by this session (tests check them, as the global ones are
     /// shared by concurrent tests).
     #[cfg(test)]
@@ -728,6 +795,7 @@ impl Http2Session {
             dirs,
             streams: BTreeMap::new(),
             last_opened: 0,
+            fields: Fields::default(),
             #[cfg(test)]
             counted: Vec::new(),
         };
@@ -745,6 +813,7 @@ impl Http2Session {
             dirs: [Dir::new(Phase::Hunt, false), Dir::new(Phase::Hunt, false)],
             streams: BTreeMap::new(),
             last_opened: 0,
+            fields: Fields::default(),
             #[cfg(test)]
             counted: Vec::new(),
         };
@@ -1209,32 +1278,36 @@ impl Http2Session {
 
     /// A complete header block of direction `d`.
     fn on_block(&mut self, d: usize, block: Block, cx: &mut Cx<'_>) -> Result<(), Error> {
-        let mut fields = Vec::new();
+        let mut fields = std::mem::take(&mut self.fields);
+        fields.clear();
         if block.lost {
             // Some fragment was not captured: the fields cannot be read, and the table
             // may have changed in what was lost.
             self.dirs[d].hpack.reset_unsynced();
         } else {
             if block.buf.len() > MAX_HEADER_BLOCK {
+                self.fields = fields;
                 return Err(Error::HeaderBlockTooLarge(block.buf.len()));
             }
-            self.dirs[d].hpack.decode(&block.buf, &mut fields).map_err(Error::Hpack)?;
+            if let Err(e) = self.dirs[d].hpack.decode_with(&block.buf, |n, v| fields.push(n, v)) {
+                fields.clear();
+                self.fields = fields;
+                return Err(Error::Hpack(e));
+            }
         }
-        let unknown = fields.iter().filter(|f| f.name.is_none() || f.value.is_none()).count();
-        self.count_n(Counter::H2UnknownField, unknown);
+        self.count_n(Counter::H2UnknownField, fields.unknown());
         if block.push {
             self.count(Counter::H2PushIgnored);
-            return Ok(());
-        }
-        if self.is_request_dir(d) {
-            self.request_block(block, fields, cx);
+        } else if self.is_request_dir(d) {
+            self.request_block(block, &fields, cx);
         } else {
-            self.response_block(block, fields, cx);
+            self.response_block(block, &fields, cx);
         }
+        self.fields = fields;
         Ok(())
     }
 
-    fn request_block(&mut self, block: Block, fields: Vec<Field>, cx: &mut Cx<'_>) {
+    fn request_block(&mut self, block: Block, fields: &Fields, cx: &mut Cx<'_>) {
         let id = block.stream;
         if let Some(s) = self.streams.get_mut(&id) {
             // Trailers of a request (or a second HEADERS).
@@ -1269,17 +1342,11 @@ impl Http2Session {
             path: head.path.is_none() && head.method.as_deref() != Some("CONNECT"),
             status: false,
         };
-        let mut headers = Vec::with_capacity(head.headers.len() + 1);
-        if let Some(a) = head.authority {
-            headers.push(("host".to_owned(), a));
-        }
-        headers.extend(head.headers);
-        headers.truncate(MAX_STORED_HEADERS);
         let request = Request {
             method: head.method.unwrap_or_default(),
             target: head.path.unwrap_or_default(),
             version_minor: 0,
-            headers,
+            headers: head.headers,
             body_len: 0,
             truncated: false,
             stream_offset: block.offset,
@@ -1301,7 +1368,7 @@ impl Http2Session {
         cx.out.started.push(Started { stream: u64::from(id), offset: block.offset, first: block.first });
     }
 
-    fn response_block(&mut self, block: Block, fields: Vec<Field>, cx: &mut Cx<'_>) {
+    fn response_block(&mut self, block: Block, fields: &Fields, cx: &mut Cx<'_>) {
         let id = block.stream;
         let Some(s) = self.streams.get_mut(&id) else { return };
         if s.final_seen {
@@ -1317,7 +1384,7 @@ impl Http2Session {
                 self.count(Counter::DropLostRequest);
                 return;
             }
-            let mut headers = Vec::new();
+            let mut headers = Headers::default();
             let head = response_fields(fields, &mut headers);
             let status = head.status.flatten();
             if status.is_some_and(|c| (100..200).contains(&c)) {

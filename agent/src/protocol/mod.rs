@@ -7,6 +7,8 @@ pub mod http2;
 pub mod session;
 pub mod tls;
 
+use std::fmt;
+
 /// Direction of bytes, seen from the traced process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -43,6 +45,153 @@ pub struct Timing {
     pub exit_ns: u64,
 }
 
+/// The header fields kept from one head: names (lower-case) and values (lossy UTF-8),
+/// in order, all in one buffer. A head costs two allocations however many fields it
+/// keeps, instead of two per field; the parsers bound the count
+/// ([`http1::MAX_STORED_HEADERS`]).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    /// Every field's name then value, one after the other.
+    text: String,
+    /// Per field: where its name ends and where its value ends in `text` (its name
+    /// starts where the previous field's value ends).
+    ends: Vec<(u32, u32)>,
+}
+
+impl Headers {
+    /// Room for `fields` fields of `bytes` bytes of names and values together.
+    #[must_use]
+    pub fn with_capacity(fields: usize, bytes: usize) -> Self {
+        Headers { text: String::with_capacity(bytes), ends: Vec::with_capacity(fields) }
+    }
+
+    /// Appends a field. Ignored if the buffer would pass 4 GiB (the parsers bound heads
+    /// far below that).
+    pub fn push(&mut self, name: &str, value: &str) {
+        if self.fits(name.len() + value.len()) {
+            self.text.push_str(name);
+            let name_end = self.text.len() as u32;
+            self.text.push_str(value);
+            self.ends.push((name_end, self.text.len() as u32));
+        }
+    }
+
+    /// Appends a field whose value is raw bytes, as [`String::from_utf8_lossy`] would
+    /// read them (each invalid sequence is U+FFFD), without an intermediate string.
+    pub fn push_lossy(&mut self, name: &str, value: &[u8]) {
+        // U+FFFD is 3 bytes: at most 3 per invalid byte.
+        if self.fits(name.len() + 3 * value.len()) {
+            self.text.push_str(name);
+            let name_end = self.text.len() as u32;
+            for chunk in value.utf8_chunks() {
+                self.text.push_str(chunk.valid());
+                if !chunk.invalid().is_empty() {
+                    self.text.push(char::REPLACEMENT_CHARACTER);
+                }
+            }
+            self.ends.push((name_end, self.text.len() as u32));
+        }
+    }
+
+    fn fits(&self, more: usize) -> bool {
+        self.text.len().checked_add(more).is_some_and(|n| u32::try_from(n).is_ok())
+    }
+
+    /// Value of the first field named `name` (lower-case), if any.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// The fields in order: (name, value).
+    #[must_use]
+    pub fn iter(&self) -> HeaderIter<'_> {
+        HeaderIter { headers: self, next: 0 }
+    }
+
+    /// Field `i` (in order), if there are that many.
+    #[must_use]
+    pub fn field(&self, i: usize) -> Option<(&str, &str)> {
+        let &(name_end, value_end) = self.ends.get(i)?;
+        let start = i.checked_sub(1).and_then(|p| self.ends.get(p)).map_or(0, |&(_, v)| v as usize);
+        let (name_end, value_end) = (name_end as usize, value_end as usize);
+        Some((self.text.get(start..name_end)?, self.text.get(name_end..value_end)?))
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Keeps the first `n` fields.
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.ends.len() {
+            self.ends.truncate(n);
+            let end = self.ends.last().map_or(0, |&(_, v)| v as usize);
+            self.text.truncate(end);
+        }
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
+        let mut headers = Headers::default();
+        headers.extend(iter);
+        headers
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<str>> Extend<(N, V)> for Headers {
+    fn extend<I: IntoIterator<Item = (N, V)>>(&mut self, iter: I) {
+        for (n, v) in iter {
+            self.push(n.as_ref(), v.as_ref());
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Headers {
+    type Item = (&'a str, &'a str);
+    type IntoIter = HeaderIter<'a>;
+    fn into_iter(self) -> HeaderIter<'a> {
+        self.iter()
+    }
+}
+
+/// The fields of [`Headers`], in order.
+#[derive(Clone, Debug)]
+pub struct HeaderIter<'a> {
+    headers: &'a Headers,
+    next: usize,
+}
+
+impl<'a> Iterator for HeaderIter<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let field = self.headers.field(self.next)?;
+        self.next += 1;
+        Some(field)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.headers.ends.len().saturating_sub(self.next);
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for HeaderIter<'_> {}
+
 /// An HTTP request head as seen on the wire (bodies are never kept).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Request {
@@ -52,7 +201,7 @@ pub struct Request {
     /// `HTTP/1.<minor>`.
     pub version_minor: u8,
     /// Header names lower-cased, values as sent (lossy UTF-8), in order; bounded count.
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     /// Body bytes that followed the head.
     pub body_len: u64,
     /// The head was larger than what could be seen (longer than the parser's limit, or
@@ -68,7 +217,7 @@ impl Request {
     /// First header named `name` (lower-case), if any.
     #[must_use]
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers.get(name)
     }
 }
 
@@ -77,7 +226,7 @@ impl Request {
 pub struct Response {
     pub status: u16,
     pub version_minor: u8,
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     pub body_len: u64,
     /// As [`Request::truncated`].
     pub truncated: bool,
@@ -86,7 +235,7 @@ pub struct Response {
 impl Response {
     #[must_use]
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers.get(name)
     }
 }
 
@@ -174,4 +323,38 @@ pub struct Started {
 pub struct Output {
     pub started: Vec<Started>,
     pub done: Vec<Exchange>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_keep_order_duplicates_and_lossy_values() {
+        let mut h = Headers::with_capacity(3, 0);
+        h.push("host", "a");
+        h.push_lossy("user-agent", b"x\xffy\xe2\x82");
+        h.push("host", "b");
+        h.push("empty", "");
+        assert_eq!(h.len(), 4);
+        assert_eq!(h.iter().len(), 4);
+        assert_eq!(h.get("host"), Some("a"), "the first of two");
+        assert_eq!(h.get("user-agent"), Some(String::from_utf8_lossy(b"x\xffy\xe2\x82").as_ref()));
+        assert_eq!(h.get("empty"), Some(""));
+        assert_eq!(h.get("Host"), None, "names are compared as stored (lower-case)");
+        assert_eq!(h.field(2), Some(("host", "b")));
+        assert_eq!(
+            h.iter().collect::<Vec<_>>(),
+            [("host", "a"), ("user-agent", "x\u{fffd}y\u{fffd}"), ("host", "b"), ("empty", "")]
+        );
+        h.truncate(2);
+        assert_eq!(h.iter().collect::<Vec<_>>(), [("host", "a"), ("user-agent", "x\u{fffd}y\u{fffd}")]);
+        h.push("x", "1");
+        assert_eq!(h.field(2), Some(("x", "1")), "a field pushed after a truncation");
+        let same: Headers = [("host", "a"), ("user-agent", "x\u{fffd}y\u{fffd}"), ("x", "1")].into_iter().collect();
+        assert_eq!(h, same);
+        assert_eq!(format!("{h:?}"), "[(\"host\", \"a\"), (\"user-agent\", \"x\u{fffd}y\u{fffd}\"), (\"x\", \"1\")]");
+        assert!(Headers::default().is_empty());
+        assert_eq!(Headers::default().iter().next(), None);
+    }
 }

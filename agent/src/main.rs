@@ -40,19 +40,33 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("ghostwire")
-        .enable_all()
-        .build()
-    {
+    // Two runtimes, so that neither waits for the other: the pipeline (ring drain,
+    // parsing, spans) runs on this thread alone, the exporters on their own thread. On
+    // one shared worker a woken exporter task only ran when the drain loop yielded, and
+    // under load the export queue overflowed while a core sat idle.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let export_runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("ghostwire-export")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the exporters' async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli, export_runtime.handle().clone()));
+    // Whatever the exporters still hold was accounted for by their shutdown.
+    export_runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -61,7 +75,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, export_runtime: tokio::runtime::Handle) -> anyhow::Result<()> {
     cli.validate()?;
     if let Some(set) = &cli.empty_probes {
         return empty_probes(set).await;
@@ -93,6 +107,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut sink = if cli.capture_only {
         Sink::Discard
     } else {
+        // The exporters spawn their tasks on the export runtime.
+        let export_context = export_runtime.enter();
         let exporters = Exporters::start(ExportConfig {
             otlp_endpoint: outputs.otlp_endpoint.clone(),
             jsonl_path: outputs.jsonl.clone(),
@@ -100,6 +116,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             queue_capacity: cli.queue_size,
             ..ExportConfig::default()
         })?;
+        drop(export_context);
         let mut pipeline = Pipeline::new(exporters, cli.instrumented.clone(), scan.listening);
         match ghostwire::span::nat::Conntrack::open() {
             Ok(ct) => pipeline.set_nat(Box::new(ct)),
@@ -226,6 +243,7 @@ impl Sink {
     fn tick(&mut self) {
         if let Sink::Pipeline(p) = self {
             p.tick();
+            p.flush();
         }
     }
 }
@@ -286,6 +304,9 @@ fn drain_ring(ring: &mut RingBuf<MapData>, sink: &mut Sink, budget: usize) -> us
             Sink::Discard => stats::global().incr(Counter::EventsDiscarded),
         }
         handled += 1;
+    }
+    if let Sink::Pipeline(p) = sink {
+        p.flush();
     }
     handled
 }

@@ -114,6 +114,12 @@ impl Pipeline {
         self.spans.settle();
     }
 
+    /// Hands the spans built since the last call to the exporters (after each drain of
+    /// the ring: one hand-over per batch of records).
+    pub fn flush(&mut self) {
+        self.spans.exporters.flush();
+    }
+
     /// Gives the exporters back for shutdown (held spans go out as they are).
     #[must_use]
     pub fn into_exporters(mut self) -> Exporters {
@@ -171,7 +177,7 @@ impl Spans {
             } else if span.is_root() {
                 stats::global().incr(Counter::LinkNone);
             }
-            self.exporters.submit(span);
+            self.exporters.stage(span);
         }
     }
 
@@ -220,7 +226,7 @@ impl ConnSink for Spans {
         if provisional {
             self.hold(span);
         } else {
-            self.exporters.submit(span);
+            self.exporters.stage(span);
         }
     }
 
@@ -247,10 +253,10 @@ fn link_counter(link: LinkKind) -> Counter {
     }
 }
 
-/// A kernel `comm` (NUL-padded) as text.
-fn comm(raw: &[u8]) -> String {
+/// A kernel `comm` (NUL-padded) as text, borrowed when it is valid UTF-8.
+fn comm(raw: &[u8]) -> std::borrow::Cow<'_, str> {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
+    String::from_utf8_lossy(&raw[..end])
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of the kernel's event timestamps.

@@ -306,7 +306,7 @@ fn operation(span: &Span) -> (String, Option<String>) {
     // A call out reads "→ GET /x", so a proxy's two rows can be told apart.
     let mut op = match span.kind {
         SpanKind::Client => format!("→ {}", span.name),
-        SpanKind::Server => span.name.clone(),
+        SpanKind::Server => span.name.to_string(),
     };
     let path = match (span.attr("url.path"), span.attr("url.full")) {
         (Some(AttrValue::Str(path)), _) => Some(path.as_str()),

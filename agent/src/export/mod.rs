@@ -6,6 +6,7 @@
 //! [`Span`](crate::span::Span) model.
 
 pub mod console;
+pub mod encode;
 pub mod jsonl;
 pub mod otlp;
 pub mod queue;
@@ -115,7 +116,12 @@ struct Output {
 /// the tasks running until the runtime stops (pending spans are then lost).
 pub struct Exporters {
     outputs: Vec<Output>,
+    /// Spans [`stage`](Exporters::stage)d and not yet handed to the queues.
+    staged: Vec<Arc<Span>>,
 }
+
+/// Staged spans are handed over at the latest when this many wait.
+const STAGE_MAX: usize = 256;
 
 /// Extra time [`Exporters::shutdown`] gives a task past the deadline to notice it and
 /// account for what it gives up on, before aborting it.
@@ -163,7 +169,7 @@ impl Exporters {
             let task = tokio::spawn(console::run(queue.clone(), counters.clone(), batch_size));
             outputs.push(Output { queue, counters, task });
         }
-        Ok(Exporters { outputs })
+        Ok(Exporters { outputs, staged: Vec::with_capacity(STAGE_MAX) })
     }
 
     /// True when no output is configured.
@@ -181,9 +187,32 @@ impl Exporters {
         }
     }
 
+    /// Keeps a span for the next [`flush`](Exporters::flush): the pipeline hands each
+    /// drain's spans over together, one queue lock (and at most one exporter wake-up)
+    /// per output, not one per span.
+    pub fn stage(&mut self, span: Span) {
+        if self.outputs.is_empty() {
+            return;
+        }
+        self.staged.push(Arc::new(span));
+        if self.staged.len() >= STAGE_MAX {
+            self.flush();
+        }
+    }
+
+    /// Hands the staged spans to every output (never blocks; full queues drop their
+    /// oldest, counted).
+    pub fn flush(&mut self) {
+        for out in &self.outputs {
+            out.queue.push_all(&self.staged);
+        }
+        self.staged.clear();
+    }
+
     /// Flushes everything pending to every output, waiting at most `deadline`, and stops
     /// the tasks. Spans still unsent at the deadline are counted as `drop.export_failed`.
-    pub async fn shutdown(self, deadline: Duration) {
+    pub async fn shutdown(mut self, deadline: Duration) {
+        self.flush();
         let until = tokio::time::Instant::now() + deadline;
         for out in &self.outputs {
             out.queue.close(until);
@@ -220,7 +249,7 @@ fn new_output(name: &'static str, capacity: usize) -> (Arc<SpanQueue>, Arc<Outpu
 
 fn any_value(v: &AttrValue) -> AnyValue {
     let value = match v {
-        AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
+        AttrValue::Str(s) => any_value::Value::StringValue(s.to_string()),
         AttrValue::Int(i) => any_value::Value::IntValue(*i),
         AttrValue::Bool(b) => any_value::Value::BoolValue(*b),
     };
@@ -241,7 +270,7 @@ fn otlp_resource(r: &Resource) -> OtlpResource {
             0,
             KeyValue {
                 key: "service.name".into(),
-                value: Some(any_value(&AttrValue::Str(r.service_name.clone()))),
+                value: Some(any_value(&AttrValue::from(r.service_name.as_str()))),
                 ..Default::default()
             },
         );
@@ -267,7 +296,7 @@ fn otlp_span(s: &Span) -> OtlpSpan {
         // W3C trace flags in the low 8 bits. The "parent is remote" bits stay 0 (unknown):
         // the model does not record where the parent context came from.
         flags: u32::from(s.flags),
-        name: s.name.clone(),
+        name: s.name.to_string(),
         kind: kind as i32,
         start_time_unix_nano: s.start_unix_ns,
         end_time_unix_nano: s.end_unix_ns,

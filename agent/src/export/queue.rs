@@ -104,6 +104,47 @@ impl SpanQueue {
         }
     }
 
+    /// Appends `spans` under one lock; never blocks. When the queue is full its oldest
+    /// spans are dropped and counted. Returns how many were dropped.
+    pub fn push_all(&self, spans: &[Arc<Span>]) -> usize {
+        if spans.is_empty() {
+            return 0;
+        }
+        let (evicted, oldest, wake) = {
+            let mut inner = self.lock();
+            let mut evicted = 0usize;
+            let mut oldest = None;
+            for span in spans {
+                if inner.buf.len() >= self.capacity {
+                    let old = inner.buf.pop_front();
+                    if oldest.is_none() {
+                        oldest = old;
+                    }
+                    evicted += 1;
+                }
+                inner.buf.push_back(span.clone());
+            }
+            (evicted, oldest, inner.buf.len() >= inner.want)
+        };
+        if wake {
+            self.ready.notify_one();
+        }
+        if evicted > 0 {
+            self.dropped.fetch_add(evicted as u64, Ordering::Relaxed);
+            stats::global().add(Counter::DropExportQueueFull, evicted as u64);
+            if let Some(old) = oldest {
+                log::debug!(
+                    "{}: {} queue full ({} spans): dropped the {evicted} oldest spans, the first {:?}",
+                    Counter::DropExportQueueFull.name(),
+                    self.name,
+                    self.capacity,
+                    old.name
+                );
+            }
+        }
+        evicted
+    }
+
     /// Spans currently queued.
     #[must_use]
     pub fn len(&self) -> usize {
@@ -196,6 +237,16 @@ impl SpanQueue {
         self.in_flight.store(n, Ordering::Relaxed);
     }
 
+    /// `n` more taken spans are being worked on (several requests in flight).
+    pub fn add_in_flight(&self, n: usize) {
+        self.in_flight.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` taken spans are finished with.
+    pub fn sub_in_flight(&self, n: usize) {
+        let _ = self.in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(n)));
+    }
+
     #[must_use]
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
@@ -219,7 +270,7 @@ pub(crate) mod tests {
             parent_span_id: [0; 8],
             trace_state: String::new(),
             flags: 1,
-            name: format!("span-{n}"),
+            name: format!("span-{n}").into(),
             kind: SpanKind::Server,
             start_unix_ns: 1_700_000_000_000_000_000 + n * 1000,
             end_unix_ns: 1_700_000_000_000_000_000 + n * 1000 + 500,
@@ -230,7 +281,7 @@ pub(crate) mod tests {
     }
 
     fn names(batch: &[Arc<Span>]) -> Vec<String> {
-        batch.iter().map(|s| s.name.clone()).collect()
+        batch.iter().map(|s| s.name.to_string()).collect()
     }
 
     #[test]
@@ -248,6 +299,17 @@ pub(crate) mod tests {
         assert!(stats::global().get(Counter::DropExportQueueFull) >= before + 2);
         assert_eq!(names(&q.drain_all()), ["span-2", "span-3", "span-4"]);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn push_all_keeps_the_newest_and_counts_the_rest() {
+        let q = SpanQueue::new("test", 4);
+        q.push(span(0));
+        let batch: Vec<_> = (1..7).map(span).collect();
+        assert_eq!(q.push_all(&batch), 3);
+        assert_eq!(q.dropped(), 3);
+        assert_eq!(names(&q.drain_all()), ["span-3", "span-4", "span-5", "span-6"]);
+        assert_eq!(q.push_all(&[]), 0);
     }
 
     #[test]

@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use super::context;
 use super::link::{Confidence, Evidence, Identity, LinkKind};
-use super::model::{AttrValue, Attribute, Resource, Span, SpanKind, Status};
+use super::model::{AttrValue, Attribute, Resource, Span, SpanKind, Status, Text};
 use super::redact;
 use crate::conn::ExchangeRecord;
 use crate::protocol::{Grpc, H2Exchange, Reset, Role};
+use compact_str::ToCompactString as _;
 
 /// Converts kernel monotonic timestamps (`bpf_ktime_get_ns`) to Unix time.
 #[derive(Clone, Copy, Debug)]
@@ -46,14 +47,14 @@ pub fn set_link(span: &mut Span, link: LinkKind, evidence: Evidence, confidence:
     span.attributes.retain(|(k, _)| !matches!(k.as_ref(), "ghostwire.link.evidence" | "ghostwire.link.confidence"));
     for (k, v) in &mut span.attributes {
         if k == "ghostwire.link" {
-            *v = link.name().into();
+            *v = AttrValue::fixed(link.name());
         }
     }
     if !evidence.is_empty() {
         span.attributes.push((Cow::Borrowed("ghostwire.link.evidence"), evidence.names().into()));
     }
     if let Some(c) = confidence {
-        span.attributes.push((Cow::Borrowed("ghostwire.link.confidence"), c.name().into()));
+        span.attributes.push((Cow::Borrowed("ghostwire.link.confidence"), AttrValue::fixed(c.name())));
     }
 }
 
@@ -76,15 +77,15 @@ pub fn build(rec: &ExchangeRecord, id: Identity, resource: Arc<Resource>, clock:
         h2 => http_attributes(rec, h2, kind, &mut attrs),
     };
     let mut put = |k: &'static str, v: AttrValue| attrs.push((Cow::Borrowed(k), v));
-    put("ghostwire.link", id.link.name().into());
+    put("ghostwire.link", AttrValue::fixed(id.link.name()));
     if !id.evidence.is_empty() {
         put("ghostwire.link.evidence", id.evidence.names().into());
     }
     if let Some(c) = id.confidence {
-        put("ghostwire.link.confidence", c.name().into());
+        put("ghostwire.link.confidence", AttrValue::fixed(c.name()));
     }
     if let Some(format) = id.format {
-        put("ghostwire.context.format", format.name().into());
+        put("ghostwire.context.format", AttrValue::fixed(format.name()));
     }
     if id.propagation_break.is_some() {
         put("ghostwire.propagation_break", true.into());
@@ -113,12 +114,14 @@ pub fn build(rec: &ExchangeRecord, id: Identity, resource: Arc<Resource>, clock:
 /// The connection's addresses, and (server side) the client's.
 fn network_attributes(rec: &ExchangeRecord, kind: SpanKind, put: &mut impl FnMut(&'static str, AttrValue)) {
     let conn = &rec.conn;
-    put("network.peer.address", conn.peer.ip().to_string().into());
+    // Inline (no allocation) for every IPv4 and most IPv6 addresses.
+    let peer = conn.peer.ip().to_compact_string();
+    put("network.peer.address", AttrValue::Str(peer.clone()));
     put("network.peer.port", i64::from(conn.peer.port()).into());
-    put("network.local.address", conn.local.ip().to_string().into());
+    put("network.local.address", AttrValue::Str(conn.local.ip().to_compact_string()));
     put("network.local.port", i64::from(conn.local.port()).into());
     if kind == SpanKind::Server {
-        put("client.address", conn.peer.ip().to_string().into());
+        put("client.address", AttrValue::Str(peer));
         put("client.port", i64::from(conn.peer.port()).into());
     }
 }
@@ -127,21 +130,21 @@ fn network_attributes(rec: &ExchangeRecord, kind: SpanKind, put: &mut impl FnMut
 /// (semantic conventions, TLS attributes).
 fn tls_attributes(rec: &ExchangeRecord, put: &mut impl FnMut(&'static str, AttrValue)) {
     let Some(tls) = rec.conn.tls else { return };
-    put("tls.protocol.name", "tls".into());
+    put("tls.protocol.name", AttrValue::fixed("tls"));
     if let Some(v) = tls.version {
-        put("tls.protocol.version", v.as_str().into());
+        put("tls.protocol.version", AttrValue::fixed(v.as_str()));
     }
 }
 
 /// `server.address` and `server.port`: from the `Host` header (HTTP/2's `:authority`),
 /// else the connection's server end.
-fn server_address(rec: &ExchangeRecord, kind: SpanKind) -> (String, u16) {
+fn server_address(rec: &ExchangeRecord, kind: SpanKind) -> (Text, u16) {
     let conn = &rec.conn;
     let server = if kind == SpanKind::Server { conn.local } else { conn.peer };
     let host = rec.exchange.request.header("host").map(split_host);
     match host {
         Some((addr, port)) => (addr, port.unwrap_or(server.port())),
-        None => (server.ip().to_string(), server.port()),
+        None => (server.ip().to_compact_string(), server.port()),
     }
 }
 
@@ -152,51 +155,54 @@ fn http_attributes(
     h2: Option<&H2Exchange>,
     kind: SpanKind,
     attrs: &mut Vec<Attribute>,
-) -> (String, bool) {
+) -> (Text, bool) {
     let req = &rec.exchange.request;
     let resp = &rec.exchange.response;
     let conn = &rec.conn;
     let mut put = |k: &'static str, v: AttrValue| attrs.push((Cow::Borrowed(k), v));
 
-    let method_known = KNOWN_METHODS.contains(&req.method.as_str());
-    let method = if method_known { req.method.as_str() } else { "_OTHER" };
+    let known: Option<&'static str> = KNOWN_METHODS.iter().find(|m| **m == req.method.as_str()).copied();
+    let method_known = known.is_some();
+    let method = known.unwrap_or("_OTHER");
     // An HTTP/2 path the agent could not decode is unknown, not empty.
     let unknown = h2.map(|h| h.unknown).unwrap_or_default();
     let (path, query) = if unknown.path { ("_OTHER", None) } else { split_target(&req.target) };
-    let name = if method_known { req.method.clone() } else { "HTTP".to_owned() };
+    let name = Text::const_new(known.unwrap_or("HTTP"));
 
-    put("http.request.method", method.into());
+    put("http.request.method", AttrValue::fixed(method));
     if !method_known && !unknown.method {
         put("http.request.method_original", req.method.as_str().into());
     }
     if resp.status != 0 {
         put("http.response.status_code", i64::from(resp.status).into());
     }
-    put("network.protocol.name", "http".into());
+    put("network.protocol.name", AttrValue::fixed("http"));
     let version = match h2 {
         Some(_) => "2",
         None if req.version_minor == 0 => "1.0",
         None => "1.1",
     };
-    put("network.protocol.version", version.into());
-    put("network.transport", "tcp".into());
+    put("network.protocol.version", AttrValue::fixed(version));
+    put("network.transport", AttrValue::fixed("tcp"));
     network_attributes(rec, kind, &mut put);
     tls_attributes(rec, &mut put);
     let scheme = if conn.tls.is_some() { "https" } else { "http" };
     let (addr, port) = server_address(rec, kind);
     match kind {
         SpanKind::Server => {
-            put("url.scheme", scheme.into());
+            put("url.scheme", AttrValue::fixed(scheme));
             put("url.path", path.into());
             if let Some(q) = query {
-                put("url.query", redact::query(q).into());
+                let mut redacted = Text::with_capacity(q.len());
+                redact::query_into(q, &mut redacted);
+                put("url.query", AttrValue::Str(redacted));
             }
             put("server.address", addr.into());
             put("server.port", i64::from(port).into());
         }
         SpanKind::Client => {
-            let url = if unknown.path { "_OTHER".to_owned() } else { full_url(scheme, &req.target, &addr, port) };
-            put("url.full", url.into());
+            let url = if unknown.path { Text::const_new("_OTHER") } else { full_url(scheme, &req.target, &addr, port) };
+            put("url.full", AttrValue::Str(url));
             put("server.address", addr.into());
             put("server.port", i64::from(port).into());
         }
@@ -204,7 +210,7 @@ fn http_attributes(
     if let Some(ua) = req.header("user-agent") {
         put("user_agent.original", ua.into());
     }
-    if let Some(rid) = context::request_id(req.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))) {
+    if let Some(rid) = context::request_id(req.headers.iter()) {
         put("http.request.header.x-request-id", rid.into());
     }
     if req.body_len > 0 {
@@ -223,23 +229,18 @@ fn http_attributes(
     };
     if let Some(reset) = reset {
         // The stream ended before its response did.
-        put("error.type", h2_error_name(reset.code).into());
+        put("error.type", AttrValue::fixed(h2_error_name(reset.code)));
         return (name, true);
     }
     if status_error {
-        put("error.type", resp.status.to_string().into());
+        put("error.type", AttrValue::Str(resp.status.to_compact_string()));
     }
     (name, status_error)
 }
 
 /// RPC semantic conventions for gRPC (stable, semconv 1.45). Returns the span name and
 /// whether the span is an error.
-fn grpc_attributes(
-    rec: &ExchangeRecord,
-    h2: &H2Exchange,
-    kind: SpanKind,
-    attrs: &mut Vec<Attribute>,
-) -> (String, bool) {
+fn grpc_attributes(rec: &ExchangeRecord, h2: &H2Exchange, kind: SpanKind, attrs: &mut Vec<Attribute>) -> (Text, bool) {
     let req = &rec.exchange.request;
     let resp = &rec.exchange.response;
     let grpc = h2.grpc.clone().unwrap_or_default();
@@ -247,18 +248,18 @@ fn grpc_attributes(
 
     // `:path` is `/package.Service/Method`.
     let method = req.target.strip_prefix('/').filter(|m| !h2.unknown.path && is_rpc_method(m));
-    put("rpc.system.name", "grpc".into());
-    put("rpc.method", method.unwrap_or("_OTHER").into());
+    put("rpc.system.name", AttrValue::fixed("grpc"));
+    put("rpc.method", method.map_or(AttrValue::fixed("_OTHER"), AttrValue::from));
     // `None`: the status could not be seen (trailers that refer to HPACK entries sent
     // before the agent attached): reported as unknown, not as an error.
     let code = grpc_code(&grpc, h2.reset, resp.status);
     let code_name = code.map(grpc_code_name);
     if let Some(name) = code_name {
-        put("rpc.response.status_code", name.into());
+        put("rpc.response.status_code", AttrValue::fixed(name));
     }
-    put("network.protocol.name", "http".into());
-    put("network.protocol.version", "2".into());
-    put("network.transport", "tcp".into());
+    put("network.protocol.name", AttrValue::fixed("http"));
+    put("network.protocol.version", AttrValue::fixed("2"));
+    put("network.transport", AttrValue::fixed("tcp"));
     network_attributes(rec, kind, &mut put);
     tls_attributes(rec, &mut put);
     let (addr, port) = server_address(rec, kind);
@@ -279,10 +280,10 @@ fn grpc_attributes(
         (SpanKind::Client, Some(c)) => c != 0,
     };
     if let (true, Some(name)) = (is_error, code_name) {
-        put("error.type", name.into());
+        put("error.type", AttrValue::fixed(name));
     }
     // The span name is the method; `{rpc.system.name}` when it is not known.
-    (method.map_or_else(|| "grpc".to_owned(), str::to_owned), is_error)
+    (method.map_or(Text::const_new("grpc"), Text::from), is_error)
 }
 
 /// `package.Service/Method`: one slash between two non-empty parts.
@@ -383,35 +384,42 @@ fn split_target(target: &str) -> (&str, Option<&str>) {
 }
 
 /// `Host` header → (host, port).
-fn split_host(h: &str) -> (String, Option<u16>) {
+fn split_host(h: &str) -> (Text, Option<u16>) {
     let h = h.trim();
     if let Some(rest) = h.strip_prefix('[') {
         // [v6]:port
         if let Some((addr, tail)) = rest.split_once(']') {
-            return (addr.to_owned(), tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+            return (Text::from(addr), tail.strip_prefix(':').and_then(|p| p.parse().ok()));
         }
     }
     match h.rsplit_once(':') {
-        Some((a, p)) if !a.contains(':') => (a.to_owned(), p.parse().ok()),
-        _ => (h.to_owned(), None),
+        Some((a, p)) if !a.contains(':') => (Text::from(a), p.parse().ok()),
+        _ => (Text::from(h), None),
     }
 }
 
 /// `url.full` of a client request: `scheme` (`http`, `https`), authority (the scheme's
 /// default port left out), the path and the redacted query. An absolute-form target
 /// (a proxy request) is kept as sent, redacted.
-fn full_url(scheme: &str, target: &str, host: &str, port: u16) -> String {
+fn full_url(scheme: &str, target: &str, host: &str, port: u16) -> Text {
+    use std::fmt::Write as _;
     if target.contains("://") {
-        return redact::url(target);
+        return redact::url(target).into();
     }
-    let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
-    let default_port = if scheme == "https" { 443 } else { 80 };
-    let authority = if port == default_port { host } else { format!("{host}:{port}") };
     let (path, query) = split_target(target);
-    match query {
-        Some(q) => format!("{scheme}://{authority}{path}?{}", redact::query(q)),
-        None => format!("{scheme}://{authority}{path}"),
+    // Written in place: one allocation at most (none when it fits inline).
+    let mut url = Text::with_capacity(scheme.len() + host.len() + target.len() + 16);
+    let _ = if host.contains(':') { write!(url, "{scheme}://[{host}]") } else { write!(url, "{scheme}://{host}") };
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    if port != default_port {
+        let _ = write!(url, ":{port}");
     }
+    url.push_str(path);
+    if let Some(q) = query {
+        url.push('?');
+        redact::query_into(q, &mut url);
+    }
+    url
 }
 
 #[cfg(test)]
@@ -445,7 +453,13 @@ mod tests {
                     truncated: false,
                     stream_offset: 0,
                 },
-                response: Response { status, version_minor: 1, headers: vec![], body_len: 12, truncated: false },
+                response: Response {
+                    status,
+                    version_minor: 1,
+                    headers: Default::default(),
+                    body_len: 12,
+                    truncated: false,
+                },
                 request_first: Timing { enter_ns: 100, exit_ns: 110 },
                 request_last: Timing { enter_ns: 100, exit_ns: 110 },
                 response_first: Timing { enter_ns: 200, exit_ns: 210 },
@@ -680,8 +694,8 @@ mod tests {
 
     #[test]
     fn host_and_target_splitting() {
-        assert_eq!(split_host("[::1]:9000"), ("::1".to_owned(), Some(9000)));
-        assert_eq!(split_host("example.com"), ("example.com".to_owned(), None));
+        assert_eq!(split_host("[::1]:9000"), ("::1".into(), Some(9000)));
+        assert_eq!(split_host("example.com"), ("example.com".into(), None));
         assert_eq!(split_target("http://h:1/a/b?x=1"), ("/a/b", Some("x=1")));
         assert_eq!(split_target("http://h:1"), ("/", None));
     }

@@ -4,6 +4,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+pub use compact_str::CompactString as Text;
+
 /// W3C / OTLP span kind, restricted to what ghostwire emits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SpanKind {
@@ -19,21 +21,36 @@ pub enum Status {
     Error { message: String },
 }
 
+/// An attribute value. Text is a [`Text`]: a `&'static str` ([`AttrValue::fixed`]) or a
+/// string of up to 24 bytes is held without an allocation.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
-    Str(String),
+    Str(Text),
     Int(i64),
     Bool(bool),
 }
 
+impl AttrValue {
+    /// A static string value, held by reference (no copy, no allocation).
+    #[must_use]
+    pub const fn fixed(s: &'static str) -> Self {
+        Self::Str(Text::const_new(s))
+    }
+}
+
 impl From<String> for AttrValue {
     fn from(v: String) -> Self {
+        Self::Str(Text::from(v))
+    }
+}
+impl From<Text> for AttrValue {
+    fn from(v: Text) -> Self {
         Self::Str(v)
     }
 }
 impl From<&str> for AttrValue {
     fn from(v: &str) -> Self {
-        Self::Str(v.to_owned())
+        Self::Str(Text::from(v))
     }
 }
 impl From<i64> for AttrValue {
@@ -92,7 +109,7 @@ pub struct Span {
     pub trace_state: String,
     /// W3C trace flags (bit 0 = sampled).
     pub flags: u8,
-    pub name: String,
+    pub name: Text,
     pub kind: SpanKind,
     /// Wall-clock nanoseconds since the Unix epoch.
     pub start_unix_ns: u64,

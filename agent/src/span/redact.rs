@@ -40,20 +40,26 @@ const SENSITIVE: &[&str] = &[
 #[must_use]
 pub fn query(q: &str) -> String {
     let mut out = String::with_capacity(q.len());
+    query_into(q, &mut out);
+    out
+}
+
+/// [`query`], appended to `out` (no allocation of its own).
+pub fn query_into(q: &str, out: &mut impl std::fmt::Write) {
     for (i, pair) in q.split('&').enumerate() {
         if i > 0 {
-            out.push('&');
+            let _ = out.write_char('&');
         }
-        match pair.split_once('=') {
-            Some((k, _)) if SENSITIVE.contains(&k.to_ascii_lowercase().as_str()) => {
-                out.push_str(k);
-                out.push('=');
-                out.push_str(REDACTED);
-            }
-            _ => out.push_str(pair),
-        }
+        let _ = match pair.split_once('=') {
+            Some((k, _)) if is_sensitive(k) => out.write_str(k).and(out.write_char('=')).and(out.write_str(REDACTED)),
+            _ => out.write_str(pair),
+        };
     }
-    out
+}
+
+/// Whether a query parameter name carries a credential (compared without case).
+fn is_sensitive(name: &str) -> bool {
+    SENSITIVE.iter().any(|s| s.eq_ignore_ascii_case(name))
 }
 
 /// Redacts user-info and sensitive query values of an absolute URL.

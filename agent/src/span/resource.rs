@@ -98,16 +98,16 @@ impl ResourceCache {
         let service_name = if comm.is_empty() { format!("unknown_service:{pid}") } else { comm.to_owned() };
         let mut attributes = self.common(&service_name, pid);
         if !comm.is_empty() {
-            attributes.push(("process.executable.name".into(), AttrValue::Str(comm.to_owned())));
+            attributes.push(("process.executable.name".into(), AttrValue::from(comm.to_owned())));
         }
         Resource { pid, service_name, attributes }
     }
 
     fn common(&self, service_name: &str, pid: u32) -> Vec<Attribute> {
         vec![
-            ("service.name".into(), AttrValue::Str(service_name.to_owned())),
+            ("service.name".into(), AttrValue::from(service_name.to_owned())),
             ("process.pid".into(), AttrValue::Int(i64::from(pid))),
-            ("host.name".into(), AttrValue::Str(self.host_name.clone())),
+            ("host.name".into(), AttrValue::from(self.host_name.clone())),
             ("telemetry.sdk.name".into(), AttrValue::Str("ghostwire".into())),
             ("telemetry.sdk.version".into(), AttrValue::Str(env!("CARGO_PKG_VERSION").into())),
         ]
@@ -174,18 +174,18 @@ impl ResourceCache {
         };
         let mut attributes = self.common(&service_name, pid);
         if !exe_name.is_empty() {
-            attributes.push(("process.executable.name".into(), AttrValue::Str(exe_name)));
+            attributes.push(("process.executable.name".into(), AttrValue::from(exe_name)));
         }
         if let Some(path) = exe_path {
-            attributes.push(("process.executable.path".into(), AttrValue::Str(path.to_string_lossy().into_owned())));
+            attributes.push(("process.executable.path".into(), AttrValue::from(path.to_string_lossy().into_owned())));
         }
         if !cmdline.is_empty() {
-            attributes.push(("process.command_line".into(), AttrValue::Str(cmdline)));
+            attributes.push(("process.command_line".into(), AttrValue::from(cmdline)));
         }
         if let Some(rt) = self.runtime(&dir.join("exe")) {
-            attributes.push(("process.runtime.name".into(), AttrValue::Str(rt.name.to_owned())));
+            attributes.push(("process.runtime.name".into(), AttrValue::from(rt.name.to_owned())));
             if let Some(version) = rt.version {
-                attributes.push(("process.runtime.version".into(), AttrValue::Str(version)));
+                attributes.push(("process.runtime.version".into(), AttrValue::from(version)));
             }
         }
         Some(Resource { pid, service_name, attributes })

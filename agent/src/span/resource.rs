@@ -29,10 +29,11 @@ pub struct Runtime {
     pub version: Option<String>,
 }
 
-/// Most processes of a node fit; beyond it the oldest-looked-up entries are not kept and
-/// are simply read again.
+/// Most processes of a node fit; beyond it one entry makes room for each new one (it is
+/// simply read again if it comes back), so a full cache costs one eviction per miss, not
+/// a re-read of every process.
 const MAX_PROCESSES: usize = 16_384;
-/// Distinct executables remembered; beyond it the cache starts over.
+/// Distinct executables remembered; beyond it, as for processes, one makes room.
 const MAX_EXECUTABLES: usize = 4096;
 
 impl Default for ResourceCache {
@@ -70,8 +71,8 @@ impl ResourceCache {
     }
 
     fn insert(&mut self, pid: u32, r: Arc<Resource>) {
-        if self.by_pid.len() >= MAX_PROCESSES {
-            self.by_pid.clear();
+        if self.by_pid.len() >= MAX_PROCESSES && !self.by_pid.contains_key(&pid) {
+            evict_one(&mut self.by_pid);
         }
         self.by_pid.insert(pid, r);
     }
@@ -129,7 +130,7 @@ impl ResourceCache {
         }
         let r = go_runtime(file);
         if self.runtimes.len() >= MAX_EXECUTABLES {
-            self.runtimes.clear();
+            evict_one(&mut self.runtimes);
         }
         self.runtimes.insert(key, r.clone());
         r
@@ -189,6 +190,14 @@ impl ResourceCache {
             }
         }
         Some(Resource { pid, service_name, attributes })
+    }
+}
+
+/// Makes room for one entry in a full cache: drops one (whichever the map yields first;
+/// an entry dropped is read again when needed).
+fn evict_one<K: Copy + Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if let Some(k) = map.keys().next().copied() {
+        map.remove(&k);
     }
 }
 
@@ -371,6 +380,22 @@ mod tests {
         assert!(cache.get(22, "").is_go());
         assert_eq!(cache.runtimes.len(), 2);
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_full_cache_makes_room_for_one_not_all() {
+        let mut cache = ResourceCache::new("/nonexistent-proc");
+        for pid in 0..MAX_PROCESSES as u32 {
+            cache.get(pid, "p");
+        }
+        assert_eq!(cache.by_pid.len(), MAX_PROCESSES);
+        let next = cache.get(u32::MAX, "late");
+        assert_eq!(next.service_name, "late");
+        assert_eq!(cache.by_pid.len(), MAX_PROCESSES, "one entry made room");
+        assert!(cache.by_pid.contains_key(&u32::MAX));
+        // A hit changes nothing.
+        cache.get(u32::MAX, "late");
+        assert_eq!(cache.by_pid.len(), MAX_PROCESSES);
     }
 
     #[test]

@@ -984,10 +984,23 @@ fn idle(args: &SoakArgs, dir: &Path, rotel: &Path) -> Result<Vec<Row>> {
         row(s, "RSS per connection", per_item(rss_before, rss_open, n)),
     ];
     // Below the connection table's bound (65 536) every connection is tracked: the cost
-    // per connection there is the slope up to the last checkpoint below it.
-    if let Some(&(k, rss)) = checkpoints.iter().rev().find(|(k, _)| *k <= 65_536) {
-        if k < n {
-            rows.push(row(s, &format!("RSS per connection, first {k}"), per_item(rss_before, rss, k)));
+    // per connection there is the slope from the first checkpoint to the last one below
+    // the bound. Measured from the first checkpoint, not from `rss_before`: the agent's
+    // start-up peak is sometimes still being returned to the system in its first
+    // seconds, which would hide part of the growth.
+    let below: Vec<&(u64, u64)> = checkpoints.iter().filter(|(k, _)| *k <= 65_536).collect();
+    if let (Some(&&(k0, r0)), Some(&&(k1, r1))) = (below.first(), below.last()) {
+        if k1 > k0 {
+            rows.push(row(s, &format!("RSS per connection, from {k0} to {k1} open"), per_item(r0, r1, k1 - k0)));
+        }
+    }
+    if let (Some(&(k0, r0)), Some(&(k1, r1))) = (checkpoints.iter().find(|(k, _)| *k > 65_536), checkpoints.last()) {
+        if k1 > k0 {
+            rows.push(row(
+                s,
+                &format!("RSS per connection, from {k0} to {k1} open (table full)"),
+                per_item(r0, r1, k1 - k0),
+            ));
         }
     }
     rows.extend([

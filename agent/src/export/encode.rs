@@ -232,8 +232,37 @@ pub struct Encoder {
     /// Per resource group: (index of its first span, payload length of its
     /// `ScopeSpans`).
     groups: Vec<(usize, usize)>,
-    /// Group of each span.
+    /// Group of each span, and each group's first span.
     group_of: Vec<usize>,
+    firsts: Vec<usize>,
+}
+
+/// Groups a batch by resource, as OTLP wants one `ResourceSpans` per process: spans with
+/// the same resource (the same `Arc`, or the same pid with equal contents) form a
+/// group, groups in first-seen order. Fills `firsts` (each group's first span) and
+/// `group_of` (each span's group).
+pub fn resource_groups(spans: &[Arc<Span>], firsts: &mut Vec<usize>, group_of: &mut Vec<usize>) {
+    firsts.clear();
+    group_of.clear();
+    let mut last = 0usize;
+    for (i, s) in spans.iter().enumerate() {
+        let same = |first: usize| {
+            let r: &Arc<Resource> = &spans[first].resource;
+            Arc::ptr_eq(r, &s.resource) || (r.pid == s.resource.pid && **r == *s.resource)
+        };
+        let g = match firsts.get(last) {
+            Some(&first) if same(first) => last,
+            _ => match firsts.iter().position(|&first| same(first)) {
+                Some(g) => g,
+                None => {
+                    firsts.push(i);
+                    firsts.len() - 1
+                }
+            },
+        };
+        last = g;
+        group_of.push(g);
+    }
 }
 
 impl Encoder {
@@ -266,33 +295,16 @@ impl Encoder {
         }
     }
 
-    /// Groups spans by resource (the same `Arc`, or the same pid with equal contents)
-    /// and measures every span and group.
+    /// Groups spans by resource and measures every span and group.
     fn plan(&mut self, spans: &[Arc<Span>]) {
         self.span_lens.clear();
         self.groups.clear();
-        self.group_of.clear();
-        let mut last = 0usize;
+        resource_groups(spans, &mut self.firsts, &mut self.group_of);
+        self.groups.extend(self.firsts.iter().map(|&first| (first, ld_len(1, scope_len()))));
         for (i, s) in spans.iter().enumerate() {
-            let same = |first: usize| {
-                let r: &Arc<Resource> = &spans[first].resource;
-                Arc::ptr_eq(r, &s.resource) || (r.pid == s.resource.pid && **r == *s.resource)
-            };
-            let g = match self.groups.get(last) {
-                Some(&(first, _)) if same(first) => last,
-                _ => match self.groups.iter().position(|&(first, _)| same(first)) {
-                    Some(g) => g,
-                    None => {
-                        self.groups.push((i, ld_len(1, scope_len())));
-                        self.groups.len() - 1
-                    }
-                },
-            };
-            last = g;
             let len = span_len(s);
             self.span_lens.push(len);
-            self.group_of.push(g);
-            self.groups[g].1 += ld_len(2, len);
+            self.groups[self.group_of[i]].1 += ld_len(2, len);
         }
     }
 

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use super::encode::resource_groups;
 use super::queue::SpanQueue;
-use super::{to_otlp, OutputCounters};
-use crate::span::Span;
+use super::{OutputCounters, SCOPE_NAME};
+use crate::span::{AttrValue, Attribute, Span, SpanKind, Status};
 
 /// Opens (creates, appends to) the output file.
 pub(crate) fn open(path: &Path) -> anyhow::Result<File> {
@@ -26,13 +27,126 @@ pub(crate) fn open(path: &Path) -> anyhow::Result<File> {
 
 /// One JSONL line (with its trailing newline) for `spans`.
 ///
-/// The `with-serde` encoding of opentelemetry-proto matches the OTLP/JSON rules: field
-/// names in lowerCamelCase, trace and span ids as lower-case hex, enums as integers,
-/// 64-bit integers as decimal strings. The unit tests below pin this down.
-pub fn encode_line(spans: &[Arc<Span>]) -> serde_json::Result<Vec<u8>> {
-    let mut line = serde_json::to_vec(&to_otlp(spans))?;
-    line.push(b'\n');
-    Ok(line)
+/// OTLP/JSON as the specification writes it: field names in lowerCamelCase, trace and
+/// span ids as lower-case hex, enums as integers, 64-bit integers as decimal strings,
+/// fields at their default value left out. It is written straight from the span model
+/// (strings escaped by serde_json) into `line`, which is cleared first and reused
+/// between batches. The unit tests read it back with opentelemetry-proto's serde types
+/// and compare it with [`to_otlp`](super::to_otlp)'s message.
+pub fn encode_line(spans: &[Arc<Span>], line: &mut Vec<u8>, groups: &mut (Vec<usize>, Vec<usize>)) {
+    line.clear();
+    let (firsts, group_of) = groups;
+    resource_groups(spans, firsts, group_of);
+    line.extend_from_slice(b"{\"resourceSpans\":[");
+    for (g, &first) in firsts.iter().enumerate() {
+        if g > 0 {
+            line.push(b',');
+        }
+        let r = &spans[first].resource;
+        line.extend_from_slice(b"{\"resource\":{\"attributes\":[");
+        let mut comma = false;
+        if !r.attributes.iter().any(|(k, _)| k == "service.name") {
+            key_value(line, "service.name", &AttrValue::from(r.service_name.as_str()));
+            comma = true;
+        }
+        attributes(line, &r.attributes, comma);
+        line.extend_from_slice(b"]},\"scopeSpans\":[{\"scope\":{\"name\":");
+        string(line, SCOPE_NAME);
+        line.extend_from_slice(b",\"version\":");
+        string(line, env!("CARGO_PKG_VERSION"));
+        line.extend_from_slice(b"},\"spans\":[");
+        let mut first_span = true;
+        for (s, _) in spans.iter().zip(group_of.iter()).skip(first).filter(|(_, &sg)| sg == g) {
+            if !std::mem::take(&mut first_span) {
+                line.push(b',');
+            }
+            span(line, s);
+        }
+        line.extend_from_slice(b"]}]}");
+    }
+    line.extend_from_slice(b"]}\n");
+}
+
+fn span(out: &mut Vec<u8>, s: &Span) {
+    out.extend_from_slice(b"{\"traceId\":");
+    hex(out, &s.trace_id);
+    out.extend_from_slice(b",\"spanId\":");
+    hex(out, &s.span_id);
+    if !s.trace_state.is_empty() {
+        out.extend_from_slice(b",\"traceState\":");
+        string(out, &s.trace_state);
+    }
+    out.extend_from_slice(b",\"parentSpanId\":");
+    if s.is_root() {
+        out.extend_from_slice(b"\"\"");
+    } else {
+        hex(out, &s.parent_span_id);
+    }
+    if s.flags != 0 {
+        let _ = write!(out, ",\"flags\":{}", s.flags);
+    }
+    out.extend_from_slice(b",\"name\":");
+    string(out, &s.name);
+    let kind = match s.kind {
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+    };
+    let _ = write!(
+        out,
+        ",\"kind\":{kind},\"startTimeUnixNano\":\"{}\",\"endTimeUnixNano\":\"{}\",\"attributes\":[",
+        s.start_unix_ns, s.end_unix_ns
+    );
+    attributes(out, &s.attributes, false);
+    out.extend_from_slice(b"],\"status\":{");
+    if let Status::Error { message } = &s.status {
+        out.extend_from_slice(b"\"code\":2,\"message\":");
+        string(out, message);
+    }
+    out.extend_from_slice(b"}}");
+}
+
+fn attributes(out: &mut Vec<u8>, attrs: &[Attribute], mut comma: bool) {
+    for (k, v) in attrs {
+        if std::mem::replace(&mut comma, true) {
+            out.push(b',');
+        }
+        key_value(out, k, v);
+    }
+}
+
+fn key_value(out: &mut Vec<u8>, key: &str, v: &AttrValue) {
+    out.extend_from_slice(b"{\"key\":");
+    string(out, key);
+    out.extend_from_slice(b",\"value\":{");
+    match v {
+        AttrValue::Str(s) => {
+            out.extend_from_slice(b"\"stringValue\":");
+            string(out, s);
+        }
+        AttrValue::Int(i) => {
+            let _ = write!(out, "\"intValue\":\"{i}\"");
+        }
+        AttrValue::Bool(b) => {
+            let _ = write!(out, "\"boolValue\":{b}");
+        }
+    }
+    out.extend_from_slice(b"}}");
+}
+
+/// A JSON string, escaped by serde_json.
+fn string(out: &mut Vec<u8>, s: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn hex(out: &mut Vec<u8>, id: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    for &b in id {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0xf)]);
+    }
+    out.push(b'"');
 }
 
 pub(crate) struct JsonlWriter {
@@ -42,11 +156,14 @@ pub(crate) struct JsonlWriter {
     queue: Arc<SpanQueue>,
     counters: Arc<OutputCounters>,
     failing: bool,
+    /// Reused between batches: the line being written, and the resource grouping.
+    line: Vec<u8>,
+    groups: (Vec<usize>, Vec<usize>),
 }
 
 impl JsonlWriter {
     pub(crate) fn new(file: File, path: PathBuf, queue: Arc<SpanQueue>, counters: Arc<OutputCounters>) -> Self {
-        Self { file: Some(file), path, queue, counters, failing: false }
+        Self { file: Some(file), path, queue, counters, failing: false, line: Vec::new(), groups: Default::default() }
     }
 
     pub(crate) async fn run(mut self, batch_size: usize, batch_timeout: Duration) {
@@ -62,25 +179,20 @@ impl JsonlWriter {
 
     async fn write_batch(&mut self, batch: &[Arc<Span>]) {
         let n = batch.len();
-        let line = match encode_line(batch) {
-            Ok(l) => l,
-            Err(e) => {
-                self.counters.error();
-                self.counters.failed("jsonl", n, format_args!("encoding failed: {e}"));
-                return;
-            }
-        };
+        encode_line(batch, &mut self.line, &mut self.groups);
+        let line = std::mem::take(&mut self.line);
         let Some(mut file) = self.file.take() else {
             return;
         };
         let joined = tokio::task::spawn_blocking(move || {
             let r = file.write_all(&line).and_then(|()| file.flush());
-            (file, r)
+            (file, r, line)
         })
         .await;
         let result = match joined {
-            Ok((file, r)) => {
+            Ok((file, r, line)) => {
                 self.file = Some(file);
+                self.line = line;
                 r
             }
             Err(e) => Err(std::io::Error::other(e)),
@@ -118,8 +230,8 @@ impl JsonlWriter {
 mod tests {
     use super::*;
     use crate::export::tests::{mk_span, resource};
-    use crate::export::{ExportConfig, Exporters};
-    use crate::span::{AttrValue, SpanKind, Status};
+    use crate::export::{to_otlp, ExportConfig, Exporters};
+    use crate::span::Resource;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use serde_json::Value;
     use std::borrow::Cow;
@@ -148,7 +260,8 @@ mod tests {
 
     #[test]
     fn encoding_follows_the_otlp_json_spec() {
-        let line = encode_line(&sample()).unwrap();
+        let mut line = Vec::new();
+        encode_line(&sample(), &mut line, &mut Default::default());
         assert_eq!(line.last(), Some(&b'\n'));
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "exactly one line");
         let text = std::str::from_utf8(&line).unwrap();
@@ -186,6 +299,29 @@ mod tests {
         // And it reads back as the same request.
         let back: ExportTraceServiceRequest = serde_json::from_str(text).unwrap();
         assert_eq!(back, to_otlp(&sample()));
+    }
+
+    #[test]
+    fn reads_back_as_the_same_request_with_hostile_strings() {
+        let a = resource(1, "quote\"d");
+        let b = Arc::new(Resource { pid: 2, service_name: "bare".into(), attributes: vec![] });
+        let mut s = (*mk_span(&a, 1, 2, 3, SpanKind::Client, "GET \\ \u{1}\n", 0, 7)).clone();
+        s.trace_state = "k=v,x=\"y\"".into();
+        s.flags = 0;
+        s.attributes = vec![
+            (Cow::Borrowed("url.full"), "http://h/ä?x=</script>".into()),
+            (Cow::Borrowed("n"), AttrValue::Int(i64::MIN)),
+        ];
+        let spans = vec![
+            Arc::new(s),
+            mk_span(&b, 4, 5, 0, SpanKind::Server, "POST", 1, 2),
+            mk_span(&a, 1, 6, 2, SpanKind::Server, "x", 3, 4),
+        ];
+        let mut line = Vec::new();
+        encode_line(&spans, &mut line, &mut Default::default());
+        let back: ExportTraceServiceRequest = serde_json::from_slice(&line).unwrap();
+        assert_eq!(back, to_otlp(&spans));
+        assert_eq!(back.resource_spans.len(), 2);
     }
 
     #[tokio::test]

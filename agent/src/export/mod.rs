@@ -311,22 +311,12 @@ fn otlp_span(s: &Span) -> OtlpSpan {
 /// scope `ghostwire` at the crate version; spans keep their input order.
 #[must_use]
 pub fn to_otlp(spans: &[Arc<Span>]) -> ExportTraceServiceRequest {
-    let mut groups: Vec<(&Arc<Resource>, Vec<OtlpSpan>)> = Vec::new();
-    let mut last = 0usize;
-    for s in spans {
-        let same = |r: &Arc<Resource>| Arc::ptr_eq(r, &s.resource) || (r.pid == s.resource.pid && **r == *s.resource);
-        let idx = match groups.get(last) {
-            Some((r, _)) if same(r) => last,
-            _ => match groups.iter().position(|(r, _)| same(r)) {
-                Some(i) => i,
-                None => {
-                    groups.push((&s.resource, Vec::new()));
-                    groups.len() - 1
-                }
-            },
-        };
-        last = idx;
-        groups[idx].1.push(otlp_span(s));
+    let (mut firsts, mut group_of) = (Vec::new(), Vec::new());
+    encode::resource_groups(spans, &mut firsts, &mut group_of);
+    let mut groups: Vec<(&Arc<Resource>, Vec<OtlpSpan>)> =
+        firsts.iter().map(|&first| (&spans[first].resource, Vec::new())).collect();
+    for (s, &g) in spans.iter().zip(&group_of) {
+        groups[g].1.push(otlp_span(s));
     }
     let scope = InstrumentationScope {
         name: SCOPE_NAME.into(),

@@ -217,26 +217,6 @@ fn put_span(buf: &mut Vec<u8>, s: &Span) {
     }
 }
 
-/// Bytes one span takes in a request, as a `ScopeSpans.spans` entry.
-#[must_use]
-pub fn span_wire_len(s: &Span) -> usize {
-    ld_len(2, span_len(s))
-}
-
-/// Encodes batches of spans as `ExportTraceServiceRequest` bytes. Holds its scratch
-/// space between batches, so a steady stream of batches allocates nothing here.
-#[derive(Default)]
-pub struct Encoder {
-    /// Each span's payload length, by position in the batch.
-    span_lens: Vec<usize>,
-    /// Per resource group: (index of its first span, payload length of its
-    /// `ScopeSpans`).
-    groups: Vec<(usize, usize)>,
-    /// Group of each span, and each group's first span.
-    group_of: Vec<usize>,
-    firsts: Vec<usize>,
-}
-
 /// Groups a batch by resource, as OTLP wants one `ResourceSpans` per process: spans with
 /// the same resource (the same `Arc`, or the same pid with equal contents) form a
 /// group, groups in first-seen order. Fills `firsts` (each group's first span) and
@@ -265,17 +245,114 @@ pub fn resource_groups(spans: &[Arc<Span>], firsts: &mut Vec<usize>, group_of: &
     }
 }
 
+/// Encodes batches of spans as `ExportTraceServiceRequest` bytes. Holds its scratch
+/// space between batches, so a steady stream of batches allocates nothing here but the
+/// requests' own bytes.
+#[derive(Default)]
+pub struct Encoder {
+    /// Each span's payload length, by position in the batch (computed once per batch).
+    span_lens: Vec<usize>,
+    /// Per resource group of the request being written: (index of its first span,
+    /// payload length of its `ScopeSpans`).
+    groups: Vec<(usize, usize)>,
+    /// Group of each span, and each group's first span.
+    group_of: Vec<usize>,
+    firsts: Vec<usize>,
+    buf: Vec<u8>,
+}
+
 impl Encoder {
     /// The encoded length of `spans` as one request.
     pub fn encoded_len(&mut self, spans: &[Arc<Span>]) -> usize {
-        self.plan(spans);
+        self.measure(spans);
+        self.plan(spans, 0);
         self.request_len(spans)
     }
 
-    /// Appends the request for `spans` to `buf` (cleared first).
+    /// Writes the request for `spans` into `buf` (cleared first).
     pub fn encode(&mut self, spans: &[Arc<Span>], buf: &mut Vec<u8>) {
+        self.measure(spans);
+        self.plan(spans, 0);
         buf.clear();
-        self.plan(spans);
+        self.write(spans, 0, buf);
+    }
+
+    /// Encodes `spans` as consecutive requests of at most `max_bytes` each (a single
+    /// span goes alone whatever its size), pushing `(span count, request)` to `parts`.
+    /// Every span is measured once.
+    pub fn encode_parts(&mut self, spans: &[Arc<Span>], max_bytes: usize, parts: &mut Vec<(usize, bytes::Bytes)>) {
+        self.measure(spans);
+        let mut start = 0;
+        let mut size = 0;
+        for i in 0..spans.len() {
+            let n = ld_len(2, self.span_lens[i]);
+            if i > start && size + n > max_bytes {
+                self.part(spans, start, i, max_bytes, parts);
+                start = i;
+                size = 0;
+            }
+            size += n;
+        }
+        self.part(spans, start, spans.len(), max_bytes, parts);
+    }
+
+    /// One request for `spans[from..to]`, halved while it is over `max_bytes` (the
+    /// resource and scope headers come on top of the spans' own sizes).
+    fn part(
+        &mut self,
+        spans: &[Arc<Span>],
+        from: usize,
+        to: usize,
+        max_bytes: usize,
+        parts: &mut Vec<(usize, bytes::Bytes)>,
+    ) {
+        if from >= to {
+            return;
+        }
+        let range = &spans[from..to];
+        self.plan(range, from);
+        if to - from > 1 && self.request_len(range) > max_bytes {
+            let mid = from + (to - from) / 2;
+            self.part(spans, from, mid, max_bytes, parts);
+            self.part(spans, mid, to, max_bytes, parts);
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        self.write(range, from, &mut buf);
+        parts.push((to - from, bytes::Bytes::copy_from_slice(&buf)));
+        self.buf = buf;
+    }
+
+    /// Measures every span of the batch.
+    fn measure(&mut self, spans: &[Arc<Span>]) {
+        self.span_lens.clear();
+        self.span_lens.extend(spans.iter().map(|s| span_len(s)));
+    }
+
+    /// Groups `spans` (the batch from position `offset`) by resource and sizes each
+    /// group from the measured spans.
+    fn plan(&mut self, spans: &[Arc<Span>], offset: usize) {
+        resource_groups(spans, &mut self.firsts, &mut self.group_of);
+        self.groups.clear();
+        self.groups.extend(self.firsts.iter().map(|&first| (first, ld_len(1, scope_len()))));
+        for (i, &g) in self.group_of.iter().enumerate() {
+            self.groups[g].1 += ld_len(2, self.span_lens[offset + i]);
+        }
+    }
+
+    fn request_len(&self, spans: &[Arc<Span>]) -> usize {
+        self.groups
+            .iter()
+            .map(|&(first, scope_spans_len)| {
+                let resource_spans = ld_len(1, resource_len(&spans[first].resource)) + ld_len(2, scope_spans_len);
+                ld_len(1, resource_spans)
+            })
+            .sum()
+    }
+
+    /// Writes the planned request of `spans` (the batch from position `offset`).
+    fn write(&self, spans: &[Arc<Span>], offset: usize, buf: &mut Vec<u8>) {
         buf.reserve(self.request_len(spans));
         for (g, &(first, scope_spans_len)) in self.groups.iter().enumerate() {
             let resource = &spans[first].resource;
@@ -288,34 +365,11 @@ impl Encoder {
             put_scope(buf);
             for (i, s) in spans.iter().enumerate().skip(first) {
                 if self.group_of[i] == g {
-                    put_ld_header(buf, 2, self.span_lens[i]);
+                    put_ld_header(buf, 2, self.span_lens[offset + i]);
                     put_span(buf, s);
                 }
             }
         }
-    }
-
-    /// Groups spans by resource and measures every span and group.
-    fn plan(&mut self, spans: &[Arc<Span>]) {
-        self.span_lens.clear();
-        self.groups.clear();
-        resource_groups(spans, &mut self.firsts, &mut self.group_of);
-        self.groups.extend(self.firsts.iter().map(|&first| (first, ld_len(1, scope_len()))));
-        for (i, s) in spans.iter().enumerate() {
-            let len = span_len(s);
-            self.span_lens.push(len);
-            self.groups[self.group_of[i]].1 += ld_len(2, len);
-        }
-    }
-
-    fn request_len(&self, spans: &[Arc<Span>]) -> usize {
-        self.groups
-            .iter()
-            .map(|&(first, scope_spans_len)| {
-                let resource_spans = ld_len(1, resource_len(&spans[first].resource)) + ld_len(2, scope_spans_len);
-                ld_len(1, resource_spans)
-            })
-            .sum()
     }
 }
 
@@ -373,6 +427,32 @@ mod tests {
     #[test]
     fn empty_batch_is_an_empty_request() {
         assert_eq!(roundtrip(&[]), ExportTraceServiceRequest::default());
+    }
+
+    #[test]
+    fn parts_cover_the_batch_in_order_and_stay_under_the_limit() {
+        let a = resource(10, "alpha");
+        let b = resource(20, "beta");
+        let spans: Vec<_> = (0..200u8)
+            .map(|i| mk_span(if i % 3 == 0 { &b } else { &a }, i, i, 0, SpanKind::Server, "GET", 0, 1))
+            .collect();
+        let mut enc = Encoder::default();
+        let one = enc.encoded_len(&spans[..1]);
+        let mut parts = Vec::new();
+        enc.encode_parts(&spans, one * 20, &mut parts);
+        assert!(parts.len() >= 8, "{} parts", parts.len());
+        let mut at = 0;
+        for (n, bytes) in &parts {
+            assert!(bytes.len() <= one * 20, "a part of {} bytes", bytes.len());
+            let got = ExportTraceServiceRequest::decode(bytes.as_ref()).unwrap();
+            assert_eq!(got, to_otlp(&spans[at..at + n]));
+            at += n;
+        }
+        assert_eq!(at, spans.len());
+        // One span larger than the limit still goes, alone.
+        parts.clear();
+        enc.encode_parts(&spans[..3], 10, &mut parts);
+        assert_eq!(parts.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 1, 1]);
     }
 
     #[test]

@@ -27,7 +27,6 @@ use tonic::{Code, Status};
 use super::encode;
 use super::queue::SpanQueue;
 use super::OutputCounters;
-use crate::span::Span;
 
 /// The OTLP trace service's one method.
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -149,10 +148,9 @@ const MAX_IN_FLIGHT: usize = 4;
 
 pub(crate) struct OtlpExporter {
     sender: Arc<Sender>,
+    /// Encodes each batch (its scratch space reused); every request's `Bytes` is
+    /// shared by its retries.
     encoder: encode::Encoder,
-    /// Reused between requests: each encoded request is copied out of it once, into the
-    /// `Bytes` that its retries share.
-    buf: Vec<u8>,
 }
 
 /// What every request in flight shares.
@@ -195,7 +193,6 @@ impl OtlpExporter {
                 health: std::sync::Mutex::new(health),
             }),
             encoder: encode::Encoder::default(),
-            buf: Vec::new(),
         })
     }
 
@@ -207,11 +204,8 @@ impl OtlpExporter {
         let mut parts = Vec::new();
         while let Some(batch) = sender.queue.next_batch(size, timeout).await {
             parts.clear();
-            split_requests(&mut self.encoder, &batch, sender.settings.max_request_bytes, &mut parts);
-            let mut at = 0;
-            for &n in &parts {
-                let spans = &batch[at..at + n];
-                at += n;
+            self.encoder.encode_parts(&batch, sender.settings.max_request_bytes, &mut parts);
+            for (n, req) in parts.drain(..) {
                 while !stopping && sending.len() >= MAX_IN_FLIGHT {
                     stopping |= matches!(sending.join_next().await, Some(Ok(Sent::DeadlinePassed)));
                 }
@@ -219,8 +213,6 @@ impl OtlpExporter {
                     sender.counters.failed("otlp", n, format_args!("unsent at the shutdown deadline"));
                     continue;
                 }
-                self.encoder.encode(spans, &mut self.buf);
-                let req = Bytes::copy_from_slice(&self.buf);
                 sender.queue.add_in_flight(n);
                 let sender = sender.clone();
                 sending.spawn(async move {
@@ -350,38 +342,6 @@ impl Sender {
             }
         }
     }
-}
-
-/// Splits `spans` into consecutive requests of at most `max_bytes` encoded (a single
-/// span is sent whatever its size). Pushes each request's span count.
-fn split_requests(enc: &mut encode::Encoder, spans: &[Arc<Span>], max_bytes: usize, out: &mut Vec<usize>) {
-    // Greedy on the spans' own sizes, then checked exactly (resource and scope headers
-    // come on top): a part that is still too large is halved.
-    let mut start = 0;
-    let mut size = 0;
-    for (i, s) in spans.iter().enumerate() {
-        let n = encode::span_wire_len(s);
-        if i > start && size + n > max_bytes {
-            split_exact(enc, &spans[start..i], max_bytes, out);
-            start = i;
-            size = 0;
-        }
-        size += n;
-    }
-    split_exact(enc, &spans[start..], max_bytes, out);
-}
-
-fn split_exact(enc: &mut encode::Encoder, spans: &[Arc<Span>], max_bytes: usize, out: &mut Vec<usize>) {
-    if spans.is_empty() {
-        return;
-    }
-    if spans.len() == 1 || enc.encoded_len(spans) <= max_bytes {
-        out.push(spans.len());
-        return;
-    }
-    let (a, b) = spans.split_at(spans.len() / 2);
-    split_exact(enc, a, max_bytes, out);
-    split_exact(enc, b, max_bytes, out);
 }
 
 /// The client alone, so a pinned call does not borrow the whole exporter (whose queue
@@ -871,26 +831,6 @@ mod tests {
         ] {
             assert!(!is_retryable(c), "{c:?}");
         }
-    }
-
-    #[test]
-    fn splits_large_batches() {
-        let r = resource(1, "svc");
-        let spans: Vec<_> = (0..16).map(|i| mk_span(&r, 9, i, 0, SpanKind::Server, "s", 0, 1)).collect();
-        let mut enc = encode::Encoder::default();
-        let one = enc.encoded_len(&spans[..1]);
-        let mut out = Vec::new();
-        split_requests(&mut enc, &spans, one * 5, &mut out);
-        assert!(out.len() > 1);
-        assert_eq!(out.iter().sum::<usize>(), 16);
-        let mut at = 0;
-        for n in &out {
-            assert!(enc.encoded_len(&spans[at..at + n]) <= one * 5);
-            at += n;
-        }
-        let mut out = Vec::new();
-        split_requests(&mut enc, &spans, usize::MAX, &mut out);
-        assert_eq!(out, vec![16]);
     }
 
     #[test]

@@ -1765,20 +1765,56 @@ fn httparse_error(cx: &Ctx<'_>, e: httparse::Error, buffered: usize) -> ParseErr
 }
 
 /// The [`KEPT_HEADERS`] among `raw`, the first [`MAX_STORED_HEADERS`] of them, in one
-/// buffer sized exactly (a first pass finds them: two allocations per head).
+/// buffer sized exactly: one pass finds them (remembering where, on the stack), a second
+/// copies them.
 fn stored_headers(raw: &[Header<'_>]) -> Headers {
-    let kept = || raw.iter().filter_map(|h| kept_name(h.name).map(|name| (name, h.value))).take(MAX_STORED_HEADERS);
-    let (fields, bytes) = kept().fold((0, 0), |(n, b), (name, value)| (n + 1, b + name.len() + value.len()));
-    let mut headers = Headers::with_capacity(fields, bytes);
-    for (name, value) in kept() {
-        headers.push_lossy(name, value);
+    // (index in KEPT_HEADERS, index in raw); `raw` holds at most MAX_PARSED_HEADERS.
+    let mut found = [(0u8, 0u8); MAX_STORED_HEADERS];
+    let mut n = 0;
+    let mut bytes = 0;
+    for (i, h) in raw.iter().enumerate().take(MAX_PARSED_HEADERS) {
+        if n == MAX_STORED_HEADERS {
+            break;
+        }
+        if let Some(k) = kept_index(h.name) {
+            found[n] = (k as u8, i as u8);
+            n += 1;
+            bytes += h.name.len() + h.value.len();
+        }
+    }
+    let mut headers = Headers::with_capacity(n, bytes);
+    for &(k, i) in &found[..n] {
+        if let (Some(name), Some(h)) = (KEPT_HEADERS.get(usize::from(k)), raw.get(usize::from(i))) {
+            headers.push_lossy(name, h.value);
+        }
     }
     headers
 }
 
-/// The [`KEPT_HEADERS`] entry (lower-case) that `name` is, in any case.
-fn kept_name(name: &str) -> Option<&'static str> {
-    KEPT_HEADERS.iter().find(|k| name.eq_ignore_ascii_case(k)).copied()
+/// For each name length, which [`KEPT_HEADERS`] have it (bit i: entry i).
+const KEPT_BY_LEN: [u32; 32] = {
+    let mut by_len = [0u32; 32];
+    let mut i = 0;
+    while i < KEPT_HEADERS.len() {
+        by_len[KEPT_HEADERS[i].len()] |= 1 << i;
+        i += 1;
+    }
+    by_len
+};
+const _: () = assert!(KEPT_HEADERS.len() <= 32 && MAX_PARSED_HEADERS <= 256 && MAX_STORED_HEADERS <= 256);
+
+/// Where `name` (in any case) is in [`KEPT_HEADERS`]: only the entries of its length
+/// are compared (most header names are a length no kept one has).
+fn kept_index(name: &str) -> Option<usize> {
+    let mut candidates = KEPT_BY_LEN.get(name.len()).copied().unwrap_or(0);
+    while candidates != 0 {
+        let i = candidates.trailing_zeros() as usize;
+        candidates &= candidates - 1;
+        if KEPT_HEADERS.get(i).is_some_and(|k| name.eq_ignore_ascii_case(k)) {
+            return Some(i);
+        }
+    }
+    None
 }
 
 /// `Transfer-Encoding` as far as framing goes.
@@ -2526,6 +2562,17 @@ mod tests {
         assert_eq!(statuses(&r), [("/a".to_owned(), 200)]);
         assert_eq!(r.ex[0].response.body_len, 3);
         assert!(r.ex[0].response.truncated);
+    }
+
+    #[test]
+    fn kept_names_are_found_in_any_case_and_only_they() {
+        for (i, k) in KEPT_HEADERS.iter().enumerate() {
+            assert_eq!(kept_index(k), Some(i));
+            assert_eq!(kept_index(&k.to_ascii_uppercase()), Some(i));
+        }
+        for other in ["", "x", "cookie", "authorization", "hosts", "hos", "x-b3-traceidx", &"a".repeat(40)] {
+            assert_eq!(kept_index(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -30,10 +30,10 @@ const REQUEST_DROPS: &[&str] = &[
     "kernel.map_full",
 ];
 
-/// 3 × 14 000 short connections (ab without keep-alive), 2 spans each (ab's client span,
-/// nginx's server span). The agent traces both ends of each connection, so 84 000
+/// 6 × 10 000 short connections (ab without keep-alive), 2 spans each (ab's client span,
+/// nginx's server span). The agent traces both ends of each connection, so 120 000
 /// connection ends pass through a table of 65 536 (`conn::DEFAULT_MAX_CONNS`): if closed
-/// connections stayed in it, the table would fill during the third round and evict
+/// connections stayed in it, the table would fill during the fourth round and evict
 /// (`drop.conn_table_full`), and RSS would grow by the state of every kept connection.
 #[test]
 fn connection_churn_keeps_memory_bounded_and_every_request_accounted_for() {
@@ -54,8 +54,8 @@ fn connection_churn_keeps_memory_bounded_and_every_request_accounted_for() {
         &[],
     );
     let url = format!("http://127.0.0.1:{port}/1k.bin");
-    const ROUNDS: u64 = 3;
-    const PER_ROUND: u64 = 14_000;
+    const ROUNDS: u64 = 6;
+    const PER_ROUND: u64 = 10_000;
     let mut rss_after = Vec::new();
     let started = Instant::now();
     for round in 1..=ROUNDS {
@@ -76,7 +76,7 @@ fn connection_churn_keeps_memory_bounded_and_every_request_accounted_for() {
     assert!(exit.status.success(), "agent exit: {}\n{}", exit.status, exit.stderr);
     let stats = exit.stats();
 
-    // Closed connections leave the table: 84 000 ends went through 65 536 slots with no
+    // Closed connections leave the table: 120 000 ends went through 65 536 slots with no
     // eviction.
     assert_eq!(get(&stats, "drop.conn_table_full"), 0, "closed connections stayed in the table: {}", exit.stats_line());
     // Every request: its two spans, or a counted drop. Spans are never made up.
@@ -98,19 +98,19 @@ fn connection_churn_keeps_memory_bounded_and_every_request_accounted_for() {
     // The collector keeps up with 2 × ~5k spans/s: nothing should be lost on the way.
     assert_eq!(export_drops, 0, "{}", exit.stats_line());
 
-    // RSS growth from the first third to the end: the first round already brought in
-    // everything a steady churn needs (allocator arenas, the export queue's buffers,
-    // the resource of each ab process and nginx, interned names), so what the next
-    // 28 000 connections (56 000 ends) add is what the agent keeps per closed
-    // connection. 8 MiB is 150 bytes per connection end: less than one Conn (its
-    // metadata, parser and offsets alone are larger), so keeping every closed
-    // connection, or any per-connection record of that size, fails; the growth measured
-    // on this machine is 1–3 MiB (allocator fragmentation, the linker's bounded maps).
-    let growth = rss_after[ROUNDS as usize - 1].saturating_sub(rss_after[0]);
+    // RSS growth from the first third (after round 2) to the end. The agent's RSS
+    // wanders in a band of about ±5 MiB under churn without growing (`bench soak`: 57 to
+    // 72 MiB over 1 000 000 short connections, +3 bytes per connection from 10 % to the
+    // end; allocator arenas of the worker threads are returned and taken again), so the
+    // bound is 16 MiB. A leak of what a tracked connection costs (`bench soak` idle:
+    // about 1.4 KiB) over the next 40 000 connections (80 000 ends) would be 110 MiB,
+    // and even 200 bytes per end would pass the bound.
+    let third = rss_after[1];
+    let growth = rss_after[ROUNDS as usize - 1].saturating_sub(third);
     assert!(
-        growth < 8 * MIB,
+        growth < 16 * MIB,
         "agent RSS grew {growth} KiB over {} connections (after each round: {rss_after:?} KiB)",
-        (ROUNDS - 1) * PER_ROUND
+        (ROUNDS - 2) * PER_ROUND
     );
 }
 
@@ -140,12 +140,13 @@ fn collector_outage_drops_only_what_the_queue_cannot_hold_and_recovers() {
         &[],
     );
     let url = format!("http://127.0.0.1:{port}/1k.bin");
-    // 2 clients × 100 req/s for 20 s: 4000 requests, 8000 spans, 400 spans/s.
+    // 4 clients × 100 req/s for 20 s: 8000 requests, 16 000 spans, 800 spans/s.
+    const SPANS_PER_S: u64 = 800;
     const LOAD_SECONDS: u64 = 20;
     let mut hey = Proc::spawn(
         "hey",
         std::process::Command::new("hey")
-            .args(["-z", &format!("{LOAD_SECONDS}s"), "-c", "2", "-q", "100", &url])
+            .args(["-z", &format!("{LOAD_SECONDS}s"), "-c", "4", "-q", "100", &url])
             .stdout(std::process::Stdio::null()),
     );
     std::thread::sleep(Duration::from_secs(4));
@@ -195,11 +196,11 @@ fn collector_outage_drops_only_what_the_queue_cannot_hold_and_recovers() {
     // down, at most QUEUE wait in the queue and one batch (at most 512, the exporter's
     // batch size) in the exporter's retry; the rest must have been dropped. The built
     // counts come from the stats lines nearest the kill and the restart, each printed up
-    // to 1 s before its moment, so `during` is within one second of load (400 spans) of
+    // to 1 s before its moment, so `during` is within one second of load (SPANS_PER_S) of
     // what was really built while rotel was down; the bound allows twice that.
     let during = built_at_restart.saturating_sub(built_at_kill);
-    assert!(during > 3000, "too few spans built during the outage ({during}): {}", exit.stats_line());
-    let must_drop = during.saturating_sub(QUEUE + 512 + 800);
+    assert!(during > 6000, "too few spans built during the outage ({during}): {}", exit.stats_line());
+    let must_drop = during.saturating_sub(QUEUE + 512 + 2 * SPANS_PER_S);
     assert!(
         full >= must_drop,
         "{full} spans dropped, but {during} were built while the collector was down and only {} fit: {}",
@@ -208,17 +209,21 @@ fn collector_outage_drops_only_what_the_queue_cannot_hold_and_recovers() {
     );
     // And no more than was built until the exporter could send again: the outage, plus
     // the longest retry backoff (5 s) after rotel is back, plus the stats lag (1 s), at
-    // 400 spans/s, with one more second of margin.
-    assert!(full <= during + 7 * 400, "dropped {full} of {during}: {}", exit.stats_line());
+    // SPANS_PER_S, with one more second of margin.
+    assert!(full <= during + 7 * SPANS_PER_S, "dropped {full} of {during}: {}", exit.stats_line());
     // Bounded memory: at most QUEUE spans wait in the queue and one batch of 512 (with
-    // its encoded request) in the exporter's retry. `bench soak` measures about 4 KiB of
-    // RSS per pending span, so that is about 6 MiB; keeping all of the outage's spans
-    // (over 3000, checked above) and their retried requests would take over 12 MiB.
+    // its encoded request) in the exporter's retry, about 3 KiB of RSS each (`bench
+    // soak` outage), under 5 MiB. On top of it, replacing the oldest span by a new one
+    // 800 times a second fragments the heap: measured here, the whole growth is 13 MiB
+    // (6 MiB at 400 spans/s), reached within the first seconds and flat afterwards
+    // (`bench soak`: flat for 50 of the 60 s of its outage). Keeping every span of the
+    // outage (over 6000, checked above) would add 18 MiB more to that, 31 MiB; the bound
+    // is 20 MiB.
     let growth = rss_peak.saturating_sub(rss_before);
     eprintln!(
         "outage: {rss_before} KiB RSS before, {rss_peak} KiB peak; {during} spans built while down, {full} dropped"
     );
-    assert!(growth < 10 * MIB, "agent RSS grew {growth} KiB during the outage ({rss_before} KiB before)");
+    assert!(growth < 20 * MIB, "agent RSS grew {growth} KiB during the outage ({rss_before} KiB before)");
     // Nothing is given up on: a collector that dies mid-request (here: SIGKILL) is an
     // outage like any other, and the batch it was receiving must be retried, not dropped.
     assert!(

@@ -76,8 +76,13 @@ impl Pipeline {
                 return;
             }
         };
+        self.on_event(&event);
+    }
+
+    /// Handles one decoded capture event.
+    pub fn on_event(&mut self, event: &Event<'_>) {
         let s = stats::global();
-        match &event {
+        match event {
             Event::Data(_) => s.incr(Counter::EventsData),
             Event::Conn(ev) => {
                 s.incr(Counter::EventsConn);
@@ -97,8 +102,8 @@ impl Pipeline {
                 }
             }
         }
-        self.conns.on_event(&event, &mut self.spans);
-        if let Event::Exit { pid, .. } = event {
+        self.conns.on_event(event, &mut self.spans);
+        if let Event::Exit { pid, .. } = *event {
             self.spans.resources.forget(pid);
             self.spans.linker.process_exited(pid);
         }

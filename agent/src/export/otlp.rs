@@ -297,7 +297,7 @@ impl Sender {
                 Err(status) => status,
             };
             self.counters.error();
-            if !is_retryable(status.code()) {
+            if !is_retryable(status.code()) && !is_transport_failure(&status) {
                 self.counters.failed(
                     "otlp",
                     n,
@@ -369,6 +369,15 @@ fn is_retryable(code: Code) -> bool {
             | Code::Unavailable
             | Code::DataLoss
     )
+}
+
+/// A failure of the connection rather than an answer of the collector: tonic reports a
+/// connection reset or a broken pipe mid-request (the collector died while reading the
+/// request) as `Unknown` with the I/O or HTTP/2 error as its source. A collector's own
+/// status carries no source. Such a request is retried like `Unavailable`: dropping it
+/// would lose a batch the collector never saw.
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    status.code() == Code::Unknown && status.source().is_some()
 }
 
 /// `d` scaled by a random factor in [0.5, 1.0].
@@ -805,6 +814,15 @@ mod tests {
         let err = TraceServiceClient::new(ep).export(ExportTraceServiceRequest::default()).await.unwrap_err();
         assert_eq!(err.code(), Code::Unavailable);
         assert_eq!(describe(&err), "connection refused");
+    }
+
+    #[test]
+    fn a_broken_connection_is_retried_a_collectors_unknown_is_not() {
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe)));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert!(is_transport_failure(&broken));
+        assert!(!is_transport_failure(&tonic::Status::new(Code::Unknown, "the collector's own error")));
+        assert!(!is_transport_failure(&tonic::Status::new(Code::InvalidArgument, "bad request")));
     }
 
     #[test]

@@ -1,0 +1,211 @@
+//! What the agent's whole userspace costs per request, without the kernel: capture events
+//! for both ends of a keep-alive HTTP/1 connection (wrk's client side and nginx's server
+//! side, as in the README's benchmark) go through `Pipeline::on_event` (connection
+//! table, parser, linker, span builder) and out through a real exporter on its own
+//! thread, the JSONL writer to /dev/null or the OTLP/gRPC exporter to an in-process
+//! collector. A measurement, not a timed test:
+//! `cargo test --release -p ghostwire --test pipeline_cost -- --ignored --nocapture
+//! --test-threads=1` prints the process's CPU time per request (every thread: the
+//! pipeline and the exporter) and the heap allocations per request. Compare two builds
+//! on one machine, in one run; allocations are exact, time is noisy on a shared machine.
+//! Bounded: a fixed number of requests.
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ghostwire::capture::{Conn, ConnId, Data, Event, Payload};
+use ghostwire::conn::listen::ListenTable;
+use ghostwire::export::{ExportConfig, Exporters};
+use ghostwire::pipeline::Pipeline;
+use ghostwire::protocol::{Direction, Role};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+
+/// Counts allocations (the system allocator does the work).
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to `System` unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// CPU time of the whole process (the exporter runs on another thread).
+fn process_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Process ids that cannot exist (above the kernel's pid_max of 2^22): their /proc
+/// lookups fail once and they get a resource from their `comm`.
+const NGINX: u32 = 5_000_000;
+const WRK: u32 = 5_000_001;
+const CONNS: u64 = 32;
+const ROUNDS: u64 = 10_000;
+
+fn sock(i: u64, client: bool) -> ConnId {
+    ConnId { sock: 0xffff_8880_0000_0000 + i * 0x1000 + u64::from(client) * 0x800, gen: i }
+}
+
+fn conn(i: u64, client: bool, ts_ns: u64) -> Event<'static> {
+    let server = SocketAddr::from(([127, 0, 0, 1], 18080));
+    let client_addr = SocketAddr::from(([127, 0, 0, 1], 40000 + i as u16));
+    let (pid, local, peer, role, tcp_seq, comm) = if client {
+        (WRK, client_addr, server, Role::Client, [2, 1], *b"wrk\0\0\0\0\0\0\0\0\0\0\0\0\0")
+    } else {
+        (NGINX, server, client_addr, Role::Server, [1, 2], *b"nginx\0\0\0\0\0\0\0\0\0\0\0")
+    };
+    Event::Conn(Conn {
+        conn: sock(i, client),
+        pid,
+        tid: pid,
+        netns: 1,
+        local,
+        peer,
+        role: Some(role),
+        midstream: false,
+        tcp_seq,
+        comm,
+        ppid: 1,
+        ts_ns,
+        opened_by: None,
+    })
+}
+
+fn data(i: u64, client: bool, dir: Direction, offset: u64, bytes: &[u8], ts_ns: u64) -> Event<'_> {
+    let pid = if client { WRK } else { NGINX };
+    Event::Data(Data {
+        conn: sock(i, client),
+        tls: None,
+        pid,
+        tid: pid,
+        dir,
+        offset,
+        unreported_ns: 0,
+        len: bytes.len() as u32,
+        ts_ns,
+        prefix: bytes,
+        tail: &[],
+        payload: Payload::Copied,
+    })
+}
+
+/// Drives `CONNS × ROUNDS` requests through a pipeline exporting to `cfg`; prints CPU
+/// and allocations per request.
+fn run(what: &str, cfg: ExportConfig) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let exporters = {
+        let _ctx = rt.enter();
+        Exporters::start(cfg).unwrap()
+    };
+    let mut pipeline = Pipeline::new(exporters, Vec::new(), ListenTable::default());
+    let request = b"GET /index.html HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n\r\n".to_vec();
+    let mut response = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 02 Dec 2026 01:00:00 GMT\r\n\
+Content-Type: text/html\r\nContent-Length: 1024\r\nLast-Modified: Wed, 02 Dec 2026 00:00:00 GMT\r\n\
+Connection: keep-alive\r\nETag: \"692e3a00-400\"\r\nAccept-Ranges: bytes\r\n\r\n"
+        .to_vec();
+    response.extend(std::iter::repeat_n(b'x', 1024));
+    let (r, p) = (request.len() as u64, response.len() as u64);
+    let mut ts = 1_000_000;
+    for i in 0..CONNS {
+        pipeline.on_event(&conn(i, false, ts));
+        pipeline.on_event(&conn(i, true, ts));
+    }
+    let stats = ghostwire::stats::global();
+    let (built0, exported0) =
+        (stats.get(ghostwire::stats::Counter::SpansBuilt), stats.get(ghostwire::stats::Counter::SpansExported));
+    let (a0, t0) = (ALLOCATIONS.load(Ordering::Relaxed), process_cpu_ns());
+    for round in 0..ROUNDS {
+        for i in 0..CONNS {
+            // wrk writes, nginx reads, nginx writes, wrk reads.
+            ts += 1000;
+            pipeline.on_event(&data(i, true, Direction::Egress, round * r, &request, ts));
+            pipeline.on_event(&data(i, false, Direction::Ingress, round * r, &request, ts + 10));
+            ts += 1000;
+            pipeline.on_event(&data(i, false, Direction::Egress, round * p, &response, ts));
+            pipeline.on_event(&data(i, true, Direction::Ingress, round * p, &response, ts + 10));
+        }
+        // A drain of the ring: the spans go to the exporters together.
+        pipeline.flush();
+    }
+    let exporters = pipeline.into_exporters();
+    rt.block_on(exporters.shutdown(Duration::from_secs(30)));
+    let (a1, t1) = (ALLOCATIONS.load(Ordering::Relaxed), process_cpu_ns());
+    let n = (ROUNDS * CONNS) as f64;
+    let built = stats.get(ghostwire::stats::Counter::SpansBuilt) - built0;
+    let exported = stats.get(ghostwire::stats::Counter::SpansExported) - exported0;
+    println!(
+        "{what}: {:.0} ns per request, {:.2} allocations per request ({} requests, {built} spans built, \
+         {exported} exported)",
+        (t1 - t0) as f64 / n,
+        (a1 - a0) as f64 / n,
+        ROUNDS * CONNS
+    );
+    assert_eq!(built, 2 * ROUNDS * CONNS, "every request gives two spans");
+    assert_eq!(exported, built, "every span exported");
+}
+
+#[test]
+#[ignore = "a measurement: run with --ignored --nocapture --test-threads=1"]
+fn http1_both_ends_to_jsonl() {
+    run(
+        "http1, both ends, JSONL to /dev/null",
+        ExportConfig { jsonl_path: Some("/dev/null".into()), queue_capacity: 1 << 20, ..ExportConfig::default() },
+    );
+}
+
+/// Accepts everything, keeps nothing.
+struct Blackhole;
+
+#[tonic::async_trait]
+impl TraceService for Blackhole {
+    async fn export(
+        &self,
+        _req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+#[test]
+#[ignore = "a measurement: run with --ignored --nocapture --test-threads=1"]
+fn http1_both_ends_to_otlp() {
+    // The collector runs on its own runtime and threads: its CPU is counted too (this is
+    // one process), so the figure is agent + receiver.
+    let collector = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let listener = collector.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    collector.spawn(tonic::transport::Server::builder().serve_with_incoming_shutdown(
+        TraceServiceServer::new(Blackhole),
+        tonic::transport::server::TcpIncoming::from(listener),
+        std::future::pending::<()>(),
+    ));
+    run(
+        "http1, both ends, OTLP/gRPC to an in-process collector (its CPU included)",
+        ExportConfig {
+            otlp_endpoint: Some(format!("http://{addr}")),
+            queue_capacity: 1 << 20,
+            ..ExportConfig::default()
+        },
+    );
+}

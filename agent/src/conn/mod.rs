@@ -533,17 +533,27 @@ impl ConnTable {
         );
     }
 
-    /// The table is full: the connection with the oldest activity goes (its close was
-    /// probably lost). A scan, but only when full.
+    /// The table is full: the sixteenth of its connections with the oldest activity go
+    /// (their closes were probably lost, or they are idle). One scan of the table makes
+    /// room for many new connections: evicting one per scan made every new connection
+    /// cost a scan of 65,536 entries once the table was full (measured: 458–658 µs per
+    /// new connection against 33–39 µs), and the agent fell behind the ring.
     fn evict_idlest(&mut self, sink: &mut impl ConnSink) {
-        let Some(key) = self.conns.iter().min_by_key(|(_, c)| c.last_ns).map(|(k, _)| *k) else { return };
-        if let Some(conn) = self.conns.remove(&key) {
-            stats::global().drop_event(
-                Counter::DropConnTableFull,
-                format_args!("{} -> {} pid {}", conn.meta.local, conn.meta.peer, conn.meta.pid),
-            );
-            let t = Timing { enter_ns: conn.last_ns, exit_ns: conn.last_ns };
-            finish(key, conn, t, &mut self.scratch, &mut self.undecrypted, sink);
+        let n = (self.conns.len() / 16).max(1);
+        let mut ages: Vec<(u64, ConnId)> = self.conns.iter().map(|(k, c)| (c.last_ns, *k)).collect();
+        if n < ages.len() {
+            ages.select_nth_unstable(n - 1);
+            ages.truncate(n);
+        }
+        for (_, key) in ages {
+            if let Some(conn) = self.conns.remove(&key) {
+                stats::global().drop_event(
+                    Counter::DropConnTableFull,
+                    format_args!("{} -> {} pid {}", conn.meta.local, conn.meta.peer, conn.meta.pid),
+                );
+                let t = Timing { enter_ns: conn.last_ns, exit_ns: conn.last_ns };
+                finish(key, conn, t, &mut self.scratch, &mut self.undecrypted, sink);
+            }
         }
     }
 
@@ -1050,6 +1060,33 @@ mod tests {
         table.on_event(&Event::Conn(other), &mut sink);
         assert_eq!(table.len(), 1);
         assert_eq!(sink.closed, vec![C]);
+    }
+
+    #[test]
+    fn a_full_table_makes_room_for_many_connections_at_once() {
+        let mut table = ConnTable::new(64, ListenTable::default());
+        let mut sink = Sink::default();
+        let open = |table: &mut ConnTable, sink: &mut Sink, i: u64| {
+            let Event::Conn(mut c) = conn_event(Some(Role::Server), false, 8080) else { unreachable!() };
+            c.conn = ConnId { sock: 0x1000 + i, gen: i };
+            c.ts_ns = 1000 + i;
+            table.on_event(&Event::Conn(c), sink);
+        };
+        for i in 0..64 {
+            open(&mut table, &mut sink, i);
+        }
+        assert!(sink.closed.is_empty());
+        // The 65th evicts the idlest sixteenth (4), so the next 3 need no scan.
+        open(&mut table, &mut sink, 64);
+        let evicted: Vec<u64> = sink.closed.iter().map(|k| k.sock - 0x1000).collect();
+        let mut sorted = evicted.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [0, 1, 2, 3], "the oldest activity goes first");
+        for i in 65..68 {
+            open(&mut table, &mut sink, i);
+        }
+        assert_eq!(sink.closed.len(), 4);
+        assert_eq!(table.len(), 64);
     }
 
     // --- TLS ---------------------------------------------------------------------------

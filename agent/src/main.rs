@@ -181,6 +181,8 @@ async fn run(cli: Cli, export_runtime: tokio::runtime::Handle) -> anyhow::Result
     };
     let probes = lock(&capture).attached;
     eprintln!("ready: {probes} probes attached; {tls_line}; spans go to {}", what.join(", "));
+    // SAFETY: mi_collect only returns this thread's free pages to the OS.
+    unsafe { libmimalloc_sys::mi_collect(true) };
 
     loop {
         tokio::select! {

@@ -258,7 +258,6 @@ pub struct Encoder {
     /// Group of each span, and each group's first span.
     group_of: Vec<usize>,
     firsts: Vec<usize>,
-    buf: Vec<u8>,
 }
 
 impl Encoder {
@@ -317,11 +316,10 @@ impl Encoder {
             self.part(spans, mid, to, max_bytes, parts);
             return;
         }
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
+        // Written into its own exactly sized buffer, which the request then owns: no copy.
+        let mut buf = Vec::new();
         self.write(range, from, &mut buf);
-        parts.push((to - from, bytes::Bytes::copy_from_slice(&buf)));
-        self.buf = buf;
+        parts.push((to - from, bytes::Bytes::from(buf)));
     }
 
     /// Measures every span of the batch.

@@ -59,6 +59,13 @@ impl Encoder for PreEncoded {
         dst.put(item);
         Ok(())
     }
+
+    /// A buffer that holds a whole request (at most [`MAX_REQUEST_BYTES`] plus the
+    /// gRPC frame header) from the start: tonic's default of 8 KiB grew by
+    /// reallocation, copying the request again at every step.
+    fn buffer_settings(&self) -> tonic::codec::BufferSettings {
+        tonic::codec::BufferSettings::new(MAX_REQUEST_BYTES + 1024, MAX_REQUEST_BYTES + 1024)
+    }
 }
 
 impl Decoder for PreEncoded {
@@ -140,11 +147,11 @@ fn normalize_endpoint(raw: &str) -> anyhow::Result<String> {
     Ok(uri)
 }
 
-/// Export requests of one exporter in flight at once, at most. Each waits for its
+/// Export requests of one exporter in flight at once, at most (8 × 60 KiB). Each waits for its
 /// collector's answer; on a busy node (or a collector that answers late) one request at
 /// a time caps the export rate at one batch per round trip, and the queue overflows
 /// although the collector is idle.
-const MAX_IN_FLIGHT: usize = 4;
+const MAX_IN_FLIGHT: usize = 8;
 
 pub(crate) struct OtlpExporter {
     sender: Arc<Sender>,

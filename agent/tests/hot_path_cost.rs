@@ -6,39 +6,16 @@
 //! (`cargo test --release -p ghostwire --test hot_path_cost -- --nocapture`; compare two
 //! builds on one machine, in one run: time is noisy on a shared machine). Bounded: a
 //! fixed number of requests.
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use ghostwire::capture::{Conn, ConnId, Data, Event, Payload};
 use ghostwire::conn::{ConnMeta, ConnSink, ConnTable, ExchangeRecord, ReqKey, Start};
 use ghostwire::protocol::{Direction, Request, Role};
 
 mod common;
-
-/// Counts allocations (the system allocator does the work).
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to `System` unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+mod counting;
+use counting::Counting;
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -59,9 +36,9 @@ fn thread_cpu_ns() -> u64 {
 /// Measures `f`, which handles `n()` requests: prints CPU ns and allocations per request,
 /// and returns the allocations per request.
 fn measure(what: &str, f: impl FnOnce() -> u64) -> f64 {
-    let (a0, t0) = (ALLOCATIONS.load(Ordering::Relaxed), thread_cpu_ns());
+    let (a0, t0) = (counting::allocations(), thread_cpu_ns());
     let n = f();
-    let (a1, t1) = (ALLOCATIONS.load(Ordering::Relaxed), thread_cpu_ns());
+    let (a1, t1) = (counting::allocations(), thread_cpu_ns());
     println!(
         "{what}: {:.0} ns per request, {:.2} allocations per request ({n} requests)",
         (t1 - t0) as f64 / n as f64,

@@ -9,9 +9,7 @@
 //! exporter), with `cargo test --release -p ghostwire --test pipeline_cost --
 //! --nocapture`. Compare two builds on one machine, in one run: time is noisy on a
 //! shared machine. Bounded: a fixed number of requests.
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ghostwire::capture::{Conn, ConnId, Data, Event, Payload};
@@ -22,28 +20,8 @@ use ghostwire::protocol::{Direction, Role};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 
-/// Counts allocations (the system allocator does the work).
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to `System` unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+mod counting;
+use counting::Counting;
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -134,7 +112,7 @@ Connection: keep-alive\r\nETag: \"692e3a00-400\"\r\nAccept-Ranges: bytes\r\n\r\n
     let stats = ghostwire::stats::global();
     let (built0, exported0) =
         (stats.get(ghostwire::stats::Counter::SpansBuilt), stats.get(ghostwire::stats::Counter::SpansExported));
-    let (a0, t0) = (ALLOCATIONS.load(Ordering::Relaxed), process_cpu_ns());
+    let (a0, t0) = (counting::allocations(), process_cpu_ns());
     for round in 0..ROUNDS {
         for i in 0..CONNS {
             // wrk writes, nginx reads, nginx writes, wrk reads.
@@ -150,7 +128,7 @@ Connection: keep-alive\r\nETag: \"692e3a00-400\"\r\nAccept-Ranges: bytes\r\n\r\n
     }
     let exporters = pipeline.into_exporters();
     rt.block_on(exporters.shutdown(Duration::from_secs(30)));
-    let (a1, t1) = (ALLOCATIONS.load(Ordering::Relaxed), process_cpu_ns());
+    let (a1, t1) = (counting::allocations(), process_cpu_ns());
     let n = (ROUNDS * CONNS) as f64;
     let built = stats.get(ghostwire::stats::Counter::SpansBuilt) - built0;
     let exported = stats.get(ghostwire::stats::Counter::SpansExported) - exported0;

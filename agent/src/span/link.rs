@@ -1270,6 +1270,20 @@ impl Linker {
         (trace, flags)
     }
 
+    /// Provisional trace `from` is resolved into `to` (itself possibly resolved since:
+    /// followed to its end), for spans of `from` still to come; returns where it ends.
+    fn alias(&mut self, from: [u8; 16], to: [u8; 16], flags: u8) -> ([u8; 16], u8) {
+        if self.alias_order.len() >= MAX_ALIASES {
+            if let Some(old) = self.alias_order.pop_front() {
+                self.aliases.remove(&old);
+            }
+        }
+        let (to, flags) = self.canonical(to, flags);
+        self.aliases.insert(from, (to, flags));
+        self.alias_order.push_back(from);
+        (to, flags)
+    }
+
     fn resolve_deferred(&mut self, trace: [u8; 16], parent: &Answered) {
         let Some(d) = self.deferred.remove(&trace) else { return };
         if self.last_response.get(&(d.pid, d.tid)) == Some(&trace) {
@@ -1277,15 +1291,7 @@ impl Linker {
         }
         self.unlist_deferred(d.pid, d.tid, trace);
         self.eliminate(trace);
-        if self.alias_order.len() >= MAX_ALIASES {
-            if let Some(old) = self.alias_order.pop_front() {
-                self.aliases.remove(&old);
-            }
-        }
-        // The parent's trace may have been resolved since it answered.
-        let (to, flags) = self.canonical(parent.trace_id, parent.flags);
-        self.aliases.insert(trace, (to, flags));
-        self.alias_order.push_back(trace);
+        let (to, flags) = self.alias(trace, parent.trace_id, parent.flags);
         self.resolved.push(Resolution {
             from: trace,
             to,
@@ -1309,14 +1315,7 @@ impl Linker {
     /// held spans join the client's trace.
     fn resolve_late(&mut self, late: Late, client: &Identity) {
         self.late_traces.remove(&late.trace);
-        if self.alias_order.len() >= MAX_ALIASES {
-            if let Some(old) = self.alias_order.pop_front() {
-                self.aliases.remove(&old);
-            }
-        }
-        let (to, flags) = self.canonical(client.trace_id, client.flags);
-        self.aliases.insert(late.trace, (to, flags));
-        self.alias_order.push_back(late.trace);
+        let (to, flags) = self.alias(late.trace, client.trace_id, client.flags);
         self.counts.incr(Counter::LinkSocketLate);
         self.resolved.push(Resolution {
             from: late.trace,

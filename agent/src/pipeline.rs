@@ -170,12 +170,8 @@ impl Spans {
                 if span.span_id == r.root {
                     span.parent_span_id = r.parent;
                     span.trace_state.clone_from(&r.trace_state);
-                    if r.link == LinkKind::Socket {
-                        build::set_link(&mut span, LinkKind::Socket, Evidence::default(), None);
-                    } else {
-                        build::set_link(&mut span, LinkKind::Handoff, Evidence::RESPONSE, Some(Confidence::Medium));
-                    }
-                    stats::global().incr(link_counter(r.link));
+                    build::set_link(&mut span, LinkKind::Handoff, Evidence::RESPONSE, Some(Confidence::Medium));
+                    stats::global().incr(Counter::LinkHandoff);
                 }
                 if self.linker.is_provisional(&r.to) {
                     // The parent's own trace waits for a deferred call upstream (a

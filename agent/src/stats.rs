@@ -125,9 +125,6 @@ counters! {
     DropLinkHeld => "drop.link_held",
     /// Socket links found through a NAT translation (conntrack).
     LinkSocketNat => "link.socket_nat",
-    /// Socket links whose client request was seen after its server request had been
-    /// answered (the server's spans waited for it).
-    LinkSocketLate => "link.socket_late",
     /// A passed-on header and the socket named different traces (the header won).
     LinkHeaderSocketDisagree => "link.header_socket_disagree",
     /// Requests forgotten before they were answered (linker state bound).

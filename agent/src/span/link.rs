@@ -523,18 +523,6 @@ pub struct Resolution {
     pub trace_state: String,
     pub root: [u8; 8],
     pub parent: [u8; 8],
-    /// How `root` was linked to `parent`: [`LinkKind::Handoff`] (a deferred call) or
-    /// [`LinkKind::Socket`] (a server request whose client request came late).
-    pub link: LinkKind,
-}
-
-/// A server request answered before the client request at the other end of its socket
-/// was seen: its spans wait, under a provisional trace, for that client request.
-struct Late {
-    trace: [u8; 16],
-    span_id: [u8; 8],
-    /// CLOCK_MONOTONIC when [`Linker::expire`] first saw it (0: not yet).
-    since_ns: u64,
 }
 
 /// What one linker counted, besides the process-wide [`stats`] counters it also
@@ -574,11 +562,6 @@ const MAX_PER_PROCESS: usize = 128;
 const MAX_THREAD_HISTORY: usize = MAX_PER_THREAD;
 const MAX_DEFERRED: usize = 1024;
 const MAX_UNASSIGNED: usize = 64;
-/// Server requests waiting for a late client request, at most.
-const MAX_LATE: usize = 1024;
-/// How long a server request waits for its late client request: one to two upkeep
-/// ticks (the record is normally a few microseconds late, see [`Linker::resolve_server`]).
-const LATE_TTL_NS: u64 = 1_000_000_000;
 const MAX_ALIASES: usize = 4096;
 /// Provisional traces resolved into provisional traces, followed this deep at most.
 const MAX_ALIAS_CHAIN: usize = 8;
@@ -632,11 +615,6 @@ pub struct Linker {
     unassigned: Vec<(Answered, Vec<[u8; 16]>)>,
     /// Server responses completed in the current batch by threads with deferred calls.
     batch: Vec<Answered>,
-    /// Server requests waiting for their client request, by the client's view of the
-    /// connection (its local address, its peer), the request's wire key and namespace.
-    late: HashMap<(SocketAddr, SocketAddr, u64, u32), Late>,
-    /// The provisional traces of `late`, to its keys.
-    late_traces: HashMap<[u8; 16], (SocketAddr, SocketAddr, u64, u32)>,
     /// Resolved provisional traces, for spans still to come.
     aliases: HashMap<[u8; 16], ([u8; 16], u8)>,
     alias_order: VecDeque<[u8; 16]>,
@@ -796,38 +774,25 @@ impl Linker {
         if sent.is_some() && !sent_is_pass_through && self.instrumented.insert(pid) {
             log::info!("process {pid} sends trace context of its own: SDK-instrumented, its spans come from its SDK");
         }
-        let late = self.late.remove(&(conn.local, conn.peer, start.wire_key, conn.netns));
         let queue = self.peers.entry((conn.local, conn.peer)).or_insert_with(|| {
             *self.client_ips.entry(conn.local.ip()).or_insert(0) += 1;
             VecDeque::new()
         });
-        match late {
-            None => {
-                if queue.len() >= MAX_PEER_QUEUE {
-                    queue.pop_front();
-                }
-                queue.push_back(PeerRequest {
-                    wire_key: start.wire_key,
-                    pid,
-                    netns: conn.netns,
-                    trace_id: identity.trace_id,
-                    span_id: identity.span_id,
-                    flags: identity.flags,
-                    instrumented: self.instrumented.contains(&pid),
-                    sent,
-                    sent_is_pass_through,
-                    handling_received_context,
-                });
-            }
-            // Its server request was answered first and waits for it: this call is
-            // taken. An SDK-instrumented caller's span for it is unknown: the server
-            // request stays a root.
-            Some(late) if self.instrumented.contains(&pid) => {
-                self.late_traces.remove(&late.trace);
-                self.abandoned.push(late.trace);
-            }
-            Some(late) => self.resolve_late(late, &identity),
+        if queue.len() >= MAX_PEER_QUEUE {
+            queue.pop_front();
         }
+        queue.push_back(PeerRequest {
+            wire_key: start.wire_key,
+            pid,
+            netns: conn.netns,
+            trace_id: identity.trace_id,
+            span_id: identity.span_id,
+            flags: identity.flags,
+            instrumented: self.instrumented.contains(&pid),
+            sent,
+            sent_is_pass_through,
+            handling_received_context,
+        });
         self.insert(
             key,
             Pending {
@@ -1101,7 +1066,7 @@ impl Linker {
     /// Whether spans of `trace` must wait: a deferred call's parent is not known yet.
     #[must_use]
     pub fn is_provisional(&self, trace: &[u8; 16]) -> bool {
-        self.deferred.contains_key(trace) || self.late_traces.contains_key(trace)
+        self.deferred.contains_key(trace)
     }
 
     /// Provisional traces resolved since the last call.
@@ -1116,17 +1081,6 @@ impl Linker {
 
     /// Deferred calls older than [`DEFER_TTL_NS`] are given up. `now_ns`: CLOCK_MONOTONIC.
     pub fn expire(&mut self, now_ns: u64) {
-        let mut gone = Vec::new();
-        for (key, late) in &mut self.late {
-            if late.since_ns == 0 {
-                late.since_ns = now_ns.max(1);
-            } else if now_ns.saturating_sub(late.since_ns) > LATE_TTL_NS {
-                gone.push(*key);
-            }
-        }
-        for key in gone {
-            self.give_up_late(key);
-        }
         let old: Vec<[u8; 16]> = self
             .deferred
             .iter()
@@ -1270,20 +1224,6 @@ impl Linker {
         (trace, flags)
     }
 
-    /// Provisional trace `from` is resolved into `to` (itself possibly resolved since:
-    /// followed to its end), for spans of `from` still to come; returns where it ends.
-    fn alias(&mut self, from: [u8; 16], to: [u8; 16], flags: u8) -> ([u8; 16], u8) {
-        if self.alias_order.len() >= MAX_ALIASES {
-            if let Some(old) = self.alias_order.pop_front() {
-                self.aliases.remove(&old);
-            }
-        }
-        let (to, flags) = self.canonical(to, flags);
-        self.aliases.insert(from, (to, flags));
-        self.alias_order.push_back(from);
-        (to, flags)
-    }
-
     fn resolve_deferred(&mut self, trace: [u8; 16], parent: &Answered) {
         let Some(d) = self.deferred.remove(&trace) else { return };
         if self.last_response.get(&(d.pid, d.tid)) == Some(&trace) {
@@ -1291,7 +1231,15 @@ impl Linker {
         }
         self.unlist_deferred(d.pid, d.tid, trace);
         self.eliminate(trace);
-        let (to, flags) = self.alias(trace, parent.trace_id, parent.flags);
+        if self.alias_order.len() >= MAX_ALIASES {
+            if let Some(old) = self.alias_order.pop_front() {
+                self.aliases.remove(&old);
+            }
+        }
+        // The parent's trace may have been resolved since it answered.
+        let (to, flags) = self.canonical(parent.trace_id, parent.flags);
+        self.aliases.insert(trace, (to, flags));
+        self.alias_order.push_back(trace);
         self.resolved.push(Resolution {
             from: trace,
             to,
@@ -1299,46 +1247,12 @@ impl Linker {
             trace_state: parent.trace_state.clone(),
             root: d.span_id,
             parent: parent.span_id,
-            link: LinkKind::Handoff,
-        });
-    }
-
-    /// A late client request never came: its server's spans go out as they are.
-    fn give_up_late(&mut self, key: (SocketAddr, SocketAddr, u64, u32)) {
-        if let Some(late) = self.late.remove(&key) {
-            self.late_traces.remove(&late.trace);
-            self.abandoned.push(late.trace);
-        }
-    }
-
-    /// A client request whose server request was answered first (`late`): the server's
-    /// held spans join the client's trace.
-    fn resolve_late(&mut self, late: Late, client: &Identity) {
-        self.late_traces.remove(&late.trace);
-        let (to, flags) = self.alias(late.trace, client.trace_id, client.flags);
-        self.counts.incr(Counter::LinkSocketLate);
-        self.resolved.push(Resolution {
-            from: late.trace,
-            to,
-            flags,
-            trace_state: client.trace_state.clone(),
-            root: late.span_id,
-            parent: client.span_id,
-            link: LinkKind::Socket,
         });
     }
 
     /// Decides a server request's identity from its header and the client request at
     /// the other end of its socket. With `last_chance`, an unresolved request is settled
     /// even if that client request never appears.
-    ///
-    /// The client's record can come after the server's answer: the kernel reports a
-    /// send when it returns, and on loopback the data is already in the server's socket
-    /// by then; the woken server can run on the sender's CPU before it, read, answer,
-    /// and have its records in the ring first. So when the connection's client end is
-    /// traced (an earlier client request on it was seen), a server request without its
-    /// client request waits for it under a provisional trace (`late`), up to
-    /// [`LATE_TTL_NS`].
     fn resolve_server(&mut self, key: ReqKey, last_chance: bool) {
         let Some(p) = self.pending.get(&key) else { return };
         if !p.unresolved {
@@ -1408,18 +1322,7 @@ impl Linker {
                 let broke = peer.handling_received_context && peer.sent.is_none();
                 from_socket(peer, broke)
             }
-            (None, None) => {
-                let client_traced = !via_nat && self.peers.contains_key(&(peer, local));
-                let late_key = (peer, local, seq, netns);
-                if client_traced && self.late.len() < MAX_LATE && !self.late.contains_key(&late_key) {
-                    let identity = root_identity_with(span_id);
-                    self.late.insert(late_key, Late { trace: identity.trace_id, span_id, since_ns: 0 });
-                    self.late_traces.insert(identity.trace_id, late_key);
-                    identity
-                } else {
-                    root_identity_with(span_id)
-                }
-            }
+            (None, None) => root_identity_with(span_id),
         };
     }
 
@@ -1954,49 +1857,6 @@ mod tests {
         assert_eq!(backend.trace_id, call.trace_id);
         // No context was received upstream: nothing was broken.
         assert_eq!(backend.propagation_break, None);
-    }
-
-    #[test]
-    fn a_server_request_answered_before_its_client_request_is_seen_waits_for_it() {
-        let mut l = Linker::default();
-        // A first request on the pooled connection: the proxy's end is traced.
-        l.request_started(key(1, 0), &proxy_in(), st(11, 0), &req(&[]));
-        l.request_started(key(2, 0), &proxy_out(), st(11, 0), &req(&[]));
-        l.request_started(key(3, 0), &backend_in(), st(21, 0), &req(&[]));
-        let first = done(&mut l, key(3, 0), backend_in()).unwrap();
-        assert_eq!(first.link, LinkKind::Socket);
-        done(&mut l, key(2, 0), proxy_out()).unwrap();
-        done(&mut l, key(1, 0), proxy_in()).unwrap();
-        // The next one: the backend reads (wire key 100), answers, and only then is the
-        // proxy's write reported.
-        l.request_started(key(1, 1), &proxy_in(), st(11, 100), &req(&[]));
-        l.request_started(key(3, 1), &backend_in(), st(21, 100), &req(&[]));
-        let backend = done(&mut l, key(3, 1), backend_in()).unwrap();
-        assert_eq!(backend.link, LinkKind::None);
-        assert!(l.is_provisional(&backend.trace_id), "the backend's spans wait for the client request");
-        l.request_started(key(2, 1), &proxy_out(), st(11, 100), &req(&[]));
-        let [r] = &l.take_resolved()[..] else { panic!("one resolution") };
-        let call = done(&mut l, key(2, 1), proxy_out()).unwrap();
-        assert_eq!((r.from, r.root, r.link), (backend.trace_id, backend.span_id, LinkKind::Socket));
-        assert_eq!((r.to, r.parent), (call.trace_id, call.span_id));
-        assert!(!l.is_provisional(&backend.trace_id));
-        assert_eq!(l.counts.get(Counter::LinkSocketLate), 1);
-
-        // One whose client request never comes is released as it is after the wait.
-        l.request_started(key(3, 2), &backend_in(), st(21, 200), &req(&[]));
-        let orphan = done(&mut l, key(3, 2), backend_in()).unwrap();
-        assert!(l.is_provisional(&orphan.trace_id));
-        l.expire(1);
-        assert!(l.take_abandoned().is_empty(), "not before its wait is over");
-        l.expire(2 + LATE_TTL_NS);
-        assert_eq!(l.take_abandoned(), [orphan.trace_id]);
-        assert!(!l.is_provisional(&orphan.trace_id));
-
-        // A connection whose client end was never seen does not wait.
-        let other_in = meta(2, Role::Server, "127.0.0.1:90", "127.0.0.1:7000");
-        l.request_started(key(4, 0), &other_in, st(21, 0), &req(&[]));
-        let alone = done(&mut l, key(4, 0), other_in).unwrap();
-        assert!(!l.is_provisional(&alone.trace_id));
     }
 
     #[test]

@@ -78,6 +78,56 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub nice: i32,
 
+    /// Head sampling: the share of the traces ghostwire starts that are exported
+    /// (0.0..=1.0), decided from the trace id like OTel's TraceIdRatioBased. A request
+    /// that arrived with a context follows its sampled flag. Default: 1.0, or what
+    /// OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG say.
+    #[arg(long, value_name = "RATIO")]
+    pub sample_ratio: Option<f64>,
+
+    /// Tail sampling: keep every trace with an error span, whatever the ratio.
+    #[arg(long)]
+    pub sample_keep_errors: bool,
+
+    /// Tail sampling: keep every trace whose entry span took longer than this (e.g.
+    /// 500ms, 2s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub sample_keep_slower_than: Option<Duration>,
+
+    /// Keep at most N traces per second (a token bucket over the traces the other
+    /// rules kept; what it refuses is counted as sample.dropped.rate_limit).
+    #[arg(long, value_name = "N")]
+    pub sample_max_traces_per_second: Option<f64>,
+
+    /// Adaptive sampling: about N traces per second per operation (service, span name
+    /// and route) for the traces ghostwire starts; rarer operations are always kept.
+    #[arg(long, value_name = "N")]
+    pub sample_adaptive_per_operation: Option<f64>,
+
+    /// Tail sampling: a trace is complete when no span arrived for this long after its
+    /// entry span.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    pub sample_quiet_period: Duration,
+
+    /// Tail sampling: a trace whose entry span never arrives is decided after this long.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub sample_max_wait: Duration,
+
+    /// Tail sampling: traces held at most; past it the oldest is decided at once.
+    #[arg(long, value_name = "TRACES", default_value_t = crate::sample::DEFAULT_BUFFER_TRACES)]
+    pub sample_buffer_traces: usize,
+
+    /// Tail sampling: bytes of spans held at most (estimated); past it the oldest trace
+    /// is decided at once.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::sample::DEFAULT_BUFFER_BYTES)]
+    pub sample_buffer_bytes: usize,
+
+    /// Serve Prometheus metrics (RED, service graph, ghostwire's counters) at
+    /// http://ADDR/metrics. ADDR is HOST:PORT or a port (on 127.0.0.1); the flag alone
+    /// means 127.0.0.1:9464. Off by default.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_METRICS_LISTEN)]
+    pub metrics_listen: Option<String>,
+
     /// Attach only empty programs to one candidate hook set (syscalls, raw-syscalls,
     /// sock, raw-sock, cgroup-skb) and wait: what the hooks cost by themselves, for
     /// `cargo xtask bench hooks`.
@@ -88,6 +138,24 @@ pub struct Cli {
     /// classic tracepoints) or `tracepoints`.
     #[arg(long, value_name = "KIND", default_value = "auto", hide = true)]
     pub hooks: String,
+}
+
+/// `--metrics-listen` without a value: loopback, the OTel Prometheus exporter's port.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+/// Parses `500ms`, `2s`, `1.5s`, `1m` (a bare number is seconds).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| c.is_ascii_alphabetic()).map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num.trim().parse().map_err(|_| format!("`{s}` is not a duration: use e.g. 500ms, 2s or 1m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "us" | "µs" => n / 1e6,
+        _ => return Err(format!("`{s}` has an unknown unit: use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is not a duration: use e.g. 500ms, 2s or 1m"))
 }
 
 /// Smallest ring buffer accepted: a few of the largest records (header, 16 KiB prefix,
@@ -114,6 +182,16 @@ pub enum ConfigError {
     Endpoint(String),
     #[error("--hooks {0} is not a hook kind: use auto or tracepoints")]
     Hooks(String),
+    #[error("--sample-ratio {0} is out of range: use a number from 0.0 to 1.0")]
+    Ratio(String),
+    #[error("OTEL_TRACES_SAMPLER={0} is not supported: use always_on, always_off, traceidratio or parentbased_{{always_on,always_off,traceidratio}}")]
+    Sampler(String),
+    #[error("OTEL_TRACES_SAMPLER_ARG={0} is not a ratio: use a number from 0.0 to 1.0")]
+    SamplerArg(String),
+    #[error("--{0} {1} must be a positive number")]
+    Positive(&'static str, String),
+    #[error("--metrics-listen {0} is not an address: use HOST:PORT (e.g. 127.0.0.1:9464) or a port")]
+    MetricsListen(String),
 }
 
 impl Cli {
@@ -164,6 +242,57 @@ impl Cli {
             "tracepoints" => Ok(crate::capture::HookChoice::Tracepoints),
             other => Err(ConfigError::Hooks(other.to_owned())),
         }
+    }
+
+    /// Resolves the sampling settings from flags and `env` (`OTEL_TRACES_SAMPLER`,
+    /// `OTEL_TRACES_SAMPLER_ARG`); the flags win.
+    pub fn sampling(&self, env: impl Fn(&str) -> Option<String>) -> Result<crate::sample::Config, ConfigError> {
+        let mut cfg = crate::sample::Config::default();
+        let ratio_of = |v: &str, err: fn(String) -> ConfigError| -> Result<f64, ConfigError> {
+            match v.trim().parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                _ => Err(err(v.to_owned())),
+            }
+        };
+        if let Some(name) = env("OTEL_TRACES_SAMPLER").filter(|v| !v.trim().is_empty()) {
+            let arg = env("OTEL_TRACES_SAMPLER_ARG").filter(|v| !v.trim().is_empty());
+            let arg_ratio = || arg.as_deref().map_or(Ok(1.0), |a| ratio_of(a, ConfigError::SamplerArg));
+            (cfg.parent_based, cfg.ratio) = match name.trim() {
+                "always_on" => (false, 1.0),
+                "always_off" => (false, 0.0),
+                "traceidratio" => (false, arg_ratio()?),
+                "parentbased_always_on" => (true, 1.0),
+                "parentbased_always_off" => (true, 0.0),
+                "parentbased_traceidratio" => (true, arg_ratio()?),
+                other => return Err(ConfigError::Sampler(other.to_owned())),
+            };
+        }
+        if let Some(r) = self.sample_ratio {
+            cfg.ratio = ratio_of(&r.to_string(), ConfigError::Ratio)?;
+        }
+        let positive = |flag: &'static str, v: Option<f64>| match v {
+            Some(n) if !(n.is_finite() && n > 0.0) => Err(ConfigError::Positive(flag, n.to_string())),
+            v => Ok(v),
+        };
+        cfg.keep_errors = self.sample_keep_errors;
+        cfg.keep_slower_than = self.sample_keep_slower_than;
+        cfg.max_traces_per_second = positive("sample-max-traces-per-second", self.sample_max_traces_per_second)?;
+        cfg.adaptive_per_operation = positive("sample-adaptive-per-operation", self.sample_adaptive_per_operation)?;
+        cfg.quiet = self.sample_quiet_period;
+        cfg.max_wait = self.sample_max_wait;
+        cfg.buffer_traces = self.sample_buffer_traces;
+        cfg.buffer_bytes = self.sample_buffer_bytes;
+        Ok(cfg)
+    }
+
+    /// The `--metrics-listen` address, if metrics are on.
+    pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let Some(v) = &self.metrics_listen else { return Ok(None) };
+        let v = v.trim();
+        if let Ok(port) = v.parse::<u16>() {
+            return Ok(Some(std::net::SocketAddr::from(([127, 0, 0, 1], port))));
+        }
+        v.parse().map(Some).map_err(|_| ConfigError::MetricsListen(v.to_owned()))
     }
 
     #[must_use]
@@ -221,5 +350,55 @@ mod tests {
         assert!(cli(&["--pid", "1", "--pid", "2", "--port", "80"]).validate().is_ok());
         assert!(cli(&["--no-tls"]).no_tls);
         assert!(!cli(&[]).no_tls, "TLS is traced unless asked not to");
+    }
+
+    #[test]
+    fn sampling_from_flags_and_the_otel_environment() {
+        let none = |_: &str| None;
+        let d = cli(&[]).sampling(none).unwrap();
+        assert_eq!(d, crate::sample::Config::default());
+        assert!(d.parent_based && (d.ratio - 1.0).abs() < f64::EPSILON && !d.buffered());
+        let env = |k: &str| match k {
+            "OTEL_TRACES_SAMPLER" => Some("traceidratio".to_owned()),
+            "OTEL_TRACES_SAMPLER_ARG" => Some("0.1".to_owned()),
+            _ => None,
+        };
+        let c = cli(&[]).sampling(env).unwrap();
+        assert!(!c.parent_based && (c.ratio - 0.1).abs() < 1e-12);
+        // The flag wins over the variable; parent-basedness stays the variable's.
+        let c = cli(&["--sample-ratio", "0.25"]).sampling(env).unwrap();
+        assert!(!c.parent_based && (c.ratio - 0.25).abs() < 1e-12);
+        let off = |k: &str| (k == "OTEL_TRACES_SAMPLER").then(|| "parentbased_always_off".to_owned());
+        let c = cli(&[]).sampling(off).unwrap();
+        assert!(c.parent_based && c.ratio == 0.0);
+        let bad = |k: &str| (k == "OTEL_TRACES_SAMPLER").then(|| "jaeger_remote".to_owned());
+        assert_eq!(cli(&[]).sampling(bad), Err(ConfigError::Sampler("jaeger_remote".into())));
+        assert_eq!(cli(&["--sample-ratio", "1.5"]).sampling(none), Err(ConfigError::Ratio("1.5".into())));
+        assert!(matches!(
+            cli(&["--sample-max-traces-per-second", "0"]).sampling(none),
+            Err(ConfigError::Positive("sample-max-traces-per-second", _))
+        ));
+        let c = cli(&["--sample-keep-errors", "--sample-keep-slower-than", "250ms", "--sample-quiet-period", "2s"])
+            .sampling(none)
+            .unwrap();
+        assert!(c.keep_errors && c.buffered());
+        assert_eq!(c.keep_slower_than, Some(Duration::from_millis(250)));
+        assert_eq!(c.quiet, Duration::from_secs(2));
+        assert!(Cli::try_parse_from(["ghostwire", "--sample-keep-slower-than", "fast"]).is_err());
+    }
+
+    #[test]
+    fn metrics_listen_defaults_to_loopback() {
+        assert_eq!(cli(&[]).metrics_addr(), Ok(None));
+        assert_eq!(cli(&["--metrics-listen"]).metrics_addr(), Ok(Some("127.0.0.1:9464".parse().unwrap())));
+        assert_eq!(cli(&["--metrics-listen", "9000"]).metrics_addr(), Ok(Some("127.0.0.1:9000".parse().unwrap())));
+        assert_eq!(cli(&["--metrics-listen", "[::1]:9464"]).metrics_addr(), Ok(Some("[::1]:9464".parse().unwrap())));
+        assert_eq!(
+            cli(&["--metrics-listen", "nowhere"]).metrics_addr(),
+            Err(ConfigError::MetricsListen("nowhere".into()))
+        );
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("-1s").is_err() && parse_duration("3h").is_err());
     }
 }

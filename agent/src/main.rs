@@ -81,6 +81,17 @@ async fn run(cli: Cli, export_runtime: tokio::runtime::Handle) -> anyhow::Result
         return empty_probes(set).await;
     }
     let outputs = cli.outputs(|k| std::env::var(k).ok())?;
+    let sampling = cli.sampling(|k| std::env::var(k).ok())?;
+    // Bound before the probes load: a taken port fails at once, in one line.
+    let metrics_listener = match cli.metrics_addr()? {
+        Some(addr) => Some(std::net::TcpListener::bind(addr).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot serve metrics on {addr} ({e}): choose another address with --metrics-listen HOST:PORT"
+            )
+        })?),
+        None => None,
+    };
+    let kernel_snapshot = Arc::new(Mutex::new(stats::KernelCounters::default()));
 
     let scan = ghostwire::conn::listen::scan(std::path::Path::new("/proc"));
     stats::global().add(Counter::ConnsPreexisting, scan.established);
@@ -118,6 +129,16 @@ async fn run(cli: Cli, export_runtime: tokio::runtime::Handle) -> anyhow::Result
         })?;
         drop(export_context);
         let mut pipeline = Pipeline::new(exporters, cli.instrumented.clone(), scan.listening);
+        pipeline.set_sampler(ghostwire::sample::Sampler::new(sampling.clone()));
+        if let Some(listener) = metrics_listener.as_ref() {
+            let (metrics, registry) = ghostwire::metrics::Metrics::new(kernel_snapshot.clone());
+            pipeline.set_metrics(metrics);
+            listener.set_nonblocking(true)?;
+            let listener = listener.try_clone()?;
+            let _context = export_runtime.enter();
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            export_runtime.spawn(ghostwire::metrics::serve::serve(listener, registry));
+        }
         match ghostwire::span::nat::Conntrack::open() {
             Ok(ct) => pipeline.set_nat(Box::new(ct)),
             // Without it only NATed connections (Services) lose their socket link.
@@ -173,6 +194,11 @@ async fn run(cli: Cli, export_runtime: tokio::runtime::Handle) -> anyhow::Result
         if outputs.console {
             what.push("live waterfall".to_owned());
         }
+        if let Some(l) = &metrics_listener {
+            if let Ok(addr) = l.local_addr() {
+                what.push(format!("metrics at http://{addr}/metrics"));
+            }
+        }
     }
     let tls_line = match tls_files {
         Some(1) => "OpenSSL uprobes on 1 file".to_owned(),
@@ -197,7 +223,20 @@ async fn run(cli: Cli, export_runtime: tokio::runtime::Handle) -> anyhow::Result
             _ = drain.tick() => {
                 drain_ring(ring.get_mut(), &mut sink, DRAIN_BUDGET);
             }
-            _ = tick.tick() => sink.tick(),
+            _ = tick.tick() => {
+                sink.tick();
+                if metrics_listener.is_some() {
+                    // The scrape reads the last snapshot (never the capture's lock).
+                    let read = match capture.try_lock() {
+                        Ok(c) => Some(kernel_counters(&c)),
+                        Err(TryLockError::Poisoned(c)) => Some(kernel_counters(&c.into_inner())),
+                        Err(TryLockError::WouldBlock) => None,
+                    };
+                    if let Some(k) = read {
+                        *kernel_snapshot.lock().unwrap_or_else(PoisonError::into_inner) = k;
+                    }
+                }
+            }
             _ = async {
                 match stats_tick.as_mut() {
                     Some(t) => { t.tick().await; }

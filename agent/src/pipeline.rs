@@ -6,7 +6,9 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::conn::{ConnKey, ConnMeta, ConnSink, ConnTable, ExchangeRecord, ListenTable, ReqKey, Start};
 use crate::export::Exporters;
+use crate::metrics::Metrics;
 use crate::protocol::Request;
+use crate::sample::Sampler;
 use crate::span::build::{self, Clock};
 use crate::span::link::{Confidence, Evidence, LinkKind, Linker, Resolution};
 use crate::span::resource::ResourceCache;
@@ -25,6 +27,9 @@ struct Spans {
     linker: Linker,
     resources: ResourceCache,
     clock: Clock,
+    /// Every span passes here first, sampled or not.
+    metrics: Option<Metrics>,
+    sampler: Sampler,
     exporters: Exporters,
     /// Spans whose trace waits for a deferred call's parent, per provisional trace id.
     held: HashMap<[u8; 16], Vec<Span>>,
@@ -48,6 +53,8 @@ impl Pipeline {
                 linker: Linker::new(instrumented),
                 resources: ResourceCache::default(),
                 clock: Clock::now(),
+                metrics: None,
+                sampler: Sampler::new(crate::sample::Config::default()),
                 exporters,
                 held: HashMap::new(),
                 held_order: VecDeque::new(),
@@ -60,6 +67,16 @@ impl Pipeline {
     /// Lets the socket link see through NAT (conntrack).
     pub fn set_nat(&mut self, nat: Box<dyn crate::span::nat::NatLookup + Send>) {
         self.spans.linker.set_nat(nat);
+    }
+
+    /// Which traces are exported (default: all).
+    pub fn set_sampler(&mut self, sampler: Sampler) {
+        self.spans.sampler = sampler;
+    }
+
+    /// Counts every span into these metrics before sampling.
+    pub fn set_metrics(&mut self, metrics: Metrics) {
+        self.spans.metrics = Some(metrics);
     }
 
     /// Forwards every exec event's pid to `execs` (without blocking).
@@ -117,11 +134,17 @@ impl Pipeline {
         self.conns.tick(now);
         self.spans.linker.expire(now);
         self.spans.settle();
+        self.spans.sampler.tick();
+        if let Some(m) = &mut self.spans.metrics {
+            m.tick();
+        }
     }
 
     /// Hands the spans built since the last call to the exporters (after each drain of
     /// the ring: one hand-over per batch of records).
     pub fn flush(&mut self) {
+        let Spans { sampler, exporters, .. } = &mut self.spans;
+        sampler.poll(&mut |s| exporters.stage(s));
         self.spans.exporters.flush();
     }
 
@@ -132,6 +155,8 @@ impl Pipeline {
         for t in traces {
             self.spans.release(t, None);
         }
+        let Spans { sampler, exporters, .. } = &mut self.spans;
+        sampler.drain(&mut |s| exporters.stage(s));
         self.spans.exporters
     }
 }
@@ -182,8 +207,18 @@ impl Spans {
             } else if span.is_root() {
                 stats::global().incr(Counter::LinkNone);
             }
-            self.exporters.stage(span);
+            self.emit(span);
         }
+    }
+
+    /// A span whose trace is settled: into the metrics, then the sampler decides
+    /// whether (and when) the exporters get it.
+    fn emit(&mut self, span: Span) {
+        if let Some(m) = &mut self.metrics {
+            m.observe(&span);
+        }
+        let exporters = &mut self.exporters;
+        self.sampler.offer(span, &mut |s| exporters.stage(s));
     }
 
     /// Holds a span whose trace is provisional (bounded: the oldest trace goes out).
@@ -231,7 +266,7 @@ impl ConnSink for Spans {
         if provisional {
             self.hold(span);
         } else {
-            self.exporters.stage(span);
+            self.emit(span);
         }
     }
 

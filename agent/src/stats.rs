@@ -177,16 +177,80 @@ counters! {
     /// Lookups not made: the connection is in another network namespace than the agent,
     /// whose conntrack table the agent's socket does not see.
     NatOtherNetns => "nat.other_netns",
+    /// Traces kept, by the rule that kept them (`ghostwire.sampling.reason`). Traces are
+    /// counted once, at their decision (head-only sampling: at their entry span).
+    SampleKeptHead => "sample.kept.head",
+    SampleKeptParent => "sample.kept.parent",
+    SampleKeptError => "sample.kept.error",
+    SampleKeptSlow => "sample.kept.slow",
+    SampleKeptAdaptive => "sample.kept.adaptive",
+    /// Traces dropped, by the rule that dropped them.
+    SampleDroppedHead => "sample.dropped.head",
+    SampleDroppedParent => "sample.dropped.parent",
+    SampleDroppedAdaptive => "sample.dropped.adaptive",
+    /// Traces the other rules kept that the `--sample-max-traces-per-second` bucket
+    /// had no token for.
+    SampleDroppedRateLimit => "sample.dropped.rate_limit",
+    /// Spans not exported because their trace was not sampled.
+    DropSampledOut => "drop.sampled_out",
+    /// Traces decided before they were complete because the tail buffer was full
+    /// (by traces or by bytes): decided on the spans it held.
+    SampleBufferOverflow => "sample.buffer_overflow",
+    /// Traces decided without an entry span, after `--sample-max-wait`.
+    SampleIncomplete => "sample.incomplete",
+    /// Spans that arrived after their trace was decided (the decision was applied).
+    SampleLateSpans => "sample.late_spans",
+    /// Adaptive sampling: operations beyond the tracked number, sampled as one.
+    SampleOperationsOverflow => "sample.operations_overflow",
+    /// Metric series not created because their family held its maximum: the request
+    /// was counted under `_OTHER` label values.
+    MetricsSeriesOverflow => "metrics.series_overflow",
+    /// Client or server spans whose other half never arrived: no service-graph edge.
+    MetricsGraphUnpaired => "metrics.graph_unpaired",
+    /// Service-graph halves not held because the pairing table was full.
+    MetricsGraphPendingFull => "metrics.graph_pending_full",
+    /// Scrapes of `/metrics` served.
+    MetricsScrapes => "metrics.scrapes",
+}
+
+macro_rules! gauges {
+    ($($(#[$doc:meta])* $name:ident => $key:literal,)*) => {
+        /// A userspace gauge: a level, not a count.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum Gauge { $($(#[$doc])* $name,)* }
+
+        impl Gauge {
+            pub const ALL: &'static [Gauge] = &[$(Gauge::$name,)*];
+            /// Stable snake_case name, used in reports.
+            #[must_use]
+            pub fn name(self) -> &'static str {
+                match self { $(Gauge::$name => $key,)* }
+            }
+        }
+    };
+}
+
+gauges! {
+    /// Traces and spans held by the tail sampler now, and the bytes they take.
+    SampleBufferTraces => "sample.buffer_traces",
+    SampleBufferSpans => "sample.buffer_spans",
+    SampleBufferBytes => "sample.buffer_bytes",
+    /// The most traces and bytes the tail sampler held at once.
+    SampleBufferTracesPeak => "sample.buffer_traces_peak",
+    SampleBufferBytesPeak => "sample.buffer_bytes_peak",
 }
 
 const N: usize = Counter::ALL.len();
+const NG: usize = Gauge::ALL.len();
 
 /// Process-wide userspace counters.
 pub struct Stats {
     values: [AtomicU64; N],
+    gauges: [AtomicU64; NG],
 }
 
-static STATS: Stats = Stats { values: [const { AtomicU64::new(0) }; N] };
+static STATS: Stats = Stats { values: [const { AtomicU64::new(0) }; N], gauges: [const { AtomicU64::new(0) }; NG] };
 
 /// The global counters.
 #[must_use]
@@ -206,6 +270,20 @@ impl Stats {
     #[must_use]
     pub fn get(&self, c: Counter) -> u64 {
         self.values[c as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, g: Gauge, v: u64) {
+        self.gauges[g as usize].store(v, Ordering::Relaxed);
+    }
+
+    /// Raises a high-water mark to `v` (never lowers it).
+    pub fn raise(&self, g: Gauge, v: u64) {
+        self.gauges[g as usize].fetch_max(v, Ordering::Relaxed);
+    }
+
+    #[must_use]
+    pub fn gauge(&self, g: Gauge) -> u64 {
+        self.gauges[g as usize].load(Ordering::Relaxed)
     }
 
     /// Counts a drop and logs it at debug level.
@@ -228,6 +306,13 @@ pub fn propagation_break(caller: &str, callee: &str) {
     } else if map.len() < 4096 {
         map.insert((caller.to_owned(), callee.to_owned()), 1);
     }
+}
+
+/// Propagation breaks per edge: `((caller, callee), count)`, at most 4096 edges.
+#[must_use]
+pub fn propagation_breaks() -> Vec<((String, String), u64)> {
+    let map = BREAKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    map.iter().map(|(k, v)| (k.clone(), *v)).collect()
 }
 
 /// Snapshot of the kernel's per-probe counters, summed over CPUs.
@@ -257,6 +342,12 @@ pub fn report(kernel: &KernelCounters) -> String {
         let v = s.get(c);
         if v != 0 {
             let _ = write!(out, " {}={v}", c.name());
+        }
+    }
+    for &g in Gauge::ALL {
+        let v = s.gauge(g);
+        if v != 0 {
+            let _ = write!(out, " {}={v}", g.name());
         }
     }
     // How often an HTTP/2 stream's method, path or status could not be decoded (HPACK

@@ -243,12 +243,15 @@ pub fn parse_stats_line(line: &str) -> BTreeMap<String, u64> {
 }
 
 /// Whether the agent can print `key` in its `stats:` line: a userspace counter
-/// (`ghostwire::stats::Counter`), `kernel.<counter>` or `kernel.<probe>.<counter>`
+/// (`ghostwire::stats::Counter`) or gauge (`Gauge`), `kernel.<counter>` or `kernel.<probe>.<counter>`
 /// (`ghostwire_common::{counter, probe}::NAMES`), or a per-edge `break.A->B`.
 #[must_use]
 pub fn is_stat_key(key: &str) -> bool {
     use ghostwire_common::{counter, probe};
-    if ghostwire::stats::Counter::ALL.iter().any(|c| c.name() == key) || ghostwire::stats::DERIVED.contains(&key) {
+    if ghostwire::stats::Counter::ALL.iter().any(|c| c.name() == key)
+        || ghostwire::stats::Gauge::ALL.iter().any(|g| g.name() == key)
+        || ghostwire::stats::DERIVED.contains(&key)
+    {
         return true;
     }
     if let Some(rest) = key.strip_prefix("break.") {

@@ -101,7 +101,8 @@ pub fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], u8)> {
     let trace_id = non_zero(hex_exact::<16>(v.get(3..35)?)?)?;
     let span_id = non_zero(hex_exact::<8>(v.get(36..52)?)?)?;
     let [flags] = hex_exact::<1>(v.get(53..55)?)?;
-    let flags = if version == 0 { flags } else { flags & FLAG_SAMPLED };
+    // The top bit is ghostwire's own mark (`LOCAL_ROOT`); W3C defines only bits 0-1.
+    let flags = if version == 0 { flags & !crate::span::LOCAL_ROOT } else { flags & FLAG_SAMPLED };
     Some((trace_id, span_id, flags))
 }
 

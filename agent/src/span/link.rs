@@ -1674,7 +1674,8 @@ fn identity_of(mut trace_id: [u8; 16], span_id: [u8; 8]) -> Identity {
         trace_id,
         span_id,
         parent_span_id: [0; 8],
-        flags: 1,
+        // Sampled (the sampler stage decides), and started here.
+        flags: crate::span::context::FLAG_SAMPLED | crate::span::LOCAL_ROOT,
         trace_state: String::new(),
         link: LinkKind::None,
         format: None,

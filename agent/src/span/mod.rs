@@ -7,5 +7,6 @@ pub mod model;
 pub mod nat;
 pub mod redact;
 pub mod resource;
+pub mod route;
 
-pub use model::{hex, AttrValue, Attribute, Resource, Span, SpanKind, Status};
+pub use model::{hex, AttrValue, Attribute, Resource, Span, SpanKind, Status, LOCAL_ROOT};

@@ -99,6 +99,13 @@ impl Resource {
     }
 }
 
+/// A bit of [`Span::flags`] that is not a W3C flag and never leaves the agent: the
+/// trace was started by ghostwire (its root is one of ghostwire's own spans), not
+/// received in a context. Spans inherit it with their trace. The sampler reads it to
+/// tell a trace it decides by ratio from one whose sender decided, and clears it
+/// before export; received flags never carry it (the context parser masks it).
+pub const LOCAL_ROOT: u8 = 0x80;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Span {
     pub trace_id: [u8; 16],
@@ -107,7 +114,7 @@ pub struct Span {
     pub parent_span_id: [u8; 8],
     /// W3C `tracestate` received with the context, empty when none.
     pub trace_state: String,
-    /// W3C trace flags (bit 0 = sampled).
+    /// W3C trace flags (bit 0 = sampled), plus [`LOCAL_ROOT`] until the sampler.
     pub flags: u8,
     pub name: Text,
     pub kind: SpanKind,

@@ -1,0 +1,223 @@
+//! The service graph: an edge for each call from one traced service to another, from
+//! the pair of the caller's CLIENT span and the callee's SERVER span (its child).
+//! Metrics in the names Tempo and OBI use, plus a companion counter of the calls on
+//! which the caller dropped the trace context it had received.
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter as PromCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::{Bounded, Label, DURATION_BUCKETS};
+use crate::span::{AttrValue, Span, SpanKind, Status};
+use crate::stats::{self, Counter};
+
+/// How long one half of a call waits for the other (deferred links can hold a span
+/// for a few seconds).
+const PAIR_WAIT: Duration = Duration::from_secs(10);
+/// Halves waiting at most.
+const MAX_PENDING: usize = 65_536;
+/// The client of an entry span that no traced process called (Tempo's name).
+const USER: &str = "user";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Edge {
+    client: Label,
+    server: Label,
+}
+
+/// One side of a call, waiting for the other.
+struct Half {
+    kind: SpanKind,
+    service: Label,
+    secs: f64,
+    failed: bool,
+    /// Server side: its caller dropped a context.
+    broken: bool,
+    /// Client side: where it connected (the edge's server when no server span comes).
+    peer: Label,
+    since: Instant,
+}
+
+type Seconds = Family<Edge, Histogram, fn() -> Histogram>;
+
+pub(super) struct Graph {
+    total: Bounded<Edge, PromCounter>,
+    failed: Family<Edge, PromCounter>,
+    broken: Family<Edge, PromCounter>,
+    server_seconds: Seconds,
+    client_seconds: Seconds,
+    /// Keyed by (trace id, the client span's id).
+    pending: HashMap<([u8; 16], [u8; 8]), Half>,
+    order: VecDeque<(Instant, ([u8; 16], [u8; 8]))>,
+}
+
+impl Graph {
+    pub fn new(registry: &mut Registry) -> Self {
+        let g = Self {
+            total: Bounded::new(Family::default()),
+            failed: Family::default(),
+            broken: Family::default(),
+            server_seconds: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS)),
+            client_seconds: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS)),
+            pending: HashMap::new(),
+            order: VecDeque::new(),
+        };
+        registry.register("traces_service_graph_request", "Calls between two services", g.total.family.clone());
+        registry.register(
+            "traces_service_graph_request_failed",
+            "Calls between two services that failed on either side",
+            g.failed.clone(),
+        );
+        registry.register(
+            "traces_service_graph_request_propagation_broken",
+            "Calls whose caller had received a trace context and did not pass it on (ghostwire linked them)",
+            g.broken.clone(),
+        );
+        registry.register_with_unit(
+            "traces_service_graph_request_server",
+            "Server-side duration of calls between two services",
+            Unit::Seconds,
+            g.server_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "traces_service_graph_request_client",
+            "Client-side duration of calls between two services",
+            Unit::Seconds,
+            g.client_seconds.clone(),
+        );
+        g
+    }
+
+    pub fn observe(&mut self, span: &Span, secs: f64) {
+        let now = Instant::now();
+        let failed = matches!(span.status, Status::Error { .. });
+        let service = Label::of(&span.resource.service_name);
+        match span.kind {
+            SpanKind::Server if span.is_root() => {
+                self.edge(&Label::of(USER), &service, None, Some(secs), failed, broken(span));
+            }
+            SpanKind::Server => {
+                let key = (span.trace_id, span.parent_span_id);
+                match self.pending.remove(&key) {
+                    Some(c) if c.kind == SpanKind::Client => {
+                        self.edge(&c.service, &service, Some(c.secs), Some(secs), failed || c.failed, broken(span));
+                    }
+                    other => {
+                        self.put_back(key, other);
+                        let half = Half {
+                            kind: SpanKind::Server,
+                            service,
+                            secs,
+                            failed,
+                            broken: broken(span),
+                            peer: Label::default(),
+                            since: now,
+                        };
+                        self.wait(key, half, now);
+                    }
+                }
+            }
+            SpanKind::Client => {
+                let key = (span.trace_id, span.span_id);
+                match self.pending.remove(&key) {
+                    Some(s) if s.kind == SpanKind::Server => {
+                        self.edge(&service, &s.service, Some(secs), Some(s.secs), failed || s.failed, s.broken);
+                    }
+                    other => {
+                        self.put_back(key, other);
+                        let peer = match span.attr("server.address") {
+                            Some(AttrValue::Str(a)) => Label(a.clone()),
+                            _ => Label::default(),
+                        };
+                        let half =
+                            Half { kind: SpanKind::Client, service, secs, failed, broken: false, peer, since: now };
+                        self.wait(key, half, now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn put_back(&mut self, key: ([u8; 16], [u8; 8]), half: Option<Half>) {
+        if let Some(h) = half {
+            self.pending.insert(key, h);
+        }
+    }
+
+    fn wait(&mut self, key: ([u8; 16], [u8; 8]), half: Half, now: Instant) {
+        if self.pending.len() >= MAX_PENDING {
+            stats::global().incr(Counter::MetricsGraphPendingFull);
+            return;
+        }
+        if self.pending.insert(key, half).is_none() {
+            self.order.push_back((now, key));
+        }
+    }
+
+    /// Halves whose other half did not come: a client's call becomes an edge to the
+    /// address it called (a server ghostwire does not see); a server's is only counted.
+    pub fn expire(&mut self, now: Instant) {
+        while let Some(&(since, key)) = self.order.front() {
+            if now.saturating_duration_since(since) < PAIR_WAIT {
+                break;
+            }
+            self.order.pop_front();
+            let Some(h) = self.pending.get(&key) else { continue };
+            if h.since != since {
+                continue;
+            }
+            let Some(h) = self.pending.remove(&key) else { continue };
+            stats::global().incr(Counter::MetricsGraphUnpaired);
+            if h.kind == SpanKind::Client && h.peer != Label::default() {
+                self.edge(&h.service, &h.peer, Some(h.secs), None, h.failed, false);
+            }
+        }
+    }
+
+    fn edge(
+        &mut self,
+        client: &Label,
+        server: &Label,
+        client_secs: Option<f64>,
+        server_secs: Option<f64>,
+        failed: bool,
+        broken: bool,
+    ) {
+        let mut edge = Edge { client: client.clone(), server: server.clone() };
+        let mut counted = None;
+        self.total.with(
+            &edge,
+            |_| {
+                let other = Edge { client: Label::OTHER, server: Label::OTHER };
+                counted = Some(other.clone());
+                other
+            },
+            |c| {
+                c.inc();
+            },
+        );
+        if let Some(other) = counted {
+            edge = other;
+        }
+        if failed {
+            self.failed.get_or_create(&edge).inc();
+        }
+        if broken {
+            self.broken.get_or_create(&edge).inc();
+        }
+        if let Some(s) = client_secs {
+            self.client_seconds.get_or_create(&edge).observe(s);
+        }
+        if let Some(s) = server_secs {
+            self.server_seconds.get_or_create(&edge).observe(s);
+        }
+    }
+}
+
+fn broken(span: &Span) -> bool {
+    span.attr("ghostwire.propagation_break.caller").is_some()
+}

@@ -90,13 +90,18 @@ fn data(i: u64, client: bool, dir: Direction, offset: u64, bytes: &[u8], ts_ns: 
 
 /// Drives `CONNS × ROUNDS` requests through a pipeline exporting to `cfg`; prints CPU
 /// and allocations per request.
-fn run(what: &str, cfg: ExportConfig) -> f64 {
+fn run(what: &str, cfg: ExportConfig, metrics: bool) -> f64 {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let exporters = {
         let _ctx = rt.enter();
         Exporters::start(cfg).unwrap()
     };
     let mut pipeline = Pipeline::new(exporters, Vec::new(), ListenTable::default());
+    if metrics {
+        let kernel = std::sync::Arc::new(std::sync::Mutex::new(ghostwire::stats::KernelCounters::default()));
+        let (m, _registry) = ghostwire::metrics::Metrics::new(kernel);
+        pipeline.set_metrics(m);
+    }
     let request = b"GET /index.html HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n\r\n".to_vec();
     let mut response = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 02 Dec 2026 01:00:00 GMT\r\n\
 Content-Type: text/html\r\nContent-Length: 1024\r\nLast-Modified: Wed, 02 Dec 2026 00:00:00 GMT\r\n\
@@ -149,6 +154,8 @@ Connection: keep-alive\r\nETag: \"692e3a00-400\"\r\nAccept-Ranges: bytes\r\n\r\n
 /// into owned structs), which batch sizes move a little. With some room.
 const JSONL_MAX_ALLOCATIONS: f64 = 20.0;
 const OTLP_MAX_ALLOCATIONS: f64 = 100.0;
+/// What the metrics stage may add per request (two spans observed).
+const METRICS_MAX_EXTRA_ALLOCATIONS: f64 = 0.5;
 
 /// Both exporters in one test, one after the other: the counters (spans, allocations)
 /// are the process's.
@@ -157,10 +164,22 @@ fn http1_both_ends_to_jsonl_then_otlp() {
     let jsonl = run(
         "http1, both ends, JSONL to /dev/null",
         ExportConfig { jsonl_path: Some("/dev/null".into()), queue_capacity: 1 << 20, ..ExportConfig::default() },
+        false,
     );
     assert!(
         jsonl <= JSONL_MAX_ALLOCATIONS,
         "{jsonl:.2} allocations per request (JSONL), at most {JSONL_MAX_ALLOCATIONS}"
+    );
+    // The metrics stage on the same path: label values are inline strings and series
+    // exist after the first request, so it adds no allocation per request.
+    let with_metrics = run(
+        "http1, both ends, JSONL to /dev/null, with the metrics stage",
+        ExportConfig { jsonl_path: Some("/dev/null".into()), queue_capacity: 1 << 20, ..ExportConfig::default() },
+        true,
+    );
+    assert!(
+        with_metrics <= jsonl + METRICS_MAX_EXTRA_ALLOCATIONS,
+        "{with_metrics:.2} allocations per request with metrics, {jsonl:.2} without"
     );
     let otlp = http1_both_ends_to_otlp();
     assert!(otlp <= OTLP_MAX_ALLOCATIONS, "{otlp:.2} allocations per request (OTLP), at most {OTLP_MAX_ALLOCATIONS}");
@@ -197,5 +216,6 @@ fn http1_both_ends_to_otlp() -> f64 {
             queue_capacity: 1 << 20,
             ..ExportConfig::default()
         },
+        false,
     )
 }

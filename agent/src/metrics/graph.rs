@@ -42,6 +42,9 @@ struct Half {
     since: Instant,
 }
 
+/// (trace id, the client span's id): what a call's two halves share.
+type CallKey = ([u8; 16], [u8; 8]);
+
 type Seconds = Family<Edge, Histogram, fn() -> Histogram>;
 
 pub(super) struct Graph {
@@ -50,9 +53,8 @@ pub(super) struct Graph {
     broken: Family<Edge, PromCounter>,
     server_seconds: Seconds,
     client_seconds: Seconds,
-    /// Keyed by (trace id, the client span's id).
-    pending: HashMap<([u8; 16], [u8; 8]), Half>,
-    order: VecDeque<(Instant, ([u8; 16], [u8; 8]))>,
+    pending: HashMap<CallKey, Half>,
+    order: VecDeque<(Instant, CallKey)>,
 }
 
 impl Graph {
@@ -142,13 +144,13 @@ impl Graph {
         }
     }
 
-    fn put_back(&mut self, key: ([u8; 16], [u8; 8]), half: Option<Half>) {
+    fn put_back(&mut self, key: CallKey, half: Option<Half>) {
         if let Some(h) = half {
             self.pending.insert(key, h);
         }
     }
 
-    fn wait(&mut self, key: ([u8; 16], [u8; 8]), half: Half, now: Instant) {
+    fn wait(&mut self, key: CallKey, half: Half, now: Instant) {
         if self.pending.len() >= MAX_PENDING {
             stats::global().incr(Counter::MetricsGraphPendingFull);
             return;

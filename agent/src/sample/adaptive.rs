@@ -71,13 +71,22 @@ impl Adaptive {
     }
 }
 
-/// `service span-name route`: the route is the path template of an HTTP server span
-/// (RPC span names already name the method).
+/// `service span-name route`: the route is the path template of an HTTP span's path
+/// (a client span's from its URL); RPC span names already name the method.
 pub(super) fn operation(span: &Span) -> Text {
     let mut key = Text::from(span.resource.service_name.as_str());
     key.push(' ');
     key.push_str(&span.name);
-    if let Some(AttrValue::Str(path)) = span.attr("url.path") {
+    let path = match (span.attr("url.path"), span.attr("url.full")) {
+        (Some(AttrValue::Str(p)), _) => Some(p.as_str()),
+        // A client span: the path of its URL.
+        (None, Some(AttrValue::Str(u))) => {
+            let after_scheme = u.split_once("://").map_or(u.as_str(), |(_, rest)| rest);
+            Some(after_scheme.find('/').map_or("/", |i| &after_scheme[i..]))
+        }
+        _ => None,
+    };
+    if let Some(path) = path {
         key.push(' ');
         crate::span::route::template_into(path, &mut key);
     }

@@ -579,6 +579,8 @@ pub struct SpanRec {
     pub trace_id: String,
     pub span_id: String,
     pub parent_span_id: String,
+    /// W3C `tracestate` (empty when none).
+    pub trace_state: String,
     pub name: String,
     /// OTLP span kind: 2 = SERVER, 3 = CLIENT.
     pub kind: i64,
@@ -701,6 +703,7 @@ pub fn read_jsonl(path: &Path) -> Vec<SpanRec> {
                         trace_id: s["traceId"].as_str().unwrap_or_default().to_owned(),
                         span_id: s["spanId"].as_str().unwrap_or_default().to_owned(),
                         parent_span_id: s["parentSpanId"].as_str().unwrap_or_default().to_owned(),
+                        trace_state: s["traceState"].as_str().unwrap_or_default().to_owned(),
                         name: s["name"].as_str().unwrap_or_default().to_owned(),
                         kind: s["kind"].as_i64().unwrap_or_default(),
                         start_ns: num(s.get("startTimeUnixNano")),

@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::protocol::Request;
 use crate::sample::Sampler;
 use crate::span::build::{self, Clock};
-use crate::span::link::{Confidence, Evidence, LinkKind, Linker, Resolution};
+use crate::span::link::{LinkKind, Linker, Resolution};
 use crate::span::resource::ResourceCache;
 use crate::span::{Resource, Span};
 use crate::stats::{self, Counter};
@@ -186,7 +186,12 @@ impl Spans {
     /// resolution names (or as they are).
     fn release(&mut self, trace: [u8; 16], resolution: Option<&Resolution>) {
         let Some(spans) = self.held.remove(&trace) else { return };
-        self.held_order.retain(|t| *t != trace);
+        // Its place in `held_order` is skipped when reached (no scan per release); the
+        // order is compacted once mostly stale.
+        if self.held_order.len() > 4 * self.held.len() + 1024 {
+            let held = &self.held;
+            self.held_order.retain(|t| held.contains_key(t));
+        }
         self.held_spans -= spans.len();
         for mut span in spans {
             if let Some(r) = resolution {
@@ -195,8 +200,13 @@ impl Spans {
                 if span.span_id == r.root {
                     span.parent_span_id = r.parent;
                     span.trace_state.clone_from(&r.trace_state);
-                    build::set_link(&mut span, LinkKind::Handoff, Evidence::RESPONSE, Some(Confidence::Medium));
-                    stats::global().incr(Counter::LinkHandoff);
+                    build::set_link(&mut span, r.link, r.evidence, r.confidence);
+                    stats::global().incr(link_counter(r.link));
+                    if let Some(pid) = r.propagation_break {
+                        let caller = self.resources.get(pid, "");
+                        stats::propagation_break(&caller.service_name, &span.resource.service_name);
+                        build::mark_propagation_break(&mut span, &caller.service_name);
+                    }
                 }
                 if self.linker.is_provisional(&r.to) {
                     // The parent's own trace waits for a deferred call upstream (a
@@ -224,7 +234,7 @@ impl Spans {
     /// Holds a span whose trace is provisional (bounded: the oldest trace goes out).
     fn hold(&mut self, span: Span) {
         while self.held_spans >= MAX_HELD_SPANS {
-            let Some(oldest) = self.held_order.front().copied() else { break };
+            let Some(oldest) = self.held_order.pop_front() else { break };
             let n = self.held.get(&oldest).map_or(0, Vec::len);
             stats::global().add(Counter::DropLinkHeld, n as u64);
             self.release(oldest, None);
@@ -259,8 +269,7 @@ impl ConnSink for Spans {
         }
         let mut span = build::build(&rec, identity, resource, self.clock);
         if let Some(caller) = caller {
-            // The edge that broke, on the span itself: visible in any backend.
-            span.attributes.push(("ghostwire.propagation_break.caller".into(), caller.service_name.as_str().into()));
+            build::mark_propagation_break(&mut span, &caller.service_name);
         }
         s.incr(Counter::SpansBuilt);
         if provisional {

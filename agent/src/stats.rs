@@ -123,6 +123,12 @@ counters! {
     LinkDeferredUnresolved => "link.deferred_unresolved",
     /// Spans held for a deferred parent, released unlinked because the hold was full.
     DropLinkHeld => "drop.link_held",
+    /// Server requests whose client's request reached the agent after their own
+    /// response (the client's send event came late): linked once it did.
+    LinkSocketLate => "link.socket_late",
+    /// Server requests that waited for a traced client connection's request and never
+    /// saw it: exported as roots.
+    LinkSocketWaitExpired => "link.socket_wait_expired",
     /// Socket links found through a NAT translation (conntrack).
     LinkSocketNat => "link.socket_nat",
     /// A passed-on header and the socket named different traces (the header won).

@@ -58,6 +58,15 @@ pub fn set_link(span: &mut Span, link: LinkKind, evidence: Evidence, confidence:
     }
 }
 
+/// Marks a span that repairs a chain whose caller (`caller`, a service name) dropped
+/// the context: visible in any backend.
+pub fn mark_propagation_break(span: &mut Span, caller: &str) {
+    if span.attr("ghostwire.propagation_break").is_none() {
+        span.attributes.push((Cow::Borrowed("ghostwire.propagation_break"), true.into()));
+    }
+    span.attributes.push((Cow::Borrowed("ghostwire.propagation_break.caller"), caller.into()));
+}
+
 const KNOWN_METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
 
 /// Builds one span from one exchange, with the identity the linker gave it: an HTTP

@@ -499,6 +499,20 @@ struct Deferred {
     event_loop: bool,
 }
 
+/// A server request settled as a root while its client runs on this node: the client's
+/// request may still come. A client thread preempted between delivering its bytes
+/// (loopback hands them straight to the server) and the tracepoint that reports them
+/// lets the server read, answer and be reported first. Its trace is provisional
+/// meanwhile.
+struct AwaitingPeer {
+    /// The client's (local, peer) addresses and the request's wire key.
+    at: (SocketAddr, SocketAddr, u64),
+    netns: u32,
+    key: ReqKey,
+    span_id: [u8; 8],
+    since_ns: u64,
+}
+
 /// A server response written in a process with deferred calls.
 #[derive(Clone)]
 struct Answered {
@@ -523,6 +537,12 @@ pub struct Resolution {
     pub trace_state: String,
     pub root: [u8; 8],
     pub parent: [u8; 8],
+    /// How `root` got its parent.
+    pub link: LinkKind,
+    pub evidence: Evidence,
+    pub confidence: Option<Confidence>,
+    /// The caller's pid, when `root` repairs a dropped context.
+    pub propagation_break: Option<u32>,
 }
 
 /// What one linker counted, besides the process-wide [`stats`] counters it also
@@ -567,6 +587,11 @@ const MAX_ALIASES: usize = 4096;
 const MAX_ALIAS_CHAIN: usize = 8;
 /// A deferred call not resolved within this is exported unlinked.
 pub const DEFER_TTL_NS: u64 = 5_000_000_000;
+/// A server request waits this long for its client's request (kernel time, counted by
+/// the requests that start meanwhile, or by the upkeep tick when the node is idle).
+pub const AWAIT_PEER_TTL_NS: u64 = 100_000_000;
+/// Server requests waiting for their client's request, at most.
+const MAX_AWAITING: usize = 4096;
 /// Shortest target a prefix-rewriting proxy match may rest on.
 const MIN_SUFFIX_MATCH: usize = 6;
 /// NAT translations remembered per server connection.
@@ -618,6 +643,14 @@ pub struct Linker {
     /// Resolved provisional traces, for spans still to come.
     aliases: HashMap<[u8; 16], ([u8; 16], u8)>,
     alias_order: VecDeque<[u8; 16]>,
+    /// Server requests waiting for their client's request, by provisional trace id, and
+    /// the trace id by the client request's address and wire key.
+    awaiting: HashMap<[u8; 16], AwaitingPeer>,
+    awaiting_at: HashMap<(SocketAddr, SocketAddr, u64), [u8; 16]>,
+    /// `awaiting`'s traces, oldest first (resolved ones are skipped when reached).
+    awaiting_order: VecDeque<[u8; 16]>,
+    /// The latest kernel time a request started at: the linker's clock.
+    now_ns: u64,
     /// For the pipeline: held traces to rewrite, and to release as they are.
     resolved: Vec<Resolution>,
     abandoned: Vec<[u8; 16]>,
@@ -657,6 +690,8 @@ impl Linker {
 
     /// A request's head was parsed.
     pub fn request_started(&mut self, key: ReqKey, conn: &ConnMeta, start: Start, req: &Request) {
+        self.now_ns = self.now_ns.max(start.ts_ns);
+        self.expire_awaiting(self.now_ns);
         if self.pending.len() >= MAX_PENDING {
             self.evict();
         }
@@ -774,14 +809,7 @@ impl Linker {
         if sent.is_some() && !sent_is_pass_through && self.instrumented.insert(pid) {
             log::info!("process {pid} sends trace context of its own: SDK-instrumented, its spans come from its SDK");
         }
-        let queue = self.peers.entry((conn.local, conn.peer)).or_insert_with(|| {
-            *self.client_ips.entry(conn.local.ip()).or_insert(0) += 1;
-            VecDeque::new()
-        });
-        if queue.len() >= MAX_PEER_QUEUE {
-            queue.pop_front();
-        }
-        queue.push_back(PeerRequest {
+        let request = PeerRequest {
             wire_key: start.wire_key,
             pid,
             netns: conn.netns,
@@ -792,7 +820,20 @@ impl Linker {
             sent,
             sent_is_pass_through,
             handling_received_context,
-        });
+        };
+        let waiting = self.awaiting_at.get(&(conn.local, conn.peer, start.wire_key)).copied();
+        if let Some(trace) = waiting.filter(|t| self.awaiting.get(t).is_some_and(|a| a.netns == conn.netns)) {
+            self.peer_arrived(trace, &request);
+        } else {
+            let queue = self.peers.entry((conn.local, conn.peer)).or_insert_with(|| {
+                *self.client_ips.entry(conn.local.ip()).or_insert(0) += 1;
+                VecDeque::new()
+            });
+            if queue.len() >= MAX_PEER_QUEUE {
+                queue.pop_front();
+            }
+            queue.push_back(request);
+        }
         self.insert(
             key,
             Pending {
@@ -1066,7 +1107,7 @@ impl Linker {
     /// Whether spans of `trace` must wait: a deferred call's parent is not known yet.
     #[must_use]
     pub fn is_provisional(&self, trace: &[u8; 16]) -> bool {
-        self.deferred.contains_key(trace)
+        self.deferred.contains_key(trace) || self.awaiting.contains_key(trace)
     }
 
     /// Provisional traces resolved since the last call.
@@ -1093,6 +1134,113 @@ impl Linker {
             }
             self.abandon(t);
         }
+        self.expire_awaiting(now_ns);
+    }
+
+    /// Ends the waits for late client requests that have lasted long enough.
+    fn expire_awaiting(&mut self, now_ns: u64) {
+        while let Some(&t) = self.awaiting_order.front() {
+            match self.awaiting.get(&t) {
+                None => {}
+                Some(a) if now_ns.saturating_sub(a.since_ns) > AWAIT_PEER_TTL_NS => self.stop_awaiting(t),
+                Some(_) => break,
+            }
+            self.awaiting_order.pop_front();
+        }
+    }
+
+    /// Waits for the client request at the other end of server request `key`, settled
+    /// as a root (trace `trace`) when its client connection is traced but its request
+    /// has not been seen yet.
+    fn await_peer(
+        &mut self,
+        key: ReqKey,
+        at: (SocketAddr, SocketAddr, u64),
+        netns: u32,
+        trace: [u8; 16],
+        span_id: [u8; 8],
+    ) {
+        while self.awaiting.len() >= MAX_AWAITING {
+            let Some(oldest) = self.awaiting_order.pop_front() else { break };
+            self.stop_awaiting(oldest);
+        }
+        if let Some(old) = self.awaiting_at.insert(at, trace) {
+            // The same request key again (a retransmitted head): the older one is done.
+            self.stop_awaiting_only(old);
+        }
+        self.awaiting.insert(trace, AwaitingPeer { at, netns, key, span_id, since_ns: self.now_ns });
+        self.awaiting_order.push_back(trace);
+    }
+
+    /// Gives up waiting for trace `trace`'s client: its spans go out as they are.
+    fn stop_awaiting(&mut self, trace: [u8; 16]) {
+        let Some(a) = self.awaiting.remove(&trace) else { return };
+        if self.awaiting_at.get(&a.at) == Some(&trace) {
+            self.awaiting_at.remove(&a.at);
+        }
+        self.counts.incr(Counter::LinkSocketWaitExpired);
+        self.abandoned.push(trace);
+    }
+
+    fn stop_awaiting_only(&mut self, trace: [u8; 16]) {
+        if self.awaiting.remove(&trace).is_some() {
+            self.counts.incr(Counter::LinkSocketWaitExpired);
+            self.abandoned.push(trace);
+        }
+    }
+
+    /// The client request a server request was waiting for arrived: the server's trace
+    /// joins the client's, as a socket link would have made it.
+    fn peer_arrived(&mut self, trace: [u8; 16], peer: &PeerRequest) {
+        let Some(a) = self.awaiting.remove(&trace) else { return };
+        self.awaiting_at.remove(&a.at);
+        self.counts.incr(Counter::LinkSocketLate);
+        if peer.instrumented {
+            // Its SDK's span for the call is unknown: the server span stays a root.
+            self.abandoned.push(trace);
+            return;
+        }
+        let broke = (peer.handling_received_context && peer.sent.is_none()).then_some(peer.pid);
+        let (to, flags) = self.canonical(peer.trace_id, peer.flags);
+        self.alias(trace, to, flags);
+        if let Some(p) = self.pending.get_mut(&a.key).filter(|p| p.identity.span_id == a.span_id) {
+            // Still in progress: its own span is built with the link.
+            p.identity = Identity {
+                trace_id: to,
+                span_id: a.span_id,
+                parent_span_id: peer.span_id,
+                flags,
+                trace_state: String::new(),
+                link: LinkKind::Socket,
+                format: None,
+                propagation_break: broke,
+                evidence: Evidence::default(),
+                confidence: None,
+            };
+        }
+        self.resolved.push(Resolution {
+            from: trace,
+            to,
+            flags,
+            trace_state: String::new(),
+            root: a.span_id,
+            parent: peer.span_id,
+            link: LinkKind::Socket,
+            evidence: Evidence::default(),
+            confidence: None,
+            propagation_break: broke,
+        });
+    }
+
+    /// Spans of provisional trace `from` still to come belong to `to`.
+    fn alias(&mut self, from: [u8; 16], to: [u8; 16], flags: u8) {
+        if self.alias_order.len() >= MAX_ALIASES {
+            if let Some(old) = self.alias_order.pop_front() {
+                self.aliases.remove(&old);
+            }
+        }
+        self.aliases.insert(from, (to, flags));
+        self.alias_order.push_back(from);
     }
 
     /// All exchanges of one capture event were reported: settle deferred calls against
@@ -1231,15 +1379,9 @@ impl Linker {
         }
         self.unlist_deferred(d.pid, d.tid, trace);
         self.eliminate(trace);
-        if self.alias_order.len() >= MAX_ALIASES {
-            if let Some(old) = self.alias_order.pop_front() {
-                self.aliases.remove(&old);
-            }
-        }
         // The parent's trace may have been resolved since it answered.
         let (to, flags) = self.canonical(parent.trace_id, parent.flags);
-        self.aliases.insert(trace, (to, flags));
-        self.alias_order.push_back(trace);
+        self.alias(trace, to, flags);
         self.resolved.push(Resolution {
             from: trace,
             to,
@@ -1247,6 +1389,10 @@ impl Linker {
             trace_state: parent.trace_state.clone(),
             root: d.span_id,
             parent: parent.span_id,
+            link: LinkKind::Handoff,
+            evidence: Evidence::RESPONSE,
+            confidence: Some(Confidence::Medium),
+            propagation_break: None,
         });
     }
 
@@ -1324,6 +1470,14 @@ impl Linker {
             }
             (None, None) => root_identity_with(span_id),
         };
+        // Not found, and the client is on this node (loopback, or an address traced
+        // clients use): its request may be late rather than absent. Wait a little.
+        let on_node = peer.ip().is_loopback() || self.client_ips.contains_key(&peer.ip());
+        let waits = found.is_none() && p.received.is_none() && on_node;
+        if waits {
+            let trace = p.identity.trace_id;
+            self.await_peer(key, (peer, local, seq), netns, trace, span_id);
+        }
     }
 
     /// The client's view (its local address, the address it connected to) of server
@@ -2186,7 +2340,11 @@ mod tests {
         assert!(l.is_provisional(&call.trace_id));
         // Nothing else tells: it goes out unlinked when its time is up.
         l.expire(300 + DEFER_TTL_NS + 1);
-        assert_eq!(l.take_abandoned(), vec![call.trace_id]);
+        let abandoned = l.take_abandoned();
+        assert!(abandoned.contains(&call.trace_id));
+        // The two server requests, whose (loopback) client was never seen, waited for it.
+        assert_eq!(abandoned.len(), 3);
+        assert_eq!(l.counts.get(Counter::LinkSocketWaitExpired), 2);
     }
 
     #[test]
@@ -2286,6 +2444,93 @@ mod tests {
         l.request_started(key(7, 0), &outside, st(21, 5), &req(&[]));
         assert_eq!(done(&mut l, key(7, 0), outside).unwrap().link, LinkKind::None);
         assert_eq!(l.nat_cache.len(), 1);
+    }
+
+    #[test]
+    fn a_server_answered_before_its_clients_request_was_seen_waits_for_it() {
+        let mut l = Linker::default();
+        // The proxy received a context and drops it on its call.
+        l.request_started(key(1, 0), &proxy_in(), st(11, 0), &req(&[("traceparent", TP)]));
+        // The backend reads, answers and is reported before the proxy's write.
+        l.request_started(key(3, 0), &backend_in(), st(21, 0), &req(&[]));
+        let backend = done(&mut l, key(3, 0), backend_in()).unwrap();
+        assert_eq!(backend.link, LinkKind::None);
+        assert!(l.is_provisional(&backend.trace_id), "its spans wait for the client's request");
+        l.request_started(key(2, 0), &proxy_out(), st(11, 0), &req(&[]));
+        let call = done(&mut l, key(2, 0), proxy_out()).unwrap();
+        assert!(!l.is_provisional(&backend.trace_id));
+        let resolved = l.take_resolved();
+        assert_eq!(resolved.len(), 1);
+        let r = &resolved[0];
+        assert_eq!((r.from, r.to, r.root, r.parent), (backend.trace_id, call.trace_id, backend.span_id, call.span_id));
+        assert_eq!((r.link, r.evidence, r.confidence), (LinkKind::Socket, Evidence::default(), None));
+        assert_eq!(r.propagation_break, Some(1), "the proxy dropped the context it received");
+        assert_eq!(l.counts.get(Counter::LinkSocketLate), 1);
+        assert!(l.take_abandoned().is_empty());
+    }
+
+    #[test]
+    fn a_server_still_handling_its_request_takes_the_late_link_itself_and_its_calls_follow() {
+        let mut l = Linker::default();
+        // Process 9 (a traced client) connected to the proxy; the proxy reads the
+        // request and calls out before process 9's write reaches the agent.
+        let client = meta(9, Role::Client, "127.0.0.1:5000", "127.0.0.1:80");
+        l.request_started(key(1, 0), &proxy_in(), st(11, 0), &req(&[]));
+        l.request_started(key(2, 0), &proxy_out(), st(11, 0), &req(&[]));
+        l.request_started(key(8, 0), &client, st(91, 0), &req(&[]));
+        let call = done(&mut l, key(2, 0), proxy_out()).unwrap();
+        let server = done(&mut l, key(1, 0), proxy_in()).unwrap();
+        let sent = done(&mut l, key(8, 0), client).unwrap();
+        assert_eq!(
+            (server.link, server.parent_span_id, server.trace_id),
+            (LinkKind::Socket, sent.span_id, sent.trace_id)
+        );
+        assert_eq!((call.trace_id, call.parent_span_id), (sent.trace_id, server.span_id), "the call joined the trace");
+        assert_eq!(call.link, LinkKind::Thread);
+    }
+
+    #[test]
+    fn a_wait_for_a_client_request_never_seen_ends_and_releases_the_span() {
+        let mut l = Linker::default();
+        l.request_started(key(3, 0), &backend_in(), st(21, 0), &req(&[]));
+        let backend = done(&mut l, key(3, 0), backend_in()).unwrap();
+        assert!(l.is_provisional(&backend.trace_id));
+        l.expire(l.now_ns + AWAIT_PEER_TTL_NS / 2);
+        assert!(l.is_provisional(&backend.trace_id), "not yet");
+        l.expire(l.now_ns + AWAIT_PEER_TTL_NS + 1);
+        assert!(!l.is_provisional(&backend.trace_id));
+        assert_eq!(l.take_abandoned(), vec![backend.trace_id]);
+        assert_eq!(l.counts.get(Counter::LinkSocketWaitExpired), 1);
+        // The request that comes after all is an ordinary unmatched client request.
+        l.request_started(key(2, 0), &proxy_out(), st(11, 0), &req(&[]));
+        assert!(l.take_resolved().is_empty());
+        // A server whose client is off the node does not wait.
+        let outside = meta(2, Role::Server, "10.0.0.2:90", "10.0.0.9:6001");
+        l.request_started(key(4, 0), &outside, st(21, 7), &req(&[]));
+        let alone = done(&mut l, key(4, 0), outside).unwrap();
+        assert!(!l.is_provisional(&alone.trace_id));
+        // Requests starting later (the linker's clock) end a wait as well.
+        l.request_started(key(5, 0), &backend_in(), st(21, 9), &req(&[]));
+        let waiting = done(&mut l, key(5, 0), backend_in()).unwrap();
+        assert!(l.is_provisional(&waiting.trace_id));
+        let later = meta(2, Role::Server, "10.0.0.2:90", "10.0.0.9:6002");
+        l.request_started(key(6, 0), &later, at(21, l.now_ns + AWAIT_PEER_TTL_NS + 1, 0), &req(&[]));
+        assert!(!l.is_provisional(&waiting.trace_id));
+    }
+
+    #[test]
+    fn waiting_servers_are_bounded_and_the_oldest_is_released() {
+        let mut l = Linker::default();
+        let mut first = None;
+        for i in 0..=MAX_AWAITING as u64 {
+            let port = u16::try_from(1024 + i).unwrap();
+            let inn = meta(2, Role::Server, "127.0.0.1:90", &format!("127.0.0.1:{port}"));
+            l.request_started(key(100_000 + i, 0), &inn, st(21, 0), &req(&[]));
+            let id = done(&mut l, key(100_000 + i, 0), inn).unwrap();
+            first.get_or_insert(id.trace_id);
+        }
+        assert_eq!(l.awaiting.len(), MAX_AWAITING);
+        assert_eq!(l.take_abandoned(), vec![first.unwrap()]);
     }
 
     /// The linker's own cost per request, away from the noise of a shared machine, printed

@@ -109,11 +109,12 @@ fn keep_alive_connection_opened_before_the_agent_is_traced_from_its_next_request
     let me = own_service_name();
 
     // Before the agent: one complete exchange, and one request still unanswered when the
-    // agent attaches (/slow answers after 1.5 s; the agent is ready after ~0.5 s).
+    // agent attaches (/slow answers after 4 s; the agent is ready after ~0.5 s, and took
+    // 1.5 s once in a full CI run on this 2-core machine).
     let mut conn = HttpConn::connect(port);
     let before = conn.get("/before");
     assert_eq!(before.status, 200, "{}", before.body_text());
-    conn.send(format!("GET /slow HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes());
+    conn.send(format!("GET /slow?s=4 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes());
     let slow_sent = Instant::now();
     // Let the server read it before the probes attach.
     std::thread::sleep(Duration::from_millis(150));

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
-use clap::Parser as _;
 use ghostwire::capture::tls_libs::{Discovery, ScanFilter, Worker};
 use ghostwire::capture::{Capture, CaptureConfig};
 use ghostwire::config::Cli;
@@ -29,7 +28,14 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .format_target(false)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::load(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(ghostwire::config::LoadError::Args(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if cli.nice > 0 {
         // Before any thread starts: Linux applies a nice value per thread, and threads
         // inherit their creator's.

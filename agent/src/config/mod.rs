@@ -1,15 +1,30 @@
-//! Command line and environment → settings. Flags win over the standard `OTEL_*`
-//! environment variables.
+//! Command line, configuration file and environment → settings. Layering, lowest
+//! first: defaults < the file (`--config`) < the standard `OTEL_*` environment
+//! variables < flags.
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+pub mod file;
 
 /// ghostwire: traces services nobody instrumented. eBPF captures every process's HTTP
 /// traffic; ghostwire turns it into OpenTelemetry spans.
 #[derive(Debug, Parser)]
 #[command(name = "ghostwire", version, about, long_about = None)]
 pub struct Cli {
+    /// Read settings from this YAML file: every flag has a key (deploy/ghostwire.yaml
+    /// lists them all, at their defaults). Flags, and the OTEL_* environment, win over
+    /// it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// What the file set that the environment may still override.
+    #[arg(skip)]
+    pub from_file: FromFile,
+
     /// Trace only this process id (repeatable). Default: every process but ghostwire.
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
@@ -140,11 +155,98 @@ pub struct Cli {
     pub hooks: String,
 }
 
+/// Settings from the configuration file that sit below the `OTEL_*` environment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FromFile {
+    pub otlp_endpoint: Option<String>,
+    pub sample_ratio: Option<f64>,
+}
+
+/// Why the command line or the configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Bad flags (or `--help`, `--version`): clap prints and exits.
+    #[error(transparent)]
+    Args(#[from] clap::Error),
+    #[error(transparent)]
+    File(#[from] file::FileError),
+}
+
+impl Cli {
+    /// The command line `args` (program name first), with `--config FILE` applied below
+    /// the flags it gives.
+    pub fn load<I, T>(args: I) -> Result<Self, LoadError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        if let Some(path) = cli.config.clone() {
+            let f = file::load(&path)?;
+            cli.apply_file(f, |id| matches.value_source(id) == Some(ValueSource::CommandLine));
+        }
+        Ok(cli)
+    }
+
+    /// Takes every setting of `f` that the command line did not give (`given(id)`).
+    fn apply_file(&mut self, f: file::File, given: impl Fn(&str) -> bool) {
+        fn set<T>(slot: &mut T, value: Option<T>, given: bool) {
+            if let (Some(v), false) = (value, given) {
+                *slot = v;
+            }
+        }
+        fn list<T>(slot: &mut Vec<T>, value: Vec<T>, given: bool) {
+            if !given && !value.is_empty() {
+                *slot = value;
+            }
+        }
+        list(&mut self.pids, f.filter.pids, given("pids"));
+        list(&mut self.ports, f.filter.ports, given("ports"));
+        list(&mut self.exes, f.filter.exes, given("exes"));
+        list(&mut self.instrumented, f.instrumented, given("instrumented"));
+        if !given("outputs") {
+            if let Some(path) = &f.outputs.jsonl {
+                self.outputs.push(format!("jsonl:{}", path.display()));
+            }
+            if f.outputs.console == Some(true) {
+                self.outputs.push("console".to_owned());
+            }
+        }
+        self.from_file.otlp_endpoint = f.outputs.otlp.endpoint;
+        self.from_file.sample_ratio = f.sampling.ratio;
+        set(&mut self.queue_size, f.outputs.queue_size, given("queue_size"));
+        set(&mut self.capture_bytes, f.capture.bytes, given("capture_bytes"));
+        set(&mut self.ring_buffer_bytes, f.capture.ring_buffer_bytes, given("ring_buffer_bytes"));
+        set(&mut self.no_tls, f.capture.tls.map(|tls| !tls), given("no_tls"));
+        let s = f.sampling;
+        set(&mut self.sample_keep_errors, s.keep_errors, given("sample_keep_errors"));
+        set(&mut self.sample_keep_slower_than, s.keep_slower_than.map(Some), given("sample_keep_slower_than"));
+        set(
+            &mut self.sample_max_traces_per_second,
+            s.max_traces_per_second.map(Some),
+            given("sample_max_traces_per_second"),
+        );
+        set(
+            &mut self.sample_adaptive_per_operation,
+            s.adaptive_per_operation.map(Some),
+            given("sample_adaptive_per_operation"),
+        );
+        set(&mut self.sample_quiet_period, s.quiet_period, given("sample_quiet_period"));
+        set(&mut self.sample_max_wait, s.max_wait, given("sample_max_wait"));
+        set(&mut self.sample_buffer_traces, s.buffer_traces, given("sample_buffer_traces"));
+        set(&mut self.sample_buffer_bytes, s.buffer_bytes, given("sample_buffer_bytes"));
+        set(&mut self.metrics_listen, f.metrics.listen.map(Some), given("metrics_listen"));
+        set(&mut self.stats_interval, f.stats_interval, given("stats_interval"));
+        set(&mut self.nice, f.nice, given("nice"));
+    }
+}
+
 /// `--metrics-listen` without a value: loopback, the OTel Prometheus exporter's port.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 
 /// Parses `500ms`, `2s`, `1.5s`, `1m` (a bare number is seconds).
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.find(|c: char| c.is_ascii_alphabetic()).map_or((s, "s"), |i| s.split_at(i));
     let n: f64 = num.trim().parse().map_err(|_| format!("`{s}` is not a duration: use e.g. 500ms, 2s or 1m"))?;
@@ -203,6 +305,7 @@ impl Cli {
                 .clone()
                 .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
                 .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+                .or_else(|| self.from_file.otlp_endpoint.clone())
                 .filter(|e| !e.trim().is_empty()),
             ..Outputs::default()
         };
@@ -247,7 +350,7 @@ impl Cli {
     /// Resolves the sampling settings from flags and `env` (`OTEL_TRACES_SAMPLER`,
     /// `OTEL_TRACES_SAMPLER_ARG`); the flags win.
     pub fn sampling(&self, env: impl Fn(&str) -> Option<String>) -> Result<crate::sample::Config, ConfigError> {
-        let mut cfg = crate::sample::Config::default();
+        let mut cfg = crate::sample::Config { ratio: self.from_file.sample_ratio.unwrap_or(1.0), ..Default::default() };
         let ratio_of = |v: &str, err: fn(String) -> ConfigError| -> Result<f64, ConfigError> {
             match v.trim().parse::<f64>() {
                 Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
@@ -385,6 +488,115 @@ mod tests {
         assert_eq!(c.keep_slower_than, Some(Duration::from_millis(250)));
         assert_eq!(c.quiet, Duration::from_secs(2));
         assert!(Cli::try_parse_from(["ghostwire", "--sample-keep-slower-than", "fast"]).is_err());
+    }
+
+    /// `ghostwire ARGS --config FILE` with `text` as the file.
+    fn with_file(text: &str, args: &[&str]) -> Cli {
+        let dir =
+            std::env::temp_dir().join(format!("ghostwire-config-{}-{}", std::process::id(), rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ghostwire.yaml");
+        std::fs::write(&path, text).unwrap();
+        let path = path.display().to_string();
+        let all = ["ghostwire", "--config", path.as_str()].into_iter().chain(args.iter().copied());
+        let cli = Cli::load(all).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        cli
+    }
+
+    #[test]
+    fn the_reference_file_loads_and_says_the_defaults() {
+        let text = include_str!("../../../deploy/ghostwire.yaml");
+        file::parse(text).unwrap();
+        let none = |_: &str| None;
+        let (from_file, plain) = (with_file(text, &[]), cli(&[]));
+        assert_eq!(from_file.outputs(none), plain.outputs(none));
+        assert_eq!(from_file.sampling(none), plain.sampling(none));
+        assert_eq!(from_file.metrics_addr(), plain.metrics_addr());
+        let key = |c: &Cli| {
+            format!(
+                "{:?}",
+                (
+                    &c.pids,
+                    &c.ports,
+                    &c.exes,
+                    &c.instrumented,
+                    c.capture_bytes,
+                    c.ring_buffer_bytes,
+                    c.queue_size,
+                    c.no_tls,
+                    c.nice,
+                    c.stats_interval
+                )
+            )
+        };
+        assert_eq!(key(&from_file), key(&plain), "every default in deploy/ghostwire.yaml is the flag's");
+    }
+
+    #[test]
+    fn layering_defaults_then_file_then_environment_then_flags() {
+        let text = "filter: { ports: [8080, 8081] }\n\
+                    outputs: { otlp: { endpoint: http://file:4317 }, jsonl: /tmp/spans.jsonl, queue_size: 100 }\n\
+                    capture: { bytes: 4096, tls: false }\n\
+                    sampling: { ratio: 0.5, keep_errors: true, keep_slower_than: 2s, max_traces_per_second: 20 }\n\
+                    metrics: { listen: \"127.0.0.1:9999\" }\n\
+                    instrumented: [checkout]\n";
+        let none = |_: &str| None;
+        let c = with_file(text, &[]);
+        assert_eq!(c.ports, vec![8080, 8081]);
+        assert_eq!((c.capture_bytes, c.queue_size, c.no_tls), (4096, 100, true));
+        assert_eq!(c.instrumented, vec!["checkout".to_owned()]);
+        let o = c.outputs(none).unwrap();
+        assert_eq!(o.otlp_endpoint.as_deref(), Some("http://file:4317"));
+        assert_eq!(o.jsonl, Some(PathBuf::from("/tmp/spans.jsonl")));
+        assert!(!o.console);
+        let s = c.sampling(none).unwrap();
+        assert!((s.ratio - 0.5).abs() < 1e-12 && s.keep_errors && s.max_traces_per_second == Some(20.0));
+        assert_eq!(s.keep_slower_than, Some(Duration::from_secs(2)));
+        assert_eq!(c.metrics_addr(), Ok(Some("127.0.0.1:9999".parse().unwrap())));
+        // The environment wins over the file.
+        let env = |k: &str| match k {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://env:4317".to_owned()),
+            "OTEL_TRACES_SAMPLER" => Some("parentbased_traceidratio".to_owned()),
+            "OTEL_TRACES_SAMPLER_ARG" => Some("0.1".to_owned()),
+            _ => None,
+        };
+        assert_eq!(c.outputs(env).unwrap().otlp_endpoint.as_deref(), Some("http://env:4317"));
+        assert!((c.sampling(env).unwrap().ratio - 0.1).abs() < 1e-12);
+        // Flags win over both.
+        let c = with_file(
+            text,
+            &[
+                "--port",
+                "9090",
+                "--otlp-endpoint",
+                "http://flag:4317",
+                "--sample-ratio",
+                "0.25",
+                "--capture-bytes",
+                "512",
+            ],
+        );
+        assert_eq!(c.ports, vec![9090]);
+        assert_eq!(c.capture_bytes, 512);
+        assert_eq!(c.outputs(env).unwrap().otlp_endpoint.as_deref(), Some("http://flag:4317"));
+        assert!((c.sampling(env).unwrap().ratio - 0.25).abs() < 1e-12);
+        // A flag's output list replaces the file's.
+        let c = with_file(text, &["--output", "console"]);
+        let o = c.outputs(none).unwrap();
+        assert!(o.console && o.jsonl.is_none());
+    }
+
+    #[test]
+    fn a_bad_file_stops_the_load_in_one_line() {
+        let dir = std::env::temp_dir().join(format!("ghostwire-badconfig-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.yaml");
+        std::fs::write(&path, "sampling:\n  ratio: 0.5\n  keep_erors: true\n").unwrap();
+        let e = Cli::load(["ghostwire", "--config", path.to_str().unwrap()]).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(e.starts_with(&format!("config file {}: sampling.keep_erors: unknown field", path.display())), "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod capture;
 pub mod config;
 pub mod conn;
 pub mod export;
+pub mod k8s;
 pub mod metrics;
 pub mod pipeline;
 pub mod protocol;

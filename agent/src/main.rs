@@ -145,6 +145,10 @@ async fn run(cli: Cli, export_runtime: tokio::runtime::Handle) -> anyhow::Result
             let listener = tokio::net::TcpListener::from_std(listener)?;
             export_runtime.spawn(ghostwire::metrics::serve::serve(listener, registry));
         }
+        // Pod names from the API server, watched on the exporters' runtime.
+        if let Some(pods) = ghostwire::k8s::start(&cli.kubernetes(|k| std::env::var(k).ok()), &export_runtime) {
+            pipeline.set_pods(pods);
+        }
         match ghostwire::span::nat::Conntrack::open() {
             Ok(ct) => pipeline.set_nat(Box::new(ct)),
             // Without it only NATed connections (Services) lose their socket link.

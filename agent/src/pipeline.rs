@@ -69,6 +69,11 @@ impl Pipeline {
         self.spans.linker.set_nat(nat);
     }
 
+    /// Describes processes in pods with this node's pods as the API server lists them.
+    pub fn set_pods(&mut self, pods: std::sync::Arc<crate::span::pods::PodIndex>) {
+        self.spans.resources.set_pods(pods);
+    }
+
     /// Which traces are exported (default: all).
     pub fn set_sampler(&mut self, sampler: Sampler) {
         self.spans.sampler = sampler;

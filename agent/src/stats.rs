@@ -217,6 +217,10 @@ counters! {
     MetricsGraphPendingFull => "metrics.graph_pending_full",
     /// Scrapes of `/metrics` served.
     MetricsScrapes => "metrics.scrapes",
+    /// Failed lists or watches of this node's pods (each retried with backoff).
+    K8sWatchErrors => "k8s.watch_errors",
+    /// Pod updates not indexed because the pod index was full.
+    K8sPodsDropped => "k8s.pods_dropped",
 }
 
 macro_rules! gauges {

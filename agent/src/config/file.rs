@@ -23,6 +23,16 @@ pub struct File {
     pub stats_interval: Option<u64>,
     /// `--nice`.
     pub nice: Option<i32>,
+    pub kubernetes: Kubernetes,
+}
+
+/// `--kubernetes`, `--kubernetes-node` (below `GHOSTWIRE_NODE_NAME`), `--kubeconfig`.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Kubernetes {
+    pub mode: Option<crate::k8s::Mode>,
+    pub node_name: Option<String>,
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// `--pid`, `--port`, `--exe`.
@@ -251,6 +261,8 @@ instrumented: []
             ("capture: { bytes: 100000 }", "capture.bytes", "out of range"),
             ("capture: { ring_buffer_bytes: 1000 }", "capture.ring_buffer_bytes", "power of two"),
             ("nice: 40", "nice", "out of range"),
+            ("kubernetes: { mode: maybe }", "kubernetes.mode", ""),
+            ("kubernetes: { node: x }", "kubernetes.node", "unknown field"),
             ("outputs: { otlp: { endpoint: collector:4317 } }", "outputs.otlp.endpoint", "http://"),
             ("outputs: { otlp: { protocol: zipkin } }", "outputs.otlp.protocol", ""),
             ("outputs: { otlp: { protocol: http/protobuf } }", "outputs.otlp.protocol", "not supported yet"),

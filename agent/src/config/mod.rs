@@ -143,6 +143,22 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_METRICS_LISTEN)]
     pub metrics_listen: Option<String>,
 
+    /// Kubernetes pod names from the API server (watching this node's pods): `auto` (on
+    /// in a cluster, i.e. with KUBERNETES_SERVICE_HOST, or with a kubeconfig), `on` or
+    /// `off`. container.id and k8s.pod.uid come from cgroups either way.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = crate::k8s::Mode::Auto)]
+    pub kubernetes: crate::k8s::Mode,
+
+    /// The node whose pods are watched. Default: the GHOSTWIRE_NODE_NAME variable (the
+    /// manifests set it from spec.nodeName), else the host name.
+    #[arg(long, value_name = "NAME")]
+    pub kubernetes_node: Option<String>,
+
+    /// Reach the API server through this kubeconfig file (default: KUBECONFIG,
+    /// ~/.kube/config, or the pod's service account in a cluster).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
     /// Attach only empty programs to one candidate hook set (syscalls, raw-syscalls,
     /// sock, raw-sock, cgroup-skb) and wait: what the hooks cost by themselves, for
     /// `cargo xtask bench hooks`.
@@ -160,6 +176,8 @@ pub struct Cli {
 pub struct FromFile {
     pub otlp_endpoint: Option<String>,
     pub sample_ratio: Option<f64>,
+    /// `kubernetes.node_name`, below `GHOSTWIRE_NODE_NAME`.
+    pub kubernetes_node: Option<String>,
 }
 
 /// Why the command line or the configuration file was refused.
@@ -239,6 +257,9 @@ impl Cli {
         set(&mut self.metrics_listen, f.metrics.listen.map(Some), given("metrics_listen"));
         set(&mut self.stats_interval, f.stats_interval, given("stats_interval"));
         set(&mut self.nice, f.nice, given("nice"));
+        set(&mut self.kubernetes, f.kubernetes.mode, given("kubernetes"));
+        set(&mut self.kubeconfig, f.kubernetes.kubeconfig.map(Some), given("kubeconfig"));
+        self.from_file.kubernetes_node = f.kubernetes.node_name;
     }
 }
 
@@ -388,6 +409,20 @@ impl Cli {
         Ok(cfg)
     }
 
+    /// The Kubernetes settings; the node is `--kubernetes-node`, else `env`'s
+    /// `GHOSTWIRE_NODE_NAME`, else the file's `kubernetes.node_name`, else the host name.
+    pub fn kubernetes(&self, env: impl Fn(&str) -> Option<String>) -> crate::k8s::Settings {
+        let node = self
+            .kubernetes_node
+            .clone()
+            .or_else(|| env("GHOSTWIRE_NODE_NAME"))
+            .or_else(|| self.from_file.kubernetes_node.clone())
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(crate::k8s::host_node_name);
+        crate::k8s::Settings { mode: self.kubernetes, node, kubeconfig: self.kubeconfig.clone() }
+    }
+
     /// The `--metrics-listen` address, if metrics are on.
     pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
         let Some(v) = &self.metrics_listen else { return Ok(None) };
@@ -513,6 +548,7 @@ mod tests {
         assert_eq!(from_file.outputs(none), plain.outputs(none));
         assert_eq!(from_file.sampling(none), plain.sampling(none));
         assert_eq!(from_file.metrics_addr(), plain.metrics_addr());
+        assert_eq!(from_file.kubernetes(none), plain.kubernetes(none));
         let key = |c: &Cli| {
             format!(
                 "{:?}",
@@ -585,6 +621,31 @@ mod tests {
         let c = with_file(text, &["--output", "console"]);
         let o = c.outputs(none).unwrap();
         assert!(o.console && o.jsonl.is_none());
+    }
+
+    #[test]
+    fn kubernetes_settings_and_the_node_name() {
+        let none = |_: &str| None;
+        let d = cli(&[]).kubernetes(none);
+        assert_eq!((d.mode, d.kubeconfig), (crate::k8s::Mode::Auto, None));
+        assert_eq!(d.node, crate::k8s::host_node_name());
+        let downward = |k: &str| (k == "GHOSTWIRE_NODE_NAME").then(|| "node-env".to_owned());
+        assert_eq!(cli(&[]).kubernetes(downward).node, "node-env");
+        let file = with_file("kubernetes: { mode: off, node_name: node-file, kubeconfig: /etc/kc }\n", &[]);
+        let k = file.kubernetes(none);
+        assert_eq!(
+            (k.mode, k.node.as_str(), k.kubeconfig),
+            (crate::k8s::Mode::Off, "node-file", Some("/etc/kc".into()))
+        );
+        // The environment wins over the file, the flags over both.
+        assert_eq!(file.kubernetes(downward).node, "node-env");
+        let flags = with_file(
+            "kubernetes: { mode: off, node_name: node-file }\n",
+            &["--kubernetes", "on", "--kubernetes-node", "node-flag", "--kubeconfig", "/k"],
+        );
+        let k = flags.kubernetes(downward);
+        assert_eq!((k.mode, k.node.as_str(), k.kubeconfig), (crate::k8s::Mode::On, "node-flag", Some("/k".into())));
+        assert!(Cli::try_parse_from(["ghostwire", "--kubernetes", "maybe"]).is_err());
     }
 
     #[test]

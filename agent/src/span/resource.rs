@@ -1,6 +1,12 @@
-//! Per-process resources (`service.name`, `process.*`, `host.name`), read from `/proc`
-//! once per process — when its first connection is announced, not per event — and
-//! forgotten when it exits.
+//! Per-process resources (`service.name`, `process.*`, `host.name`, `container.id`,
+//! `k8s.*`), read from `/proc` once per process — when its first connection is
+//! announced, not per event — and forgotten when it exits.
+//!
+//! Kubernetes: the cgroup gives the container id and pod uid (`span::container`); the
+//! pod's names come from the [`PodIndex`] the API watcher fills. A process read before
+//! its pod (or its container's status) reached the index waits in `waiting`; when the
+//! index changes, its resource is described again and replaces the cached one, so the
+//! spans built from then on carry the names (those built before keep what was known).
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt as _;
@@ -11,7 +17,9 @@ use object::read::elf::{FileHeader, SectionHeader as _};
 use object::read::{ReadCache, ReadRef};
 use object::{Endianness, FileKind};
 
+use super::container::{self, CgroupIdentity};
 use super::model::{AttrValue, Attribute, Resource};
+use super::pods::PodIndex;
 
 pub struct ResourceCache {
     proc_root: std::path::PathBuf,
@@ -20,6 +28,21 @@ pub struct ResourceCache {
     /// The language runtime of each executable seen, by (device, inode): the processes
     /// of one program (workers, restarts) parse its ELF headers once.
     runtimes: HashMap<(u64, u64), Option<Runtime>>,
+    /// This node's pods, when the Kubernetes API is watched.
+    pods: Option<Arc<PodIndex>>,
+    /// The index generation `waiting` was last checked against.
+    pods_seen: u64,
+    /// Processes in a pod the index did not (fully) describe yet.
+    waiting: HashMap<u32, Waiting>,
+}
+
+/// A process whose pod metadata is still to come.
+#[derive(Clone, Debug)]
+struct Waiting {
+    cgroup: CgroupIdentity,
+    /// The process names its service itself (`OTEL_SERVICE_NAME`): the pod's workload
+    /// does not rename it.
+    named: bool,
 }
 
 /// A language runtime found in an executable (OTel `process.runtime.*`).
@@ -45,7 +68,53 @@ impl Default for ResourceCache {
 impl ResourceCache {
     #[must_use]
     pub fn new(proc_root: impl Into<std::path::PathBuf>) -> Self {
-        Self { proc_root: proc_root.into(), host_name: host_name(), by_pid: HashMap::new(), runtimes: HashMap::new() }
+        Self {
+            proc_root: proc_root.into(),
+            host_name: host_name(),
+            by_pid: HashMap::new(),
+            runtimes: HashMap::new(),
+            pods: None,
+            pods_seen: 0,
+            waiting: HashMap::new(),
+        }
+    }
+
+    /// Describes processes in pods with what `pods` knows of them (`k8s.pod.name`, ...).
+    pub fn set_pods(&mut self, pods: Arc<PodIndex>) {
+        self.pods_seen = pods.generation();
+        self.pods = Some(pods);
+    }
+
+    /// Re-describes the processes waiting for their pod, if the index changed since the
+    /// last look (one atomic load otherwise).
+    fn refresh_waiting(&mut self) {
+        let Some(pods) = &self.pods else { return };
+        let generation = pods.generation();
+        if generation == self.pods_seen || self.waiting.is_empty() {
+            self.pods_seen = generation;
+            return;
+        }
+        self.pods_seen = generation;
+        let pods = Arc::clone(pods);
+        let mut done = Vec::new();
+        for (pid, w) in &self.waiting {
+            let Some(old) = self.by_pid.get(pid) else {
+                done.push(*pid);
+                continue;
+            };
+            let mut r = Resource::clone(old);
+            r.attributes.retain(|(k, _)| !k.starts_with("k8s.") || k == "k8s.pod.uid");
+            let complete = describe_pod(&pods, &mut r, &w.cgroup, w.named);
+            if r != **old {
+                self.by_pid.insert(*pid, Arc::new(r));
+            }
+            if complete {
+                done.push(*pid);
+            }
+        }
+        for pid in done {
+            self.waiting.remove(&pid);
+        }
     }
 
     /// The resource of `pid`, read from `/proc` the first time. `comm` (the kernel's
@@ -58,6 +127,7 @@ impl ResourceCache {
     /// name (a forked child that did not exec, such as a forking server's handler) is
     /// described as its parent, with its own pid.
     pub fn get_with_parent(&mut self, pid: u32, comm: &str, ppid: u32) -> Arc<Resource> {
+        self.refresh_waiting();
         if let Some(r) = self.by_pid.get(&pid) {
             return Arc::clone(r);
         }
@@ -116,6 +186,7 @@ impl ResourceCache {
 
     pub fn forget(&mut self, pid: u32) {
         self.by_pid.remove(&pid);
+        self.waiting.remove(&pid);
     }
 
     /// The runtime of the executable behind `exe` (`/proc/PID/exe`, which opens the
@@ -168,6 +239,7 @@ impl ResourceCache {
             return None;
         }
         let env_name = service_name_from_environ(&environ);
+        let named = env_name.is_some();
         let service_name = match env_name {
             Some(name) => name,
             None if !exe_name.is_empty() => exe_name.clone(),
@@ -189,8 +261,53 @@ impl ResourceCache {
                 attributes.push(("process.runtime.version".into(), AttrValue::from(version)));
             }
         }
-        Some(Resource { pid, service_name, attributes })
+        let cgroup = std::fs::read(dir.join("cgroup"))
+            .map(|b| container::parse(&String::from_utf8_lossy(&b)))
+            .unwrap_or_default();
+        if let Some(id) = &cgroup.container_id {
+            attributes.push(("container.id".into(), AttrValue::from(id.as_str())));
+        }
+        if let Some(uid) = &cgroup.pod_uid {
+            attributes.push(("k8s.pod.uid".into(), AttrValue::from(uid.as_str())));
+        }
+        let mut r = Resource { pid, service_name, attributes };
+        if let Some(pods) = &self.pods {
+            // Only a pod uid says the process belongs to a pod of this node that the
+            // index will describe; a container alone (Docker, Podman) is looked up once.
+            if !describe_pod(pods, &mut r, &cgroup, named) && cgroup.pod_uid.is_some() {
+                if self.waiting.len() >= MAX_PROCESSES && !self.waiting.contains_key(&pid) {
+                    evict_one(&mut self.waiting);
+                }
+                self.waiting.insert(pid, Waiting { cgroup, named });
+            }
+        }
+        Some(r)
     }
+}
+
+/// Adds what `pods` knows of the process's pod to `r`: the pod's names and, unless the
+/// process is `named` by itself, `service.name` from its workload. Whether the pod and
+/// (if the cgroup names one) the container were found.
+fn describe_pod(pods: &PodIndex, r: &mut Resource, cgroup: &CgroupIdentity, named: bool) -> bool {
+    let container_id = cgroup.container_id.as_deref();
+    let meta = match (&cgroup.pod_uid, container_id) {
+        (Some(uid), _) => pods.get(uid),
+        (None, Some(id)) => pods.by_container(id),
+        (None, None) => return true,
+    };
+    let Some(meta) = meta else { return false };
+    r.attributes.extend(meta.attributes(container_id));
+    if !named {
+        if let Some(name) = meta.service_name() {
+            name.clone_into(&mut r.service_name);
+            for (k, v) in &mut r.attributes {
+                if k == "service.name" {
+                    *v = AttrValue::from(name);
+                }
+            }
+        }
+    }
+    container_id.is_none_or(|c| meta.container_name(c).is_some())
 }
 
 /// Makes room for one entry in a full cache: drops one (whichever the map yields first;
@@ -396,6 +513,73 @@ mod tests {
         // A hit changes nothing.
         cache.get(u32::MAX, "late");
         assert_eq!(cache.by_pid.len(), MAX_PROCESSES);
+    }
+
+    /// A fake /proc entry in a kubelet/containerd cgroup.
+    fn pod_process(root: &Path, pid: u32, environ: &[u8], cgroup: &str) {
+        let dir = root.join(pid.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("comm"), "python3\n").unwrap();
+        std::fs::write(dir.join("cmdline"), b"python3\0app.py\0").unwrap();
+        std::fs::write(dir.join("environ"), environ).unwrap();
+        std::fs::write(dir.join("cgroup"), cgroup).unwrap();
+    }
+
+    #[test]
+    fn processes_in_pods_get_their_ids_then_their_names() {
+        use crate::span::pods::{PodIndex, PodMeta, Workload};
+        let cid = "3f1a5ad9c2b84e0f7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a3928170a";
+        let uid = "8d6c1f2e-4b3a-4c5d-9e8f-7a6b5c4d3e2f";
+        let cgroup = format!(
+            "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{cid}.scope\n",
+            uid.replace('-', "_")
+        );
+        let root = std::env::temp_dir().join(format!("ghostwire-proc-pod-{}", std::process::id()));
+        pod_process(&root, 30, b"PATH=/bin\0", &cgroup);
+        pod_process(&root, 31, b"OTEL_SERVICE_NAME=billing\0", &cgroup);
+        let pods = Arc::new(PodIndex::new());
+        let mut cache = ResourceCache::new(&root);
+        cache.set_pods(Arc::clone(&pods));
+        let attr = |r: &Resource, k: &str| r.attributes.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        // Before the API described the pod: the cgroup's ids, the executable's name.
+        let early = cache.get(30, "");
+        assert_eq!(attr(&early, "container.id"), Some(AttrValue::from(cid)));
+        assert_eq!(attr(&early, "k8s.pod.uid"), Some(AttrValue::from(uid)));
+        assert_eq!(attr(&early, "k8s.pod.name"), None);
+        assert_eq!(early.service_name, "python3");
+        assert!(Arc::ptr_eq(&early, &cache.get(30, "")), "nothing changed: the same resource");
+        let named = cache.get(31, "");
+        // The pod arrives: the waiting processes are described again.
+        pods.upsert(PodMeta {
+            uid: uid.into(),
+            name: "checkout-7d9f8b6c5d-x2k4q".into(),
+            namespace: "shop".into(),
+            node: Some("node-a".into()),
+            workload: Some(Workload::Deployment {
+                deployment: "checkout".into(),
+                replicaset: "checkout-7d9f8b6c5d".into(),
+            }),
+            service_name: None,
+            containers: vec![(cid.into(), "app".into())],
+        });
+        let late = cache.get(30, "");
+        assert_eq!(late.service_name, "checkout");
+        assert_eq!(attr(&late, "service.name"), Some(AttrValue::from("checkout")));
+        assert_eq!(attr(&late, "k8s.pod.name"), Some(AttrValue::from("checkout-7d9f8b6c5d-x2k4q")));
+        assert_eq!(attr(&late, "k8s.container.name"), Some(AttrValue::from("app")));
+        assert_eq!(attr(&late, "k8s.deployment.name"), Some(AttrValue::from("checkout")));
+        assert_eq!(attr(&late, "container.id"), Some(AttrValue::from(cid)));
+        assert_eq!(late.attributes.iter().filter(|(k, _)| k == "k8s.pod.name").count(), 1);
+        // OTEL_SERVICE_NAME wins over the workload.
+        let named_late = cache.get(31, "");
+        assert!(!Arc::ptr_eq(&named, &named_late));
+        assert_eq!(named_late.service_name, "billing");
+        assert_eq!(attr(&named_late, "k8s.namespace.name"), Some(AttrValue::from("shop")));
+        assert!(cache.waiting.is_empty(), "both are complete");
+        // A process read after the pod is described at once.
+        pod_process(&root, 32, b"", &cgroup);
+        assert_eq!(cache.get(32, "").service_name, "checkout");
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -91,6 +91,9 @@ pub fn start(settings: &Settings, runtime: &tokio::runtime::Handle) -> Option<Ar
         }
         s => s,
     };
+    // kube's TLS asks rustls for the process's provider: ring, unless another part of
+    // the agent already chose one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let index = Arc::new(PodIndex::new());
     runtime.spawn(run(source, settings.node.clone(), Arc::clone(&index)));
     Some(index)

@@ -120,7 +120,16 @@ async fn run(cli: Cli, export_runtime: tokio::runtime::Handle) -> anyhow::Result
         hooks: cli.hook_choice()?,
     })?;
     log::info!("capture: {}", capture.hooks);
-    let tls = if cli.no_tls { None } else { Some(discover_tls(&mut capture, &cli)) };
+    // Linux 6.16 and later refuse uprobes without CAP_SYS_ADMIN: without it TLS is
+    // counted, not decrypted, and the rest of the capture runs on the documented set.
+    let uprobes =
+        ghostwire::capture::preflight::effective_caps().is_none_or(ghostwire::capture::preflight::uprobes_permitted);
+    if !cli.no_tls && !uprobes {
+        log::warn!(
+            "tls: OpenSSL uprobes need CAP_SYS_ADMIN (Linux 6.16 and later refuse uprobes without it): TLS connections are counted, not decrypted; add SYS_ADMIN to decrypt them, or pass --no-tls"
+        );
+    }
+    let tls = if cli.no_tls || !uprobes { None } else { Some(discover_tls(&mut capture, &cli)) };
     let mut sink = if cli.capture_only {
         Sink::Discard
     } else {
@@ -213,7 +222,8 @@ async fn run(cli: Cli, export_runtime: tokio::runtime::Handle) -> anyhow::Result
     let tls_line = match tls_files {
         Some(1) => "OpenSSL uprobes on 1 file".to_owned(),
         Some(n) => format!("OpenSSL uprobes on {n} files"),
-        None => "TLS not decrypted (--no-tls)".to_owned(),
+        None if cli.no_tls => "TLS not decrypted (--no-tls)".to_owned(),
+        None => "TLS not decrypted (no CAP_SYS_ADMIN for uprobes)".to_owned(),
     };
     let probes = lock(&capture).attached;
     eprintln!("ready: {probes} probes attached; {tls_line}; spans go to {}", what.join(", "));

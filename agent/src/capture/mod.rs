@@ -9,7 +9,7 @@
 //! ([`Capture::attach_tls`]).
 mod btf;
 mod decode;
-mod preflight;
+pub mod preflight;
 pub mod tls_libs;
 
 pub use btf::BtfError;
@@ -66,20 +66,20 @@ pub enum CaptureError {
     Btf(#[from] BtfError),
     #[error("invalid filter: {what}")]
     Filter { what: String },
-    #[error("loading the eBPF programs failed: {source}; check that the kernel has BPF and BTF enabled and that ghostwire runs as root")]
+    #[error("loading the eBPF programs failed: {source}; check that the kernel has BPF and BTF enabled and that ghostwire has CAP_BPF and CAP_PERFMON (or runs as root)")]
     Load {
         #[source]
         source: aya::EbpfError,
     },
     #[error("eBPF program or map `{name}` missing from the object (build error)")]
     Missing { name: &'static str },
-    #[error("loading eBPF program `{name}` failed: {source}; the kernel refused it (verifier or permissions). Run with RUST_LOG=debug for the verifier log")]
+    #[error("loading eBPF program `{name}` failed: {source}; the kernel refused it (the verifier, or a missing CAP_BPF or CAP_PERFMON). Run with RUST_LOG=debug for the verifier log")]
     LoadProgram {
         name: &'static str,
         #[source]
         source: ProgramError,
     },
-    #[error("attaching to {hook} failed: {source}; this kernel lacks the hook (ghostwire needs Linux 6.3 or newer for the sock_send_length/sock_recv_length tracepoints)")]
+    #[error("attaching to {hook} failed: {source}; this kernel lacks the hook (ghostwire needs Linux 6.3 or newer for the sock_send_length/sock_recv_length tracepoints), or ghostwire lacks CAP_PERFMON (tracepoints) or CAP_DAC_READ_SEARCH (tracefs)")]
     Attach {
         hook: String,
         #[source]
@@ -107,7 +107,7 @@ pub enum CaptureError {
     },
     #[error("unknown hook set `{0}`: use one of {sets}", sets = FLOOR_SETS.join(", "))]
     UnknownFloorSet(String),
-    #[error("cannot attach the TLS uprobes to {symbol} in {}: {source}; the file must be an ELF library or executable that exports OpenSSL's SSL_read and SSL_write", path.display())]
+    #[error("cannot attach the TLS uprobes to {symbol} in {}: {source}; the file must be an ELF library or executable that exports OpenSSL's SSL_read and SSL_write, and uprobes need CAP_SYS_ADMIN on Linux 6.16 and later", path.display())]
     TlsAttach {
         path: PathBuf,
         symbol: &'static str,

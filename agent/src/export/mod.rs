@@ -6,6 +6,7 @@
 //! [`Span`](crate::span::Span) model.
 
 pub mod console;
+pub mod critical;
 pub mod encode;
 pub mod jsonl;
 pub mod otlp;

@@ -87,6 +87,7 @@ async fn run(cli: Cli, export_runtime: tokio::runtime::Handle) -> anyhow::Result
         return empty_probes(set).await;
     }
     let outputs = cli.outputs(|k| std::env::var(k).ok())?;
+    let node_attributes = cli.resource_attributes(|k| std::env::var(k).ok())?;
     let sampling = cli.sampling(|k| std::env::var(k).ok())?;
     // Bound before the probes load: a taken port fails at once, in one line.
     let metrics_listener = match cli.metrics_addr()? {
@@ -136,7 +137,7 @@ async fn run(cli: Cli, export_runtime: tokio::runtime::Handle) -> anyhow::Result
         // The exporters spawn their tasks on the export runtime.
         let export_context = export_runtime.enter();
         let exporters = Exporters::start(ExportConfig {
-            otlp_endpoint: outputs.otlp_endpoint.clone(),
+            otlp: outputs.otlp.clone(),
             jsonl_path: outputs.jsonl.clone(),
             console: outputs.console,
             queue_capacity: cli.queue_size,
@@ -154,6 +155,7 @@ async fn run(cli: Cli, export_runtime: tokio::runtime::Handle) -> anyhow::Result
             let listener = tokio::net::TcpListener::from_std(listener)?;
             export_runtime.spawn(ghostwire::metrics::serve::serve(listener, registry));
         }
+        pipeline.set_node_attributes(&node_attributes);
         // Pod names from the API server, watched on the exporters' runtime.
         if let Some(pods) = ghostwire::k8s::start(&cli.kubernetes(|k| std::env::var(k).ok()), &export_runtime) {
             pipeline.set_pods(pods);
@@ -204,8 +206,12 @@ async fn run(cli: Cli, export_runtime: tokio::runtime::Handle) -> anyhow::Result
     if cli.capture_only {
         what.push("nowhere: records are discarded (--capture-only)".to_owned());
     } else {
-        if let Some(e) = &outputs.otlp_endpoint {
-            what.push(format!("OTLP/gRPC to {e}"));
+        if let Some(o) = &outputs.otlp {
+            let how = match o.protocol {
+                ghostwire::export::otlp::Protocol::Grpc => "OTLP/gRPC",
+                ghostwire::export::otlp::Protocol::HttpProtobuf => "OTLP/HTTP",
+            };
+            what.push(format!("{how} to {}", o.endpoint));
         }
         if let Some(p) = &outputs.jsonl {
             what.push(format!("JSONL to {}", p.display()));

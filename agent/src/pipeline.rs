@@ -69,6 +69,11 @@ impl Pipeline {
         self.spans.linker.set_nat(nat);
     }
 
+    /// Node-level resource attributes (`OTEL_RESOURCE_ATTRIBUTES`) on every span.
+    pub fn set_node_attributes(&mut self, attrs: &[(String, String)]) {
+        self.spans.resources.set_node_attributes(attrs);
+    }
+
     /// Describes processes in pods with this node's pods as the API server lists them.
     pub fn set_pods(&mut self, pods: std::sync::Arc<crate::span::pods::PodIndex>) {
         self.spans.resources.set_pods(pods);

@@ -212,7 +212,7 @@ fn http1_both_ends_to_otlp() -> f64 {
     run(
         "http1, both ends, OTLP/gRPC to an in-process collector (its CPU included)",
         ExportConfig {
-            otlp_endpoint: Some(format!("http://{addr}")),
+            otlp: Some(ghostwire::export::otlp::OtlpOptions::grpc(&format!("http://{addr}"))),
             queue_capacity: 1 << 20,
             ..ExportConfig::default()
         },

@@ -3,6 +3,7 @@
 //! does not know is an error, so that a typo never silently means "default".
 //!
 //! Layering, lowest first: defaults < this file < the `OTEL_*` environment < flags.
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,6 +25,9 @@ pub struct File {
     /// `--nice`.
     pub nice: Option<i32>,
     pub kubernetes: Kubernetes,
+    /// `--resource-attribute`: node-level attributes on every span's resource (below
+    /// `OTEL_RESOURCE_ATTRIBUTES`), e.g. `k8s.cluster.name`.
+    pub resource_attributes: BTreeMap<String, String>,
 }
 
 /// `--kubernetes`, `--kubernetes-node` (below `GHOSTWIRE_NODE_NAME`), `--kubeconfig`.
@@ -55,21 +59,21 @@ pub struct Outputs {
     pub queue_size: Option<usize>,
 }
 
-#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+/// `--otlp-*`: each key below the matching `OTEL_EXPORTER_OTLP_*` variable.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Otlp {
     pub endpoint: Option<String>,
     pub protocol: Option<Protocol>,
+    /// `--otlp-header`: sent with every export request (e.g. `authorization`).
+    pub headers: BTreeMap<String, String>,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Option<Duration>,
+    pub compression: Option<Compression>,
+    pub certificate: Option<PathBuf>,
 }
 
-/// The OTLP transport, in `OTEL_EXPORTER_OTLP_PROTOCOL`'s words.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-pub enum Protocol {
-    #[serde(rename = "grpc")]
-    Grpc,
-    #[serde(rename = "http/protobuf")]
-    HttpProtobuf,
-}
+pub use crate::export::otlp::{Compression, Protocol};
 
 /// `--capture-bytes`, `--ring-buffer-bytes`, `--no-tls` (as `tls: false`).
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
@@ -191,8 +195,18 @@ impl File {
                 "outputs.otlp.endpoint: `{e}` must start with http:// or https:// (e.g. http://collector:4317)"
             ));
         }
-        if self.outputs.otlp.protocol == Some(Protocol::HttpProtobuf) {
-            return Err("outputs.otlp.protocol: http/protobuf is not supported yet: use grpc".to_owned());
+        if let Some(t) = self.outputs.otlp.timeout.filter(Duration::is_zero) {
+            return Err(format!("outputs.otlp.timeout: {t:?} must be longer than zero"));
+        }
+        for name in self.outputs.otlp.headers.keys() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(format!("outputs.otlp.headers: `{name}` is not a valid HTTP header name"));
+            }
+        }
+        if self.resource_attributes.contains_key("service.name") {
+            return Err(
+                "resource_attributes: service.name is each process's own; it cannot be set for the node".to_owned()
+            );
         }
         Ok(())
     }
@@ -265,7 +279,10 @@ instrumented: []
             ("kubernetes: { node: x }", "kubernetes.node", "unknown field"),
             ("outputs: { otlp: { endpoint: collector:4317 } }", "outputs.otlp.endpoint", "http://"),
             ("outputs: { otlp: { protocol: zipkin } }", "outputs.otlp.protocol", ""),
-            ("outputs: { otlp: { protocol: http/protobuf } }", "outputs.otlp.protocol", "not supported yet"),
+            ("outputs: { otlp: { compression: zstd } }", "outputs.otlp.compression", ""),
+            ("outputs: { otlp: { timeout: 0s } }", "outputs.otlp.timeout", "longer than zero"),
+            ("outputs: { otlp: { headers: { \"bad name\": x } } }", "outputs.otlp.headers", "header name"),
+            ("resource_attributes: { service.name: x }", "resource_attributes", "service.name"),
         ];
         for (text, key, words) in cases {
             let e = parse(text).expect_err(text);

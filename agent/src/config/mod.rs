@@ -38,10 +38,42 @@ pub struct Cli {
     #[arg(long = "exe", value_name = "NAME")]
     pub exes: Vec<String>,
 
-    /// OTLP/gRPC endpoint, e.g. http://127.0.0.1:4317. Default: the
+    /// OTLP endpoint: http://HOST:4317 for gRPC, http://HOST:4318 for OTLP/HTTP (its
+    /// path defaults to /v1/traces); https:// for TLS. Default: the
     /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT variable.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+
+    /// OTLP transport: `grpc` (default) or `http/protobuf`. Default: the
+    /// OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL variable.
+    #[arg(long, value_name = "PROTOCOL", value_parser = crate::export::otlp::Protocol::parse)]
+    pub otlp_protocol: Option<crate::export::otlp::Protocol>,
+
+    /// Header sent with every export request, NAME=VALUE (repeatable), e.g.
+    /// `authorization=Bearer TOKEN`. Added to OTEL_EXPORTER_OTLP_HEADERS (a flag wins
+    /// over a variable's header of the same name).
+    #[arg(long = "otlp-header", value_name = "NAME=VALUE")]
+    pub otlp_headers: Vec<String>,
+
+    /// Longest one export request may take (default 10s; OTEL_EXPORTER_OTLP_TIMEOUT, in
+    /// milliseconds).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub otlp_timeout: Option<Duration>,
+
+    /// Request compression: `gzip` or `none` (default; OTEL_EXPORTER_OTLP_COMPRESSION).
+    #[arg(long, value_name = "NAME", value_parser = crate::export::otlp::Compression::parse)]
+    pub otlp_compression: Option<crate::export::otlp::Compression>,
+
+    /// PEM file with the CA certificates that sign an https:// collector's certificate
+    /// (default: the system's roots; OTEL_EXPORTER_OTLP_CERTIFICATE).
+    #[arg(long, value_name = "FILE")]
+    pub otlp_certificate: Option<PathBuf>,
+
+    /// Node-level resource attribute on every span, KEY=VALUE (repeatable), e.g.
+    /// `k8s.cluster.name=prod`. Added to OTEL_RESOURCE_ATTRIBUTES; service.name stays
+    /// each process's own.
+    #[arg(long = "resource-attribute", value_name = "KEY=VALUE")]
+    pub resource_attributes: Vec<String>,
 
     /// Extra output (repeatable): `jsonl:PATH` writes each batch as one OTLP-JSON line;
     /// `console` shows the live waterfall. With no OTLP endpoint and no output, the
@@ -174,7 +206,8 @@ pub struct Cli {
 /// Settings from the configuration file that sit below the `OTEL_*` environment.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FromFile {
-    pub otlp_endpoint: Option<String>,
+    pub otlp: file::Otlp,
+    pub resource_attributes: std::collections::BTreeMap<String, String>,
     pub sample_ratio: Option<f64>,
     /// `kubernetes.node_name`, below `GHOSTWIRE_NODE_NAME`.
     pub kubernetes_node: Option<String>,
@@ -231,7 +264,8 @@ impl Cli {
                 self.outputs.push("console".to_owned());
             }
         }
-        self.from_file.otlp_endpoint = f.outputs.otlp.endpoint;
+        self.from_file.otlp = f.outputs.otlp;
+        self.from_file.resource_attributes = f.resource_attributes;
         self.from_file.sample_ratio = f.sampling.ratio;
         set(&mut self.queue_size, f.outputs.queue_size, given("queue_size"));
         set(&mut self.capture_bytes, f.capture.bytes, given("capture_bytes"));
@@ -288,7 +322,7 @@ pub const MIN_RING_BYTES: u32 = 64 * 1024;
 /// Resolved outputs.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Outputs {
-    pub otlp_endpoint: Option<String>,
+    pub otlp: Option<crate::export::otlp::OtlpOptions>,
     pub jsonl: Option<PathBuf>,
     pub console: bool,
 }
@@ -315,26 +349,78 @@ pub enum ConfigError {
     Positive(&'static str, String),
     #[error("--metrics-listen {0} is not an address: use HOST:PORT (e.g. 127.0.0.1:9464) or a port")]
     MetricsListen(String),
+    /// An `--otlp-*` flag or `OTEL_EXPORTER_OTLP_*` variable; the message names it.
+    #[error("{0}")]
+    Otlp(String),
+    /// `--resource-attribute` or `OTEL_RESOURCE_ATTRIBUTES`; the message names it.
+    #[error("{0}")]
+    Resource(String),
+}
+
+/// Where `/v1/traces` goes for OTLP/HTTP, per the exporter specification.
+#[derive(Clone, Copy)]
+enum TracesPath {
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`: the URL is used as it is.
+    AsIs,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: a base URL; `v1/traces` is appended to its path.
+    Append,
+    /// A flag or the file: `/v1/traces` when the URL has no path.
+    IfNoPath,
+}
+
+fn traces_url(endpoint: &str, how: TracesPath) -> String {
+    let (base, path) = match endpoint.find("://").map(|i| i + 3) {
+        Some(start) => match endpoint[start..].find('/') {
+            Some(p) => endpoint.split_at(start + p),
+            None => (endpoint, ""),
+        },
+        None => (endpoint, ""),
+    };
+    match how {
+        TracesPath::AsIs => endpoint.to_owned(),
+        TracesPath::Append => format!("{base}{}/v1/traces", path.trim_end_matches('/')),
+        TracesPath::IfNoPath if path.is_empty() || path == "/" => format!("{base}/v1/traces"),
+        TracesPath::IfNoPath => endpoint.to_owned(),
+    }
+}
+
+/// `key1=value1,key2=value2` (`OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_RESOURCE_ATTRIBUTES`):
+/// values percent-decoded, blank entries skipped.
+fn parse_pairs(text: &str, what: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((k, v)) = entry.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
+            return Err(format!("{what}: `{entry}` is not KEY=VALUE (entries are comma-separated, e.g. a=1,b=2)"));
+        };
+        let value = percent_encoding::percent_decode_str(v.trim())
+            .decode_utf8()
+            .map_err(|_| format!("{what}: the value of `{}` is not UTF-8 once percent-decoded", k.trim()))?;
+        out.push((k.trim().to_owned(), value.into_owned()));
+    }
+    Ok(out)
+}
+
+/// One `KEY=VALUE` flag.
+fn parse_pair(text: &str, flag: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(format!("{flag} `{text}` is not KEY=VALUE (e.g. {flag} authorization=Bearer…)")),
+    }
+}
+
+/// Adds `(name, value)` pairs, a later one replacing an earlier one of the same name.
+fn merge(into: &mut Vec<(String, String)>, pairs: impl IntoIterator<Item = (String, String)>, fold_case: bool) {
+    for (k, v) in pairs {
+        let k = if fold_case { k.to_ascii_lowercase() } else { k };
+        into.retain(|(old, _)| *old != k);
+        into.push((k, v));
+    }
 }
 
 impl Cli {
     /// Resolves outputs from flags and `env` (a lookup, so tests need no real environment).
     pub fn outputs(&self, env: impl Fn(&str) -> Option<String>) -> Result<Outputs, ConfigError> {
-        let mut out = Outputs {
-            otlp_endpoint: self
-                .otlp_endpoint
-                .clone()
-                .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
-                .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
-                .or_else(|| self.from_file.otlp_endpoint.clone())
-                .filter(|e| !e.trim().is_empty()),
-            ..Outputs::default()
-        };
-        if let Some(e) = &out.otlp_endpoint {
-            if !(e.starts_with("http://") || e.starts_with("https://")) {
-                return Err(ConfigError::Endpoint(e.clone()));
-            }
-        }
+        let mut out = Outputs { otlp: self.otlp(&env)?, ..Outputs::default() };
         for spec in &self.outputs {
             if let Some(path) = spec.strip_prefix("jsonl:") {
                 out.jsonl = Some(PathBuf::from(path));
@@ -344,10 +430,119 @@ impl Cli {
                 return Err(ConfigError::UnknownOutput(spec.clone()));
             }
         }
-        if out.otlp_endpoint.is_none() && out.jsonl.is_none() {
+        if out.otlp.is_none() && out.jsonl.is_none() {
             out.console = true;
         }
         Ok(out)
+    }
+
+    /// The OTLP exporter's settings, each from its flag, else the traces-specific
+    /// `OTEL_EXPORTER_OTLP_TRACES_*` variable, else the generic `OTEL_EXPORTER_OTLP_*`,
+    /// else the file, else the default. `None` without an endpoint.
+    fn otlp(
+        &self,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<crate::export::otlp::OtlpOptions>, ConfigError> {
+        use crate::export::otlp::{Compression, OtlpOptions, Protocol, DEFAULT_TIMEOUT};
+        let file = &self.from_file.otlp;
+        let var = |name: &str| -> Option<(String, String)> {
+            [format!("OTEL_EXPORTER_OTLP_TRACES_{name}"), format!("OTEL_EXPORTER_OTLP_{name}")]
+                .into_iter()
+                .find_map(|k| env(&k).filter(|v| !v.trim().is_empty()).map(|v| (k, v)))
+        };
+        let endpoint = match &self.otlp_endpoint {
+            Some(e) => Some((e.clone(), TracesPath::IfNoPath)),
+            None => env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .filter(|v| !v.trim().is_empty())
+                .map(|e| (e, TracesPath::AsIs))
+                .or_else(|| {
+                    env("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.trim().is_empty()).map(|e| (e, TracesPath::Append))
+                })
+                .or_else(|| file.endpoint.clone().map(|e| (e, TracesPath::IfNoPath))),
+        };
+        let Some((endpoint, how)) = endpoint.map(|(e, how)| (e.trim().to_owned(), how)).filter(|(e, _)| !e.is_empty())
+        else {
+            return Ok(None);
+        };
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(ConfigError::Endpoint(endpoint));
+        }
+        let protocol = match (self.otlp_protocol, var("PROTOCOL")) {
+            (Some(p), _) => p,
+            (None, Some((k, v))) => Protocol::parse(&v).map_err(|e| ConfigError::Otlp(format!("{k}: {e}")))?,
+            (None, None) => file.protocol.unwrap_or_default(),
+        };
+        let endpoint = match protocol {
+            Protocol::HttpProtobuf => traces_url(&endpoint, how),
+            Protocol::Grpc => endpoint,
+        };
+        let timeout = match (self.otlp_timeout, var("TIMEOUT")) {
+            (Some(t), _) => t,
+            (None, Some((k, v))) => match v.trim().parse::<u64>() {
+                Ok(ms) => Duration::from_millis(ms),
+                Err(_) => {
+                    return Err(ConfigError::Otlp(format!("{k}={v} is not a number of milliseconds (e.g. 10000)")))
+                }
+            },
+            (None, None) => file.timeout.unwrap_or(DEFAULT_TIMEOUT),
+        };
+        if timeout.is_zero() {
+            return Err(ConfigError::Otlp("the OTLP timeout must be longer than zero (--otlp-timeout 10s)".to_owned()));
+        }
+        let compression = match (self.otlp_compression, var("COMPRESSION")) {
+            (Some(c), _) => c,
+            (None, Some((k, v))) => Compression::parse(&v).map_err(|e| ConfigError::Otlp(format!("{k}: {e}")))?,
+            (None, None) => file.compression.unwrap_or_default(),
+        };
+        let certificate = self
+            .otlp_certificate
+            .clone()
+            .or_else(|| var("CERTIFICATE").map(|(_, v)| PathBuf::from(v.trim())))
+            .or_else(|| file.certificate.clone());
+        let mut headers = Vec::new();
+        merge(&mut headers, file.headers.iter().map(|(k, v)| (k.clone(), v.clone())), true);
+        for name in ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"] {
+            if let Some(text) = env(name) {
+                merge(&mut headers, parse_pairs(&text, name).map_err(ConfigError::Otlp)?, true);
+            }
+        }
+        let flags = self.otlp_headers.iter().map(|h| parse_pair(h, "--otlp-header"));
+        merge(&mut headers, flags.collect::<Result<Vec<_>, _>>().map_err(ConfigError::Otlp)?, true);
+        Ok(Some(OtlpOptions { endpoint, protocol, headers, timeout, compression, certificate }))
+    }
+
+    /// Node-level resource attributes: the file's `resource_attributes`, then
+    /// `OTEL_RESOURCE_ATTRIBUTES`, then `--resource-attribute` (a later one of the same
+    /// key wins). `service.name` is refused from flags and dropped, with a warning, from
+    /// the variable: each span's service is its process's.
+    pub fn resource_attributes(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<(String, String)>, ConfigError> {
+        let mut attrs = Vec::new();
+        merge(&mut attrs, self.from_file.resource_attributes.iter().map(|(k, v)| (k.clone(), v.clone())), false);
+        if let Some(text) = env("OTEL_RESOURCE_ATTRIBUTES") {
+            let mut pairs = parse_pairs(&text, "OTEL_RESOURCE_ATTRIBUTES").map_err(ConfigError::Resource)?;
+            if pairs.iter().any(|(k, _)| k == "service.name") {
+                log::warn!(
+                    "OTEL_RESOURCE_ATTRIBUTES: service.name is ignored: each span's service is its own process's"
+                );
+                pairs.retain(|(k, _)| k != "service.name");
+            }
+            merge(&mut attrs, pairs, false);
+        }
+        for flag in &self.resource_attributes {
+            let (k, v) = parse_pair(flag, "--resource-attribute").map_err(ConfigError::Resource)?;
+            if k == "service.name" {
+                return Err(ConfigError::Resource(
+                    "--resource-attribute service.name: each span's service is its own process's; it cannot be set \
+                     for the node"
+                        .to_owned(),
+                ));
+            }
+            merge(&mut attrs, [(k, v)], false);
+        }
+        Ok(attrs)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -451,7 +646,7 @@ mod tests {
     fn console_is_the_default_view() {
         let o = cli(&[]).outputs(|_| None).unwrap();
         assert!(o.console);
-        assert_eq!(o.otlp_endpoint, None);
+        assert_eq!(o.otlp, None);
     }
 
     #[test]
@@ -461,12 +656,143 @@ mod tests {
             "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://generic:4317".to_owned()),
             _ => None,
         };
-        assert_eq!(cli(&[]).outputs(env).unwrap().otlp_endpoint.as_deref(), Some("http://traces:4317"));
+        assert_eq!(
+            cli(&[]).outputs(env).unwrap().otlp.as_ref().map(|o| o.endpoint.as_str()),
+            Some("http://traces:4317")
+        );
         let o = cli(&["--otlp-endpoint", "http://flag:4317"]).outputs(env).unwrap();
-        assert_eq!(o.otlp_endpoint.as_deref(), Some("http://flag:4317"));
+        assert_eq!(o.otlp.as_ref().map(|o| o.endpoint.as_str()), Some("http://flag:4317"));
         assert!(!o.console);
         let generic = |k: &str| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://generic:4317".to_owned());
-        assert_eq!(cli(&[]).outputs(generic).unwrap().otlp_endpoint.as_deref(), Some("http://generic:4317"));
+        assert_eq!(
+            cli(&[]).outputs(generic).unwrap().otlp.as_ref().map(|o| o.endpoint.as_str()),
+            Some("http://generic:4317")
+        );
+    }
+
+    #[test]
+    fn otlp_http_paths_follow_the_specification() {
+        let http = |args: &[&str], env: &[(&str, &str)]| {
+            let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            let mut all = vec!["--otlp-protocol", "http/protobuf"];
+            all.extend_from_slice(args);
+            cli(&all)
+                .outputs(|k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+                .unwrap()
+                .otlp
+                .unwrap()
+                .endpoint
+        };
+        // A flag without a path gets /v1/traces; with one, it is kept.
+        assert_eq!(http(&["--otlp-endpoint", "http://c:4318"], &[]), "http://c:4318/v1/traces");
+        assert_eq!(http(&["--otlp-endpoint", "http://c:4318/"], &[]), "http://c:4318/v1/traces");
+        assert_eq!(http(&["--otlp-endpoint", "https://c/otlp/v1/traces"], &[]), "https://c/otlp/v1/traces");
+        // The generic variable is a base URL; the traces one is used as it is.
+        assert_eq!(http(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]), "http://c:4318/v1/traces");
+        assert_eq!(
+            http(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/base/")]),
+            "http://c:4318/base/v1/traces"
+        );
+        assert_eq!(http(&[], &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/in")]), "http://c:4318/in");
+        // gRPC endpoints are left alone.
+        let o = cli(&["--otlp-endpoint", "http://c:4317"]).outputs(|_| None).unwrap().otlp.unwrap();
+        assert_eq!((o.endpoint.as_str(), o.protocol), ("http://c:4317", crate::export::otlp::Protocol::Grpc));
+    }
+
+    #[test]
+    fn otlp_environment_and_flags() {
+        use crate::export::otlp::{Compression, Protocol};
+        let env = |k: &str| {
+            match k {
+                "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("https://c:4318"),
+                "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("http/protobuf"),
+                "OTEL_EXPORTER_OTLP_HEADERS" => Some("Authorization=Bearer%20abc, x-tenant = t1 ,"),
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS" => Some("x-tenant=t2"),
+                "OTEL_EXPORTER_OTLP_TIMEOUT" => Some("2500"),
+                "OTEL_EXPORTER_OTLP_COMPRESSION" => Some("gzip"),
+                "OTEL_EXPORTER_OTLP_CERTIFICATE" => Some("/etc/ca.pem"),
+                _ => None,
+            }
+            .map(str::to_owned)
+        };
+        let o = cli(&[]).outputs(env).unwrap().otlp.unwrap();
+        assert_eq!(o.endpoint, "https://c:4318/v1/traces");
+        assert_eq!(o.protocol, Protocol::HttpProtobuf);
+        assert_eq!(
+            o.headers,
+            vec![("authorization".to_owned(), "Bearer abc".to_owned()), ("x-tenant".to_owned(), "t2".to_owned())]
+        );
+        assert_eq!(o.timeout, Duration::from_millis(2500));
+        assert_eq!(o.compression, Compression::Gzip);
+        assert_eq!(o.certificate, Some(PathBuf::from("/etc/ca.pem")));
+        // Flags win, header by header.
+        let o = cli(&[
+            "--otlp-protocol",
+            "grpc",
+            "--otlp-header",
+            "X-Tenant=flag",
+            "--otlp-timeout",
+            "3s",
+            "--otlp-compression",
+            "none",
+            "--otlp-certificate",
+            "/tmp/other.pem",
+        ])
+        .outputs(env)
+        .unwrap()
+        .otlp
+        .unwrap();
+        assert_eq!((o.protocol, o.endpoint.as_str()), (Protocol::Grpc, "https://c:4318"));
+        assert_eq!(o.headers[1], ("x-tenant".to_owned(), "flag".to_owned()));
+        assert_eq!((o.timeout, o.compression), (Duration::from_secs(3), Compression::None));
+        assert_eq!(o.certificate, Some(PathBuf::from("/tmp/other.pem")));
+        // Defaults.
+        let o = cli(&["--otlp-endpoint", "http://c:4317"]).outputs(|_| None).unwrap().otlp.unwrap();
+        assert_eq!((o.timeout, o.compression, o.headers.len()), (Duration::from_secs(10), Compression::None, 0));
+    }
+
+    #[test]
+    fn bad_otlp_settings_are_one_line_naming_the_setting() {
+        let cases: [(&[&str], (&str, &str), &str); 6] = [
+            (&[], ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"), "not supported"),
+            (&[], ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "thrift"), "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
+            (&[], ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"), "milliseconds"),
+            (&[], ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"), "gzip or none"),
+            (&[], ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"), "OTEL_EXPORTER_OTLP_HEADERS: `novalue` is not KEY=VALUE"),
+            (&["--otlp-header", "broken"], ("X", ""), "--otlp-header `broken` is not KEY=VALUE"),
+        ];
+        for (args, (var, value), words) in cases {
+            let mut all = vec!["--otlp-endpoint", "http://c:4317"];
+            all.extend_from_slice(args);
+            let e = cli(&all).outputs(|k| (k == var).then(|| value.to_owned())).unwrap_err().to_string();
+            assert!(e.contains(words) && !e.contains('\n'), "{var}={value} {args:?}: {e}");
+        }
+        assert!(Cli::try_parse_from(["ghostwire", "--otlp-protocol", "zipkin"]).is_err());
+        assert!(Cli::try_parse_from(["ghostwire", "--otlp-timeout", "0s", "--otlp-endpoint", "http://c:1"])
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.outputs(|_| None).map_err(|e| e.to_string()))
+            .is_err_and(|e| e.contains("longer than zero")));
+    }
+
+    #[test]
+    fn resource_attributes_layer_and_keep_service_name_per_process() {
+        let c = with_file("resource_attributes: { k8s.cluster.name: file, team: a }\n", &[]);
+        let env = |k: &str| {
+            (k == "OTEL_RESOURCE_ATTRIBUTES")
+                .then(|| "k8s.cluster.name=prod%2Deu,service.name=agent,deployment.environment.name=prod".to_owned())
+        };
+        let attrs = c.resource_attributes(env).unwrap();
+        let get = |k: &str| attrs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("k8s.cluster.name"), Some("prod-eu"));
+        assert_eq!(get("team"), Some("a"));
+        assert_eq!(get("deployment.environment.name"), Some("prod"));
+        assert_eq!(get("service.name"), None, "the agent's own service.name is not applied");
+        let c = with_file("", &["--resource-attribute", "k8s.cluster.name=flag"]);
+        let attrs = c.resource_attributes(env).unwrap();
+        assert!(attrs.contains(&("k8s.cluster.name".to_owned(), "flag".to_owned())), "{attrs:?}");
+        assert_eq!(attrs.iter().filter(|(k, _)| k == "k8s.cluster.name").count(), 1, "{attrs:?}");
+        let c = with_file("", &["--resource-attribute", "service.name=x"]);
+        assert!(c.resource_attributes(|_| None).unwrap_err().to_string().contains("service.name"));
     }
 
     #[test]
@@ -549,6 +875,10 @@ mod tests {
         assert_eq!(from_file.sampling(none), plain.sampling(none));
         assert_eq!(from_file.metrics_addr(), plain.metrics_addr());
         assert_eq!(from_file.kubernetes(none), plain.kubernetes(none));
+        assert_eq!(from_file.resource_attributes(none), plain.resource_attributes(none));
+        // With an endpoint, every outputs.otlp default is the flags'.
+        let ep = ["--otlp-endpoint", "http://c:4317"];
+        assert_eq!(with_file(text, &ep).outputs(none), cli(&ep).outputs(none));
         let key = |c: &Cli| {
             format!(
                 "{:?}",
@@ -583,7 +913,7 @@ mod tests {
         assert_eq!((c.capture_bytes, c.queue_size, c.no_tls), (4096, 100, true));
         assert_eq!(c.instrumented, vec!["checkout".to_owned()]);
         let o = c.outputs(none).unwrap();
-        assert_eq!(o.otlp_endpoint.as_deref(), Some("http://file:4317"));
+        assert_eq!(o.otlp.as_ref().map(|o| o.endpoint.as_str()), Some("http://file:4317"));
         assert_eq!(o.jsonl, Some(PathBuf::from("/tmp/spans.jsonl")));
         assert!(!o.console);
         let s = c.sampling(none).unwrap();
@@ -597,7 +927,7 @@ mod tests {
             "OTEL_TRACES_SAMPLER_ARG" => Some("0.1".to_owned()),
             _ => None,
         };
-        assert_eq!(c.outputs(env).unwrap().otlp_endpoint.as_deref(), Some("http://env:4317"));
+        assert_eq!(c.outputs(env).unwrap().otlp.as_ref().map(|o| o.endpoint.as_str()), Some("http://env:4317"));
         assert!((c.sampling(env).unwrap().ratio - 0.1).abs() < 1e-12);
         // Flags win over both.
         let c = with_file(
@@ -615,7 +945,7 @@ mod tests {
         );
         assert_eq!(c.ports, vec![9090]);
         assert_eq!(c.capture_bytes, 512);
-        assert_eq!(c.outputs(env).unwrap().otlp_endpoint.as_deref(), Some("http://flag:4317"));
+        assert_eq!(c.outputs(env).unwrap().otlp.as_ref().map(|o| o.endpoint.as_str()), Some("http://flag:4317"));
         assert!((c.sampling(env).unwrap().ratio - 0.25).abs() < 1e-12);
         // A flag's output list replaces the file's.
         let c = with_file(text, &["--output", "console"]);

@@ -37,9 +37,9 @@ pub const SCOPE_NAME: &str = "ghostwire";
 /// Where spans go. The caller resolves flags and environment into this.
 #[derive(Clone, Debug)]
 pub struct ExportConfig {
-    /// OTLP/gRPC endpoint, e.g. `http://127.0.0.1:4317` (`http://` is assumed when the
-    /// scheme is missing).
-    pub otlp_endpoint: Option<String>,
+    /// OTLP exporter: endpoint (`http://` is assumed when the scheme is missing),
+    /// protocol, headers, timeout, compression, CA file.
+    pub otlp: Option<otlp::OtlpOptions>,
     /// Append OTLP-JSON lines (one `ExportTraceServiceRequest` per batch) to this file.
     pub jsonl_path: Option<PathBuf>,
     /// Live waterfall on stdout.
@@ -55,7 +55,7 @@ pub struct ExportConfig {
 impl Default for ExportConfig {
     fn default() -> Self {
         Self {
-            otlp_endpoint: None,
+            otlp: None,
             jsonl_path: None,
             console: false,
             queue_capacity: 8192,
@@ -140,9 +140,9 @@ impl Exporters {
         let capacity = cfg.queue_capacity.max(1);
         let batch_size = cfg.batch_size.max(1);
         // Everything that can fail happens before any task is spawned.
-        let otlp = match &cfg.otlp_endpoint {
-            Some(endpoint) => {
-                let settings = otlp::OtlpSettings::new(endpoint, batch_size, cfg.batch_timeout)?;
+        let otlp = match &cfg.otlp {
+            Some(options) => {
+                let settings = otlp::OtlpSettings::new(options, batch_size, cfg.batch_timeout)?;
                 let (queue, counters) = new_output("otlp", capacity);
                 let exporter = otlp::OtlpExporter::new(settings, queue.clone(), counters.clone())?;
                 Some((exporter, queue, counters))
@@ -492,8 +492,8 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn bad_otlp_endpoint_is_an_error() {
-        for bad in ["https://collector:4317", "ftp://x:1", "http://[::1", ""] {
-            let cfg = ExportConfig { otlp_endpoint: Some(bad.into()), ..Default::default() };
+        for bad in ["ftp://x:1", "http://[::1", ""] {
+            let cfg = ExportConfig { otlp: Some(otlp::OtlpOptions::grpc(bad)), ..Default::default() };
             assert!(Exporters::start(cfg).is_err(), "{bad}");
         }
     }

@@ -1,13 +1,20 @@
-//! OTLP/gRPC exporter (tonic).
+//! OTLP exporter: OTLP/gRPC (tonic) or OTLP/HTTP with protobuf (hyper), both over
+//! plain TCP or TLS (rustls), with the configured headers and optional gzip.
 //!
 //! One task per endpoint takes batches from its bounded queue and sends each as one
 //! `ExportTraceServiceRequest`, encoded straight from the span model into a reused
-//! buffer ([`super::encode`]) and sent as bytes through tonic (a retry resends the same
-//! bytes, it does not re-encode or deep-copy the request). While the backend is down or failing with a retryable
-//! code, the same batch is retried with jittered exponential backoff and new spans keep
-//! accumulating in the queue (oldest dropped beyond its bound, counted), so memory stays
-//! bounded. The first failure of an outage logs one warning saying what is wrong and how
-//! to fix it; recovery logs one info line; individual retries log at debug level only.
+//! buffer ([`super::encode`]) and sent as bytes (a retry resends the same bytes, it does
+//! not re-encode or deep-copy the request). While the backend is down or failing with a
+//! retryable code, the same batch is retried with jittered exponential backoff and new
+//! spans keep accumulating in the queue (oldest dropped beyond its bound, counted), so
+//! memory stays bounded. The first failure of an outage logs one warning saying what is
+//! wrong and how to fix it; recovery logs one info line; individual retries log at debug
+//! level only.
+//!
+//! Both transports report their outcome as a gRPC status: an OTLP/HTTP answer is mapped
+//! to the code gRPC gives that HTTP status (429, 502, 503 and 504 are `Unavailable` or
+//! `ResourceExhausted`, retryable as the OTLP specification says; other failures are
+//! permanent), so retry, backoff and the log lines are one piece of code.
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -21,7 +28,8 @@ use rand::Rng as _;
 use tokio::time::Instant;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use super::encode;
@@ -92,11 +100,100 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// 40–55 ms to rotel and a 36 KB one 0.7 ms, which capped export at about 20k spans/s.
 const MAX_REQUEST_BYTES: usize = 60 * 1024;
 
+/// The OTLP transport, in `OTEL_EXPORTER_OTLP_PROTOCOL`'s words.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+pub enum Protocol {
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+impl Protocol {
+    /// `grpc` or `http/protobuf`; `http/json` is refused with a hint.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "grpc" => Ok(Self::Grpc),
+            "http/protobuf" => Ok(Self::HttpProtobuf),
+            "http/json" => Err("OTLP protocol http/json is not supported: use grpc or http/protobuf".to_owned()),
+            other => Err(format!("OTLP protocol `{other}` is unknown: use grpc or http/protobuf")),
+        }
+    }
+
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+/// Request body compression (`OTEL_EXPORTER_OTLP_COMPRESSION`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+}
+
+impl Compression {
+    /// `gzip` or `none`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "gzip" => Ok(Self::Gzip),
+            "none" | "" => Ok(Self::None),
+            other => Err(format!("OTLP compression `{other}` is unknown: use gzip or none")),
+        }
+    }
+}
+
+/// Where and how to send spans: flags, file and `OTEL_EXPORTER_OTLP_*` resolved
+/// (see `config::Cli::otlp`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtlpOptions {
+    /// The whole URL requests go to: for OTLP/HTTP with its path (`/v1/traces`).
+    pub endpoint: String,
+    pub protocol: Protocol,
+    /// Sent with every request (e.g. `authorization`). Names are lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Longest one export request may take.
+    pub timeout: Duration,
+    pub compression: Compression,
+    /// PEM file of the CA certificates that sign the collector's certificate (for
+    /// `https://`); without it the system's roots are trusted.
+    pub certificate: Option<std::path::PathBuf>,
+}
+
+impl OtlpOptions {
+    /// OTLP/gRPC to `endpoint` with the defaults.
+    #[must_use]
+    pub fn grpc(endpoint: &str) -> Self {
+        Self {
+            endpoint: endpoint.to_owned(),
+            protocol: Protocol::Grpc,
+            headers: Vec::new(),
+            timeout: REQUEST_TIMEOUT,
+            compression: Compression::None,
+            certificate: None,
+        }
+    }
+}
+
+/// The default timeout of one export request (the specification's 10 s).
+pub const DEFAULT_TIMEOUT: Duration = REQUEST_TIMEOUT;
+
 /// How the OTLP task runs; built from [`super::ExportConfig`].
 #[derive(Clone, Debug)]
 pub(crate) struct OtlpSettings {
     /// Normalized endpoint URI (always with a scheme).
     pub endpoint: String,
+    pub protocol: Protocol,
+    pub headers: Vec<(String, String)>,
+    pub compression: Compression,
+    pub certificate: Option<std::path::PathBuf>,
     pub batch_size: usize,
     pub batch_timeout: Duration,
     pub connect_timeout: Duration,
@@ -107,20 +204,43 @@ pub(crate) struct OtlpSettings {
 }
 
 impl OtlpSettings {
-    /// Validates `endpoint` (`http://host:port`; `http://` is assumed when no scheme is
-    /// given; TLS is not supported by this build).
-    pub(crate) fn new(endpoint: &str, batch_size: usize, batch_timeout: Duration) -> anyhow::Result<Self> {
-        let endpoint = normalize_endpoint(endpoint)?;
+    /// Validates the endpoint (`http://host:port` or `https://host:port`; `http://` is
+    /// assumed when no scheme is given) and the headers.
+    pub(crate) fn new(opts: &OtlpOptions, batch_size: usize, batch_timeout: Duration) -> anyhow::Result<Self> {
+        let endpoint = normalize_endpoint(&opts.endpoint)?;
+        for (name, value) in &opts.headers {
+            http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| anyhow::anyhow!("OTLP header name `{name}` is not a valid HTTP header name"))?;
+            http::HeaderValue::from_str(value).map_err(|_| {
+                anyhow::anyhow!("OTLP header `{name}`: its value has characters HTTP does not allow (control characters or non-ASCII)")
+            })?;
+        }
+        if let Some(path) = &opts.certificate {
+            if !endpoint.starts_with("https://") {
+                log::warn!(
+                    "OTLP certificate {} is ignored: the endpoint {endpoint} is not https:// (use https:// to export over TLS)",
+                    path.display()
+                );
+            }
+        }
         Ok(Self {
             endpoint,
+            protocol: opts.protocol,
+            headers: opts.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect(),
+            compression: opts.compression,
+            certificate: opts.certificate.clone(),
             batch_size: batch_size.max(1),
             batch_timeout,
             connect_timeout: CONNECT_TIMEOUT,
-            request_timeout: REQUEST_TIMEOUT,
+            request_timeout: opts.timeout,
             backoff_initial: BACKOFF_INITIAL,
             backoff_max: BACKOFF_MAX,
             max_request_bytes: MAX_REQUEST_BYTES,
         })
+    }
+
+    fn is_tls(&self) -> bool {
+        self.endpoint.starts_with("https://")
     }
 }
 
@@ -131,20 +251,293 @@ fn normalize_endpoint(raw: &str) -> anyhow::Result<String> {
     }
     let uri = if raw.contains("://") { raw.to_owned() } else { format!("http://{raw}") };
     let scheme = uri.split("://").next().unwrap_or_default().to_ascii_lowercase();
-    match scheme.as_str() {
-        "http" => {}
-        "https" => bail!(
-            "OTLP endpoint {raw}: TLS (https) is not supported by this build; use an http:// endpoint \
-             (e.g. a local collector that forwards over TLS)"
-        ),
-        other => bail!("OTLP endpoint {raw}: unsupported scheme {other:?}; expected http://host:port"),
+    if scheme != "http" && scheme != "https" {
+        bail!("OTLP endpoint {raw}: unsupported scheme {scheme:?}; expected http://host:port or https://host:port");
     }
-    let ep = Endpoint::from_shared(uri.clone())
+    let parsed: http::Uri = uri
+        .parse()
         .with_context(|| format!("OTLP endpoint {raw}: not a valid URI; expected e.g. http://127.0.0.1:4317"))?;
-    if ep.uri().host().is_none_or(str::is_empty) {
+    if parsed.host().is_none_or(str::is_empty) {
         bail!("OTLP endpoint {raw}: no host; expected e.g. http://127.0.0.1:4317");
     }
     Ok(uri)
+}
+
+/// The PEM certificates of `path`, for a one-line error naming the file.
+fn read_pem(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let pem = std::fs::read(path).with_context(|| {
+        format!(
+            "cannot read the OTLP CA certificate file {} (--otlp-certificate / OTEL_EXPORTER_OTLP_CERTIFICATE)",
+            path.display()
+        )
+    })?;
+    Ok(pem)
+}
+
+/// The roots a TLS connection to the collector trusts: the CA file's certificates, or
+/// else the system's.
+fn root_store(certificate: Option<&std::path::Path>) -> anyhow::Result<rustls::RootCertStore> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    match certificate {
+        Some(path) => {
+            let pem = read_pem(path)?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| anyhow::anyhow!("OTLP CA certificate file {}: {e}", path.display()))?;
+                roots.add(cert).map_err(|e| anyhow::anyhow!("OTLP CA certificate file {}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                bail!("OTLP CA certificate file {} holds no PEM certificate", path.display());
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                bail!(
+                    "no system CA certificates found for the https:// OTLP endpoint: give the collector's CA with --otlp-certificate FILE"
+                );
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// gzip of a whole request body.
+fn gzip(body: &[u8]) -> Bytes {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4 + 64), flate2::Compression::fast());
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(body);
+    Bytes::from(enc.finish().unwrap_or_default())
+}
+
+/// The HTTP client of the OTLP/HTTP transport: pooled keep-alive HTTP/1.1 connections,
+/// TLS with rustls when the endpoint is `https://`.
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<Bytes>,
+>;
+
+/// How requests leave.
+enum Transport {
+    Grpc { client: tonic::client::Grpc<Channel>, metadata: MetadataMap },
+    Http { client: Box<HttpClient>, uri: http::Uri, headers: http::HeaderMap, gzip: bool, timeout: Duration },
+}
+
+impl Transport {
+    fn new(settings: &OtlpSettings) -> anyhow::Result<Self> {
+        match settings.protocol {
+            Protocol::Grpc => {
+                let mut endpoint = Endpoint::from_shared(settings.endpoint.clone())
+                    .with_context(|| format!("OTLP endpoint {}", settings.endpoint))?
+                    .connect_timeout(settings.connect_timeout)
+                    .timeout(settings.request_timeout)
+                    .tcp_nodelay(true);
+                if settings.is_tls() {
+                    let tls = match &settings.certificate {
+                        Some(path) => {
+                            // Checked here, so that a bad file is an error at start, not at
+                            // the first connection.
+                            root_store(Some(path))?;
+                            ClientTlsConfig::new()
+                                .ca_certificate(tonic::transport::Certificate::from_pem(read_pem(path)?))
+                        }
+                        None => ClientTlsConfig::new().with_native_roots(),
+                    };
+                    endpoint = endpoint
+                        .tls_config(tls)
+                        .with_context(|| format!("OTLP endpoint {}: TLS set-up failed", settings.endpoint))?;
+                }
+                let mut client = tonic::client::Grpc::new(endpoint.connect_lazy());
+                if settings.compression == Compression::Gzip {
+                    client = client
+                        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+                }
+                let mut metadata = MetadataMap::new();
+                for (name, value) in &settings.headers {
+                    let key = MetadataKey::from_bytes(name.as_bytes())
+                        .map_err(|_| anyhow::anyhow!("OTLP header name `{name}` is not a valid gRPC metadata key"))?;
+                    let value = MetadataValue::try_from(value.as_str())
+                        .map_err(|_| anyhow::anyhow!("OTLP header `{name}`: its value is not valid gRPC metadata"))?;
+                    metadata.append(key, value);
+                }
+                Ok(Self::Grpc { client, metadata })
+            }
+            Protocol::HttpProtobuf => {
+                let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+                http.set_connect_timeout(Some(settings.connect_timeout));
+                http.set_nodelay(true);
+                http.enforce_http(false);
+                let builder = hyper_rustls::HttpsConnectorBuilder::new();
+                let connector = if settings.is_tls() {
+                    let provider = Arc::new(rustls::crypto::ring::default_provider());
+                    let tls = rustls::ClientConfig::builder_with_provider(provider)
+                        .with_safe_default_protocol_versions()
+                        .context("OTLP TLS: no protocol version in common with rustls")?
+                        .with_root_certificates(root_store(settings.certificate.as_deref())?)
+                        .with_no_client_auth();
+                    builder.with_tls_config(tls).https_only().enable_http1().wrap_connector(http)
+                } else {
+                    // Plain http://: the TLS layer is never used, but the type is one.
+                    let provider = Arc::new(rustls::crypto::ring::default_provider());
+                    let tls = rustls::ClientConfig::builder_with_provider(provider)
+                        .with_safe_default_protocol_versions()
+                        .context("OTLP TLS: no protocol version in common with rustls")?
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth();
+                    builder.with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http)
+                };
+                let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .pool_max_idle_per_host(MAX_IN_FLIGHT)
+                    .build(connector);
+                let uri: http::Uri = settings
+                    .endpoint
+                    .parse()
+                    .with_context(|| format!("OTLP endpoint {}: not a valid URI", settings.endpoint))?;
+                let mut headers = http::HeaderMap::new();
+                headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-protobuf"));
+                headers.insert(http::header::USER_AGENT, http::HeaderValue::from_static(USER_AGENT));
+                if settings.compression == Compression::Gzip {
+                    headers.insert(http::header::CONTENT_ENCODING, http::HeaderValue::from_static("gzip"));
+                }
+                for (name, value) in &settings.headers {
+                    // Checked in OtlpSettings::new.
+                    if let (Ok(k), Ok(v)) =
+                        (http::HeaderName::from_bytes(name.as_bytes()), http::HeaderValue::from_str(value))
+                    {
+                        headers.append(k, v);
+                    }
+                }
+                Ok(Self::Http {
+                    client: Box::new(client),
+                    uri,
+                    headers,
+                    gzip: settings.compression == Compression::Gzip,
+                    timeout: settings.request_timeout,
+                })
+            }
+        }
+    }
+
+    /// Sends one encoded request; the answer, or why there is none, as a gRPC status.
+    async fn call(&self, req: Bytes) -> Result<ExportTraceServiceResponse, Status> {
+        match self {
+            Self::Grpc { client, metadata } => {
+                let mut client = client.clone();
+                client.ready().await.map_err(|e| Status::unavailable(format!("the OTLP channel is not ready: {e}")))?;
+                let mut request = tonic::Request::new(req);
+                if !metadata.is_empty() {
+                    *request.metadata_mut() = metadata.clone();
+                }
+                let resp = client.unary(request, PathAndQuery::from_static(EXPORT_PATH), PreEncoded).await?;
+                Ok(resp.into_inner())
+            }
+            Self::Http { client, uri, headers, gzip: compress, timeout } => {
+                let body = if *compress { gzip(&req) } else { req };
+                let mut request = http::Request::new(http_body_util::Full::new(body));
+                *request.method_mut() = http::Method::POST;
+                *request.uri_mut() = uri.clone();
+                *request.headers_mut() = headers.clone();
+                let answer = async {
+                    let resp = client.request(request).await.map_err(|e| transport_status(&e))?;
+                    let status = resp.status();
+                    let content_type = resp
+                        .headers()
+                        .get(http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let body = http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                        resp.into_body(),
+                        MAX_RESPONSE_BYTES,
+                    ))
+                    .await
+                    .map_err(|e| Status::unavailable(format!("reading the collector's answer failed: {e}")))?
+                    .to_bytes();
+                    http_answer(status, &content_type, &body)
+                };
+                match tokio::time::timeout(*timeout, answer).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Status::deadline_exceeded(format!("no answer within {timeout:?}"))),
+                }
+            }
+        }
+    }
+}
+
+/// `User-Agent` of OTLP/HTTP requests, as the SDKs' exporters send theirs.
+const USER_AGENT: &str = concat!("ghostwire/", env!("CARGO_PKG_VERSION"));
+
+/// A collector's answer is a small protobuf message; more than this is not an OTLP
+/// collector talking.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// `google.rpc.Status`, which an OTLP/HTTP collector returns in a failed answer's body.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+/// An OTLP/HTTP answer as a gRPC outcome: 2xx decodes the (possibly empty)
+/// `ExportTraceServiceResponse`; failures map the way gRPC maps HTTP statuses, so that
+/// 429, 502, 503 and 504 are retried and the rest is not.
+fn http_answer(
+    status: http::StatusCode,
+    content_type: &str,
+    body: &[u8],
+) -> Result<ExportTraceServiceResponse, Status> {
+    if status.is_success() {
+        return ExportTraceServiceResponse::decode(body).map_err(|e| {
+            Status::internal(format!(
+                "the collector answered {status} with a body that is not an ExportTraceServiceResponse: {e}"
+            ))
+        });
+    }
+    let detail = if content_type.starts_with("application/x-protobuf") {
+        RpcStatus::decode(body).map(|s| s.message).unwrap_or_default()
+    } else if content_type.starts_with("text/html") {
+        // A proxy's error page: its status line says it all.
+        String::new()
+    } else {
+        String::from_utf8_lossy(&body[..body.len().min(200)]).split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    let code = match status.as_u16() {
+        400 | 413 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 | 405 => Code::Unimplemented,
+        429 => Code::ResourceExhausted,
+        502..=504 => Code::Unavailable,
+        500..=599 => Code::Internal,
+        _ => Code::FailedPrecondition,
+    };
+    let message = if detail.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {detail}") };
+    Err(Status::new(code, message))
+}
+
+/// A request that got no answer: the connection failed or broke. Retryable.
+fn transport_status(e: &hyper_util::client::legacy::Error) -> Status {
+    let mut cause = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(inner) = cur {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            cause = describe_io(io);
+            break;
+        }
+        let text = inner.to_string();
+        if !text.is_empty() {
+            cause = text;
+        }
+        cur = inner.source();
+    }
+    Status::unavailable(cause)
 }
 
 /// Export requests of one exporter in flight at once, at most (8 × 60 KiB). Each waits for its
@@ -163,7 +556,7 @@ pub(crate) struct OtlpExporter {
 /// What every request in flight shares.
 struct Sender {
     settings: OtlpSettings,
-    client: tonic::client::Grpc<Channel>,
+    transport: Transport,
     queue: Arc<SpanQueue>,
     counters: Arc<OutputCounters>,
     health: std::sync::Mutex<Health>,
@@ -184,21 +577,10 @@ impl OtlpExporter {
         queue: Arc<SpanQueue>,
         counters: Arc<OutputCounters>,
     ) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(settings.endpoint.clone())
-            .with_context(|| format!("OTLP endpoint {}", settings.endpoint))?
-            .connect_timeout(settings.connect_timeout)
-            .timeout(settings.request_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let health = Health::new(settings.endpoint.clone(), queue.capacity());
+        let transport = Transport::new(&settings)?;
+        let health = Health::new(settings.endpoint.clone(), settings.protocol, queue.capacity());
         Ok(Self {
-            sender: Arc::new(Sender {
-                client: tonic::client::Grpc::new(channel),
-                settings,
-                queue,
-                counters,
-                health: std::sync::Mutex::new(health),
-            }),
+            sender: Arc::new(Sender { transport, settings, queue, counters, health: std::sync::Mutex::new(health) }),
             encoder: encode::Encoder::default(),
         })
     }
@@ -258,8 +640,7 @@ impl Sender {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let mut this = CallOnly { client: self.client.clone() };
-            let call = this.call(req.clone());
+            let call = self.transport.call(req.clone());
             tokio::pin!(call);
             // Until shutdown the call runs to its own request timeout; once the queue is
             // closed it is also bounded by the shutdown deadline.
@@ -283,7 +664,7 @@ impl Sender {
             };
             let status = match result {
                 Ok(resp) => {
-                    let partial = resp.into_inner().partial_success;
+                    let partial = resp.partial_success;
                     let rejected = partial.as_ref().map_or(0, |p| p.rejected_spans.clamp(0, n as i64) as usize);
                     self.counters.exported(n - rejected);
                     if let Some(p) = partial.filter(|p| p.rejected_spans > 0 || !p.error_message.is_empty()) {
@@ -351,19 +732,6 @@ impl Sender {
     }
 }
 
-/// The client alone, so a pinned call does not borrow the whole exporter (whose queue
-/// and counters the retry loop uses while the call runs).
-struct CallOnly {
-    client: tonic::client::Grpc<Channel>,
-}
-
-impl CallOnly {
-    async fn call(&mut self, req: Bytes) -> Result<tonic::Response<ExportTraceServiceResponse>, Status> {
-        self.client.ready().await.map_err(|e| Status::unavailable(format!("the OTLP channel is not ready: {e}")))?;
-        self.client.unary(tonic::Request::new(req), PathAndQuery::from_static(EXPORT_PATH), PreEncoded).await
-    }
-}
-
 /// Codes the OTLP specification lists as retryable.
 fn is_retryable(code: Code) -> bool {
     matches!(
@@ -398,16 +766,7 @@ fn describe(status: &tonic::Status) -> String {
     let mut cur = status.source();
     while let Some(e) = cur {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind as K;
-            let what = match io.kind() {
-                K::ConnectionRefused => "connection refused".to_owned(),
-                K::TimedOut => "connection timed out".to_owned(),
-                K::ConnectionReset => "connection reset".to_owned(),
-                K::ConnectionAborted => "connection aborted".to_owned(),
-                K::AddrNotAvailable => "address not available".to_owned(),
-                _ => io.to_string(),
-            };
-            return what;
+            return describe_io(io);
         }
         let text = e.to_string();
         if !text.is_empty() {
@@ -425,11 +784,25 @@ fn describe(status: &tonic::Status) -> String {
     }
 }
 
+/// An I/O failure in words ("connection refused").
+fn describe_io(io: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match io.kind() {
+        K::ConnectionRefused => "connection refused".to_owned(),
+        K::TimedOut => "connection timed out".to_owned(),
+        K::ConnectionReset => "connection reset".to_owned(),
+        K::ConnectionAborted => "connection aborted".to_owned(),
+        K::AddrNotAvailable => "address not available".to_owned(),
+        _ => io.to_string(),
+    }
+}
+
 /// Decides which outcomes are worth a log line: one warning per outage, one info line on
 /// recovery, one warning per kind of permanent error.
 #[derive(Debug)]
 struct Health {
     endpoint: String,
+    protocol: Protocol,
     capacity: usize,
     /// Set while the endpoint fails: when it started and the queue's drop count then.
     outage: Option<(Instant, u64)>,
@@ -440,8 +813,8 @@ struct Health {
 const FIX_ENDPOINT: &str = "check --otlp-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT and that the collector is running";
 
 impl Health {
-    fn new(endpoint: String, capacity: usize) -> Self {
-        Self { endpoint, capacity, outage: None, permanent_warned: Vec::new(), partial_warned: false }
+    fn new(endpoint: String, protocol: Protocol, capacity: usize) -> Self {
+        Self { endpoint, protocol, capacity, outage: None, permanent_warned: Vec::new(), partial_warned: false }
     }
 
     /// A retryable failure. Returns the warning for the first one of an outage.
@@ -492,13 +865,18 @@ impl Health {
         }
         self.permanent_warned.push(code);
         let ep = &self.endpoint;
-        let hint = match code {
-            Code::Unimplemented | Code::Unknown | Code::Internal => format!(
-                " — is {ep} an OTLP/gRPC endpoint? (the collector's gRPC port is usually 4317; 4318 is OTLP/HTTP)"
+        let hint = match (code, self.protocol) {
+            (Code::Unimplemented | Code::Unknown | Code::Internal, Protocol::Grpc) => format!(
+                " — is {ep} an OTLP/gRPC endpoint? (the collector's gRPC port is usually 4317; 4318 is OTLP/HTTP: \
+                 use --otlp-protocol http/protobuf there)"
             ),
-            Code::Unauthenticated | Code::PermissionDenied => {
-                " — the collector requires credentials, which ghostwire does not send".to_owned()
-            }
+            (Code::Unimplemented | Code::InvalidArgument, Protocol::HttpProtobuf) => format!(
+                " — is {ep} an OTLP/HTTP traces URL? (usually http://collector:4318/v1/traces; 4317 is OTLP/gRPC: \
+                 use --otlp-protocol grpc there)"
+            ),
+            (Code::Unauthenticated | Code::PermissionDenied, _) => " — the collector wants credentials: set \
+                 --otlp-header 'authorization=Bearer …' (or OTEL_EXPORTER_OTLP_HEADERS)"
+                .to_owned(),
             _ => String::new(),
         };
         Some(format!(
@@ -637,7 +1015,8 @@ mod tests {
     }
 
     fn fast_settings(addr: SocketAddr, batch_size: usize) -> OtlpSettings {
-        let mut s = OtlpSettings::new(&format!("http://{addr}"), batch_size, Duration::from_millis(20)).unwrap();
+        let opts = OtlpOptions::grpc(&format!("http://{addr}"));
+        let mut s = OtlpSettings::new(&opts, batch_size, Duration::from_millis(20)).unwrap();
         s.backoff_initial = Duration::from_millis(20);
         s.backoff_max = Duration::from_millis(100);
         s
@@ -647,7 +1026,7 @@ mod tests {
     async fn exports_to_a_real_collector() {
         let server = serve("127.0.0.1:0".parse().unwrap(), Reply::Ok);
         let cfg = ExportConfig {
-            otlp_endpoint: Some(server.addr.to_string()), // no scheme: http:// assumed
+            otlp: Some(OtlpOptions::grpc(&server.addr.to_string())), // no scheme: http:// assumed
             batch_timeout: Duration::from_millis(50),
             ..Default::default()
         };
@@ -793,7 +1172,7 @@ mod tests {
 
     #[test]
     fn health_logs_once_per_outage() {
-        let mut h = Health::new("http://x:4317".into(), 8192);
+        let mut h = Health::new("http://x:4317".into(), Protocol::Grpc, 8192);
         let down = tonic::Status::unavailable("tcp connect error");
         let first = h.on_retryable(&down, 0).unwrap();
         assert!(first.starts_with("OTLP endpoint http://x:4317 unreachable (tcp connect error); spans are queued (up to 8192) and retried"), "{first}");
@@ -862,6 +1241,73 @@ mod tests {
     fn endpoint_normalization() {
         assert_eq!(normalize_endpoint("127.0.0.1:4317").unwrap(), "http://127.0.0.1:4317");
         assert_eq!(normalize_endpoint(" http://c:4317 ").unwrap(), "http://c:4317");
-        assert!(normalize_endpoint("https://c:4317").unwrap_err().to_string().contains("TLS"));
+        assert_eq!(normalize_endpoint("https://c:4317").unwrap(), "https://c:4317");
+        assert!(normalize_endpoint("grpc://c:4317").unwrap_err().to_string().contains("unsupported scheme"));
+    }
+
+    #[test]
+    fn http_answers_map_to_grpc_outcomes() {
+        let ok = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess { rejected_spans: 2, error_message: "bad".into() }),
+        };
+        let answer = http_answer(http::StatusCode::OK, "application/x-protobuf", &ok.encode_to_vec()).unwrap();
+        assert_eq!(answer, ok);
+        assert_eq!(http_answer(http::StatusCode::OK, "", b"").unwrap(), ExportTraceServiceResponse::default());
+        assert_eq!(
+            http_answer(http::StatusCode::OK, "", b"\xff\xff").unwrap_err().code(),
+            Code::Internal,
+            "a 200 that is not OTLP"
+        );
+        let status = RpcStatus { code: 3, message: "no spans".into() }.encode_to_vec();
+        let e = http_answer(http::StatusCode::BAD_REQUEST, "application/x-protobuf", &status).unwrap_err();
+        assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "HTTP 400 Bad Request: no spans"));
+        let e = http_answer(http::StatusCode::NOT_FOUND, "text/plain", b"404 page\n not found").unwrap_err();
+        assert_eq!((e.code(), e.message()), (Code::Unimplemented, "HTTP 404 Not Found: 404 page not found"));
+        for (status, code, retried) in [
+            (401, Code::Unauthenticated, false),
+            (403, Code::PermissionDenied, false),
+            (413, Code::InvalidArgument, false),
+            (429, Code::ResourceExhausted, true),
+            (500, Code::Internal, false),
+            (502, Code::Unavailable, true),
+            (503, Code::Unavailable, true),
+            (504, Code::Unavailable, true),
+        ] {
+            let e = http_answer(http::StatusCode::from_u16(status).unwrap(), "", b"").unwrap_err();
+            assert_eq!((e.code(), is_retryable(e.code())), (code, retried), "{status}");
+        }
+    }
+
+    #[test]
+    fn gzip_bodies_decompress_to_the_request() {
+        let body = b"spans spans spans spans spans".repeat(50);
+        let packed = gzip(&body);
+        assert!(packed.len() < body.len() / 4, "{} bytes", packed.len());
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&packed[..]), &mut out).unwrap();
+        assert_eq!(out, body);
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_empty_ca_file_is_one_line() {
+        let dir = std::env::temp_dir().join(format!("ghostwire-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+            for (path, words) in [(dir.join("missing.pem"), "cannot read"), (empty.clone(), "holds no PEM certificate")]
+            {
+                let opts = OtlpOptions {
+                    protocol,
+                    certificate: Some(path.clone()),
+                    ..OtlpOptions::grpc("https://127.0.0.1:1/v1/traces")
+                };
+                let settings = OtlpSettings::new(&opts, 10, Duration::from_millis(10)).unwrap();
+                let e = format!("{:#}", Transport::new(&settings).err().expect("refused"));
+                assert!(e.contains(&path.display().to_string()) && e.contains(words), "{protocol:?}: {e}");
+                assert!(!e.contains('\n'), "{e}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -24,6 +24,8 @@ use super::pods::PodIndex;
 pub struct ResourceCache {
     proc_root: std::path::PathBuf,
     host_name: String,
+    /// `OTEL_RESOURCE_ATTRIBUTES` and `--resource-attribute`: on every resource.
+    node_attributes: Vec<Attribute>,
     by_pid: HashMap<u32, Arc<Resource>>,
     /// The language runtime of each executable seen, by (device, inode): the processes
     /// of one program (workers, restarts) parse its ELF headers once.
@@ -71,6 +73,7 @@ impl ResourceCache {
         Self {
             proc_root: proc_root.into(),
             host_name: host_name(),
+            node_attributes: Vec::new(),
             by_pid: HashMap::new(),
             runtimes: HashMap::new(),
             pods: None,
@@ -80,6 +83,13 @@ impl ResourceCache {
     }
 
     /// Describes processes in pods with what `pods` knows of them (`k8s.pod.name`, ...).
+    /// Adds these attributes (e.g. `k8s.cluster.name`) to every resource described from
+    /// now on; one named like a built-in one (`host.name`) replaces it.
+    pub fn set_node_attributes(&mut self, attrs: &[(String, String)]) {
+        self.node_attributes = attrs.iter().map(|(k, v)| (k.clone().into(), AttrValue::from(v.clone()))).collect();
+        self.by_pid.clear();
+    }
+
     pub fn set_pods(&mut self, pods: Arc<PodIndex>) {
         self.pods_seen = pods.generation();
         self.pods = Some(pods);
@@ -175,13 +185,20 @@ impl ResourceCache {
     }
 
     fn common(&self, service_name: &str, pid: u32) -> Vec<Attribute> {
-        vec![
+        let mut attrs = vec![
             ("service.name".into(), AttrValue::from(service_name.to_owned())),
             ("process.pid".into(), AttrValue::Int(i64::from(pid))),
             ("host.name".into(), AttrValue::from(self.host_name.clone())),
             ("telemetry.sdk.name".into(), AttrValue::Str("ghostwire".into())),
             ("telemetry.sdk.version".into(), AttrValue::Str(env!("CARGO_PKG_VERSION").into())),
-        ]
+        ];
+        for (key, value) in &self.node_attributes {
+            match attrs.iter_mut().find(|(k, _)| k == key) {
+                Some(slot) => slot.1 = value.clone(),
+                None => attrs.push((key.clone(), value.clone())),
+            }
+        }
+        attrs
     }
 
     pub fn forget(&mut self, pid: u32) {

@@ -217,6 +217,7 @@ pub fn test(args: &TestArgs) -> Result<bool> {
             .env("GHOSTWIRE_PEERS_VENV", &peers.venv)
             .env("GHOSTWIRE_ROTEL", &peers.rotel)
             .env("GHOSTWIRE_PHOENIX_VENV", &peers.phoenix_venv)
+            .env("GHOSTWIRE_HELM", &peers.helm)
             .args(["test", "--no-fail-fast", "-p", "ghostwire-tests", "--release", "--", "--test-threads=1"])
             .args(&args.passthrough);
         let (status, counts) = run_streaming(&mut cmd)?;

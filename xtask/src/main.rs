@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 
 use crate::util::Step;
 
-pub const NEEDS_ROOT: &str = "cargo xtask run needs root (the agent needs CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH and CAP_NET_ADMIN: README \"Least privilege\"): run as root or with sudo -E";
+pub const NEEDS_ROOT: &str = "this task runs the agent and needs root (the agent alone needs CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH and CAP_NET_ADMIN: README \"Least privilege\"): run as root or with sudo -E";
 
 #[derive(Parser, Debug)]
 #[command(name = "cargo xtask", bin_name = "cargo xtask", about = "ghostwire developer tasks", version)]

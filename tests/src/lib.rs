@@ -19,7 +19,7 @@ pub fn require_root() {
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         panic!(
-            "privileged end-to-end test needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN): run it with `cargo xtask test`"
+            "privileged end-to-end test needs root (eBPF programs, namespaces, cgroups, mounts): run it with `cargo xtask test`"
         );
     }
 }

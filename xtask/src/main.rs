@@ -2,6 +2,7 @@
 //! running the agent as root, the privileged test run, benchmarks and fuzzing.
 
 mod bench;
+mod image;
 mod setup;
 mod soak;
 mod test;
@@ -17,7 +18,7 @@ use clap::{Parser, Subcommand};
 
 use crate::util::Step;
 
-pub const NEEDS_ROOT: &str = "ghostwire needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN): run as root or with sudo -E";
+pub const NEEDS_ROOT: &str = "this task runs the agent and needs root (the agent alone needs CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH and CAP_NET_ADMIN: README \"Least privilege\"): run as root or with sudo -E";
 
 #[derive(Parser, Debug)]
 #[command(name = "cargo xtask", bin_name = "cargo xtask", about = "ghostwire developer tasks", version)]
@@ -45,6 +46,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "AGENT ARGS")]
         args: Vec<OsString>,
     },
+    /// Setup (and buildah), build, then build the container image
+    /// `localhost/ghostwire:<version>` from deploy/Containerfile (FROM scratch).
+    Image,
     /// Run every test: unit and golden tests, then the privileged end-to-end tests.
     Test(test::TestArgs),
     /// Benchmarks (not tests: they measure and print).
@@ -90,6 +94,10 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             println!("==> {}", util::agent_bin().display());
         }
         Cmd::Run { args } => run_agent(&args)?,
+        Cmd::Image => {
+            let reference = image::image()?;
+            println!("==> image {reference} in buildah's local storage (`buildah images`, `podman images`)");
+        }
         Cmd::Test(args) => {
             if !test::test(&args)? {
                 return Ok(ExitCode::FAILURE);

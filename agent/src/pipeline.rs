@@ -160,14 +160,22 @@ impl Pipeline {
 
     /// Gives the exporters back for shutdown (held spans go out as they are).
     #[must_use]
-    pub fn into_exporters(mut self) -> Exporters {
+    pub fn into_exporters(self) -> Exporters {
+        self.finish().0
+    }
+
+    /// Gives the exporters back for shutdown (held spans go out as they are), and the
+    /// service map when metrics were kept.
+    #[must_use]
+    pub fn finish(mut self) -> (Exporters, Option<crate::metrics::map::ServiceMap>) {
         let traces: Vec<[u8; 16]> = self.spans.held_order.drain(..).collect();
         for t in traces {
             self.spans.release(t, None);
         }
         let Spans { sampler, exporters, .. } = &mut self.spans;
         sampler.drain(&mut |s| exporters.stage(s));
-        self.spans.exporters
+        let map = self.spans.metrics.as_mut().map(Metrics::take_service_map);
+        (self.spans.exporters, map)
     }
 }
 

@@ -11,6 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use super::map::ServiceMap;
 use super::{Bounded, Label, DURATION_BUCKETS};
 use crate::span::{AttrValue, Span, SpanKind, Status};
 use crate::stats::{self, Counter};
@@ -55,6 +56,8 @@ pub(super) struct Graph {
     client_seconds: Seconds,
     pending: HashMap<CallKey, Half>,
     order: VecDeque<(Instant, CallKey)>,
+    /// The same edges, for the map printed on exit.
+    pub map: ServiceMap,
 }
 
 impl Graph {
@@ -67,6 +70,7 @@ impl Graph {
             client_seconds: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS)),
             pending: HashMap::new(),
             order: VecDeque::new(),
+            map: ServiceMap::default(),
         };
         registry.register("traces_service_graph_request", "Calls between two services", g.total.family.clone());
         registry.register(
@@ -180,6 +184,12 @@ impl Graph {
         }
     }
 
+    /// At exit: every half still waiting is settled as if its wait were over.
+    pub fn finish(&mut self) {
+        let later = Instant::now().checked_add(PAIR_WAIT).unwrap_or_else(Instant::now);
+        self.expire(later);
+    }
+
     fn edge(
         &mut self,
         client: &Label,
@@ -189,6 +199,9 @@ impl Graph {
         failed: bool,
         broken: bool,
     ) {
+        if let Some(secs) = server_secs.or(client_secs) {
+            self.map.record_labels(client, server, secs, failed, broken);
+        }
         let mut edge = Edge { client: client.clone(), server: server.clone() };
         let mut counted = None;
         self.total.with(
@@ -222,4 +235,53 @@ impl Graph {
 
 fn broken(span: &Span) -> bool {
     span.attr("ghostwire.propagation_break.caller").is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+    use crate::export::tests::{mk_span, resource};
+
+    fn span(service: &str, id: u8, parent: u8, kind: SpanKind, failed: bool, attrs: &[(&'static str, &str)]) -> Span {
+        let mut s = (*mk_span(&resource(u32::from(id), service), 7, id, parent, kind, "GET", 0, 1000)).clone();
+        s.attributes = attrs.iter().map(|&(k, v)| (Cow::Borrowed(k), AttrValue::from(v))).collect();
+        if failed {
+            s.status = Status::Error { message: "HTTP 503".into() };
+        }
+        s
+    }
+
+    #[test]
+    fn the_exit_map_pairs_calls_and_settles_the_unanswered() {
+        let mut g = Graph::new(&mut Registry::default());
+        // cart calls inventory, which notes that cart dropped the context; either half
+        // may come first.
+        g.observe(
+            &span("inventory", 3, 2, SpanKind::Server, false, &[("ghostwire.propagation_break.caller", "cart")]),
+            0.1,
+        );
+        g.observe(&span("cart", 2, 1, SpanKind::Client, false, &[]), 0.12);
+        g.observe(&span("payment", 5, 4, SpanKind::Client, true, &[]), 0.01);
+        g.observe(&span("fraud-check", 6, 5, SpanKind::Server, true, &[]), 0.005);
+        // A call whose server is not traced: an edge to the address, once settled.
+        g.observe(&span("payment", 8, 4, SpanKind::Client, false, &[("server.address", "10.0.0.9")]), 0.02);
+        assert_eq!(g.map.edges().len(), 2, "the untraced server's edge waits for its half");
+        g.finish();
+        let edges: Vec<(String, String, u64, u64, u64)> = g
+            .map
+            .edges()
+            .into_iter()
+            .map(|(c, s, e)| (c.to_owned(), s.to_owned(), e.calls, e.errors, e.breaks))
+            .collect();
+        let e = |c: &str, s: &str, calls, errors, breaks| (c.to_owned(), s.to_owned(), calls, errors, breaks);
+        assert_eq!(
+            edges,
+            [e("cart", "inventory", 1, 0, 1), e("payment", "10.0.0.9", 1, 0, 0), e("payment", "fraud-check", 1, 1, 0)]
+        );
+        // The server's duration is the edge's latency.
+        let p99 = g.map.edges()[0].2.p99_ns().unwrap_or_default();
+        assert!((100_000_000..=110_000_000).contains(&p99), "{p99}");
+    }
 }

@@ -6,6 +6,7 @@
 //! [`crate::span::route`]), and each family holds at most [`MAX_SERIES`] series; past
 //! that a request is counted under `_OTHER` label values (and the overflow is counted).
 mod graph;
+pub mod map;
 mod selfstats;
 pub mod serve;
 
@@ -186,6 +187,13 @@ impl Metrics {
     /// Once a second: service-graph halves that waited too long for their other half.
     pub fn tick(&mut self) {
         self.graph.expire(std::time::Instant::now());
+    }
+
+    /// At exit: the service map, with the calls still waiting for their other half
+    /// settled.
+    pub fn take_service_map(&mut self) -> map::ServiceMap {
+        self.graph.finish();
+        std::mem::take(&mut self.graph.map)
     }
 }
 

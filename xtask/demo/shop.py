@@ -51,6 +51,9 @@ def call(port, method, path, traceparent, body=None):
             resp.read()
             return resp.status
     except urllib.error.HTTPError as e:
+        # Read the error body too, as HTTP clients do, and close the connection now.
+        with e:
+            e.read()
         raise Upstream(f"{method} {path}: {e.code}") from e
     except (urllib.error.URLError, OSError) as e:
         raise Upstream(f"{method} {path}: {e}") from e

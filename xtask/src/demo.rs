@@ -73,6 +73,9 @@ fn catch_stop_signals() -> Result<()> {
         // handler only stores to an atomic, which is async-signal-safe.
         let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
         action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // The first signal asks for the orderly stop; a second one kills xtask at once
+        // (and PR_SET_PDEATHSIG then stops the children).
+        action.sa_flags = libc::SA_RESETHAND;
         // SAFETY: `action` is initialised; the old action is not wanted (null).
         if unsafe { libc::sigaction(sig, &action, std::ptr::null_mut()) } != 0 {
             return Err(std::io::Error::last_os_error()).with_context(|| format!("sigaction({sig})"));
@@ -197,7 +200,7 @@ fn banner(ports: &[u16], args: &DemoArgs) {
          forwards it except cart",
         args.rate, args.seconds
     );
-    eprintln!("Traces appear below as they complete. Ctrl-C to stop.");
+    eprintln!("Traces appear below as they complete. Ctrl-C to stop (a second Ctrl-C: at once).");
     eprintln!();
 }
 
@@ -277,7 +280,8 @@ impl Agent {
         }
         cmd.args(extra).stdin(Stdio::null()).stdout(Stdio::inherit()).stderr(Stdio::piped());
         let shown = util::display(&cmd);
-        util::note(format!("starting {shown}"));
+        // stdout is the waterfall's.
+        eprintln!("==> starting {shown}");
         let mut child = detach(&mut cmd).spawn().with_context(|| format!("could not start `{shown}`"))?;
         let stderr = child.stderr.take().context("agent stderr is not piped")?;
         // SIGINT: the agent flushes what it holds and prints its exit report.

@@ -1,7 +1,8 @@
 //! `cargo xtask`: what cargo alone cannot do for ghostwire — installing prerequisites,
-//! running the agent as root, the privileged test run, benchmarks and fuzzing.
+//! running the agent as root, the demo, the privileged test run, benchmarks and fuzzing.
 
 mod bench;
+mod demo;
 mod image;
 mod setup;
 mod soak;
@@ -46,6 +47,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "AGENT ARGS")]
         args: Vec<OsString>,
     },
+    /// Six legacy services on loopback traced live: setup, build, run them with the agent's
+    /// waterfall and a bounded load, stop after `--seconds` or on Ctrl-C (root needed).
+    ///
+    /// Agent arguments follow `--`: `cargo xtask demo -- --stats-interval 5`.
+    Demo(demo::DemoArgs),
     /// Setup (and buildah), build, then build the container image
     /// `localhost/ghostwire:<version>` from deploy/Containerfile (FROM scratch).
     Image,
@@ -94,6 +100,13 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             println!("==> {}", util::agent_bin().display());
         }
         Cmd::Run { args } => run_agent(&args)?,
+        Cmd::Demo(args) => {
+            let status = demo::demo(&args)?;
+            if !status.success() {
+                eprintln!("error: ghostwire did not exit cleanly ({status})");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Cmd::Image => {
             let reference = image::image()?;
             println!("==> image {reference} in buildah's local storage (`buildah images`, `podman images`)");
@@ -226,6 +239,35 @@ mod tests {
         assert!(args.e2e && !args.unit);
         assert_eq!(args.passthrough, ["http1", "--nocapture"]);
         assert!(Cli::try_parse_from(["xtask", "test", "--unit", "--e2e"]).is_err());
+    }
+
+    #[test]
+    fn demo_flags_and_agent_args() {
+        let Cmd::Demo(args) = Cli::try_parse_from(["xtask", "demo"]).expect("parse").cmd else { panic!("not demo") };
+        assert_eq!((args.seconds, args.rate), (30, 5.0));
+        assert!(args.agent_args.is_empty());
+        let Cmd::Demo(args) = Cli::try_parse_from([
+            "xtask",
+            "demo",
+            "--seconds",
+            "6",
+            "--rate",
+            "2.5",
+            "--agent",
+            "/opt/ghostwire",
+            "--",
+            "--stats-interval",
+            "5",
+        ])
+        .expect("parse")
+        .cmd
+        else {
+            panic!("not demo")
+        };
+        assert_eq!((args.seconds, args.rate), (6, 2.5));
+        assert_eq!(args.agent.as_deref(), Some(std::path::Path::new("/opt/ghostwire")));
+        assert_eq!(args.agent_args, ["--stats-interval", "5"]);
+        assert!(Cli::try_parse_from(["xtask", "demo", "--seconds", "soon"]).is_err());
     }
 
     #[test]

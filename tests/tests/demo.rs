@@ -249,7 +249,9 @@ fn xtask_demo_runs_and_cleans_up() {
     let load = stderr.lines().find(|l| l.starts_with("load: ")).unwrap_or_else(|| panic!("no load summary:\n{both}"));
     assert!(!load.starts_with("load: 0 requests"), "{load}");
 
-    let traces: Vec<&str> = stdout.split("── trace ").skip(1).collect();
+    // The waterfall, then (on exit) the service map.
+    let (waterfall, map) = stdout.split_once("── service map · ").unwrap_or_else(|| panic!("no service map:\n{both}"));
+    let traces: Vec<&str> = waterfall.split("── trace ").skip(1).collect();
     assert!(traces.len() >= 10, "want a waterfall trace per request (~30), got {}:\n{both}", traces.len());
     for role in ROLES {
         let line = format!("  {role}  ");
@@ -258,6 +260,53 @@ fn xtask_demo_runs_and_cleans_up() {
     // Most traces hold the whole chain, 11 spans.
     let whole = traces.iter().filter(|t| t.lines().next().is_some_and(|h| h.contains(" 11 spans "))).count();
     assert!(whole * 10 >= traces.len() * 8, "{whole} of {} traces have 11 spans:\n{stdout}", traces.len());
+
+    // inventory sleeps 60-120 ms, every other hop takes a few: in each whole trace the
+    // critical path runs through it and names cart → inventory as the dominant hop.
+    for t in traces.iter().filter(|t| t.lines().next().is_some_and(|h| h.contains(" 11 spans "))) {
+        let inventory = t.lines().find(|l| l.contains("  inventory  GET /stock")).unwrap_or_else(|| panic!("{t}"));
+        assert!(inventory.contains('█'), "inventory's span is on the critical path:\n{t}");
+        let auth = t.lines().find(|l| l.contains("  auth  GET /verify")).unwrap_or_else(|| panic!("{t}"));
+        assert!(auth.contains('█'), "auth runs before cart, in sequence: on the path too:\n{t}");
+        let last = t.lines().rfind(|l| !l.trim().is_empty()).unwrap_or_default();
+        assert!(
+            last.starts_with("  █ critical path · ")
+                && last.contains("% (")
+                && last.contains(") in cart → inventory (GET /stock/"),
+            "the dominant hop is cart → inventory:\n{t}"
+        );
+    }
+    // The map: the five edges, every request's calls on each, the break on cart's alone.
+    let map_lines: Vec<&str> = map.lines().collect();
+    assert!(map_lines[0].starts_with("5 edges · 1 with propagation breaks"), "{map}");
+    let requests: u64 = load
+        .trim_start_matches("load: ")
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("request count in {load}"));
+    for (edge, breaks) in [
+        ("gateway → auth ", false),
+        ("gateway → cart ", false),
+        ("cart → inventory ", true),
+        ("gateway → payment ", false),
+        ("payment → fraud-check ", false),
+    ] {
+        let line = map_lines
+            .iter()
+            .find(|l| l.trim_start().starts_with(edge))
+            .unwrap_or_else(|| panic!("no edge {edge}in the map:\n{map}"));
+        let calls: u64 = line
+            .split_whitespace()
+            .zip(line.split_whitespace().skip(1))
+            .find(|(_, w)| *w == "calls")
+            .and_then(|(n, _)| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(calls * 10 >= requests * 9 && calls <= requests, "{requests} requests, {line}");
+        assert!(line.contains(" p99 "), "{line}");
+        let broken = format!("{calls} propagation breaks");
+        assert_eq!(line.ends_with(&broken), breaks, "{line}");
+    }
 
     let left = wait_for(Duration::from_secs(2), || processes_naming(&shop).is_empty().then_some(()));
     assert!(left.is_some(), "processes left after the demo: {:?}", processes_naming(&shop));

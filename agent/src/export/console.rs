@@ -12,7 +12,7 @@
 //! ✗     users  GET /users/1 502         █░░░░░░░░░░░░░░░░░░░░░░██          30.0 ms
 //! ✗       users  → POST /db/query 500    ██████████████████████            27.0 ms
 //!   auth  GET /health 200                                               █   900 µs
-//!   █ critical path · dominated by users → ? (POST /db/query) 27.0 ms, 64%
+//!   █ critical path · 64% (27.0 ms) in users → ? (POST /db/query)
 //! ```
 //!
 //! Solid cells are the trace's critical path ([`super::critical`]): the time each span
@@ -529,8 +529,8 @@ fn on_path_cells(
     cells
 }
 
-/// `█ critical path · dominated by cart → inventory (GET /stock) 92.1 ms, 88%`: the hop
-/// with the most time on the path; `None` for a single span.
+/// `█ critical path · 88% (92.1 ms) in cart → inventory (GET /stock)`: the hop that
+/// dominated the trace (the most time on the path); `None` for a single span.
 fn dominated_by(spans: &[Arc<Span>], cp: &CriticalPath) -> Option<String> {
     if spans.len() < 2 || cp.total_ns == 0 {
         return None;
@@ -541,7 +541,7 @@ fn dominated_by(spans: &[Arc<Span>], cp: &CriticalPath) -> Option<String> {
         return None;
     }
     let share = u128::from(hop.ns) * 100 / u128::from(cp.total_ns);
-    Some(format!("  █ critical path · dominated by {} {}, {share}%", sanitize(&what), fmt_duration(hop.ns)))
+    Some(format!("  █ critical path · {share}% ({}) in {}", fmt_duration(hop.ns), sanitize(&what)))
 }
 
 #[cfg(test)]
@@ -621,7 +621,7 @@ mod tests {
         let root = row("gateway  GET /checkout");
         assert!(root.contains('█') && root.matches('░').count() > root.matches('█').count(), "{out}");
         let last = out.lines().last().unwrap_or_default();
-        assert_eq!(last, "  █ critical path · dominated by gateway → inventory (GET /stock) 80.0 ms, 80%", "{out}");
+        assert_eq!(last, "  █ critical path · 80% (80.0 ms) in gateway → inventory (GET /stock)", "{out}");
         // A single span has no hop to name.
         assert_eq!(render(&spans[..1], 100, 0, false).lines().count(), 2);
     }

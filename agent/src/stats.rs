@@ -55,6 +55,10 @@ counters! {
     /// Request or response heads larger than what could be seen: their spans carry
     /// what was seen and `ghostwire.truncated`.
     HeadTruncated => "http.head_truncated",
+    /// Responses whose connection ended inside their body (the client stopped reading,
+    /// or the server stopped writing): their spans end at the last byte seen and carry
+    /// `ghostwire.response.incomplete`.
+    ResponseIncomplete => "http.response_incomplete",
     /// Bytes that could not be parsed (garbage, truncated headers, oversize headers).
     DropParseError => "drop.parse_error",
     /// Connection state evicted because the table was full.

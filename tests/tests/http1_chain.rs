@@ -127,3 +127,88 @@ fn curl_nginx_python_chain_yields_exactly_the_expected_spans() {
         }
     }
 }
+
+/// A legacy client that reads only the head of an error response: Python's urllib
+/// raises `HTTPError` with the body unread, and the connection stays open until the
+/// exception is collected. The client's span still comes, with the status it got, ended
+/// at the last byte it read and marked incomplete, instead of being dropped as
+/// unanswered.
+#[test]
+fn a_client_that_reads_only_the_head_of_an_error_still_gets_its_span() {
+    require_root();
+    let dir = TempDir::new("unread-body");
+    let [port] = free_ports();
+    // The body goes out 50 ms after the head, so the client's read holds the head alone.
+    let server = r#"
+import sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b'{"error": "fraud check unavailable"}\n'
+        self.send_response(503)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        time.sleep(0.05)
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+    let client = r#"
+import sys, time, urllib.error, urllib.request
+kept = []
+for i in range(5):
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/score/{i}", timeout=5)
+        sys.exit(f"request {i} did not fail")
+    except urllib.error.HTTPError as e:
+        assert e.code == 503, e.code
+        kept.append(e)  # never read, never closed: open until the process exits
+time.sleep(0.3)
+"#;
+    let _server = {
+        let mut p = Proc::spawn(
+            "server",
+            std::process::Command::new("python3")
+                .args(["-c", server, &port.to_string()])
+                .env("OTEL_SERVICE_NAME", "fraud-check"),
+        );
+        wait_port(port, "python server");
+        p.assert_running();
+        p
+    };
+    let jsonl = dir.path().join("spans.jsonl");
+    let agent = Agent::start(
+        &["--port".into(), port.to_string(), "--output".into(), format!("jsonl:{}", jsonl.display())],
+        &[],
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", client, &port.to_string()])
+        .env("OTEL_SERVICE_NAME", "payment")
+        .output()
+        .expect("run the client");
+    assert!(out.status.success(), "client: {}", String::from_utf8_lossy(&out.stderr));
+    let spans = wait_for(std::time::Duration::from_secs(10), || {
+        let s = read_jsonl(&jsonl);
+        (s.len() >= 10).then_some(s)
+    });
+    let exit = agent.stop();
+    assert!(exit.status.success(), "agent exit: {}\n{}", exit.status, exit.stderr);
+    let spans = spans.unwrap_or_else(|| read_jsonl(&jsonl));
+    let clients: Vec<&SpanRec> = spans.iter().filter(|s| s.kind == KIND_CLIENT).collect();
+    let servers: Vec<&SpanRec> = spans.iter().filter(|s| s.kind == KIND_SERVER).collect();
+    assert_eq!((clients.len(), servers.len()), (5, 5), "{}", describe(&spans));
+    for c in &clients {
+        assert_eq!(c.service(), "payment");
+        assert_eq!(c.attr_int("http.response.status_code"), 503, "{c:#?}");
+        assert_eq!(c.attr_bool("ghostwire.response.incomplete"), Some(true), "{c:#?}");
+        // Linked to the server's span for the same request, which wrote the whole body.
+        let s = servers.iter().find(|s| s.parent_span_id == c.span_id).unwrap_or_else(|| panic!("{c:#?}"));
+        assert_eq!(s.trace_id, c.trace_id);
+        assert_eq!(s.attr_bool("ghostwire.response.incomplete"), None, "{s:#?}");
+        // The client's span ends at the head it read, before the server's ends.
+        assert!(c.end_ns < s.end_ns, "client {c:#?}\nserver {s:#?}");
+    }
+    assert_eq!(exit.stat("drop.unanswered_request"), 0, "{}", exit.stats_line());
+    assert_eq!(exit.stat("http.response_incomplete"), 5, "{}", exit.stats_line());
+}

@@ -742,6 +742,9 @@ fn report(key: ConnKey, conn: &Conn, tid: u32, out: &mut Output, sink: &mut impl
         if exchange.response.truncated {
             stats::global().incr(Counter::HeadTruncated);
         }
+        if exchange.response.incomplete {
+            stats::global().incr(Counter::ResponseIncomplete);
+        }
         let rec = ExchangeRecord { key: ReqKey { conn: key, stream: exchange.seq }, conn: conn.meta, exchange, tid };
         sink.exchange(rec);
     }

@@ -909,8 +909,8 @@ impl Http1Session {
     /// The process saw end of stream in `dir` (read returned 0) or the connection closed:
     /// completes a response whose body is delimited by connection close (HTTP/1.0 style),
     /// or an unframed one. A response cut short inside a `Content-Length` or chunked body
-    /// is dropped and its request stays pending (the caller counts it as unanswered); a
-    /// request cut short keeps its place in the queue. The exchange's `response_last` is
+    /// is reported too, marked `incomplete`; a request cut short keeps its place in the
+    /// queue. The exchange's `response_last` is
     /// the timing of the response's last byte (as for any response), not `t`.
     pub fn eof(&mut self, dir: Direction, t: Timing, out: &mut Vec<Exchange>) {
         if self.opaque {
@@ -925,10 +925,15 @@ impl Http1Session {
         };
         match body {
             Some(Body::UntilEof | Body::Unframed(_)) => self.finish_message(&mut cx),
-            Some(_) => match kind {
-                MessageKind::Request => self.finish_message(&mut cx),
-                MessageKind::Response => self.in_flight = None,
-            },
+            Some(_) => {
+                // Cut short inside a framed body: a client that stopped reading (it
+                // had the status it wanted), or a server that stopped writing. The head
+                // was seen, so the exchange is reported, ending at the last byte seen.
+                if let Some(f) = self.in_flight.as_mut().filter(|_| kind == MessageKind::Response) {
+                    f.response.incomplete = true;
+                }
+                self.finish_message(&mut cx);
+            }
             None => {}
         }
         self.state_mut(kind).reset(Phase::Head);
@@ -1460,6 +1465,7 @@ impl Http1Session {
                 headers: if answers.is_some() { stored_headers(resp.headers) } else { Headers::default() },
                 body_len: 0,
                 truncated,
+                incomplete: false,
             },
             first,
             last: cx.t,
@@ -2161,6 +2167,34 @@ mod tests {
     }
 
     #[test]
+    fn a_response_cut_short_in_its_body_is_reported_incomplete() {
+        // A client that read the head of a 503 and closed without its body (Python's
+        // urllib raising HTTPError), and a server that stopped writing mid-chunk.
+        for (role, resp_dir, resp) in [
+            (Role::Client, IN, &b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 100\r\n\r\n{\"err"[..]),
+            (Role::Server, OUT, &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc"[..]),
+        ] {
+            let mut s = Http1Session::new(role);
+            let mut out = Vec::new();
+            let req = get("/score");
+            let req_dir = if role == Role::Client { OUT } else { IN };
+            s.feed(req_dir, &req, req.len(), tm(0), &mut out).unwrap();
+            s.feed(resp_dir, resp, resp.len(), tm(5), &mut out).unwrap();
+            assert!(out.is_empty(), "the body is still coming");
+            s.eof(resp_dir, tm(9), &mut out);
+            assert_eq!(out.len(), 1, "{role:?}");
+            let ex = &out[0];
+            assert!(ex.response.incomplete && !ex.response.truncated, "{ex:?}");
+            assert_eq!(ex.response.status, if role == Role::Client { 503 } else { 200 });
+            assert_eq!(ex.response_last, tm(5), "ends at the last byte seen, not at the close");
+            assert_eq!(s.pending_requests(), 0);
+        }
+        // A whole response is not incomplete.
+        let r = check(Role::Server, &[d(IN, &get("/a")), d(OUT, &ok(200, "abc"))]);
+        assert!(!r.ex[0].response.incomplete);
+    }
+
+    #[test]
     fn chunked_response_with_extensions_and_trailers() {
         let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n\
 5;name=value\r\nhello\r\n6 ; a=\"b;c\"\r\n world\r\nA\r\n0123456789\r\n0;last\r\nX-Sum: abc\r\nX-More: d\r\n\r\n";
@@ -2248,11 +2282,13 @@ mod tests {
     }
 
     #[test]
-    fn truncated_response_is_dropped_and_request_stays_pending() {
+    fn a_response_ended_inside_its_body_answers_its_request_marked_incomplete() {
         let evs = [d(IN, &get("/")), d(OUT, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"), Ev::Eof(OUT)];
         let r = check(Role::Server, &evs);
-        assert!(r.ex.is_empty());
-        assert_eq!(r.pending, 1);
+        assert_eq!(r.ex.len(), 1);
+        assert!(r.ex[0].response.incomplete);
+        assert_eq!(r.ex[0].response.body_len, 3);
+        assert_eq!(r.pending, 0);
     }
 
     #[test]
@@ -2546,13 +2582,15 @@ mod tests {
 
     #[test]
     fn truncated_head_then_end_of_stream() {
-        // Framing seen, body cut short by the end of the stream: dropped, as untruncated.
+        // Framing seen, body cut short by the end of the stream: reported incomplete, as
+        // an untruncated head would be.
         let mut resp = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nSet-Cookie: ".to_vec();
         resp.extend(std::iter::repeat_n(b'x', 20_000));
         let evs = [d(IN, &get("/a")), d(OUT, &resp), Ev::Eof(OUT)];
         let r = check(Role::Server, &evs);
-        assert!(r.ex.is_empty());
-        assert_eq!(r.pending, 1);
+        assert_eq!(r.ex.len(), 1);
+        assert!(r.ex[0].response.incomplete && r.ex[0].response.truncated);
+        assert_eq!(r.pending, 0);
         // A body delimited by the end of the stream is complete there.
         let mut resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nSet-Cookie: ".to_vec();
         resp.extend(std::iter::repeat_n(b'x', 20_000));

@@ -230,6 +230,9 @@ pub struct Response {
     pub body_len: u64,
     /// As [`Request::truncated`].
     pub truncated: bool,
+    /// The connection ended inside the body (HTTP/1): the exchange ends at the last
+    /// byte seen.
+    pub incomplete: bool,
 }
 
 impl Response {

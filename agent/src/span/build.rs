@@ -103,6 +103,11 @@ pub fn build(rec: &ExchangeRecord, id: Identity, resource: Arc<Resource>, clock:
         // A head larger than what could be seen: the attributes come from its start.
         put("ghostwire.truncated", true.into());
     }
+    if rec.exchange.response.incomplete {
+        // The connection ended inside the response's body: the span ends at the last
+        // byte seen.
+        put("ghostwire.response.incomplete", true.into());
+    }
     let status = if is_error { Status::Error { message: String::new() } } else { Status::Unset };
     Span {
         trace_id: id.trace_id,
@@ -468,6 +473,7 @@ mod tests {
                     headers: Default::default(),
                     body_len: 12,
                     truncated: false,
+                    incomplete: false,
                 },
                 request_first: Timing { enter_ns: 100, exit_ns: 110 },
                 request_last: Timing { enter_ns: 100, exit_ns: 110 },

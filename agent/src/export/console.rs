@@ -281,7 +281,7 @@ fn fmt_time_of_day(unix_ns: u64) -> String {
 }
 
 /// Replaces control characters (captured traffic must not drive the terminal).
-fn sanitize(s: &str) -> String {
+pub(crate) fn sanitize(s: &str) -> String {
     s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use super::Label;
-use crate::export::console::fmt_duration;
+use crate::export::console::{fmt_duration, sanitize};
 
 /// Edges kept at most; calls on further edges are counted in `other`.
 const MAX_EDGES: usize = 256;
@@ -136,14 +136,13 @@ impl ServiceMap {
         if edges.is_empty() && self.other == 0 {
             return "── service map · no calls between services were seen ──\n".to_owned();
         }
-        let clean = |s: &str| -> String { s.chars().map(|c| if c.is_control() { '?' } else { c }).collect() };
         let broken = edges.iter().filter(|e| e.2.breaks > 0).count();
         let mut out = format!("── service map · {} edge{}", edges.len(), if edges.len() == 1 { "" } else { "s" });
         if broken > 0 {
             let _ = write!(out, " · {broken} with propagation breaks");
         }
         out.push_str(" ──\n");
-        let names: Vec<String> = edges.iter().map(|(c, s, _)| format!("{} → {}", clean(c), clean(s))).collect();
+        let names: Vec<String> = edges.iter().map(|(c, s, _)| format!("{} → {}", sanitize(c), sanitize(s))).collect();
         let name_w = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
         let plural = |n: u64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
         for (name, (_, _, e)) in names.iter().zip(&edges) {

@@ -10,5 +10,6 @@ pub mod pods;
 pub mod redact;
 pub mod resource;
 pub mod route;
+pub mod sql;
 
 pub use model::{hex, AttrValue, Attribute, Resource, Span, SpanKind, Status, LOCAL_ROOT};

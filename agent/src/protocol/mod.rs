@@ -4,6 +4,7 @@
 pub mod hpack;
 pub mod http1;
 pub mod http2;
+pub mod mysql;
 pub mod session;
 pub mod tls;
 

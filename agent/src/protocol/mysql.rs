@@ -667,8 +667,9 @@ impl MySqlSession {
         n
     }
 
-    /// End of stream in `dir`: a command still waiting is dropped (never reported, its
-    /// response was not seen), and nothing more is parsed in that direction's packet.
+    /// End of stream in `dir`: a partial packet of `dir` is dropped, and at the end of the
+    /// response direction so is every command still waiting (never reported: its response
+    /// was not seen).
     pub fn eof(&mut self, dir: Direction, _t: Timing, _out: &mut Vec<MyExchange>) {
         if let Some(f) = self.frames.get_mut(dir_index(dir)) {
             f.reset();
@@ -1520,6 +1521,40 @@ mod tests {
             }
             check_splits(|| MySqlSession::new(Role::Client), &script, &out);
         }
+    }
+
+    #[test]
+    fn multiple_result_sets_and_local_infile() {
+        let mut script = login("8.0.36", CAPS, None);
+        script.push((C, cmd(3, b"CALL p()")));
+        // Two result sets (SERVER_MORE_RESULTS_EXISTS in the EOF status), then the OK.
+        let mut resp = pkt(1, &[1]);
+        resp.extend(coldef(2, "a"));
+        resp.extend(eof(3));
+        resp.extend(text_row(4, &["1"]));
+        resp.extend(pkt(5, &[0xfe, 0, 0, 0x0a, 0]));
+        resp.extend(pkt(6, &[1]));
+        resp.extend(coldef(7, "b"));
+        resp.extend(eof(8));
+        resp.extend(text_row(9, &["2"]));
+        resp.extend(text_row(10, &["3"]));
+        resp.extend(pkt(11, &[0xfe, 0, 0, 0x0a, 0]));
+        resp.extend(ok(12, 0, 2));
+        script.push((S, resp));
+        script.push((C, cmd(3, b"LOAD DATA LOCAL INFILE 'f' INTO TABLE t")));
+        script.push((S, pkt(1, b"\xfbf")));
+        script.push((C, pkt(2, b"1,secret-file-row\n")));
+        script.push((C, pkt(3, b"")));
+        script.push((S, ok(4, 1, 2)));
+        let mut s = MySqlSession::new(Role::Client);
+        let (out, errors) = run(&mut s, &script);
+        assert_eq!(errors, 0);
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].rows, out[0].affected_rows), (3, Some(0)));
+        assert!(out[1].local_infile);
+        assert_eq!(out[1].affected_rows, Some(1));
+        assert!(!format!("{out:?}").contains("secret-file-row"));
+        check_splits(|| MySqlSession::new(Role::Client), &script, &out);
     }
 
     #[test]

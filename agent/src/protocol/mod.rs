@@ -4,6 +4,7 @@
 pub mod hpack;
 pub mod http1;
 pub mod http2;
+pub mod mysql;
 pub mod pg;
 pub mod resp;
 pub mod session;

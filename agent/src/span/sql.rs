@@ -144,7 +144,8 @@ impl<'a> Tokens<'a> {
     /// Whether a `-` here is a sign: after an operator, `(`, `,` or a keyword.
     fn sign_allowed(&self) -> bool {
         match self.prev {
-            None | Some(Kind::Punct) => !matches!(self.prev_text, ")" | "]"),
+            // After a value (a closing bracket, a placeholder) it is an operator.
+            None | Some(Kind::Punct) => !matches!(self.prev_text, ")" | "]" | "?") && !self.prev_text.starts_with('$'),
             Some(Kind::Word) => is_keyword(self.prev_text),
             Some(Kind::Literal | Kind::Ident | Kind::Space) => false,
         }
@@ -188,7 +189,10 @@ impl<'a> Tokens<'a> {
             b'.' if self.at(1).is_ascii_digit() && self.prev != Some(Kind::Word) && self.prev != Some(Kind::Ident) => {
                 (Kind::Literal, self.number_end(self.i))
             }
-            b'-' | b'+' if (self.at(1).is_ascii_digit() || self.at(1) == b'.') && self.sign_allowed() => {
+            b'-' | b'+'
+                if (self.at(1).is_ascii_digit() || (self.at(1) == b'.' && self.at(2).is_ascii_digit()))
+                    && self.sign_allowed() =>
+            {
                 (Kind::Literal, self.number_end(self.i + 1))
             }
             c if is_word_byte(c) => {
@@ -441,6 +445,10 @@ mod tests {
         assert_eq!(pg("SELECT $$secret$$, $tag$ a $ b $tag$, $1"), "SELECT ?, ?, $1");
         assert_eq!(pg("SELECT 'it''s', 'a\\'b'"), "SELECT ?, ?");
         assert_eq!(my("SELECT \"secret\", _utf8'x', `col` FROM `t`"), "SELECT ?, ?, `col` FROM `t`");
+        // A sign needs a digit; after a placeholder `-` is an operator.
+        assert_eq!(pg("SELECT +.x, ? -1, $1 - 2"), "SELECT +.x, ? -?, $1 - ?");
+        assert_eq!(pg("+.\u{fffd}+."), "+.\u{fffd}+.");
+        assert_eq!(pg("?+."), "?+.");
         // Identifiers with digits stay; a column minus a number keeps its operator.
         assert_eq!(pg("SELECT col1, t2.c3 FROM t2 WHERE c3-1 > x"), "SELECT col1, t2.c3 FROM t2 WHERE c3-? > x");
     }

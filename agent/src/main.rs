@@ -147,6 +147,10 @@ async fn run(cli: Cli, export_runtime: tokio::runtime::Handle) -> anyhow::Result
         drop(export_context);
         let mut pipeline = Pipeline::new(exporters, cli.instrumented.clone(), scan.listening);
         pipeline.set_sampler(ghostwire::sample::Sampler::new(sampling.clone()));
+        if cli.unsafe_raw_queries {
+            log::warn!("--unsafe-raw-queries: database query texts are exported with their literals (parameter values); drop the flag to sanitise them");
+        }
+        pipeline.set_build_options(ghostwire::span::build::Options { raw_queries: cli.unsafe_raw_queries });
         // The live view prints a service map on exit, from the metrics' service graph.
         if metrics_listener.is_some() || outputs.console {
             let (metrics, registry) = ghostwire::metrics::Metrics::new(kernel_snapshot.clone());

@@ -27,6 +27,7 @@ struct Spans {
     linker: Linker,
     resources: ResourceCache,
     clock: Clock,
+    build_options: build::Options,
     /// Every span passes here first, sampled or not.
     metrics: Option<Metrics>,
     sampler: Sampler,
@@ -53,6 +54,7 @@ impl Pipeline {
                 linker: Linker::new(instrumented),
                 resources: ResourceCache::default(),
                 clock: Clock::now(),
+                build_options: build::Options::default(),
                 metrics: None,
                 sampler: Sampler::new(crate::sample::Config::default()),
                 exporters,
@@ -80,6 +82,11 @@ impl Pipeline {
     }
 
     /// Which traces are exported (default: all).
+    /// How spans are built (`--unsafe-raw-queries`).
+    pub fn set_build_options(&mut self, opts: build::Options) {
+        self.spans.build_options = opts;
+    }
+
     pub fn set_sampler(&mut self, sampler: Sampler) {
         self.spans.sampler = sampler;
     }
@@ -285,7 +292,7 @@ impl ConnSink for Spans {
         if let Some(caller) = &caller {
             stats::propagation_break(&caller.service_name, &resource.service_name);
         }
-        let mut span = build::build(&rec, identity, resource, self.clock);
+        let mut span = build::build(&rec, identity, resource, self.clock, self.build_options);
         if let Some(caller) = caller {
             build::mark_propagation_break(&mut span, &caller.service_name);
         }

@@ -61,6 +61,21 @@ counters! {
     ResponseIncomplete => "http.response_incomplete",
     /// Bytes that could not be parsed (garbage, truncated headers, oversize headers).
     DropParseError => "drop.parse_error",
+    /// Client connections parsed as PostgreSQL, MySQL/MariaDB or Redis.
+    DbConns => "db.conns",
+    /// The server side of database connections (a database server traced on the node):
+    /// left alone, database servers get no SERVER spans.
+    DbServerConns => "db.server_conns",
+    /// Database calls parsed (each is a CLIENT span).
+    DbCalls => "db.calls",
+    /// Pub/sub messages and PostgreSQL notifications: counted, not spans.
+    DbPushes => "db.pushes",
+    /// PostgreSQL COPY operations (counted; their data is not parsed).
+    DbCopies => "db.copies",
+    /// MySQL connections using TLS without uprobe plaintext, or compression: not decodable.
+    DbUndecodable => "db.undecodable",
+    /// Bytes on a database connection that could not be parsed: the parser started over.
+    DropDbParseError => "drop.db_parse_error",
     /// Connection state evicted because the table was full.
     DropConnTableFull => "drop.conn_table_full",
     /// Requests never answered before the connection closed.

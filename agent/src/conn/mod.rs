@@ -661,7 +661,8 @@ impl ConnTable {
             return;
         }
         if let Proto::Undecided { budget } = &mut conn.proto {
-            let detected = session::detect(conn.role, conn.midstream, d.dir, prefix);
+            let ports = (conn.meta.local.port(), conn.meta.peer.port());
+            let detected = session::detect(conn.role, conn.midstream, ports, d.dir, prefix);
             match Session::new(detected, conn.midstream) {
                 Some((session, role)) => {
                     conn.role = Some(role);
@@ -677,6 +678,11 @@ impl ConnTable {
                 }
                 None if detected == Detected::Wait && *budget > 1 => {
                     *budget -= 1;
+                    return;
+                }
+                None if detected == Detected::DbServer => {
+                    stats::global().incr(Counter::DbServerConns);
+                    conn.proto = Proto::Opaque;
                     return;
                 }
                 None => {
@@ -727,7 +733,9 @@ impl ConnTable {
                 // HTTP/2 keys are stream ids: both ends agree even mid-stream.
                 wire_key ^= conn.wire_salt;
             }
-            let start = Start { tid: d.tid, ts_ns: d.ts_ns, wire_key };
+            // A database call is reported once answered: timed at its request's last byte.
+            let ts_ns = if matches!(session, Session::Db(_)) { started.first.enter_ns } else { d.ts_ns };
+            let start = Start { tid: d.tid, ts_ns, wire_key };
             sink.request_started(ReqKey { conn: d.conn, stream: started.stream }, &conn.meta, start, request);
         }
         report(d.conn, conn, d.tid, &mut self.scratch, sink);

@@ -1,6 +1,7 @@
 //! The service graph: an edge for each call from one traced service to another, from
 //! the pair of the caller's CLIENT span and the callee's SERVER span (its child).
-//! Metrics in the names Tempo and OBI use, plus a companion counter of the calls on
+//! A database call is an edge to its database, named by `db.system.name`. Metrics in the
+//! names Tempo and OBI use, plus a companion counter of the calls on
 //! which the caller dropped the trace context it had received.
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -127,6 +128,12 @@ impl Graph {
                     }
                 }
             }
+            // A database call: the database is the server node, named by its system
+            // (database servers get no SERVER span to wait for).
+            SpanKind::Client if span.attr("db.system.name").is_some() => {
+                let server = str_attr(span, "db.system.name");
+                self.edge(&service, &server, Some(secs), None, failed, false);
+            }
             SpanKind::Client => {
                 let key = (span.trace_id, span.span_id);
                 match self.pending.remove(&key) {
@@ -230,6 +237,13 @@ impl Graph {
         if let Some(s) = server_secs {
             self.server_seconds.get_or_create(&edge).observe(s);
         }
+    }
+}
+
+fn str_attr(span: &Span, key: &str) -> Label {
+    match span.attr(key) {
+        Some(AttrValue::Str(a)) => Label(a.clone()),
+        _ => Label::default(),
     }
 }
 

@@ -72,6 +72,17 @@ struct RpcLabels {
     rpc_response_status_code: Label,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DbLabels {
+    service_name: Label,
+    db_system_name: Label,
+    db_operation_name: Label,
+    db_collection_name: Label,
+    db_response_status_code: Label,
+    server_address: Label,
+    server_port: Label,
+}
+
 type Durations<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn durations<L: Clone + std::hash::Hash + Eq>() -> Durations<L> {
@@ -85,6 +96,7 @@ pub struct Metrics {
     http_client: Bounded<HttpClientLabels, Histogram>,
     rpc_server: Bounded<RpcLabels, Histogram>,
     rpc_client: Bounded<RpcLabels, Histogram>,
+    db_client: Bounded<DbLabels, Histogram>,
     graph: graph::Graph,
 }
 
@@ -99,6 +111,7 @@ impl Metrics {
             http_client: Bounded::new(durations()),
             rpc_server: Bounded::new(durations()),
             rpc_client: Bounded::new(durations()),
+            db_client: Bounded::new(durations()),
             graph: graph::Graph::new(&mut registry),
         };
         registry.register_with_unit(
@@ -125,6 +138,12 @@ impl Metrics {
             Unit::Seconds,
             m.rpc_client.family.clone(),
         );
+        registry.register_with_unit(
+            "db_client_operation_duration",
+            "Duration of database client operations",
+            Unit::Seconds,
+            m.db_client.family.clone(),
+        );
         registry.register_collector(Box::new(selfstats::SelfMetrics::new(kernel)));
         (m, Arc::new(registry))
     }
@@ -134,7 +153,26 @@ impl Metrics {
         #[allow(clippy::cast_precision_loss)]
         let secs = span.duration_ns() as f64 / 1e9;
         let service = Label::of(&span.resource.service_name);
-        if span.attr("rpc.system.name").is_some() {
+        if span.attr("db.system.name").is_some() {
+            let labels = DbLabels {
+                service_name: service,
+                db_system_name: str_label(span, "db.system.name"),
+                db_operation_name: str_label(span, "db.operation.name"),
+                db_collection_name: str_label(span, "db.collection.name"),
+                db_response_status_code: str_label(span, "db.response.status_code"),
+                server_address: str_label(span, "server.address"),
+                server_port: str_label(span, "server.port"),
+            };
+            observe(&mut self.db_client, labels, secs, |l| DbLabels {
+                service_name: l.service_name.clone(),
+                db_system_name: l.db_system_name.clone(),
+                db_operation_name: Label::OTHER,
+                db_collection_name: Label::OTHER,
+                db_response_status_code: Label::OTHER,
+                server_address: Label::OTHER,
+                server_port: Label::OTHER,
+            });
+        } else if span.attr("rpc.system.name").is_some() {
             let labels = RpcLabels {
                 service_name: service,
                 rpc_system_name: str_label(span, "rpc.system.name"),

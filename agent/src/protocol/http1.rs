@@ -1679,6 +1679,7 @@ impl Http1Session {
             response_first: f.first,
             response_last: f.last,
             h2: None,
+            db: None,
         });
     }
 

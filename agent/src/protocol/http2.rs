@@ -1447,6 +1447,7 @@ impl Http2Session {
             response_first: s.response_first.unwrap_or(cx.t),
             response_last: cx.t,
             h2: Some(Box::new(H2Exchange { reset, grpc, unknown: s.unknown })),
+            db: None,
         });
     }
 

@@ -1,6 +1,7 @@
 //! Protocol parsers: pure, incremental functions over bytes. Nothing here knows BPF,
 //! tokio or OTLP. A parser is fed the bytes one connection's process read or wrote, in
 //! order, and emits paired request/response records ([`Exchange`]).
+pub mod db;
 pub mod hpack;
 pub mod http1;
 pub mod http2;
@@ -261,6 +262,56 @@ pub struct Exchange {
     pub response_last: Timing,
     /// What only HTTP/2 has (`None` for HTTP/1).
     pub h2: Option<Box<H2Exchange>>,
+    /// A database call (PostgreSQL, MySQL/MariaDB, Redis). Its `request` and `response`
+    /// heads are empty: everything it says is here.
+    pub db: Option<Box<DbCall>>,
+}
+
+/// A database server's product, as the semantic conventions name it (`db.system.name`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DbSystem {
+    Postgresql,
+    Mysql,
+    Mariadb,
+    Redis,
+}
+
+impl DbSystem {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            DbSystem::Postgresql => "postgresql",
+            DbSystem::Mysql => "mysql",
+            DbSystem::Mariadb => "mariadb",
+            DbSystem::Redis => "redis",
+        }
+    }
+}
+
+/// One database call as the wire showed it, before sanitisation (the span stage
+/// sanitises [`DbCall::query`] and [`DbCall::error_message`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbCall {
+    pub system: DbSystem,
+    /// The database (PostgreSQL startup, MySQL handshake or `COM_INIT_DB`) or the Redis
+    /// database index (`SELECT n`), when seen.
+    pub namespace: Option<String>,
+    /// SQL: the statement text as sent (possibly with literals). Redis: the command and
+    /// its key, each other argument a `?` (the parser never keeps values).
+    pub query: String,
+    /// The text was cut (longer than the parser keeps, or partly not captured).
+    pub truncated: bool,
+    /// The operation when the protocol names it (a Redis command, a MySQL command that
+    /// is not SQL such as `PREPARE`); `None`: read it from the SQL text.
+    pub operation: Option<String>,
+    /// Redis: the key (the target of the span name).
+    pub key: Option<String>,
+    /// The server's error code: SQLSTATE, MySQL error number, or the Redis error prefix.
+    pub status_code: Option<String>,
+    /// The server's error message (may quote values: sanitised before export).
+    pub error_message: Option<String>,
+    /// Rows returned (PostgreSQL DataRows, MySQL result-set rows).
+    pub rows: Option<u64>,
 }
 
 /// The HTTP/2 side of an [`Exchange`]. Its request and response heads are in

@@ -167,6 +167,24 @@ impl Command {
     }
 }
 
+/// Cheap protocol detection on the first bytes a server writes: a protocol-10 greeting
+/// (initial handshake packet, sequence id 0) whose server version is a short printable
+/// string starting with a digit (`8.0.36`, `5.5.5-10.11.6-MariaDB`). At least the packet
+/// header, the protocol byte and the version's NUL are needed.
+#[must_use]
+pub fn looks_like_greeting(first: &[u8]) -> bool {
+    let [l0, l1, l2, seq, 0x0a, rest @ ..] = first else { return false };
+    let len = usize::from(*l0) | usize::from(*l1) << 8 | usize::from(*l2) << 16;
+    let Some(nul) = rest.iter().position(|&b| b == 0) else { return false };
+    let version = rest.get(..nul).unwrap_or_default();
+    *seq == 0
+        && (32..=1024).contains(&len)
+        && (1..=64).contains(&version.len())
+        && nul < len
+        && version.first().is_some_and(u8::is_ascii_digit)
+        && version.iter().all(|b| b.is_ascii_graphic())
+}
+
 /// Commands accepted when resynchronizing (the ones a client sends in the command phase).
 fn known_command(b: u8) -> bool {
     matches!(b, 0x01..=0x12 | 0x14 | 0x16..=0x1c | 0x1f)

@@ -459,6 +459,18 @@ impl PgSession {
         }
     }
 
+    /// A session for a connection whose startup was not seen (opened before the agent,
+    /// or started over after a parse error): both directions are taken to be at a
+    /// message boundary at their next byte, as they are at a syscall that starts a
+    /// message; the database is unknown.
+    #[must_use]
+    pub fn midstream(role: Role) -> Self {
+        let mut s = Self::new(role);
+        s.req.phase = Phase::Typed;
+        s.ready = true;
+        s
+    }
+
     /// Bytes the process read (Ingress) or wrote (Egress), in order. `data` is the
     /// captured prefix of a syscall's payload; `total_len > data.len()` means the rest
     /// was not captured (a gap, see the module doc). Completed exchanges are pushed to
@@ -514,6 +526,11 @@ impl PgSession {
         }
         self.stopped = true;
         self.drop_pending()
+    }
+
+    /// Carries the database over to a session started over ([`PgSession::midstream`]).
+    pub fn set_database(&mut self, database: String) {
+        self.database = Some(database);
     }
 
     /// `database` from the StartupMessage (`db.namespace`).

@@ -5,15 +5,27 @@
 //! [`Session`] is the enum of protocols; the connection table holds one per connection
 //! and knows nothing of what is inside. HTTP/1 connections that upgrade to h2c
 //! (`Upgrade: h2c`, `101 Switching Protocols`) continue here as HTTP/2.
+//!
+//! Databases (PostgreSQL, MySQL/MariaDB, Redis) are detected by their first message
+//! (the client's startup or command, the server's greeting), or, on a connection joined
+//! mid-stream, by the server's well-known port. Only their client side is parsed
+//! ([`super::db`]).
+use super::db::DbSession;
 use super::http1::{self, Http1Session};
 use super::http2::{self, Guess, Http2Session};
-use super::{Direction, Output, Request, Role, Started, Timing};
+use super::{mysql, pg, resp};
+use super::{DbSystem, Direction, Output, Request, Role, Started, Timing};
 
 /// What a connection's first bytes show.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Detected {
     Http1(Role),
     Http2(Role),
+    /// A database client.
+    Db(DbSystem, Role),
+    /// The server side of a database connection: left alone (no SERVER spans for
+    /// database servers).
+    DbServer,
     /// Nothing decisive yet (a connection joined mid-stream): look at the next syscall.
     Wait,
     /// Not a protocol ghostwire parses.
@@ -31,13 +43,53 @@ fn role_shown(dir: Direction, carries_requests: bool) -> Role {
     }
 }
 
+/// The database a well-known server port names (PostgreSQL 5432, MySQL/MariaDB 3306,
+/// Redis 6379).
+#[must_use]
+pub fn db_port(port: u16) -> Option<DbSystem> {
+    match port {
+        5432 => Some(DbSystem::Postgresql),
+        3306 => Some(DbSystem::Mysql),
+        6379 => Some(DbSystem::Redis),
+        _ => None,
+    }
+}
+
+/// A database's first message, seen in `dir`.
+fn detect_db(role: Option<Role>, dir: Direction, bytes: &[u8]) -> Option<Detected> {
+    let (system, shown) = if pg::looks_like_pg_startup(bytes) {
+        (DbSystem::Postgresql, role_shown(dir, true))
+    } else if resp::looks_like_resp(bytes) {
+        (DbSystem::Redis, role_shown(dir, true))
+    } else if mysql::looks_like_greeting(bytes) {
+        // The server speaks first.
+        (DbSystem::Mysql, role_shown(dir, false))
+    } else {
+        return None;
+    };
+    Some(match (role, shown) {
+        (Some(r), s) if r != s => Detected::Opaque,
+        (_, Role::Server) => Detected::DbServer,
+        (_, Role::Client) => Detected::Db(system, Role::Client),
+    })
+}
+
 /// Which protocol (and, when the role is unknown, which role) the first captured bytes
 /// of a syscall show. `role`: what the connection's handshake or listening ports say;
-/// `midstream`: the connection's beginning was not seen.
+/// `midstream`: the connection's beginning was not seen; `ports`: (local, peer).
 #[must_use]
-pub fn detect(role: Option<Role>, midstream: bool, dir: Direction, bytes: &[u8]) -> Detected {
+pub fn detect(role: Option<Role>, midstream: bool, ports: (u16, u16), dir: Direction, bytes: &[u8]) -> Detected {
     if bytes.is_empty() {
         return Detected::Wait;
+    }
+    if midstream {
+        // A database joined mid-stream shows no first message: its port tells.
+        if let Some(system) = db_port(ports.1).filter(|_| role != Some(Role::Server)) {
+            return Detected::Db(system, Role::Client);
+        }
+        if db_port(ports.0).is_some() && role != Some(Role::Client) {
+            return Detected::DbServer;
+        }
     }
     // The client preface is the only thing a client writes first on HTTP/2.
     if http2::is_preface(bytes) {
@@ -58,6 +110,9 @@ pub fn detect(role: Option<Role>, midstream: bool, dir: Direction, bytes: &[u8])
             Some(_) if midstream => Detected::Wait,
             Some(_) => Detected::Opaque,
         };
+    }
+    if let Some(db) = detect_db(role, dir, bytes) {
+        return db;
     }
     // Frames without a preface: a connection joined mid-stream, or a server that sends
     // its SETTINGS before it reads the client's preface.
@@ -132,6 +187,7 @@ impl Http2 {
 pub enum Session {
     Http1(Box<Http1>),
     Http2(Box<Http2>),
+    Db(Box<DbSession>),
 }
 
 impl Session {
@@ -149,7 +205,8 @@ impl Session {
                 let session = if midstream { Http2Session::new_midstream(role) } else { Http2Session::new(role) };
                 Some((Session::Http2(Http2::new(session)), role))
             }
-            Detected::Wait | Detected::Opaque | Detected::Rejected => None,
+            Detected::Db(system, role) => Some((Session::Db(Box::new(DbSession::new(system, role, midstream))), role)),
+            Detected::Wait | Detected::Opaque | Detected::Rejected | Detected::DbServer => None,
         }
     }
 
@@ -159,6 +216,7 @@ impl Session {
         match self {
             Session::Http1(_) => "HTTP/1",
             Session::Http2(_) => "HTTP/2",
+            Session::Db(d) => d.name(),
         }
     }
 
@@ -196,6 +254,11 @@ impl Session {
             }
             Session::Http2(h) => {
                 h.with(out, |s, out| s.feed_at(dir, pos, prefix, gap, tail, t, out)).map_err(Error::from)
+            }
+            // Counts and resets by itself.
+            Session::Db(d) => {
+                d.feed(dir, prefix, gap, tail, t, out);
+                Ok(())
             }
         }
     }
@@ -253,6 +316,7 @@ impl Session {
         match self {
             Session::Http1(h) => h.session.lost(dir, before_ns),
             Session::Http2(h) => h.session.lost(dir, before_ns),
+            Session::Db(d) => d.lost(dir, before_ns),
         }
     }
 
@@ -261,6 +325,7 @@ impl Session {
         match self {
             Session::Http1(h) => h.session.eof(dir, t, &mut out.done),
             Session::Http2(h) => h.with(out, |s, out| s.eof(dir, t, out)),
+            Session::Db(d) => d.eof(dir, t, out),
         }
     }
 
@@ -281,6 +346,7 @@ impl Session {
                 s.eof(role.request_direction(), t, out);
                 s.pending_requests()
             }),
+            Session::Db(d) => d.close(t, out),
         }
     }
 
@@ -290,6 +356,7 @@ impl Session {
         match self {
             Session::Http1(h) => h.session.request(stream),
             Session::Http2(h) => h.session.request(stream),
+            Session::Db(d) => Some(d.request()),
         }
     }
 
@@ -302,6 +369,8 @@ impl Session {
             // Sequence numbers wrap at 2^32, like TCP's.
             Session::Http1(_) => u64::from(tcp_seq_base.wrapping_add(started.offset as u32)),
             Session::Http2(_) => (1 << 63) | started.stream,
+            // Never matched: database servers have no spans to match.
+            Session::Db(_) => (1 << 62) | started.stream,
         }
     }
 }
@@ -313,22 +382,51 @@ mod tests {
     #[test]
     fn detection_by_first_bytes() {
         let get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-        assert_eq!(detect(None, false, Direction::Ingress, get), Detected::Http1(Role::Server));
-        assert_eq!(detect(Some(Role::Client), false, Direction::Egress, get), Detected::Http1(Role::Client));
-        assert_eq!(detect(Some(Role::Client), false, Direction::Ingress, get), Detected::Opaque);
-        assert_eq!(detect(Some(Role::Client), true, Direction::Ingress, get), Detected::Wait);
-        assert_eq!(detect(None, false, Direction::Egress, http2::PREFACE), Detected::Http2(Role::Client));
-        assert_eq!(detect(None, false, Direction::Ingress, http2::PREFACE), Detected::Http2(Role::Server));
+        assert_eq!(detect(None, false, (0, 0), Direction::Ingress, get), Detected::Http1(Role::Server));
+        assert_eq!(detect(Some(Role::Client), false, (0, 0), Direction::Egress, get), Detected::Http1(Role::Client));
+        assert_eq!(detect(Some(Role::Client), false, (0, 0), Direction::Ingress, get), Detected::Opaque);
+        assert_eq!(detect(Some(Role::Client), true, (0, 0), Direction::Ingress, get), Detected::Wait);
+        assert_eq!(detect(None, false, (0, 0), Direction::Egress, http2::PREFACE), Detected::Http2(Role::Client));
+        assert_eq!(detect(None, false, (0, 0), Direction::Ingress, http2::PREFACE), Detected::Http2(Role::Server));
         // A preface split by the reader: its first bytes are enough.
-        assert_eq!(detect(Some(Role::Server), false, Direction::Ingress, b"PRI * HT"), Detected::Http2(Role::Server));
-        // TLS, PostgreSQL and RESP are neither.
-        for other in [
-            &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
-            b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
-            b"*1\r\n$4\r\nPING\r\n",
-        ] {
-            assert_eq!(detect(Some(Role::Client), false, Direction::Egress, other), Detected::Rejected);
-            assert_eq!(detect(None, true, Direction::Egress, other), Detected::Wait);
-        }
+        assert_eq!(
+            detect(Some(Role::Server), false, (0, 0), Direction::Ingress, b"PRI * HT"),
+            Detected::Http2(Role::Server)
+        );
+        // TLS is neither.
+        let tls = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+        assert_eq!(detect(Some(Role::Client), false, (0, 0), Direction::Egress, tls), Detected::Rejected);
+        assert_eq!(detect(None, true, (0, 0), Direction::Egress, tls), Detected::Wait);
+    }
+
+    #[test]
+    fn databases_by_first_message_and_by_port_midstream() {
+        let ssl_request = b"\x00\x00\x00\x08\x04\xd2\x16\x2f";
+        let ping = b"*1\r\n$4\r\nPING\r\n";
+        let greeting = b"\x4a\x00\x00\x00\x0a5.5.5-10.11.6-MariaDB-0+deb12u1\x00\x03\x00\x00\x00";
+        let pg = DbSystem::Postgresql;
+        assert_eq!(detect(None, false, (40000, 5433), Direction::Egress, ssl_request), Detected::Db(pg, Role::Client));
+        assert_eq!(
+            detect(Some(Role::Client), false, (0, 0), Direction::Egress, ping),
+            Detected::Db(DbSystem::Redis, Role::Client)
+        );
+        assert_eq!(
+            detect(None, false, (0, 0), Direction::Ingress, greeting),
+            Detected::Db(DbSystem::Mysql, Role::Client)
+        );
+        // The server side of each is left alone.
+        assert_eq!(detect(Some(Role::Server), false, (5432, 0), Direction::Ingress, ssl_request), Detected::DbServer);
+        assert_eq!(detect(None, false, (0, 0), Direction::Ingress, ping), Detected::DbServer);
+        assert_eq!(detect(None, false, (0, 0), Direction::Egress, greeting), Detected::DbServer);
+        // The role the handshake says wins over what the bytes seem to be.
+        assert_eq!(detect(Some(Role::Server), false, (0, 0), Direction::Egress, ping), Detected::Opaque);
+        // Mid-stream, a query shows nothing of the protocol: the port tells.
+        let query = b"Q\x00\x00\x00\x0dSELECT 1\x00";
+        assert_eq!(
+            detect(Some(Role::Client), true, (40000, 5432), Direction::Egress, query),
+            Detected::Db(pg, Role::Client)
+        );
+        assert_eq!(detect(None, true, (5432, 40000), Direction::Ingress, query), Detected::DbServer);
+        assert_eq!(detect(None, true, (40000, 8080), Direction::Egress, query), Detected::Wait);
     }
 }

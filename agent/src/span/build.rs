@@ -2,7 +2,9 @@
 //! the stable HTTP conventions (`http.request.method`, `url.*`, `server.*`, `client.*`,
 //! `network.*`) for HTTP/1 and HTTP/2, and the stable RPC conventions (`rpc.*`) for gRPC.
 //! Spans of TLS connections (plaintext from the OpenSSL uprobes) say so: `url.scheme`
-//! `https` and the `tls.*` attributes.
+//! `https` and the `tls.*` attributes. Database calls follow the stable database
+//! conventions (`db.*`), their query text sanitised ([`super::sql`]) unless
+//! [`Options::raw_queries`].
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -10,8 +12,9 @@ use super::context;
 use super::link::{Confidence, Evidence, Identity, LinkKind};
 use super::model::{AttrValue, Attribute, Resource, Span, SpanKind, Status, Text};
 use super::redact;
+use super::sql::{self, Dialect};
 use crate::conn::ExchangeRecord;
-use crate::protocol::{Grpc, H2Exchange, Reset, Role};
+use crate::protocol::{DbCall, DbSystem, Grpc, H2Exchange, Reset, Role};
 use compact_str::ToCompactString as _;
 
 /// Converts kernel monotonic timestamps (`bpf_ktime_get_ns`) to Unix time.
@@ -67,12 +70,20 @@ pub fn mark_propagation_break(span: &mut Span, caller: &str) {
     span.attributes.push((Cow::Borrowed("ghostwire.propagation_break.caller"), caller.into()));
 }
 
+/// How spans are built.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Database query texts and error messages as sent, literals included (UNSAFE: they
+    /// carry parameter values; `--unsafe-raw-queries`). Off: every literal is `?`.
+    pub raw_queries: bool,
+}
+
 const KNOWN_METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
 
 /// Builds one span from one exchange, with the identity the linker gave it: an HTTP
-/// span (HTTP/1 or HTTP/2), or an RPC span for a gRPC call.
+/// span (HTTP/1 or HTTP/2), an RPC span for a gRPC call, or a database span.
 #[must_use]
-pub fn build(rec: &ExchangeRecord, id: Identity, resource: Arc<Resource>, clock: Clock) -> Span {
+pub fn build(rec: &ExchangeRecord, id: Identity, resource: Arc<Resource>, clock: Clock, opts: Options) -> Span {
     let conn = &rec.conn;
     let (kind, start, end) = match conn.role {
         // A server's request starts when its first bytes are read.
@@ -81,9 +92,11 @@ pub fn build(rec: &ExchangeRecord, id: Identity, resource: Arc<Resource>, clock:
         Role::Client => (SpanKind::Client, rec.exchange.request_first.enter_ns, rec.exchange.response_last.exit_ns),
     };
     let mut attrs: Vec<Attribute> = Vec::with_capacity(24);
-    let (name, is_error) = match rec.exchange.h2.as_deref() {
-        Some(h2) if h2.grpc.is_some() => grpc_attributes(rec, h2, kind, &mut attrs),
-        h2 => http_attributes(rec, h2, kind, &mut attrs),
+    let mut message = String::new();
+    let (name, is_error) = match (rec.exchange.db.as_deref(), rec.exchange.h2.as_deref()) {
+        (Some(db), _) => db_attributes(rec, db, opts, &mut attrs, &mut message),
+        (None, Some(h2)) if h2.grpc.is_some() => grpc_attributes(rec, h2, kind, &mut attrs),
+        (None, h2) => http_attributes(rec, h2, kind, &mut attrs),
     };
     let mut put = |k: &'static str, v: AttrValue| attrs.push((Cow::Borrowed(k), v));
     put("ghostwire.link", AttrValue::fixed(id.link.name()));
@@ -108,7 +121,7 @@ pub fn build(rec: &ExchangeRecord, id: Identity, resource: Arc<Resource>, clock:
         // byte seen.
         put("ghostwire.response.incomplete", true.into());
     }
-    let status = if is_error { Status::Error { message: String::new() } } else { Status::Unset };
+    let status = if is_error { Status::Error { message } } else { Status::Unset };
     Span {
         trace_id: id.trace_id,
         span_id: id.span_id,
@@ -123,6 +136,85 @@ pub fn build(rec: &ExchangeRecord, id: Identity, resource: Arc<Resource>, clock:
         attributes: attrs,
         resource,
     }
+}
+
+/// Database semantic conventions (stable). Returns the span name and whether the span is
+/// an error (the server answered with one); `message` gets the server's error message,
+/// sanitised like the query (it may quote values).
+fn db_attributes(
+    rec: &ExchangeRecord,
+    db: &DbCall,
+    opts: Options,
+    attrs: &mut Vec<Attribute>,
+    message: &mut String,
+) -> (Text, bool) {
+    let mut put = |k: &'static str, v: AttrValue| attrs.push((Cow::Borrowed(k), v));
+    let dialect = match db.system {
+        DbSystem::Postgresql => Some(Dialect::Postgres),
+        DbSystem::Mysql | DbSystem::Mariadb => Some(Dialect::MySql),
+        DbSystem::Redis => None,
+    };
+    put("db.system.name", AttrValue::fixed(db.system.name()));
+    if let Some(ns) = db.namespace.as_deref().filter(|n| !n.is_empty()) {
+        put("db.namespace", ns.into());
+    }
+    let (operation, collection) = match (&db.operation, dialect) {
+        (Some(op), _) => (Some(op.clone()), None),
+        (None, Some(d)) => {
+            let summary = sql::summarize(&db.query, d);
+            (summary.operation, summary.collection)
+        }
+        (None, None) => (None, None),
+    };
+    if let Some(op) = &operation {
+        put("db.operation.name", op.as_str().into());
+    }
+    if let Some(c) = &collection {
+        put("db.collection.name", c.as_str().into());
+    }
+    if !db.query.is_empty() {
+        // Redis texts never hold values (the parser keeps none); SQL is sanitised.
+        let text = match dialect {
+            Some(d) if !opts.raw_queries => sql::sanitize(&db.query, d),
+            _ => db.query.clone(),
+        };
+        put("db.query.text", AttrValue::Str(text.into()));
+    }
+    if db.truncated {
+        put("ghostwire.truncated", true.into());
+    }
+    if let Some(rows) = db.rows.filter(|_| dialect.is_some()) {
+        put("db.response.returned_rows", i64::try_from(rows).unwrap_or(i64::MAX).into());
+    }
+    let (addr, port) = (rec.conn.peer.ip().to_compact_string(), rec.conn.peer.port());
+    put("server.address", AttrValue::Str(addr));
+    put("server.port", i64::from(port).into());
+    put("network.transport", AttrValue::fixed("tcp"));
+    network_attributes(rec, SpanKind::Client, &mut put);
+    tls_attributes(rec, &mut put);
+    let error = db.status_code.is_some() || db.error_message.is_some();
+    if let Some(code) = &db.status_code {
+        put("db.response.status_code", code.as_str().into());
+        put("error.type", code.as_str().into());
+    } else if error {
+        put("error.type", AttrValue::fixed("_OTHER"));
+    }
+    if let Some(m) = &db.error_message {
+        *message = if opts.raw_queries { m.clone() } else { sql::sanitize(m, Dialect::MySql) };
+    }
+    // `{db.operation.name} {target}`, the target being the table, else the database.
+    // Redis: the command alone (its keys are unbounded, no name for a span).
+    let target = match dialect {
+        Some(_) => collection.as_deref().or(db.namespace.as_deref()).filter(|t| !t.is_empty()),
+        None => None,
+    };
+    let name = match (operation.as_deref(), target) {
+        (Some(op), Some(t)) => compact_str::format_compact!("{op} {t}"),
+        (Some(op), None) => op.into(),
+        (None, Some(t)) => t.into(),
+        (None, None) => db.system.name().into(),
+    };
+    (name, error)
 }
 
 /// The connection's addresses, and (server side) the client's.
@@ -480,6 +572,7 @@ mod tests {
                 response_first: Timing { enter_ns: 200, exit_ns: 210 },
                 response_last: Timing { enter_ns: 300, exit_ns: 310 },
                 h2: None,
+                db: None,
             },
         }
     }
@@ -508,7 +601,61 @@ mod tests {
     }
 
     fn build_(rec: &ExchangeRecord, resource: Arc<Resource>, clock: Clock) -> Span {
-        build(rec, identity(super::super::link::LinkKind::Socket), resource, clock)
+        build(rec, identity(super::super::link::LinkKind::Socket), resource, clock, Options::default())
+    }
+
+    fn db_record(system: DbSystem, query: &str, error: Option<(&str, &str)>) -> ExchangeRecord {
+        let mut rec = record(Role::Client, &[], 0);
+        rec.exchange.db = Some(Box::new(DbCall {
+            system,
+            namespace: Some("shop".into()),
+            query: query.into(),
+            truncated: false,
+            operation: None,
+            key: None,
+            status_code: error.map(|e| e.0.into()),
+            error_message: error.map(|e| e.1.into()),
+            rows: Some(1),
+        }));
+        rec
+    }
+
+    #[test]
+    fn database_spans_follow_the_db_conventions_with_literals_hidden() {
+        let rec = db_record(DbSystem::Postgresql, "SELECT name FROM users WHERE email = 'ann@example.com'", None);
+        let s = build_(&rec, resource(), clock());
+        assert_eq!(s.kind, SpanKind::Client);
+        assert_eq!(s.name, "SELECT users");
+        assert_eq!(s.attr("db.system.name"), Some(&AttrValue::Str("postgresql".into())));
+        assert_eq!(s.attr("db.namespace"), Some(&AttrValue::Str("shop".into())));
+        assert_eq!(s.attr("db.operation.name"), Some(&AttrValue::Str("SELECT".into())));
+        assert_eq!(s.attr("db.collection.name"), Some(&AttrValue::Str("users".into())));
+        assert_eq!(s.attr("db.query.text"), Some(&AttrValue::Str("SELECT name FROM users WHERE email = ?".into())));
+        assert_eq!(s.attr("http.request.method"), None, "a database span, not an HTTP one");
+        assert_eq!(s.status, Status::Unset);
+        let raw = build(
+            &rec,
+            identity(super::super::link::LinkKind::Thread),
+            resource(),
+            clock(),
+            Options { raw_queries: true },
+        );
+        assert!(matches!(raw.attr("db.query.text"), Some(AttrValue::Str(t)) if t.contains("ann@example.com")));
+    }
+
+    #[test]
+    fn database_errors_carry_their_code_and_a_sanitised_message() {
+        let msg = "Duplicate entry 'ann@example.com' for key 'email'";
+        let rec =
+            db_record(DbSystem::Mariadb, "INSERT INTO users (email) VALUES ('ann@example.com')", Some(("1062", msg)));
+        let s = build_(&rec, resource(), clock());
+        assert_eq!(s.name, "INSERT users");
+        assert_eq!(s.attr("db.response.status_code"), Some(&AttrValue::Str("1062".into())));
+        assert_eq!(s.attr("error.type"), Some(&AttrValue::Str("1062".into())));
+        let Status::Error { message } = &s.status else { panic!("{:?}", s.status) };
+        assert!(!message.contains("ann@"), "{message}");
+        assert!(message.starts_with("Duplicate entry ?"), "{message}");
+        assert!(!format!("{s:?}").contains("ann@example.com"));
     }
 
     #[test]

@@ -1918,6 +1918,7 @@ mod tests {
                 response_first: Timing::default(),
                 response_last: Timing::default(),
                 h2: None,
+                db: None,
             },
             tid,
         };

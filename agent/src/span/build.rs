@@ -200,7 +200,7 @@ fn db_attributes(
         put("error.type", AttrValue::fixed("_OTHER"));
     }
     if let Some(m) = &db.error_message {
-        *message = if opts.raw_queries { m.clone() } else { sql::sanitize(m, Dialect::MySql) };
+        *message = if opts.raw_queries { m.clone() } else { sql::sanitize_message(m) };
     }
     // `{db.operation.name} {target}`, the target being the table, else the database.
     // Redis: the command alone (its keys are unbounded, no name for a span).

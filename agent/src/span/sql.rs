@@ -361,6 +361,22 @@ pub fn sanitize(sql: &str, dialect: Dialect) -> String {
     out
 }
 
+/// A server's error message with every value it may quote hidden. Servers quote the
+/// statement they failed on and the values they reject (`near 'x = 'secret'' at line 1`,
+/// `Duplicate entry 'secret' for key 'email'`), and a quoted statement's own quotes
+/// unbalance the pairs: so everything from the first quote to the last is one `?`
+/// (an unpaired quote hides the rest), then the remainder is sanitised as SQL (numbers).
+#[must_use]
+pub fn sanitize_message(message: &str) -> String {
+    let is_quote = |c: char| matches!(c, '\'' | '"' | '`');
+    let hidden = match (message.find(is_quote), message.rfind(is_quote)) {
+        (Some(first), Some(last)) if first < last => format!("{}?{}", &message[..first], &message[last + 1..]),
+        (Some(first), _) => format!("{}?", &message[..first]),
+        _ => message.to_owned(),
+    };
+    sanitize(&hidden, Dialect::MySql)
+}
+
 /// Cuts `out` to [`MAX_QUERY_TEXT`] bytes at a character boundary and marks the cut.
 fn cut(out: &mut String) {
     let mut end = MAX_QUERY_TEXT.min(out.len());
@@ -424,6 +440,24 @@ fn precedes_where(words: &[Token<'_>], from: usize, c: &Token<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_messages_hide_what_they_quote_even_when_the_quotes_nest() {
+        let cases = [
+            (
+                "You have an error in your SQL syntax; check the manual near 'amount FROM t WHERE token = 'tok-1'' at line 1",
+                "You have an error in your SQL syntax; check the manual near ? at line ?",
+            ),
+            ("Duplicate entry 'ann@example.com' for key 'email'", "Duplicate entry ?"),
+            ("syntax error at or near \"SELEC\"", "syntax error at or near ?"),
+            ("value 99999999999 is out of range for type integer", "value ? is out of range for type integer"),
+            ("unterminated 'secret", "unterminated ?"),
+            ("Operation against a key holding the wrong kind of value", "Operation against a key holding the wrong kind of value"),
+        ];
+        for (message, want) in cases {
+            assert_eq!(sanitize_message(message), want, "{message}");
+        }
+    }
 
     fn pg(s: &str) -> String {
         sanitize(s, Dialect::Postgres)
